@@ -1,0 +1,186 @@
+package balance
+
+import "github.com/meterd/meterd/meter"
+
+// Kind is a bucket's kind. Its default priority is given by DefaultPriority.
+type Kind uint8
+
+// Bucket kinds.
+const (
+	KindPromotional Kind = iota + 1 // limited-time credits, priority 10
+	KindPlan                        // periodic allocation, priority 20
+	KindRecharge                    // top-ups, priority 30
+)
+
+// EntryType is the type of a ledger entry.
+type EntryType uint8
+
+// Ledger entry types of the contract.
+const (
+	EntryUsage EntryType = iota + 1
+	EntryTopUp
+	EntryTopUpReversal
+	EntryAdjustment
+	EntryGrant
+	EntryExpiry
+	EntryHold
+	EntryHoldRelease
+	EntryAutoReload
+)
+
+// Status is a customer's status.
+type Status uint8
+
+// Customer statuses.
+const (
+	StatusActive Status = iota + 1
+	StatusPaused        // usage events are rejected account_paused
+)
+
+// Policy says what happens when a debit is larger than what is available.
+type Policy uint8
+
+// Insufficient-funds policies.
+const (
+	PolicyReject    Policy = iota + 1 // the debit is refused: insufficient_funds
+	PolicyOverdraft                   // available may fall to -credit_limit; the negative part is debt
+)
+
+// Bucket is one grant of credit inside an account.
+type Bucket struct {
+	ID          string // "b_<n>", unique within the wallet
+	Kind        Kind
+	Priority    uint8 // 0-100, lower is consumed first
+	Amount      int64 // granted, in the asset's smallest unit
+	Remaining   int64 // never below zero
+	EffectiveAt int64 // unix ns
+	ExpiresAt   int64 // unix ns; 0 = never
+	Source      string
+	Reference   string // top-up id, adjustment transaction id, plan id
+	Metadata    []byte // raw JSON object, or nil
+}
+
+// Account is one NAME:ASSET account of a wallet.
+type Account struct {
+	Name    string
+	Asset   string
+	Scale   uint8
+	Buckets []Bucket // always in consumption order
+	Held    int64    // reserved by active holds
+	Debt    int64    // overdraft: how far below zero the account is
+	Carry   uint64   // pricing remainder below one unit, in meter sub-units (< meter.SubUnitsPerUnit)
+	Ledger  int64    // running sum of this account's ledger amounts; always == Available()
+}
+
+// Limit is the credit limit of one account under the overdraft policy.
+type Limit struct {
+	Account string // "name:ASSET"
+	Units   int64  // non-negative
+}
+
+// Settings are a customer's settings.
+type Settings struct {
+	Status        Status
+	Policy        Policy
+	CreditLimits  []Limit
+	BalanceAlerts []string // decimal thresholds as given; acted on by the credit lifecycle
+	Metadata      []byte   // raw JSON object, or nil
+}
+
+// Wallet is one customer's state.
+type Wallet struct {
+	Customer  string
+	Settings  Settings
+	Accounts  []*Account
+	Seq       uint64 // last ledger entry sequence number of this customer
+	BucketSeq uint64 // last bucket number
+	CreatedAt int64  // unix ns
+	UpdatedAt int64  // unix ns
+}
+
+// Entry is one ledger entry. Its id is Customer + "/" + Seq.
+type Entry struct {
+	Seq            uint64
+	Type           EntryType
+	Account        string // "name:ASSET"
+	Scale          uint8
+	Amount         int64 // signed, in the asset's smallest unit
+	BalanceAfter   int64 // the account's Available() after this entry
+	BucketID       string
+	EventID        string
+	Reference      string
+	OccurredAt     int64 // unix ns
+	RecordedAt     int64 // unix ns
+	PricingVersion uint32
+	Metadata       []byte // raw JSON object, or nil
+}
+
+// Error is a refusal by the state machine, with a stable snake_case code.
+type Error struct {
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// ErrorCode returns the stable code of the error.
+func (e *Error) ErrorCode() string { return e.Code }
+
+// Codes of the errors the state machine returns.
+const (
+	CodeInsufficientFunds     = "insufficient_funds"
+	CodeAccountPaused         = "account_paused"
+	CodeTopUpSpent            = "topup_spent"
+	CodeReversalWindowElapsed = "reversal_window_elapsed"
+	CodeUnknownBucket         = "unknown_bucket"
+)
+
+// TopUpCmd is a one-time purchase: a new recharge bucket.
+type TopUpCmd struct {
+	ID        string // the client's top-up id; becomes the bucket's Reference
+	Account   string // account name, e.g. "default"
+	Asset     string
+	Scale     uint8
+	Amount    int64 // > 0
+	Source    string
+	ExpiresAt int64 // unix ns; 0 = never
+	Metadata  []byte
+}
+
+// AdjustCmd is an adjustment: positive creates a bucket, negative debits in consumption order.
+type AdjustCmd struct {
+	TransactionID string
+	Account       string // account name
+	Asset         string
+	Scale         uint8
+	Amount        int64 // != 0
+	Kind          Kind  // for positive amounts; 0 means KindRecharge
+	Priority      int   // -1 means the kind's default
+	ExpiresAt     int64 // unix ns; 0 = never
+	Source        string
+	Metadata      []byte
+}
+
+// UsageCmd charges one rated event.
+type UsageCmd struct {
+	EventID        string
+	OccurredAt     int64
+	PricingVersion uint32
+	Charges        []meter.Charge
+}
+
+// Part is the share of one charge drawn from one bucket. BucketID "" is the
+// part that went into debt under the overdraft policy.
+type Part struct {
+	BucketID string
+	Amount   int64 // > 0
+}
+
+// ChargeResult is what one charge of an event took from one account.
+type ChargeResult struct {
+	Account      string // "name:ASSET"
+	Scale        uint8
+	Amount       int64 // whole units charged after the carry (may be 0)
+	Parts        []Part
+	BalanceAfter int64 // the account's Available() after the charge
+}
