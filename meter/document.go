@@ -1,0 +1,546 @@
+package meter
+
+import (
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/valyala/fastjson"
+)
+
+// documentBytesMax bounds the size of a pricing document's JSON text.
+const documentBytesMax = 8 << 20
+
+// Asset is a unit of account: a currency or a credit. Amounts of it are
+// int64 counts of its smallest unit, 10^-Scale.
+type Asset struct {
+	Code  string `json:"code"`
+	Scale uint8  `json:"scale"`
+}
+
+// Document is the pricing document of the contract as JSON: assets, prices
+// and top-up offers. ParseDocument reads it; Compile validates it. Optional
+// JSON members that are absent (or null) are nil or empty here.
+type Document struct {
+	Assets      []Asset      `json:"assets"`
+	Prices      []Price      `json:"prices"`
+	TopupOffers []TopupOffer `json:"topup_offers"`
+}
+
+// Price charges one account for every event of one event type: either a
+// per-event UnitPrice or a sum of Components.
+type Price struct {
+	EventType  string      `json:"event_type"`
+	Account    string      `json:"account"` // "name:ASSET"
+	Dimensions []string    `json:"dimensions,omitempty"`
+	UnitPrice  *UnitPrice  `json:"unit_price,omitempty"`
+	Components []Component `json:"components,omitempty"`
+}
+
+// Component is one part of a price. Without a Field it charges UnitPrice
+// per event; with one it charges value / PackageSize * UnitPrice, where value
+// is the event's data member named Field.
+type Component struct {
+	Field       string     `json:"field,omitempty"`
+	PackageSize *Dec       `json:"package_size,omitempty"` // nil means 1
+	UnitPrice   *UnitPrice `json:"unit_price"`
+}
+
+// UnitPrice is either one decimal (Map is nil) or a map from a dimension key
+// to a decimal (Map is non-nil), in document order. A dimension key is the
+// values of the price's dimensions joined with "/", or "*" for any other.
+type UnitPrice struct {
+	Dec Dec
+	Map []PriceEntry
+}
+
+// PriceEntry is one entry of a UnitPrice map.
+type PriceEntry struct {
+	Key   string
+	Price Dec
+}
+
+// TopupOffer sells credits of Account for Currency, between Min and Max,
+// at the rate of the highest tier whose From the amount reaches.
+type TopupOffer struct {
+	Currency string `json:"currency"`
+	Account  string `json:"account"`
+	Min      *Dec   `json:"min"`
+	Max      *Dec   `json:"max"`
+	Tiers    []Tier `json:"tiers"`
+}
+
+// Tier is one volume tier of a top-up offer.
+type Tier struct {
+	From           *Dec `json:"from"`
+	CreditsPerUnit *Dec `json:"credits_per_unit"`
+}
+
+// ParseDocument reads a pricing document. The JSON must be strict: valid
+// UTF-8, no trailing data, no duplicate members, and no member unknown to the
+// contract. Errors are *Error: code "malformed_json" when the text is not
+// JSON; "invalid_request" with the member's path for unknown members
+// ("prices[0].componets") and wrong JSON types; "invalid_pricing" for
+// values that cannot be represented (a decimal string that is not a number,
+// a scale out of 0-9, an empty field name). Decimals may be JSON strings or
+// JSON integers, never JSON numbers with a fraction or exponent. Semantic
+// validation is Compile's job.
+func ParseDocument(b []byte) (*Document, error) {
+	if len(b) > documentBytesMax {
+		return nil, errf("pricing_limit_exceeded", "", "pricing document is larger than 8 MiB")
+	}
+	if !utf8.Valid(b) {
+		return nil, errf("malformed_json", "", "pricing document is not valid UTF-8")
+	}
+	if err := fastjson.ValidateBytes(b); err != nil {
+		return nil, errf("malformed_json", "", err.Error())
+	}
+	var p fastjson.Parser
+	v, err := p.ParseBytes(b)
+	if err != nil {
+		return nil, errf("malformed_json", "", err.Error())
+	}
+	var d decoder
+	doc := d.document(v)
+	if d.err != nil {
+		return nil, d.err
+	}
+	return doc, nil
+}
+
+// decoder turns a parsed JSON value into a Document, keeping the first error.
+type decoder struct {
+	err *Error
+}
+
+func (d *decoder) fail(code, field, msg string) {
+	if d.err == nil {
+		d.err = errf(code, field, msg)
+	}
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func index(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]" }
+
+// object calls member for every member of v, which must be an object. It
+// rejects duplicate keys and skips members whose value is null: null means
+// absent.
+func (d *decoder) object(v *fastjson.Value, path string, member func(key string, v *fastjson.Value, path string)) {
+	if d.err != nil {
+		return
+	}
+	o, err := v.Object()
+	if err != nil {
+		d.fail("invalid_request", path, "must be a JSON object")
+		return
+	}
+	seen := make(map[string]struct{}, o.Len())
+	o.Visit(func(k []byte, mv *fastjson.Value) {
+		if d.err != nil {
+			return
+		}
+		key := string(k)
+		p := join(path, key)
+		if _, dup := seen[key]; dup {
+			d.fail("invalid_request", p, "duplicate member")
+			return
+		}
+		seen[key] = struct{}{}
+		if mv.Type() == fastjson.TypeNull {
+			return
+		}
+		member(key, mv, p)
+	})
+}
+
+func (d *decoder) unknown(path string) { d.fail("invalid_request", path, "unknown field") }
+
+func (d *decoder) array(v *fastjson.Value, path string) []*fastjson.Value {
+	a, err := v.Array()
+	if err != nil {
+		d.fail("invalid_request", path, "must be a JSON array")
+		return nil
+	}
+	return a
+}
+
+func (d *decoder) str(v *fastjson.Value, path string) string {
+	b, err := v.StringBytes()
+	if err != nil {
+		d.fail("invalid_request", path, "must be a JSON string")
+		return ""
+	}
+	return string(b)
+}
+
+// dec reads a decimal given as a JSON string or a JSON integer.
+func (d *decoder) dec(v *fastjson.Value, path string) *Dec {
+	var text string
+	switch v.Type() {
+	case fastjson.TypeString:
+		text = d.str(v, path)
+	case fastjson.TypeNumber:
+		text = string(v.MarshalTo(nil))
+		if !isJSONInteger(text) {
+			d.fail("invalid_request", path, "use a string for decimals: a JSON number with a fraction or exponent is not exact")
+			return nil
+		}
+	default:
+		d.fail("invalid_request", path, "must be a decimal as a JSON string or integer")
+		return nil
+	}
+	x, err := ParseDec(text)
+	if err != nil {
+		d.fail("invalid_pricing", path, "is not a decimal number: "+err.(*Error).Message)
+		return nil
+	}
+	return &x
+}
+
+func (d *decoder) document(v *fastjson.Value) *Document {
+	doc := &Document{}
+	if v.Type() != fastjson.TypeObject {
+		d.fail("invalid_request", "", "pricing document must be a JSON object")
+		return doc
+	}
+	d.object(v, "", func(key string, v *fastjson.Value, path string) {
+		switch key {
+		case "assets":
+			for i, e := range d.array(v, path) {
+				doc.Assets = append(doc.Assets, d.asset(e, index(path, i)))
+			}
+		case "prices":
+			for i, e := range d.array(v, path) {
+				doc.Prices = append(doc.Prices, d.price(e, index(path, i)))
+			}
+		case "topup_offers":
+			for i, e := range d.array(v, path) {
+				doc.TopupOffers = append(doc.TopupOffers, d.offer(e, index(path, i)))
+			}
+		default:
+			d.unknown(path)
+		}
+	})
+	return doc
+}
+
+func (d *decoder) asset(v *fastjson.Value, path string) Asset {
+	var a Asset
+	d.object(v, path, func(key string, v *fastjson.Value, path string) {
+		switch key {
+		case "code":
+			a.Code = d.str(v, path)
+		case "scale":
+			text := string(v.MarshalTo(nil))
+			if v.Type() != fastjson.TypeNumber || !isJSONInteger(text) {
+				d.fail("invalid_request", path, "must be a JSON integer")
+				return
+			}
+			n, err := strconv.Atoi(text)
+			if err != nil || n < 0 || n > 9 {
+				d.fail("invalid_pricing", path, "scale must be an integer from 0 to 9")
+				return
+			}
+			a.Scale = uint8(n)
+		default:
+			d.unknown(path)
+		}
+	})
+	return a
+}
+
+func (d *decoder) strings(v *fastjson.Value, path string) []string {
+	a := d.array(v, path)
+	out := make([]string, 0, len(a))
+	for i, e := range a {
+		out = append(out, d.str(e, index(path, i)))
+	}
+	return out
+}
+
+func (d *decoder) price(v *fastjson.Value, path string) Price {
+	var p Price
+	d.object(v, path, func(key string, v *fastjson.Value, path string) {
+		switch key {
+		case "event_type":
+			p.EventType = d.str(v, path)
+		case "account":
+			p.Account = d.str(v, path)
+		case "dimensions":
+			p.Dimensions = d.strings(v, path)
+		case "unit_price":
+			p.UnitPrice = d.unitPrice(v, path)
+		case "components":
+			a := d.array(v, path)
+			p.Components = make([]Component, 0, len(a))
+			for i, e := range a {
+				p.Components = append(p.Components, d.component(e, index(path, i)))
+			}
+		default:
+			d.unknown(path)
+		}
+	})
+	return p
+}
+
+func (d *decoder) component(v *fastjson.Value, path string) Component {
+	var c Component
+	d.object(v, path, func(key string, v *fastjson.Value, path string) {
+		switch key {
+		case "field":
+			c.Field = d.str(v, path)
+			if c.Field == "" {
+				d.fail("invalid_pricing", path, "field must be 1-64 characters; omit it for a per-event charge")
+			}
+		case "package_size":
+			c.PackageSize = d.dec(v, path)
+		case "unit_price":
+			c.UnitPrice = d.unitPrice(v, path)
+		default:
+			d.unknown(path)
+		}
+	})
+	return c
+}
+
+func (d *decoder) unitPrice(v *fastjson.Value, path string) *UnitPrice {
+	if v.Type() != fastjson.TypeObject {
+		x := d.dec(v, path)
+		if x == nil {
+			return nil
+		}
+		return &UnitPrice{Dec: *x}
+	}
+	u := &UnitPrice{Map: []PriceEntry{}}
+	d.object(v, path, func(key string, v *fastjson.Value, path string) {
+		if x := d.dec(v, path); x != nil {
+			u.Map = append(u.Map, PriceEntry{Key: key, Price: *x})
+		}
+	})
+	return u
+}
+
+func (d *decoder) offer(v *fastjson.Value, path string) TopupOffer {
+	var o TopupOffer
+	d.object(v, path, func(key string, v *fastjson.Value, path string) {
+		switch key {
+		case "currency":
+			o.Currency = d.str(v, path)
+		case "account":
+			o.Account = d.str(v, path)
+		case "min":
+			o.Min = d.dec(v, path)
+		case "max":
+			o.Max = d.dec(v, path)
+		case "tiers":
+			a := d.array(v, path)
+			o.Tiers = make([]Tier, 0, len(a))
+			for i, e := range a {
+				o.Tiers = append(o.Tiers, d.tier(e, index(path, i)))
+			}
+		default:
+			d.unknown(path)
+		}
+	})
+	return o
+}
+
+func (d *decoder) tier(v *fastjson.Value, path string) Tier {
+	var t Tier
+	d.object(v, path, func(key string, v *fastjson.Value, path string) {
+		switch key {
+		case "from":
+			t.From = d.dec(v, path)
+		case "credits_per_unit":
+			t.CreditsPerUnit = d.dec(v, path)
+		default:
+			d.unknown(path)
+		}
+	})
+	return t
+}
+
+// appendJSON appends the canonical compact JSON of doc: members in the
+// contract's order, decimals as strings in their plain form, absent optional
+// members omitted, unit_price maps in document order.
+func (doc *Document) appendJSON(b []byte) []byte {
+	b = append(b, `{"assets":[`...)
+	for i, a := range doc.Assets {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"code":`...)
+		b = appendString(b, a.Code)
+		b = append(b, `,"scale":`...)
+		b = strconv.AppendUint(b, uint64(a.Scale), 10)
+		b = append(b, '}')
+	}
+	b = append(b, `],"prices":[`...)
+	for i := range doc.Prices {
+		p := &doc.Prices[i]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"event_type":`...)
+		b = appendString(b, p.EventType)
+		b = append(b, `,"account":`...)
+		b = appendString(b, p.Account)
+		if len(p.Dimensions) > 0 {
+			b = append(b, `,"dimensions":[`...)
+			for j, s := range p.Dimensions {
+				if j > 0 {
+					b = append(b, ',')
+				}
+				b = appendString(b, s)
+			}
+			b = append(b, ']')
+		}
+		if p.UnitPrice != nil {
+			b = append(b, `,"unit_price":`...)
+			b = p.UnitPrice.appendJSON(b)
+		}
+		if p.Components != nil {
+			b = append(b, `,"components":[`...)
+			for j := range p.Components {
+				c := &p.Components[j]
+				if j > 0 {
+					b = append(b, ',')
+				}
+				b = append(b, '{')
+				if c.Field != "" {
+					b = append(b, `"field":`...)
+					b = appendString(b, c.Field)
+					b = append(b, ',')
+				}
+				if c.PackageSize != nil {
+					b = append(b, `"package_size":`...)
+					b = appendDec(b, *c.PackageSize)
+					b = append(b, ',')
+				}
+				if c.UnitPrice != nil {
+					b = append(b, `"unit_price":`...)
+					b = c.UnitPrice.appendJSON(b)
+				} else if b[len(b)-1] == ',' {
+					b = b[:len(b)-1]
+				}
+				b = append(b, '}')
+			}
+			b = append(b, ']')
+		}
+		b = append(b, '}')
+	}
+	b = append(b, `],"topup_offers":[`...)
+	for i := range doc.TopupOffers {
+		o := &doc.TopupOffers[i]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"currency":`...)
+		b = appendString(b, o.Currency)
+		b = append(b, `,"account":`...)
+		b = appendString(b, o.Account)
+		if o.Min != nil {
+			b = append(b, `,"min":`...)
+			b = appendDec(b, *o.Min)
+		}
+		if o.Max != nil {
+			b = append(b, `,"max":`...)
+			b = appendDec(b, *o.Max)
+		}
+		b = append(b, `,"tiers":[`...)
+		for j, t := range o.Tiers {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, '{')
+			if t.From != nil {
+				b = append(b, `"from":`...)
+				b = appendDec(b, *t.From)
+			}
+			if t.CreditsPerUnit != nil {
+				if t.From != nil {
+					b = append(b, ',')
+				}
+				b = append(b, `"credits_per_unit":`...)
+				b = appendDec(b, *t.CreditsPerUnit)
+			}
+			b = append(b, '}')
+		}
+		b = append(b, "]}"...)
+	}
+	return append(b, "]}"...)
+}
+
+func (u *UnitPrice) appendJSON(b []byte) []byte {
+	if u.Map == nil {
+		return appendDec(b, u.Dec)
+	}
+	b = append(b, '{')
+	for i, e := range u.Map {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, e.Key)
+		b = append(b, ':')
+		b = appendDec(b, e.Price)
+	}
+	return append(b, '}')
+}
+
+// MarshalJSON encodes the unit price as a decimal string or a JSON object.
+func (u UnitPrice) MarshalJSON() ([]byte, error) { return u.appendJSON(nil), nil }
+
+// MarshalJSON encodes the document in its canonical compact JSON.
+func (doc Document) MarshalJSON() ([]byte, error) { return doc.appendJSON(nil), nil }
+
+// UnmarshalJSON decodes a document with ParseDocument's strict rules.
+func (doc *Document) UnmarshalJSON(b []byte) error {
+	d, err := ParseDocument(b)
+	if err != nil {
+		return err
+	}
+	*doc = *d
+	return nil
+}
+
+func appendDec(b []byte, d Dec) []byte {
+	b = append(b, '"')
+	b = d.appendTo(b)
+	return append(b, '"')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string. Invalid UTF-8 is replaced by
+// U+FFFD so the output is always valid JSON.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n == 1 {
+			b = append(b, "\ufffd"...)
+		} else {
+			b = append(b, s[i:i+n]...)
+		}
+		i += n
+	}
+	return append(b, '"')
+}
