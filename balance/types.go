@@ -70,6 +70,8 @@ type Account struct {
 	Debt    int64    // overdraft: how far below zero the account is
 	Carry   uint64   // pricing remainder below one unit, in meter sub-units (< meter.SubUnitsPerUnit)
 	Ledger  int64    // running sum of this account's ledger amounts; always == Available()
+
+	id string // Name + ":" + Asset, built once by ID(); Name and Asset are substrings of it when the wallet built them
 }
 
 // Limit is the credit limit of one account under the overdraft policy.
@@ -96,6 +98,11 @@ type Wallet struct {
 	BucketSeq uint64 // last bucket number
 	CreatedAt int64  // unix ns
 	UpdatedAt int64  // unix ns
+
+	// accounts0 is the inline backing array of Accounts while the wallet has
+	// one account (the common case): it saves an allocation and fits in the
+	// Wallet's size class. A Wallet must therefore not be copied by value.
+	accounts0 [1]*Account
 }
 
 // Entry is one ledger entry. Its id is Customer + "/" + Seq.

@@ -1,0 +1,885 @@
+package balance
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/meterd/meterd/meter"
+)
+
+// Limits of the state machine (TIGER_STYLE: a limit on everything). Crossing
+// one is a refusal with a clear code, never a slowdown or an overflow.
+const (
+	// CommandUnitsMax is the largest amount, in an asset's smallest unit, of
+	// one top-up, one adjustment, one charge or one credit limit.
+	CommandUnitsMax int64 = 1_000_000_000_000_000_000
+	// AccountUnitsMax bounds the sum of the remaining amounts of one
+	// account's buckets, so that no sum in this package can overflow int64.
+	AccountUnitsMax int64 = 4 * CommandUnitsMax
+	// AccountBucketsMax is the most buckets one account may hold.
+	AccountBucketsMax = 1000
+	// WalletAccountsMax is the most accounts one wallet may hold.
+	WalletAccountsMax = 64
+	// EventChargesMax is the most charges one usage event may carry.
+	EventChargesMax = 16
+	// PriorityMax is the largest bucket priority.
+	PriorityMax = 100
+)
+
+// Codes of the validation refusals of the state machine, in addition to the
+// codes of types.go. The shard layer validates commands before they get
+// here; these exist so that a bad command is an error and never a panic or
+// a corrupted wallet.
+const (
+	CodeInvalidAmount  = "invalid_amount"  // an amount is <= 0, malformed, or above a limit
+	CodeInvalidRequest = "invalid_request" // a kind, priority, expiry or account name is malformed
+	CodeLimitExceeded  = "limit_exceeded"  // too many buckets in an account or accounts in a wallet
+)
+
+var (
+	errInsufficientFunds = &Error{Code: CodeInsufficientFunds, Message: "the debit is larger than what the account may spend"}
+	errAccountPaused     = &Error{Code: CodeAccountPaused, Message: "the customer is paused: usage events are rejected"}
+)
+
+func errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// DefaultPriority returns the default priority of a bucket kind:
+// promotional 10, plan 20, recharge 30. Unknown kinds get 30, like recharge.
+func DefaultPriority(k Kind) uint8 {
+	switch k {
+	case KindPromotional:
+		return 10
+	case KindPlan:
+		return 20
+	default:
+		return 30
+	}
+}
+
+// ParseKind parses the contract name of a kind: "promotional", "plan" or "recharge".
+func ParseKind(s string) (Kind, bool) {
+	switch s {
+	case "promotional":
+		return KindPromotional, true
+	case "plan":
+		return KindPlan, true
+	case "recharge":
+		return KindRecharge, true
+	}
+	return 0, false
+}
+
+// String returns the contract name of the kind.
+func (k Kind) String() string {
+	switch k {
+	case KindPromotional:
+		return "promotional"
+	case KindPlan:
+		return "plan"
+	case KindRecharge:
+		return "recharge"
+	}
+	return "kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+var entryTypeNames = [...]string{
+	EntryUsage:         "usage",
+	EntryTopUp:         "topup",
+	EntryTopUpReversal: "topup_reversal",
+	EntryAdjustment:    "adjustment",
+	EntryGrant:         "grant",
+	EntryExpiry:        "expiry",
+	EntryHold:          "hold",
+	EntryHoldRelease:   "hold_release",
+	EntryAutoReload:    "auto_reload",
+}
+
+// String returns the contract name of the entry type, e.g. "topup_reversal".
+func (t EntryType) String() string {
+	if t != 0 && int(t) < len(entryTypeNames) {
+		return entryTypeNames[t]
+	}
+	return "entry_type(" + strconv.Itoa(int(t)) + ")"
+}
+
+// String returns the contract name of the status: "active" or "paused".
+func (s Status) String() string {
+	switch s {
+	case StatusActive:
+		return "active"
+	case StatusPaused:
+		return "paused"
+	}
+	return "status(" + strconv.Itoa(int(s)) + ")"
+}
+
+// String returns the contract name of the policy: "reject" or "overdraft".
+func (p Policy) String() string {
+	switch p {
+	case PolicyReject:
+		return "reject"
+	case PolicyOverdraft:
+		return "overdraft"
+	}
+	return "policy(" + strconv.Itoa(int(p)) + ")"
+}
+
+// bucketIDsCached bucket ids are preallocated: every wallet's "b_1", "b_2"...
+// share the same memory.
+const bucketIDsCached = 4096
+
+var bucketIDs = func() *[bucketIDsCached]string {
+	var ids [bucketIDsCached]string
+	for i := range ids {
+		ids[i] = "b_" + strconv.Itoa(i)
+	}
+	return &ids
+}()
+
+// bucketID returns "b_<n>" without allocating for small n.
+func bucketID(n uint64) string {
+	if n < bucketIDsCached {
+		return bucketIDs[n]
+	}
+	return "b_" + strconv.FormatUint(n, 10)
+}
+
+// parseBucketID returns n of a canonical "b_<n>" (no sign, no leading zero).
+func parseBucketID(id string) (uint64, bool) {
+	if len(id) < 3 || len(id) > 22 || id[0] != 'b' || id[1] != '_' || (id[2] == '0' && len(id) > 3) {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(id[2:], 10, 64)
+	if err != nil || id[2] == '+' {
+		return 0, false
+	}
+	return n, true
+}
+
+// internMax bounds the intern table. Past it, new strings are no longer
+// shared: still correct, only larger in memory.
+const internMax = 1 << 14
+
+// internTable holds one copy of each low-cardinality string of wallets
+// (account ids and so names and assets, sources), shared by every wallet
+// that uses it so that a million wallets do not hold a million copies. It
+// is a cache with no observable effect on any result. (unique.Make would
+// forget a string at each GC once no Handle holds it; wallets hold strings.)
+var internTable struct {
+	sync.RWMutex
+	m map[string]string
+}
+
+// intern returns the shared copy of s.
+func intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	internTable.RLock()
+	t, ok := internTable.m[s]
+	internTable.RUnlock()
+	if ok {
+		return t
+	}
+	return internInsert(s)
+}
+
+// internBytes returns the shared copy of string(b), allocating only the
+// first time.
+func internBytes(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	internTable.RLock()
+	t, ok := internTable.m[string(b)]
+	internTable.RUnlock()
+	if ok {
+		return t
+	}
+	return internInsert(string(b))
+}
+
+func internInsert(s string) string {
+	internTable.Lock()
+	defer internTable.Unlock()
+	if t, ok := internTable.m[s]; ok {
+		return t
+	}
+	if internTable.m == nil {
+		internTable.m = make(map[string]string)
+	}
+	if len(internTable.m) < internMax {
+		internTable.m[s] = s
+	}
+	return s
+}
+
+// NewWallet returns an empty wallet of a customer with a copy of settings s.
+// Zero Status and Policy in s mean StatusActive and PolicyReject; other
+// values must be valid (the caller validates settings): an unknown one is a
+// bug and panics, rather than store a wallet that DecodeWallet would refuse.
+func NewWallet(customer string, s Settings, now int64) *Wallet {
+	w := &Wallet{Customer: customer, CreatedAt: now, UpdatedAt: now}
+	w.Accounts = w.accounts0[:0:1]
+	w.Settings = normalizeSettings(s)
+	return w
+}
+
+func normalizeSettings(s Settings) Settings {
+	if s.Status == 0 {
+		s.Status = StatusActive
+	}
+	if s.Policy == 0 {
+		s.Policy = PolicyReject
+	}
+	if s.Status > StatusPaused || s.Policy > PolicyOverdraft {
+		panic(fmt.Sprintf("balance: invalid settings: status %d, policy %d", s.Status, s.Policy))
+	}
+	if len(s.CreditLimits) == 0 {
+		s.CreditLimits = nil
+	} else {
+		s.CreditLimits = append([]Limit(nil), s.CreditLimits...)
+	}
+	if len(s.BalanceAlerts) == 0 {
+		s.BalanceAlerts = nil
+	} else {
+		s.BalanceAlerts = append([]string(nil), s.BalanceAlerts...)
+	}
+	s.Metadata = bytes.Clone(s.Metadata)
+	return s
+}
+
+// Configure replaces the customer's settings with a copy of s, under the
+// rules of NewWallet. It changes no balance: a lowered credit limit keeps
+// existing debt and only refuses further debits. Credit limits are clamped
+// to [0, CommandUnitsMax] when used.
+func (w *Wallet) Configure(s Settings, now int64) {
+	w.Settings = normalizeSettings(s)
+	w.UpdatedAt = now
+}
+
+// creditLimit returns the overdraft limit of an account, clamped to
+// [0, CommandUnitsMax].
+func (w *Wallet) creditLimit(id string) int64 {
+	for i := range w.Settings.CreditLimits {
+		if l := &w.Settings.CreditLimits[i]; l.Account == id {
+			return min(max(l.Units, 0), CommandUnitsMax)
+		}
+	}
+	return 0
+}
+
+// fits reports whether units may be debited from an account whose
+// available balance is avail, under the customer's policy. A debit of 0
+// always fits: it takes nothing.
+func (w *Wallet) fits(id string, avail, units int64) bool {
+	if units == 0 {
+		return true
+	}
+	if w.Settings.Policy == PolicyOverdraft {
+		return avail-units >= -w.creditLimit(id)
+	}
+	return units <= avail
+}
+
+// Account returns the account "name:ASSET", or nil.
+func (w *Wallet) Account(id string) *Account {
+	for _, a := range w.Accounts {
+		if a.ID() == id {
+			return a
+		}
+	}
+	return nil
+}
+
+// accountOf returns the account of a name and an asset, or nil, without
+// building its id.
+func (w *Wallet) accountOf(name, asset string) *Account {
+	for _, a := range w.Accounts {
+		if a.Name == name && a.Asset == asset {
+			return a
+		}
+	}
+	return nil
+}
+
+// ID returns the account's id "name:ASSET". It is built once and cached.
+func (a *Account) ID() string {
+	if a.id == "" {
+		a.id = intern(a.Name + ":" + a.Asset)
+	}
+	return a.id
+}
+
+// Available returns the sum of the remaining amounts of the account's
+// buckets, minus what holds reserve and minus debt. It is negative when the
+// account is in debt.
+func (a *Account) Available() int64 {
+	var sum int64
+	for i := range a.Buckets {
+		sum += a.Buckets[i].Remaining
+	}
+	return sum - a.Held - a.Debt
+}
+
+// addAccount inserts a new account, in id order. The caller has checked
+// that it does not exist and that WalletAccountsMax allows it.
+func (w *Wallet) addAccount(name, asset string, scale uint8) *Account {
+	id := intern(name + ":" + asset)
+	a := &Account{Name: id[:len(name)], Asset: id[len(name)+1:], Scale: scale, id: id}
+	i := 0
+	for i < len(w.Accounts) && w.Accounts[i].ID() < id {
+		i++
+	}
+	w.Accounts = append(w.Accounts, nil)
+	copy(w.Accounts[i+1:], w.Accounts[i:])
+	w.Accounts[i] = a
+	if cap(w.Accounts) > len(w.accounts0) {
+		w.accounts0 = [len(w.accounts0)]*Account{} // no longer the backing array
+	}
+	return a
+}
+
+// bucketLess is the consumption order: priority ascending, then ExpiresAt
+// ascending with 0 (never) last, then EffectiveAt ascending, then ID.
+func bucketLess(a, b *Bucket) bool {
+	if a.Priority != b.Priority {
+		return a.Priority < b.Priority
+	}
+	if a.ExpiresAt != b.ExpiresAt {
+		if a.ExpiresAt == 0 {
+			return false
+		}
+		if b.ExpiresAt == 0 {
+			return true
+		}
+		return a.ExpiresAt < b.ExpiresAt
+	}
+	if a.EffectiveAt != b.EffectiveAt {
+		return a.EffectiveAt < b.EffectiveAt
+	}
+	return a.ID < b.ID
+}
+
+// insertBucket inserts b in consumption order.
+func (a *Account) insertBucket(b Bucket) {
+	i := len(a.Buckets)
+	for i > 0 && bucketLess(&b, &a.Buckets[i-1]) {
+		i--
+	}
+	a.Buckets = append(a.Buckets, Bucket{})
+	copy(a.Buckets[i+1:], a.Buckets[i:])
+	a.Buckets[i] = b
+}
+
+// removeBucket removes the bucket at i, keeping the order, and clears the
+// freed slot so that its strings can be collected.
+func (a *Account) removeBucket(i int) {
+	n := len(a.Buckets)
+	copy(a.Buckets[i:], a.Buckets[i+1:])
+	a.Buckets[n-1] = Bucket{}
+	a.Buckets = a.Buckets[:n-1]
+}
+
+// post records one ledger entry of amount on account a: it adds amount to
+// a.Ledger, asserts that the ledger still equals Available(), and appends
+// the entry built from template t.
+func (w *Wallet) post(out []Entry, a *Account, t *Entry, amount int64, bucketID string, now int64) []Entry {
+	a.Ledger += amount
+	avail := a.Available()
+	if a.Ledger != avail {
+		panic(fmt.Sprintf("balance: invariant violated: customer %q account %q: ledger sum %d != available %d after a %s entry of %d",
+			w.Customer, a.ID(), a.Ledger, avail, t.Type, amount))
+	}
+	w.Seq++
+	out = append(out, *t)
+	e := &out[len(out)-1]
+	e.Seq = w.Seq
+	e.Account = a.ID()
+	e.Scale = a.Scale
+	e.Amount = amount
+	e.BalanceAfter = avail
+	e.BucketID = bucketID
+	e.RecordedAt = now
+	return out
+}
+
+// Expire removes every bucket with 0 < ExpiresAt <= now. Each one with a
+// remaining amount produces an expiry entry (Amount = -Remaining,
+// OccurredAt = the bucket's ExpiresAt, Reference = the bucket's Reference),
+// in account order, then consumption order. Expiry is exact: a bucket whose
+// ExpiresAt equals now is expired.
+func (w *Wallet) Expire(now int64, out []Entry) []Entry {
+	for _, a := range w.Accounts {
+		for i := 0; i < len(a.Buckets); {
+			b := &a.Buckets[i]
+			if b.ExpiresAt <= 0 || b.ExpiresAt > now {
+				i++
+				continue
+			}
+			t := Entry{Type: EntryExpiry, Reference: b.Reference, OccurredAt: b.ExpiresAt}
+			rem, id := b.Remaining, b.ID
+			a.removeBucket(i)
+			w.UpdatedAt = now
+			if rem > 0 {
+				out = w.post(out, a, &t, -rem, id, now)
+			}
+		}
+	}
+	return out
+}
+
+// NextExpiry returns the earliest ExpiresAt of any bucket, or 0 if no
+// bucket expires. The owner of the wallet runs Expire at that time.
+func (w *Wallet) NextExpiry() int64 {
+	var next int64
+	for _, a := range w.Accounts {
+		for i := range a.Buckets {
+			if e := a.Buckets[i].ExpiresAt; e > 0 && (next == 0 || e < next) {
+				next = e
+			}
+		}
+	}
+	return next
+}
+
+// grant is a new bucket as TopUp and a positive Adjust create it.
+type grant struct {
+	name, asset string
+	scale       uint8
+	amount      int64
+	kind        Kind
+	priority    uint8
+	expiresAt   int64
+	source      string
+	reference   string
+	metadata    []byte
+	entryType   EntryType
+}
+
+// checkGrant validates a grant against the wallet without changing it.
+func (w *Wallet) checkGrant(g *grant) *Error {
+	if g.amount <= 0 || g.amount > CommandUnitsMax {
+		return errorf(CodeInvalidAmount, "amount %d is not in [1, %d]", g.amount, CommandUnitsMax)
+	}
+	if g.name == "" || g.asset == "" {
+		return errorf(CodeInvalidRequest, "account name and asset must not be empty")
+	}
+	if g.expiresAt < 0 {
+		return errorf(CodeInvalidRequest, "expires_at %d is negative", g.expiresAt)
+	}
+	a := w.accountOf(g.name, g.asset)
+	if a == nil {
+		if len(w.Accounts) >= WalletAccountsMax {
+			return errorf(CodeLimitExceeded, "a wallet holds at most %d accounts", WalletAccountsMax)
+		}
+		return nil
+	}
+	if len(a.Buckets) >= AccountBucketsMax {
+		return errorf(CodeLimitExceeded, "account %s holds %d buckets, the most allowed", a.ID(), len(a.Buckets))
+	}
+	if a.Available()+a.Held+a.Debt > AccountUnitsMax-g.amount {
+		return errorf(CodeInvalidAmount, "account %s would hold more than %d", a.ID(), AccountUnitsMax)
+	}
+	return nil
+}
+
+// applyGrant creates the bucket of a checked grant: debt is settled first,
+// the rest becomes the bucket's remaining amount, and one entry of +amount is
+// posted. A bucket whose remaining amount is 0 is not kept; a bucket that is
+// already expired at now expires at once. It returns the new bucket's id.
+func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) {
+	a := w.accountOf(g.name, g.asset)
+	if a == nil {
+		a = w.addAccount(g.name, g.asset, g.scale)
+	}
+	w.BucketSeq++
+	id := bucketID(w.BucketSeq)
+	d := min(a.Debt, g.amount)
+	a.Debt -= d
+	md := bytes.Clone(g.metadata)
+	if rem := g.amount - d; rem > 0 {
+		a.insertBucket(Bucket{
+			ID: id, Kind: g.kind, Priority: g.priority, Amount: g.amount, Remaining: rem,
+			EffectiveAt: now, ExpiresAt: g.expiresAt, Source: intern(g.source), Reference: g.reference, Metadata: md,
+		})
+	}
+	w.UpdatedAt = now
+	t := Entry{Type: g.entryType, Reference: g.reference, OccurredAt: now, Metadata: md}
+	out = w.post(out, a, &t, g.amount, id, now)
+	if g.expiresAt > 0 && g.expiresAt <= now {
+		out = w.Expire(now, out)
+	}
+	return id, out
+}
+
+// TopUp applies a one-time purchase: a new recharge bucket (priority 30,
+// effective now, Reference = c.ID) and a topup entry of +Amount. Debt is
+// settled first. It returns the new bucket's id (also when debt absorbed the
+// whole amount and no bucket was kept).
+func (w *Wallet) TopUp(c *TopUpCmd, now int64, out []Entry) (bucketID string, entries []Entry, err *Error) {
+	out = w.Expire(now, out)
+	g := grant{
+		name: c.Account, asset: c.Asset, scale: c.Scale, amount: c.Amount,
+		kind: KindRecharge, priority: DefaultPriority(KindRecharge), expiresAt: c.ExpiresAt,
+		source: c.Source, reference: c.ID, metadata: c.Metadata, entryType: EntryTopUp,
+	}
+	if e := w.checkGrant(&g); e != nil {
+		return "", out, e
+	}
+	id, out := w.applyGrant(&g, now, out)
+	return id, out, nil
+}
+
+// ReverseTopUp removes the unspent bucket of a top-up, with a
+// topup_reversal entry of -Amount (Reference = topUpID). The checks run in
+// this order:
+//  1. the bucket must exist in the wallet and come from that top-up (its
+//     Reference is topUpID), else CodeUnknownBucket — except that a bucket
+//     id this wallet issued which is gone (spent, absorbed by debt, expired
+//     or already reversed) is CodeTopUpSpent;
+//  2. nothing of it may be spent or absorbed by debt (Remaining == Amount),
+//     else CodeTopUpSpent;
+//  3. now - EffectiveAt <= window, else CodeReversalWindowElapsed.
+func (w *Wallet) ReverseTopUp(bucketID, topUpID string, window, now int64, out []Entry) ([]Entry, *Error) {
+	out = w.Expire(now, out)
+	for _, a := range w.Accounts {
+		for i := range a.Buckets {
+			b := &a.Buckets[i]
+			if b.ID != bucketID {
+				continue
+			}
+			if b.Reference != topUpID {
+				return out, errorf(CodeUnknownBucket, "bucket %s does not come from top-up %s", bucketID, topUpID)
+			}
+			if b.Remaining != b.Amount {
+				return out, errorf(CodeTopUpSpent, "%d of top-up %s is already spent", b.Amount-b.Remaining, topUpID)
+			}
+			if now-b.EffectiveAt > window {
+				return out, errorf(CodeReversalWindowElapsed, "top-up %s is older than the reversal window", topUpID)
+			}
+			amount := b.Amount
+			a.removeBucket(i)
+			w.UpdatedAt = now
+			t := Entry{Type: EntryTopUpReversal, Reference: topUpID, OccurredAt: now}
+			return w.post(out, a, &t, -amount, bucketID, now), nil
+		}
+	}
+	if n, ok := parseBucketID(bucketID); ok && n >= 1 && n <= w.BucketSeq {
+		return out, errorf(CodeTopUpSpent, "bucket %s of top-up %s no longer holds its amount", bucketID, topUpID)
+	}
+	return out, errorf(CodeUnknownBucket, "no bucket %s in this wallet", bucketID)
+}
+
+// Adjust applies an adjustment. A positive amount creates a bucket of c.Kind
+// (0 = recharge) with priority c.Priority (-1 = the kind's default), source
+// c.Source or "adjustment", Reference = c.TransactionID, settling debt first.
+// A negative amount debits in consumption order under the same funds rule as
+// Charge, one adjustment entry per bucket part (and one with BucketID "" for
+// the part that goes into debt under the overdraft policy). Paused customers
+// may be adjusted. A negative adjustment of an account that does not exist
+// creates it when the overdraft policy lets the debit through.
+func (w *Wallet) Adjust(c *AdjustCmd, now int64, out []Entry) ([]Entry, *Error) {
+	out = w.Expire(now, out)
+	if c.Amount > 0 {
+		kind := c.Kind
+		if kind == 0 {
+			kind = KindRecharge
+		}
+		if kind > KindRecharge {
+			return out, errorf(CodeInvalidRequest, "unknown bucket kind %d", c.Kind)
+		}
+		prio := DefaultPriority(kind)
+		if c.Priority >= 0 {
+			if c.Priority > PriorityMax {
+				return out, errorf(CodeInvalidRequest, "priority %d is not in [0, %d]", c.Priority, PriorityMax)
+			}
+			prio = uint8(c.Priority)
+		}
+		src := c.Source
+		if src == "" {
+			src = "adjustment"
+		}
+		g := grant{
+			name: c.Account, asset: c.Asset, scale: c.Scale, amount: c.Amount,
+			kind: kind, priority: prio, expiresAt: c.ExpiresAt,
+			source: src, reference: c.TransactionID, metadata: c.Metadata, entryType: EntryAdjustment,
+		}
+		if e := w.checkGrant(&g); e != nil {
+			return out, e
+		}
+		_, out = w.applyGrant(&g, now, out)
+		return out, nil
+	}
+	if c.Amount == 0 || c.Amount < -CommandUnitsMax {
+		return out, errorf(CodeInvalidAmount, "adjustment amount %d is 0 or below -%d", c.Amount, CommandUnitsMax)
+	}
+	if c.Account == "" || c.Asset == "" {
+		return out, errorf(CodeInvalidRequest, "account name and asset must not be empty")
+	}
+	units := -c.Amount
+	a := w.accountOf(c.Account, c.Asset)
+	var avail int64
+	if a != nil {
+		avail = a.Available()
+	}
+	id := ""
+	if a != nil {
+		id = a.ID()
+	} else if w.Settings.Policy == PolicyOverdraft {
+		id = c.Account + ":" + c.Asset
+	}
+	if !w.fits(id, avail, units) {
+		return out, errInsufficientFunds
+	}
+	if a == nil {
+		if len(w.Accounts) >= WalletAccountsMax {
+			return out, errorf(CodeLimitExceeded, "a wallet holds at most %d accounts", WalletAccountsMax)
+		}
+		a = w.addAccount(c.Account, c.Asset, c.Scale)
+	}
+	w.UpdatedAt = now
+	t := Entry{Type: EntryAdjustment, Reference: c.TransactionID, OccurredAt: now, Metadata: bytes.Clone(c.Metadata)}
+	out, _ = w.debit(a, units, &t, now, out, nil)
+	return out, nil
+}
+
+// debit takes units from a's buckets in consumption order, one entry per
+// bucket part, and puts what the buckets cannot cover into debt (one entry
+// with BucketID ""). The caller has checked the funds rule. Drained buckets
+// are dropped. The parts are appended to parts.
+func (w *Wallet) debit(a *Account, units int64, t *Entry, now int64, out []Entry, parts []Part) ([]Entry, []Part) {
+	need := units
+	for i := 0; i < len(a.Buckets) && need > 0; i++ {
+		b := &a.Buckets[i]
+		take := min(b.Remaining, need)
+		if take <= 0 {
+			continue
+		}
+		b.Remaining -= take
+		need -= take
+		out = w.post(out, a, t, -take, b.ID, now)
+		parts = append(parts, Part{BucketID: b.ID, Amount: take})
+	}
+	// Drop the empty buckets (the drained ones are a prefix of the
+	// consumption order), keeping the order and the slice's capacity.
+	j := 0
+	for i := range a.Buckets {
+		if a.Buckets[i].Remaining != 0 {
+			if i != j {
+				a.Buckets[j] = a.Buckets[i]
+			}
+			j++
+		}
+	}
+	if j < len(a.Buckets) {
+		clear(a.Buckets[j:])
+		a.Buckets = a.Buckets[:j]
+	}
+	if need > 0 {
+		a.Debt += need
+		out = w.post(out, a, t, -need, "", now)
+		parts = append(parts, Part{Amount: need})
+	}
+	return out, parts
+}
+
+// splitAccountID returns the name and asset of "name:ASSET", split at the
+// last colon (names may contain colons, asset codes do not).
+func splitAccountID(id string) (name, asset string, ok bool) {
+	for i := len(id) - 1; i >= 0; i-- {
+		if id[i] == ':' {
+			return id[:i], id[i+1:], i > 0 && i < len(id)-1
+		}
+	}
+	return "", "", false
+}
+
+// Charge applies the charges of one rated usage event. Each charge's whole
+// units are Amount.Units plus what the account's carry and Amount.Sub add up
+// to; the rest below one unit becomes the new carry. The event is
+// all-or-nothing: if any charge breaks the funds rule (reject: units <=
+// Available(); overdraft: Available() - units >= -credit limit; a charge of
+// 0 units always passes), the result is CodeInsufficientFunds and nothing
+// changes, not even a carry. A paused customer gets CodeAccountPaused.
+//
+// Otherwise each charge is taken in consumption order, one usage entry per
+// bucket part, then into debt under the overdraft policy (one more part with
+// BucketID ""), and one ChargeResult per charge is appended to res. Accounts
+// are created as needed (a 0-unit charge creates its account, to hold the
+// carry). To avoid allocating, the Parts slices of res's spare capacity
+// (res[len(res):cap(res)]) are reused: a caller that reuses res must not keep
+// Parts of earlier results. The insufficient_funds and account_paused
+// errors are shared values: do not modify them.
+func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry) ([]ChargeResult, []Entry, *Error) {
+	out = w.Expire(now, out)
+	if w.Settings.Status == StatusPaused {
+		return res, out, errAccountPaused
+	}
+	cs := c.Charges
+	if len(cs) > EventChargesMax {
+		return res, out, errorf(CodeInvalidRequest, "an event carries at most %d charges, not %d", EventChargesMax, len(cs))
+	}
+	var units [EventChargesMax]int64
+	var carry [EventChargesMax]uint64
+	newAccounts := 0
+	for i := range cs {
+		ch := &cs[i]
+		if ch.Amount.Units < 0 || ch.Amount.Units > CommandUnitsMax || ch.Amount.Sub >= meter.SubUnitsPerUnit {
+			return res, out, errorf(CodeInvalidAmount, "charge %d: amount %d+%d/1e18 is out of range", i, ch.Amount.Units, ch.Amount.Sub)
+		}
+		if !validChargeAccount(ch) {
+			return res, out, errorf(CodeInvalidRequest, "charge %d: account %q does not match name %q and asset %q", i, ch.Account, ch.Name, ch.Asset)
+		}
+		a := w.Account(ch.Account)
+		var c0 uint64
+		var avail, spent int64
+		seen := false
+		if a != nil {
+			c0, avail = a.Carry, a.Available()
+		}
+		for j := 0; j < i; j++ {
+			if cs[j].Account == ch.Account {
+				c0 = carry[j]
+				spent += units[j]
+				seen = true
+			}
+		}
+		if a == nil && !seen {
+			newAccounts++
+		}
+		sum := c0 + ch.Amount.Sub // both < 1e18: no overflow in uint64
+		units[i] = ch.Amount.Units + int64(sum/meter.SubUnitsPerUnit)
+		carry[i] = sum % meter.SubUnitsPerUnit
+		if !w.fits(ch.Account, avail-spent, units[i]) {
+			return res, out, errInsufficientFunds
+		}
+	}
+	if len(w.Accounts)+newAccounts > WalletAccountsMax {
+		return res, out, errorf(CodeLimitExceeded, "a wallet holds at most %d accounts", WalletAccountsMax)
+	}
+	if len(cs) > 0 {
+		w.UpdatedAt = now
+	}
+	t := Entry{Type: EntryUsage, EventID: c.EventID, OccurredAt: c.OccurredAt, PricingVersion: c.PricingVersion}
+	for i := range cs {
+		ch := &cs[i]
+		a := w.Account(ch.Account)
+		if a == nil {
+			name, asset := ch.Name, ch.Asset
+			if name == "" || asset == "" {
+				name, asset, _ = splitAccountID(ch.Account)
+			}
+			a = w.addAccount(name, asset, ch.Scale)
+		}
+		a.Carry = carry[i]
+		n := len(res)
+		if n < cap(res) {
+			res = res[:n+1]
+		} else {
+			res = append(res, ChargeResult{})
+		}
+		r := &res[n]
+		parts := r.Parts[:0]
+		if units[i] > 0 {
+			out, parts = w.debit(a, units[i], &t, now, out, parts)
+		}
+		*r = ChargeResult{Account: a.ID(), Scale: a.Scale, Amount: units[i], Parts: parts, BalanceAfter: a.Available()}
+	}
+	return res, out, nil
+}
+
+// validChargeAccount reports whether a charge names a well-formed account:
+// Account is "Name:Asset", or Name and Asset are empty and Account splits.
+func validChargeAccount(ch *meter.Charge) bool {
+	if ch.Name == "" && ch.Asset == "" {
+		_, _, ok := splitAccountID(ch.Account)
+		return ok
+	}
+	n := len(ch.Name)
+	return n > 0 && len(ch.Asset) > 0 && len(ch.Account) == n+1+len(ch.Asset) &&
+		ch.Account[:n] == ch.Name && ch.Account[n] == ':' && ch.Account[n+1:] == ch.Asset
+}
+
+// Check verifies every invariant of the wallet and describes the first one
+// that does not hold: status and policy are known; there are at most
+// WalletAccountsMax accounts, non-nil, unique, in id order, each with id
+// Name:Asset; per account 0 <= Held <= AccountUnitsMax, 0 <= Debt <=
+// CommandUnitsMax, Carry < meter.SubUnitsPerUnit, at most AccountBucketsMax
+// buckets holding at most AccountUnitsMax, and Ledger == Available(); per
+// bucket: consumption order, a known kind, priority <= 100, 0 <= Remaining
+// <= Amount <= CommandUnitsMax, ExpiresAt >= 0, and an id "b_<n>", unique in
+// the wallet, with 0 < n <= BucketSeq.
+func (w *Wallet) Check() error {
+	if w.Settings.Status != StatusActive && w.Settings.Status != StatusPaused {
+		return fmt.Errorf("wallet %q: unknown status %d", w.Customer, w.Settings.Status)
+	}
+	if w.Settings.Policy != PolicyReject && w.Settings.Policy != PolicyOverdraft {
+		return fmt.Errorf("wallet %q: unknown policy %d", w.Customer, w.Settings.Policy)
+	}
+	if len(w.Accounts) > WalletAccountsMax {
+		return fmt.Errorf("wallet %q: %d accounts, more than %d", w.Customer, len(w.Accounts), WalletAccountsMax)
+	}
+	var small [64]uint64
+	ids := small[:0]
+	for i, a := range w.Accounts {
+		if a == nil {
+			return fmt.Errorf("wallet %q: account %d is nil", w.Customer, i)
+		}
+		id := a.ID()
+		if a.Name == "" || a.Asset == "" || id != a.Name+":"+a.Asset {
+			return fmt.Errorf("wallet %q: account %d: id %q does not match name %q and asset %q", w.Customer, i, id, a.Name, a.Asset)
+		}
+		if i > 0 && w.Accounts[i-1].ID() >= id {
+			return fmt.Errorf("wallet %q: accounts %q and %q are not in strict id order", w.Customer, w.Accounts[i-1].ID(), id)
+		}
+		if a.Held < 0 || a.Debt < 0 || a.Held > AccountUnitsMax || a.Debt > CommandUnitsMax {
+			return fmt.Errorf("wallet %q: account %s: held %d or debt %d is negative or above its limit", w.Customer, id, a.Held, a.Debt)
+		}
+		if a.Carry >= meter.SubUnitsPerUnit {
+			return fmt.Errorf("wallet %q: account %s: carry %d is not below one unit", w.Customer, id, a.Carry)
+		}
+		if len(a.Buckets) > AccountBucketsMax {
+			return fmt.Errorf("wallet %q: account %s: %d buckets, more than %d", w.Customer, id, len(a.Buckets), AccountBucketsMax)
+		}
+		var sum int64
+		for j := range a.Buckets {
+			b := &a.Buckets[j]
+			if b.Kind < KindPromotional || b.Kind > KindRecharge || b.Priority > PriorityMax {
+				return fmt.Errorf("wallet %q: account %s: bucket %s: kind %d or priority %d is invalid", w.Customer, id, b.ID, b.Kind, b.Priority)
+			}
+			if b.Remaining < 0 || b.Remaining > b.Amount || b.Amount > CommandUnitsMax {
+				return fmt.Errorf("wallet %q: account %s: bucket %s: remaining %d is not in [0, amount %d]", w.Customer, id, b.ID, b.Remaining, b.Amount)
+			}
+			if b.ExpiresAt < 0 {
+				return fmt.Errorf("wallet %q: account %s: bucket %s: negative expires_at %d", w.Customer, id, b.ID, b.ExpiresAt)
+			}
+			if j > 0 && !bucketLess(&a.Buckets[j-1], b) {
+				return fmt.Errorf("wallet %q: account %s: buckets %s and %s are not in consumption order", w.Customer, id, a.Buckets[j-1].ID, b.ID)
+			}
+			n, ok := parseBucketID(b.ID)
+			if !ok || n == 0 || n > w.BucketSeq {
+				return fmt.Errorf("wallet %q: account %s: bucket id %q is not b_<n> with 0 < n <= %d", w.Customer, id, b.ID, w.BucketSeq)
+			}
+			ids = append(ids, n)
+			if sum += b.Remaining; sum > AccountUnitsMax { // each <= CommandUnitsMax: no overflow
+				return fmt.Errorf("wallet %q: account %s: buckets hold more than %d", w.Customer, id, AccountUnitsMax)
+			}
+		}
+		if a.Ledger != a.Available() {
+			return fmt.Errorf("wallet %q: account %s: ledger sum %d != available %d", w.Customer, id, a.Ledger, a.Available())
+		}
+	}
+	slices.Sort(ids)
+	for i := 1; i < len(ids); i++ {
+		if ids[i] == ids[i-1] {
+			return fmt.Errorf("wallet %q: bucket id b_%d is used twice", w.Customer, ids[i])
+		}
+	}
+	return nil
+}
