@@ -1,0 +1,650 @@
+package balance
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/meter"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Clock gives the engine's time in unix nanoseconds.
+type Clock interface{ Now() int64 }
+
+// WallClock is the real time.
+type WallClock struct{}
+
+// Now returns the current time in unix nanoseconds.
+func (WallClock) Now() int64 { return time.Now().UnixNano() }
+
+// Options configure an Engine. Zero values take the documented defaults.
+type Options struct {
+	Dir             string        // Pebble directory (required)
+	Shards          int           // default: number of CPUs
+	QueueMax        int           // ops waiting per shard before ErrOverloaded; default 4096
+	CommitEventsMax int           // usage events per commit group; default 8192
+	IdemCacheMax    int           // idempotency records cached per shard; default 262144
+	DedupWindow     time.Duration // how long idempotency records are kept; default 35 days
+	ReversalWindow  time.Duration // how long a top-up can be reversed; default 24h
+	JanitorInterval time.Duration // how often expired idempotency records are dropped; default 1 minute
+	DefaultPricing  []byte        // pricing document stored as version 1 when the store has none
+	Clock           Clock         // default WallClock
+	Log             *slog.Logger  // default slog.Default()
+	Registerer      prometheus.Registerer
+}
+
+func (o *Options) setDefaults() error {
+	if o.Dir == "" {
+		return errors.New("balance: Options.Dir is required")
+	}
+	if o.Shards <= 0 {
+		o.Shards = runtime.NumCPU()
+	}
+	if o.QueueMax <= 0 {
+		o.QueueMax = 4096
+	}
+	if o.CommitEventsMax <= 0 {
+		o.CommitEventsMax = 8192
+	}
+	if o.IdemCacheMax <= 0 {
+		o.IdemCacheMax = 262144
+	}
+	if o.DedupWindow <= 0 {
+		o.DedupWindow = 35 * 24 * time.Hour
+	}
+	if o.ReversalWindow <= 0 {
+		o.ReversalWindow = 24 * time.Hour
+	}
+	if o.JanitorInterval <= 0 {
+		o.JanitorInterval = time.Minute
+	}
+	if o.Clock == nil {
+		o.Clock = WallClock{}
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	// Records of the two groups a shard may have in flight (one committing,
+	// one being applied) must stay cached: the store cannot see them yet.
+	if o.IdemCacheMax/2 < 4*o.CommitEventsMax+4*opsPerGroupMax {
+		return fmt.Errorf("balance: IdemCacheMax %d is too small for CommitEventsMax %d: needs at least %d",
+			o.IdemCacheMax, o.CommitEventsMax, 2*(4*o.CommitEventsMax+4*opsPerGroupMax))
+	}
+	return nil
+}
+
+// Engine is the balance engine: the shards, their store, and the pricing in force.
+type Engine struct {
+	opts      Options
+	log       *slog.Logger
+	clock     Clock
+	st        *store
+	shards    []*shard
+	pricing   atomic.Pointer[meter.Pricing]
+	pricingMu sync.Mutex
+	metrics   *metrics
+	closed    atomic.Bool
+	stop      chan struct{}
+	janitor   sync.WaitGroup
+}
+
+// Error codes of the engine, beside the state machine's.
+const (
+	CodeUnknownCustomer     = "unknown_customer"
+	CodeIdempotencyConflict = "idempotency_conflict"
+	CodeNotFound            = "not_found"
+	CodeOverloaded          = "overloaded"
+)
+
+// ErrOverloaded is returned when a shard's queue is full: retry with the same ids.
+var ErrOverloaded = &Error{Code: CodeOverloaded, Message: "meterd is overloaded; retry with the same ids"}
+
+// Open opens the store in opts.Dir, recovers every wallet and starts the shards.
+func Open(opts Options) (*Engine, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	st, err := openStore(opts.Dir, opts.Log)
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{opts: opts, log: opts.Log, clock: opts.Clock, st: st, metrics: newMetrics(opts.Registerer), stop: make(chan struct{})}
+	p, err := st.loadPricing()
+	if err != nil {
+		st.close()
+		return nil, err
+	}
+	e.pricing.Store(p)
+	if p.Version == 0 && len(opts.DefaultPricing) > 0 {
+		if _, err := e.SetPricing(opts.DefaultPricing); err != nil {
+			st.close()
+			return nil, fmt.Errorf("default pricing: %w", err)
+		}
+	}
+	e.shards = make([]*shard, opts.Shards)
+	for i := range e.shards {
+		e.shards[i] = newShard(i, e)
+	}
+	n := 0
+	if err := st.loadWallets(func(w *Wallet) {
+		e.shardOf(w.Customer).wallets[w.Customer] = w
+		n++
+	}); err != nil {
+		st.close()
+		return nil, fmt.Errorf("recover wallets: %w", err)
+	}
+	e.metrics.wallets.Set(float64(n))
+	for _, s := range e.shards {
+		go s.run()
+		go s.commit()
+	}
+	e.janitor.Add(1)
+	go e.runJanitor()
+	return e, nil
+}
+
+// Close stops the shards after they finish what they accepted, and closes the store.
+func (e *Engine) Close() error {
+	if e.closed.Swap(true) {
+		return nil
+	}
+	close(e.stop)
+	e.janitor.Wait()
+	for _, s := range e.shards {
+		close(s.in)
+	}
+	for _, s := range e.shards {
+		<-s.done
+	}
+	return e.st.close()
+}
+
+// Now is the engine's clock.
+func (e *Engine) Now() int64 { return e.clock.Now() }
+
+// Shards returns the number of shards.
+func (e *Engine) Shards() int { return len(e.shards) }
+
+func (e *Engine) shardOf(customer string) *shard {
+	// FNV-1a: stable across processes and versions, no allocation.
+	h := uint32(2166136261)
+	for i := 0; i < len(customer); i++ {
+		h ^= uint32(customer[i])
+		h *= 16777619
+	}
+	return e.shards[h%uint32(len(e.shards))]
+}
+
+// do runs fn on the customer's shard and returns once its group is durable.
+func (e *Engine) do(customer string, fn func(s *shard, g *group)) error {
+	if e.closed.Load() {
+		return ErrOverloaded
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	o := &op{fn: fn, wg: &wg}
+	select {
+	case e.shardOf(customer).in <- o:
+	default:
+		return ErrOverloaded
+	}
+	wg.Wait()
+	return nil
+}
+
+// Pricing returns the pricing in force.
+func (e *Engine) Pricing() *meter.Pricing { return e.pricing.Load() }
+
+// SetPricing validates a pricing document and makes it the next version, durably.
+func (e *Engine) SetPricing(doc []byte) (*meter.Pricing, error) {
+	e.pricingMu.Lock()
+	defer e.pricingMu.Unlock()
+	d, err := meter.ParseDocument(doc)
+	if err != nil {
+		return nil, err
+	}
+	cur := e.pricing.Load()
+	p, err := meter.Compile(d, cur.Version+1, cur)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.st.db.Set(pricingKey(p.Version), p.JSON(), pebble.Sync); err != nil {
+		return nil, fmt.Errorf("store pricing: %w", err)
+	}
+	e.pricing.Store(p)
+	return p, nil
+}
+
+// PricingVersion returns a stored pricing version's document.
+func (e *Engine) PricingVersion(v uint32) ([]byte, error) {
+	return e.st.get(pricingKey(v))
+}
+
+// EventIn is one decoded usage event handed to the engine, with the slot
+// its result is written into.
+type EventIn struct {
+	Event  *meter.Event
+	Hash   [16]byte // content hash: same id with another hash is an idempotency conflict
+	Result EventResult
+}
+
+// Statuses of an event's result beside EventCharged and EventRecorded.
+const (
+	EventDuplicate uint8 = 3
+	EventRejected  uint8 = 4
+)
+
+// EventResult is what happened to one event.
+type EventResult struct {
+	Status         uint8
+	Code           string // for EventRejected
+	Message        string
+	Field          string
+	Charges        []ChargeResult
+	PricingVersion uint32
+}
+
+func (r *EventResult) reject(code, msg, field string) {
+	r.Status, r.Code, r.Message, r.Field = EventRejected, code, msg, field
+}
+
+// Events applies usage events and returns once every applied one is durable.
+// Results are written into each EventIn. The whole call fails with
+// ErrOverloaded (and applies nothing) when a shard's queue is full.
+func (e *Engine) Events(evs []*EventIn) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	if e.closed.Load() {
+		return ErrOverloaded
+	}
+	per := make([][]*EventIn, len(e.shards))
+	for _, in := range evs {
+		s := e.shardOf(in.Event.CustomerID)
+		per[s.id] = append(per[s.id], in)
+	}
+	for i, part := range per {
+		if len(part) > 0 && len(e.shards[i].in) >= cap(e.shards[i].in) {
+			return ErrOverloaded
+		}
+	}
+	var wg sync.WaitGroup
+	for i, part := range per {
+		if len(part) == 0 {
+			continue
+		}
+		wg.Add(1)
+		e.shards[i].in <- &op{events: part, wg: &wg}
+	}
+	wg.Wait()
+	return nil
+}
+
+// PutCustomer creates a customer or replaces its settings. It reports whether it created it.
+func (e *Engine) PutCustomer(customer string, s Settings) (created bool, err error) {
+	err = e.do(customer, func(sh *shard, g *group) {
+		w := sh.wallets[customer]
+		if w == nil {
+			w = NewWallet(customer, s, g.now)
+			sh.wallets[customer] = w
+			e.metrics.wallets.Inc()
+			created = true
+		} else {
+			w.Configure(s, g.now)
+		}
+		g.dirty[w] = struct{}{}
+	})
+	return created, err
+}
+
+// Wallet returns a copy of the customer's wallet as of now (expiring what is due, durably).
+func (e *Engine) Wallet(customer string) (*Wallet, error) {
+	var out *Wallet
+	var ferr *Error
+	err := e.do(customer, func(sh *shard, g *group) {
+		w := sh.wallets[customer]
+		if w == nil {
+			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
+			return
+		}
+		sh.expire(g, w)
+		out = w.clone()
+	})
+	if err != nil {
+		return nil, err
+	}
+	if ferr != nil {
+		return nil, ferr
+	}
+	return out, nil
+}
+
+func (s *shard) expire(g *group, w *Wallet) {
+	if next := w.NextExpiry(); next == 0 || next > g.now {
+		return
+	}
+	s.entries = w.Expire(g.now, s.entries[:0])
+	s.writeEntries(g, w, s.entries)
+	g.dirty[w] = struct{}{}
+}
+
+// clone returns a deep copy of the wallet, safe to read on another goroutine.
+func (w *Wallet) clone() *Wallet {
+	c := *w
+	c.Settings.CreditLimits = append([]Limit(nil), w.Settings.CreditLimits...)
+	c.Settings.BalanceAlerts = append([]string(nil), w.Settings.BalanceAlerts...)
+	c.Accounts = make([]*Account, len(w.Accounts))
+	for i, a := range w.Accounts {
+		ac := *a
+		ac.Buckets = append([]Bucket(nil), a.Buckets...)
+		c.Accounts[i] = &ac
+	}
+	return &c
+}
+
+// TopUpResult is the outcome of a top-up or of its reversal.
+type TopUpResult struct {
+	BucketID   string
+	Status     uint8 // TopUpCompleted or TopUpReversed
+	CreatedAt  int64
+	ReversedAt int64
+	Replayed   bool // the same top-up was seen before: nothing was applied now
+}
+
+// TopUp applies a top-up once per id; hash identifies its content.
+func (e *Engine) TopUp(customer string, c *TopUpCmd, hash [16]byte) (TopUpResult, error) {
+	var res TopUpResult
+	var ferr *Error
+	err := e.do(customer, func(sh *shard, g *group) {
+		w := sh.wallets[customer]
+		if w == nil {
+			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
+			return
+		}
+		key := idemKey(nil, idemTopUp, customer, c.ID)
+		rec, err := sh.lookup(g, key)
+		if err != nil {
+			ferr = &Error{Code: "unavailable", Message: err.Error()}
+			return
+		}
+		if rec != nil {
+			if rec.Hash != hash {
+				ferr = &Error{Code: CodeIdempotencyConflict, Message: "top-up id " + c.ID + " was already used with different content"}
+				return
+			}
+			res = TopUpResult{BucketID: rec.BucketID, Status: rec.TopUpStatus, CreatedAt: rec.RecordedAt, ReversedAt: rec.ReversedAt, Replayed: true}
+			return
+		}
+		bucket, entries, berr := w.TopUp(c, g.now, sh.entries[:0])
+		sh.entries = entries
+		sh.writeEntries(g, w, entries)
+		g.dirty[w] = struct{}{}
+		if berr != nil {
+			ferr = berr
+			return
+		}
+		sh.remember(g, key, &record{Kind: idemTopUp, Hash: hash, BucketID: bucket, TopUpStatus: TopUpCompleted})
+		res = TopUpResult{BucketID: bucket, Status: TopUpCompleted, CreatedAt: g.now}
+	})
+	if err != nil {
+		return res, err
+	}
+	if ferr != nil {
+		return res, ferr
+	}
+	return res, nil
+}
+
+// ReverseTopUp takes back a top-up if none of it was spent and it is inside the reversal window.
+func (e *Engine) ReverseTopUp(customer, id string) (TopUpResult, error) {
+	var res TopUpResult
+	var ferr *Error
+	err := e.do(customer, func(sh *shard, g *group) {
+		w := sh.wallets[customer]
+		if w == nil {
+			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
+			return
+		}
+		key := idemKey(nil, idemTopUp, customer, id)
+		rec, err := sh.lookup(g, key)
+		if err != nil {
+			ferr = &Error{Code: "unavailable", Message: err.Error()}
+			return
+		}
+		if rec == nil {
+			ferr = &Error{Code: CodeNotFound, Message: "top-up " + id + " does not exist"}
+			return
+		}
+		if rec.TopUpStatus == TopUpReversed {
+			res = TopUpResult{BucketID: rec.BucketID, Status: TopUpReversed, CreatedAt: rec.RecordedAt, ReversedAt: rec.ReversedAt, Replayed: true}
+			return
+		}
+		entries, berr := w.ReverseTopUp(rec.BucketID, id, int64(e.opts.ReversalWindow), g.now, sh.entries[:0])
+		sh.entries = entries
+		sh.writeEntries(g, w, entries)
+		g.dirty[w] = struct{}{}
+		if berr != nil {
+			ferr = berr
+			return
+		}
+		upd := *rec
+		upd.TopUpStatus = TopUpReversed
+		upd.ReversedAt = g.now
+		// Keep the original window: rewrite the record in place.
+		sh.val = upd.append(sh.val[:0])
+		sh.set(g, key, sh.val)
+		sh.cache.put(string(key), &upd)
+		res = TopUpResult{BucketID: rec.BucketID, Status: TopUpReversed, CreatedAt: rec.RecordedAt, ReversedAt: g.now}
+	})
+	if err != nil {
+		return res, err
+	}
+	if ferr != nil {
+		return res, ferr
+	}
+	return res, nil
+}
+
+// AdjustResult is the outcome of an adjustment.
+type AdjustResult struct {
+	CreatedAt int64
+	Replayed  bool
+}
+
+// Adjust applies an adjustment once per transaction id; hash identifies its content.
+func (e *Engine) Adjust(customer string, c *AdjustCmd, hash [16]byte) (AdjustResult, error) {
+	var res AdjustResult
+	var ferr *Error
+	err := e.do(customer, func(sh *shard, g *group) {
+		w := sh.wallets[customer]
+		if w == nil {
+			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
+			return
+		}
+		key := idemKey(nil, idemAdjustment, customer, c.TransactionID)
+		rec, err := sh.lookup(g, key)
+		if err != nil {
+			ferr = &Error{Code: "unavailable", Message: err.Error()}
+			return
+		}
+		if rec != nil {
+			if rec.Hash != hash {
+				ferr = &Error{Code: CodeIdempotencyConflict, Message: "transaction id " + c.TransactionID + " was already used with different content"}
+				return
+			}
+			res = AdjustResult{CreatedAt: rec.RecordedAt, Replayed: true}
+			return
+		}
+		entries, berr := w.Adjust(c, g.now, sh.entries[:0])
+		sh.entries = entries
+		sh.writeEntries(g, w, entries)
+		g.dirty[w] = struct{}{}
+		if berr != nil {
+			ferr = berr
+			return
+		}
+		sh.remember(g, key, &record{Kind: idemAdjustment, Hash: hash})
+		res = AdjustResult{CreatedAt: g.now}
+	})
+	if err != nil {
+		return res, err
+	}
+	if ferr != nil {
+		return res, ferr
+	}
+	return res, nil
+}
+
+// LedgerPage is one page of a customer's ledger, newest first.
+type LedgerPage struct {
+	Entries []Entry
+	Next    uint64 // the cursor for the next page (entries with Seq < Next), 0 when there is none
+}
+
+// Ledger reads durable ledger entries of a customer, newest first, with
+// Seq < before (0 = from the newest), optionally of one account only.
+func (e *Engine) Ledger(customer, account string, before uint64, limit int) (LedgerPage, error) {
+	var page LedgerPage
+	v, err := e.st.get(walletKey(nil, customer))
+	if err != nil {
+		return page, err
+	}
+	if v == nil {
+		return page, &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
+	}
+	lower := ledgerPrefix(nil, customer)
+	upper := ledgerPrefix(nil, customer)
+	upper[len(upper)-1] = 1
+	if before > 0 {
+		upper = ledgerKey(nil, customer, before)
+	}
+	it, err := e.st.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return page, err
+	}
+	defer it.Close()
+	for ok := it.Last(); ok; ok = it.Prev() {
+		var en Entry
+		if err := DecodeEntry(it.Value(), &en); err != nil {
+			return page, fmt.Errorf("ledger entry %x: %w", it.Key(), err)
+		}
+		if account != "" && en.Account != account {
+			continue
+		}
+		if len(page.Entries) == limit {
+			page.Next = page.Entries[len(page.Entries)-1].Seq
+			break
+		}
+		page.Entries = append(page.Entries, en)
+	}
+	return page, it.Error()
+}
+
+// runJanitor drops idempotency records whose window has passed.
+func (e *Engine) runJanitor() {
+	defer e.janitor.Done()
+	t := time.NewTicker(e.opts.JanitorInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+			if err := e.DropExpired(); err != nil {
+				e.log.Error("dropping expired idempotency records", "err", err)
+			}
+		}
+	}
+}
+
+// dropBatchMax bounds the idempotency records examined per janitor pass and shard op.
+const dropBatchMax = 4096
+
+// DropExpired drops idempotency records whose dedup window has passed.
+// Each record is checked and deleted on its customer's shard, so a record
+// rewritten since it was indexed is kept.
+func (e *Engine) DropExpired() error {
+	now := e.clock.Now()
+	for {
+		upper := expiryKey(nil, now+1, nil)
+		it, err := e.st.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixExpiry}, UpperBound: upper})
+		if err != nil {
+			return err
+		}
+		per := make(map[*shard][][]byte)
+		n := 0
+		for ok := it.First(); ok && n < dropBatchMax; ok = it.Next() {
+			k := bytes.Clone(it.Key())
+			cust, ok := idemKeyCustomer(k[9:])
+			if !ok {
+				continue
+			}
+			s := e.shardOf(cust)
+			per[s] = append(per[s], k)
+			n++
+		}
+		err = it.Error()
+		it.Close()
+		if err != nil || n == 0 {
+			return err
+		}
+		for s, keys := range per {
+			keys := keys
+			if err := e.do(s.anyCustomerKey(keys), func(sh *shard, g *group) {
+				for _, xk := range keys {
+					ik := xk[9:]
+					rec, err := sh.lookup(g, ik)
+					if err == nil && rec == nil {
+						sh.del(g, ik)
+						sh.cache.del(ik)
+						e.metrics.idemDropped.Inc()
+					}
+					sh.del(g, xk)
+				}
+			}); err != nil {
+				return err
+			}
+		}
+		if n < dropBatchMax {
+			return nil
+		}
+	}
+}
+
+// anyCustomerKey returns a customer id routed to s, taken from its keys.
+func (s *shard) anyCustomerKey(keys [][]byte) string {
+	c, _ := idemKeyCustomer(keys[0][9:])
+	return c
+}
+
+// Resume sets a paused customer back to active.
+func (e *Engine) Resume(customer string) error {
+	var ferr *Error
+	err := e.do(customer, func(sh *shard, g *group) {
+		w := sh.wallets[customer]
+		if w == nil {
+			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
+			return
+		}
+		if w.Settings.Status != StatusActive {
+			s := w.Settings
+			s.Status = StatusActive
+			w.Configure(s, g.now)
+			g.dirty[w] = struct{}{}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if ferr != nil {
+		return ferr
+	}
+	return nil
+}

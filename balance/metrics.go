@@ -1,0 +1,53 @@
+package balance
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	groupEvents   prometheus.Histogram
+	groupOps      prometheus.Histogram
+	commitSeconds prometheus.Histogram
+	queueDepth    *prometheus.GaugeVec
+	wallets       prometheus.Gauge
+	idemLookups   *prometheus.CounterVec
+	idemDropped   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		groupEvents: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meterd_commit_group_events",
+			Help:    "Usage events applied per commit group (one Pebble batch, one fsync).",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 8),
+		}),
+		groupOps: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meterd_commit_group_ops",
+			Help:    "Operations (event requests and other writes and reads) per commit group.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 7),
+		}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meterd_commit_fsync_seconds",
+			Help:    "Time to commit one group to Pebble with fsync.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14),
+		}),
+		queueDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "meterd_shard_queue_depth",
+			Help: "Operations waiting in a shard's queue, sampled at the start of each commit group.",
+		}, []string{"shard"}),
+		wallets: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meterd_wallets",
+			Help: "Customer wallets held in memory.",
+		}),
+		idemLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meterd_idempotency_lookups_total",
+			Help: "Idempotency look-ups by where they were answered: cache, store, or miss (a new id).",
+		}, []string{"result"}),
+		idemDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meterd_idempotency_records_dropped_total",
+			Help: "Idempotency records dropped after the dedup window.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.groupEvents, m.groupOps, m.commitSeconds, m.queueDepth, m.wallets, m.idemLookups, m.idemDropped)
+	}
+	return m
+}

@@ -1,0 +1,336 @@
+package balance
+
+import (
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/meter"
+)
+
+// op is one unit of work for a shard: a slice of usage events, or a
+// function run on the shard's goroutine. wg is released once the commit
+// group holding the op is durable.
+type op struct {
+	events []*EventIn
+	fn     func(s *shard, g *group)
+	wg     *sync.WaitGroup
+}
+
+// group is one commit group: the ops applied together and the Pebble batch
+// that makes them durable with one fsync.
+type group struct {
+	now     int64
+	batch   *pebble.Batch
+	ops     []*op
+	events  int
+	dirty   map[*Wallet]struct{}
+	pricing *meter.Pricing
+}
+
+// shard owns a disjoint set of customers. Only its goroutine touches them.
+type shard struct {
+	id      int
+	e       *Engine
+	in      chan *op
+	commitQ chan *group
+	wallets map[string]*Wallet
+	cache   idemCache
+	done    chan struct{}
+
+	// Buffers reused across ops (only the shard goroutine uses them).
+	key     []byte // wallet and ledger keys
+	idem    []byte // the idempotency key of the event being applied
+	val     []byte
+	entries []Entry
+	results []ChargeResult
+	charges []meter.Charge
+}
+
+func newShard(id int, e *Engine) *shard {
+	return &shard{
+		id:      id,
+		e:       e,
+		in:      make(chan *op, e.opts.QueueMax),
+		commitQ: make(chan *group, 2),
+		wallets: make(map[string]*Wallet),
+		cache:   newIdemCache(e.opts.IdemCacheMax),
+		done:    make(chan struct{}),
+	}
+}
+
+// run applies ops in commit groups until the input channel is closed.
+func (s *shard) run() {
+	defer close(s.commitQ)
+	label := strconv.Itoa(s.id)
+	depth := s.e.metrics.queueDepth.WithLabelValues(label)
+	for {
+		first, ok := <-s.in
+		if !ok {
+			return
+		}
+		depth.Set(float64(len(s.in)))
+		g := &group{
+			now:     s.e.clock.Now(),
+			batch:   s.e.st.db.NewBatch(),
+			dirty:   make(map[*Wallet]struct{}),
+			pricing: s.e.pricing.Load(),
+		}
+		s.apply(g, first)
+		open := true
+	drain:
+		for g.events < s.e.opts.CommitEventsMax && len(g.ops) < opsPerGroupMax {
+			select {
+			case o, more := <-s.in:
+				if !more {
+					open = false
+					break drain
+				}
+				s.apply(g, o)
+			default:
+				break drain
+			}
+		}
+		for w := range g.dirty {
+			s.key = walletKey(s.key[:0], w.Customer)
+			s.val = AppendWallet(s.val[:0], w)
+			s.set(g, s.key, s.val)
+		}
+		s.commitQ <- g
+		if !open {
+			return
+		}
+	}
+}
+
+// opsPerGroupMax bounds the ops (requests) in one commit group.
+const opsPerGroupMax = 4096
+
+func (s *shard) apply(g *group, o *op) {
+	g.ops = append(g.ops, o)
+	if o.fn != nil {
+		o.fn(s, g)
+		return
+	}
+	for _, in := range o.events {
+		s.applyEvent(g, in)
+	}
+	g.events += len(o.events)
+}
+
+// commit makes each group durable in order, then releases its waiters.
+func (s *shard) commit() {
+	defer close(s.done)
+	for g := range s.commitQ {
+		start := time.Now()
+		if err := g.batch.Commit(pebble.Sync); err != nil {
+			// The in-memory state is ahead of the disk and cannot be trusted:
+			// stop rather than answer from it. Recovery replays what is durable.
+			s.e.log.Error("commit failed: stopping", "shard", s.id, "err", err)
+			panic(fmt.Sprintf("meterd: shard %d: pebble commit: %v", s.id, err))
+		}
+		s.e.metrics.commitSeconds.Observe(time.Since(start).Seconds())
+		s.e.metrics.groupEvents.Observe(float64(g.events))
+		s.e.metrics.groupOps.Observe(float64(len(g.ops)))
+		g.batch.Close()
+		for _, o := range g.ops {
+			o.wg.Done()
+		}
+	}
+}
+
+func (s *shard) set(g *group, key, val []byte) {
+	if err := g.batch.Set(key, val, nil); err != nil {
+		panic(fmt.Sprintf("meterd: batch set: %v", err))
+	}
+}
+
+func (s *shard) del(g *group, key []byte) {
+	if err := g.batch.Delete(key, nil); err != nil {
+		panic(fmt.Sprintf("meterd: batch delete: %v", err))
+	}
+}
+
+// writeEntries adds ledger entries to the group and marks the wallet dirty.
+func (s *shard) writeEntries(g *group, w *Wallet, entries []Entry) {
+	for i := range entries {
+		s.key = ledgerKey(s.key[:0], w.Customer, entries[i].Seq)
+		s.val = AppendEntry(s.val[:0], &entries[i])
+		s.set(g, s.key, s.val)
+	}
+}
+
+// lookup finds the idempotency record at key: in the cache (which holds
+// every record of groups not yet durable), else in the store. Records past
+// their window count as absent.
+func (s *shard) lookup(g *group, key []byte) (*record, error) {
+	if r := s.cache.get(key); r != nil {
+		s.e.metrics.idemLookups.WithLabelValues("cache").Inc()
+		if r.ExpireAt <= g.now {
+			return nil, nil
+		}
+		return r, nil
+	}
+	v, err := s.e.st.get(key)
+	if err != nil {
+		return nil, err
+	}
+	if v == nil {
+		s.e.metrics.idemLookups.WithLabelValues("miss").Inc()
+		return nil, nil
+	}
+	s.e.metrics.idemLookups.WithLabelValues("store").Inc()
+	r, err := decodeRecord(v)
+	if err != nil {
+		return nil, fmt.Errorf("idempotency record %q: %w", key, err)
+	}
+	r.Data = nil
+	s.cache.put(string(key), r)
+	if r.ExpireAt <= g.now {
+		return nil, nil
+	}
+	return r, nil
+}
+
+// remember stores a new idempotency record in the group and the cache.
+func (s *shard) remember(g *group, key []byte, r *record) {
+	r.RecordedAt = g.now
+	r.ExpireAt = g.now + int64(s.e.opts.DedupWindow) + int64(futureSkew)
+	s.val = r.append(s.val[:0])
+	s.set(g, key, s.val)
+	s.val = expiryKey(s.val[:0], r.ExpireAt, key)
+	s.set(g, s.val, nil)
+	r.Data = nil
+	s.cache.put(string(key), r)
+}
+
+// futureSkew is how far ahead of the engine's clock an event's occurred_at
+// may be; records are kept that much longer than the dedup window.
+const futureSkew = 5 * time.Minute
+
+func (s *shard) applyEvent(g *group, in *EventIn) {
+	ev := in.Event
+	res := &in.Result
+	w := s.wallets[ev.CustomerID]
+	if w == nil {
+		res.reject("unknown_customer", "customer "+ev.CustomerID+" does not exist", "customer_id")
+		return
+	}
+	s.idem = idemKey(s.idem[:0], idemEvent, ev.CustomerID, ev.ID)
+	rec, err := s.lookup(g, s.idem)
+	if err != nil {
+		s.e.log.Error("idempotency look-up failed", "err", err)
+		res.reject("unavailable", "the idempotency record could not be read; retry with the same id", "")
+		return
+	}
+	if rec != nil {
+		if rec.Hash != in.Hash {
+			res.reject("idempotency_conflict", "event id "+ev.ID+" was already used with different content", "id")
+			return
+		}
+		res.Status = EventDuplicate
+		res.Charges = rec.Charges
+		res.PricingVersion = rec.PricingVersion
+		return
+	}
+	if ev.HoldID != "" {
+		res.reject("invalid_event", "holds are not available in this version of meterd", "hold_id")
+		return
+	}
+	var merr error
+	var matched bool
+	s.charges, matched, merr = g.pricing.Rate(ev, s.charges[:0])
+	if merr != nil {
+		code, msg, field := "invalid_event", merr.Error(), ""
+		if me, ok := merr.(*meter.Error); ok {
+			msg, field = me.Message, me.Field
+		}
+		res.reject(code, msg, field)
+		return
+	}
+	r := &record{
+		Kind:           idemEvent,
+		Hash:           in.Hash,
+		PricingVersion: g.pricing.Version,
+		OccurredAt:     ev.OccurredAt,
+		EventType:      ev.EventType,
+		Subject:        ev.Subject,
+		Data:           ev.DataJSON,
+	}
+	if !matched {
+		r.Status = EventRecorded
+	} else {
+		cmd := UsageCmd{EventID: ev.ID, OccurredAt: ev.OccurredAt, PricingVersion: g.pricing.Version, Charges: s.charges}
+		var berr *Error
+		s.results, s.entries, berr = w.Charge(&cmd, g.now, s.results[:0], s.entries[:0])
+		if len(s.entries) > 0 {
+			s.writeEntries(g, w, s.entries)
+			g.dirty[w] = struct{}{}
+		}
+		if berr != nil {
+			res.reject(berr.Code, berr.Message, "")
+			return
+		}
+		g.dirty[w] = struct{}{} // the carry moved even when no entry was written
+		r.Status = EventCharged
+		r.Charges = copyCharges(s.results)
+	}
+	s.remember(g, s.idem, r)
+	res.Status = r.Status
+	res.Charges = r.Charges
+	res.PricingVersion = r.PricingVersion
+}
+
+func copyCharges(src []ChargeResult) []ChargeResult {
+	if len(src) == 0 {
+		return nil
+	}
+	n := 0
+	for i := range src {
+		n += len(src[i].Parts)
+	}
+	parts := make([]Part, 0, n)
+	out := make([]ChargeResult, len(src))
+	for i := range src {
+		out[i] = src[i]
+		start := len(parts)
+		parts = append(parts, src[i].Parts...)
+		out[i].Parts = parts[start:len(parts):len(parts)]
+	}
+	return out
+}
+
+// idemCache holds recent idempotency records in two generations: when the
+// current one is full it becomes the old one and the previous old one is
+// dropped. A record stays at least max/2 insertions, far more than the
+// records of the groups not yet durable (Options.validate checks this).
+type idemCache struct {
+	cur, old map[string]*record
+	half     int
+}
+
+func newIdemCache(max int) idemCache {
+	return idemCache{cur: make(map[string]*record), old: map[string]*record{}, half: max / 2}
+}
+
+func (c *idemCache) get(key []byte) *record {
+	if r, ok := c.cur[string(key)]; ok {
+		return r
+	}
+	return c.old[string(key)]
+}
+
+func (c *idemCache) put(key string, r *record) {
+	if len(c.cur) >= c.half {
+		c.old = c.cur
+		c.cur = make(map[string]*record, c.half)
+	}
+	c.cur[key] = r
+}
+
+func (c *idemCache) del(key []byte) {
+	delete(c.cur, string(key))
+	delete(c.old, string(key))
+}
