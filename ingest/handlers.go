@@ -1,0 +1,820 @@
+package ingest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/meter"
+	"github.com/valyala/fasthttp"
+)
+
+// Bounds on the fields of non-event requests.
+const (
+	metadataBytesMax    = 4 << 10
+	textLenMax          = 1024 // description
+	sourceLenMax        = 128  // source, reason, currency-like labels
+	balanceAlertsMax    = 16
+	ledgerPageMax       = 1000
+	ledgerPageDefault   = 100
+	accountNameLenMax   = 64
+	creditLimitsMax     = 64
+	timeInputLenMax     = 64
+	pricingDocBytesMax  = 1 << 20
+	defaultAccountName  = "default"
+	defaultTopUpSource  = "topup"
+	defaultAdjustSource = "adjustment"
+)
+
+func (s *Server) getPricing(ctx *fasthttp.RequestCtx) {
+	p := s.e.Pricing()
+	if v := ctx.QueryArgs().Peek("version"); len(v) > 0 {
+		n, err := strconv.ParseUint(string(v), 10, 32)
+		if err != nil || n == 0 {
+			writeError(ctx, fasthttp.StatusBadRequest, "invalid_request", "version must be a positive integer", "version")
+			return
+		}
+		doc, err := s.e.PricingVersion(uint32(n))
+		if err != nil {
+			s.writeErr(ctx, err)
+			return
+		}
+		if doc == nil {
+			writeError(ctx, fasthttp.StatusNotFound, "not_found", "no pricing version "+string(v), "version")
+			return
+		}
+		writePricing(ctx, uint32(n), doc)
+		return
+	}
+	writePricing(ctx, p.Version, p.JSON())
+}
+
+func writePricing(ctx *fasthttp.RequestCtx, version uint32, doc []byte) {
+	b := append([]byte(`{"version":`), strconv.FormatUint(uint64(version), 10)...)
+	b = append(b, `,"document":`...)
+	b = appendRaw(b, doc, "null")
+	b = append(b, '}')
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+func (s *Server) putPricing(ctx *fasthttp.RequestCtx) {
+	body := ctx.PostBody()
+	if len(body) > pricingDocBytesMax {
+		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "pricing_too_large", "a pricing document is at most 1 MiB", "")
+		return
+	}
+	p, err := s.e.SetPricing(body)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBodyString(`{"version":` + strconv.FormatUint(uint64(p.Version), 10) + `}`)
+}
+
+type customerBody struct {
+	Status            *string                    `json:"status"`
+	InsufficientFunds *string                    `json:"insufficient_funds"`
+	CreditLimit       map[string]json.RawMessage `json:"credit_limit"`
+	Plan              json.RawMessage            `json:"plan"`
+	AutoReload        json.RawMessage            `json:"auto_reload"`
+	BalanceAlerts     []json.RawMessage          `json:"balance_alerts"`
+	Metadata          json.RawMessage            `json:"metadata"`
+}
+
+func isNull(raw json.RawMessage) bool {
+	t := bytes.TrimSpace(raw)
+	return len(t) == 0 || string(t) == "null"
+}
+
+func (s *Server) putCustomer(ctx *fasthttp.RequestCtx, id string) {
+	var body customerBody
+	if err := decodeStrict(ctx.PostBody(), &body); err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	set, err := s.settings(&body)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	created, err := s.e.PutCustomer(id, set)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	if created {
+		ctx.SetStatusCode(fasthttp.StatusCreated)
+	}
+	s.getCustomer(ctx, id)
+}
+
+func (s *Server) settings(body *customerBody) (balance.Settings, error) {
+	set := balance.Settings{Status: balance.StatusActive, Policy: balance.PolicyReject}
+	if body.Status != nil {
+		switch *body.Status {
+		case "active":
+		case "paused":
+			set.Status = balance.StatusPaused
+		default:
+			return set, badRequest("invalid_request", "status", "status must be active or paused")
+		}
+	}
+	if body.InsufficientFunds != nil {
+		switch *body.InsufficientFunds {
+		case "reject":
+		case "overdraft":
+			set.Policy = balance.PolicyOverdraft
+		default:
+			return set, badRequest("invalid_request", "insufficient_funds", "insufficient_funds must be reject or overdraft")
+		}
+	}
+	if !isNull(body.Plan) {
+		return set, badRequest("unsupported_setting", "plan", "plan allocations are not available in this version of meterd")
+	}
+	if !isNull(body.AutoReload) {
+		return set, badRequest("unsupported_setting", "auto_reload", "auto-reload is not available in this version of meterd")
+	}
+	if len(body.CreditLimit) > creditLimitsMax {
+		return set, badRequest("too_many_credit_limits", "credit_limit", "at most %d credit limits", creditLimitsMax)
+	}
+	p := s.e.Pricing()
+	for account, raw := range body.CreditLimit {
+		field := "credit_limit." + account
+		asset, err := accountAsset(p, account, field)
+		if err != nil {
+			return set, err
+		}
+		units, err := parseAmount(raw, asset.Scale, field)
+		if err != nil {
+			return set, err
+		}
+		if units < 0 {
+			return set, badRequest("invalid_amount", field, "a credit limit cannot be negative")
+		}
+		set.CreditLimits = append(set.CreditLimits, balance.Limit{Account: account, Units: units})
+	}
+	sortLimits(set.CreditLimits)
+	if len(body.BalanceAlerts) > balanceAlertsMax {
+		return set, badRequest("too_many_balance_alerts", "balance_alerts", "at most %d balance alerts", balanceAlertsMax)
+	}
+	for i, raw := range body.BalanceAlerts {
+		field := "balance_alerts[" + strconv.Itoa(i) + "]"
+		text, err := decimalText(raw, field)
+		if err != nil {
+			return set, err
+		}
+		set.BalanceAlerts = append(set.BalanceAlerts, text)
+	}
+	md, err := metadata(body.Metadata, "metadata")
+	if err != nil {
+		return set, err
+	}
+	set.Metadata = md
+	return set, nil
+}
+
+func sortLimits(l []balance.Limit) {
+	for i := 1; i < len(l); i++ {
+		for j := i; j > 0 && l[j].Account < l[j-1].Account; j-- {
+			l[j], l[j-1] = l[j-1], l[j]
+		}
+	}
+}
+
+// accountAsset checks an account id "name:ASSET" against the pricing's assets.
+func accountAsset(p *meter.Pricing, account, field string) (meter.Asset, error) {
+	name, code, ok := strings.Cut(account, ":")
+	if !ok || !validAccountName(name) {
+		return meter.Asset{}, badRequest("invalid_request", field, "account must be NAME:ASSET, NAME 1-64 characters of [A-Za-z0-9._-]")
+	}
+	a, ok := p.Asset(code)
+	if !ok {
+		return a, badRequest("unknown_asset", field, "asset %q is not defined by the pricing in force (version %d)", code, p.Version)
+	}
+	return a, nil
+}
+
+func validAccountName(s string) bool {
+	if len(s) == 0 || len(s) > accountNameLenMax {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// parseAmount reads an amount given as a JSON string or a JSON integer.
+func parseAmount(raw json.RawMessage, scale uint8, field string) (int64, error) {
+	t := bytes.TrimSpace(raw)
+	if isNull(t) {
+		return 0, badRequest("invalid_amount", field, "%s is required", field)
+	}
+	var text string
+	if t[0] == '"' {
+		if err := json.Unmarshal(t, &text); err != nil {
+			return 0, badRequest("invalid_amount", field, "%s must be a decimal string", field)
+		}
+	} else {
+		if bytes.ContainsAny(t, ".eE") {
+			return 0, badRequest("invalid_amount", field, "%s: a decimal amount must be a JSON string (\"12.50\"), never a JSON float", field)
+		}
+		text = string(t)
+	}
+	u, err := meter.ParseUnits(text, scale)
+	if err != nil {
+		msg := err.Error()
+		if me, ok := err.(*meter.Error); ok {
+			msg = me.Message
+		}
+		return 0, badRequest("invalid_amount", field, "%s", msg)
+	}
+	return u, nil
+}
+
+// decimalText reads a decimal given as a JSON string or integer and returns it as text.
+func decimalText(raw json.RawMessage, field string) (string, error) {
+	t := bytes.TrimSpace(raw)
+	var text string
+	if len(t) > 0 && t[0] == '"' {
+		if err := json.Unmarshal(t, &text); err != nil {
+			return "", badRequest("invalid_amount", field, "%s must be a decimal string", field)
+		}
+	} else {
+		if bytes.ContainsAny(t, ".eE") {
+			return "", badRequest("invalid_amount", field, "%s: a decimal must be a JSON string, never a JSON float", field)
+		}
+		text = string(t)
+	}
+	d, err := meter.ParseDec(text)
+	if err != nil || strings.ContainsAny(text, "eE") {
+		return "", badRequest("invalid_amount", field, "%s must be a plain decimal such as \"12.50\"", field)
+	}
+	return d.String(), nil
+}
+
+// metadata checks an optional metadata object and returns it compacted.
+func metadata(raw json.RawMessage, field string) ([]byte, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	t := bytes.TrimSpace(raw)
+	if t[0] != '{' {
+		return nil, badRequest("invalid_request", field, "%s must be a JSON object", field)
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, t); err != nil {
+		return nil, badRequest("invalid_request", field, "%s is not valid JSON", field)
+	}
+	if buf.Len() > metadataBytesMax {
+		return nil, badRequest("metadata_too_large", field, "%s is larger than %d bytes", field, metadataBytesMax)
+	}
+	if buf.Len() == 2 {
+		return nil, nil
+	}
+	return buf.Bytes(), nil
+}
+
+// parseExpiry reads an optional RFC 3339 expiry that must be in the future.
+func parseExpiry(v *string, now int64, field string) (int64, error) {
+	if v == nil {
+		return 0, nil
+	}
+	if *v == "period_end" {
+		return 0, badRequest("unsupported_setting", field, "expires_at \"period_end\" needs a plan, which is not available in this version of meterd")
+	}
+	if len(*v) > timeInputLenMax {
+		return 0, badRequest("invalid_timestamp", field, "%s is too long for a timestamp", field)
+	}
+	t, err := time.Parse(time.RFC3339Nano, *v)
+	if err != nil {
+		return 0, badRequest("invalid_timestamp", field, "%s must be an RFC 3339 timestamp such as 2026-12-01T00:00:00Z", field)
+	}
+	ns := t.UnixNano()
+	if ns <= now {
+		return 0, badRequest("invalid_timestamp", field, "%s must be in the future", field)
+	}
+	return ns, nil
+}
+
+func checkLen(v, field string, max int) error {
+	if len(v) > max {
+		return badRequest("field_too_long", field, "%s is longer than %d bytes", field, max)
+	}
+	return nil
+}
+
+func (s *Server) getCustomer(ctx *fasthttp.RequestCtx, id string) {
+	w, err := s.e.Wallet(id)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	b := append([]byte(nil), `{"customer_id":`...)
+	b = appendString(b, id)
+	b = append(b, `,"status":"`...)
+	b = append(b, w.Settings.Status.String()...)
+	b = append(b, `","insufficient_funds":"`...)
+	b = append(b, w.Settings.Policy.String()...)
+	b = append(b, `","credit_limit":{`...)
+	for i, l := range w.Settings.CreditLimits {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, l.Account)
+		b = append(b, ':')
+		b = appendUnits(b, l.Units, scaleOf(w, l.Account, s.e.Pricing()))
+	}
+	b = append(b, `},"plan":null,"auto_reload":null,"balance_alerts":[`...)
+	for i, a := range w.Settings.BalanceAlerts {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, a)
+	}
+	b = append(b, `],"metadata":`...)
+	b = appendRaw(b, w.Settings.Metadata, "{}")
+	b = append(b, `,"created_at":`...)
+	b = appendTime(b, w.CreatedAt)
+	b = append(b, `,"wallet":`...)
+	b = appendWallet(b, w)
+	b = append(b, '}')
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+func scaleOf(w *balance.Wallet, account string, p *meter.Pricing) uint8 {
+	if a := w.Account(account); a != nil {
+		return a.Scale
+	}
+	_, code, _ := strings.Cut(account, ":")
+	as, _ := p.Asset(code)
+	return as.Scale
+}
+
+func (s *Server) getWallet(ctx *fasthttp.RequestCtx, id string) {
+	w, err := s.e.Wallet(id)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(appendWallet(nil, w))
+}
+
+func appendWallet(b []byte, w *balance.Wallet) []byte {
+	b = append(b, `{"customer_id":`...)
+	b = appendString(b, w.Customer)
+	b = append(b, `,"accounts":[`...)
+	for i, a := range w.Accounts {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"id":`...)
+		b = appendString(b, a.ID())
+		b = append(b, `,"name":`...)
+		b = appendString(b, a.Name)
+		b = append(b, `,"asset":`...)
+		b = appendString(b, a.Asset)
+		b = append(b, `,"available":`...)
+		b = appendUnits(b, a.Available(), a.Scale)
+		b = append(b, `,"held":`...)
+		b = appendUnits(b, a.Held, a.Scale)
+		b = append(b, `,"debt":`...)
+		b = appendUnits(b, a.Debt, a.Scale)
+		b = append(b, `,"buckets":[`...)
+		for j := range a.Buckets {
+			k := &a.Buckets[j]
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"id":`...)
+			b = appendString(b, k.ID)
+			b = append(b, `,"kind":`...)
+			b = appendString(b, k.Kind.String())
+			b = append(b, `,"priority":`...)
+			b = appendUint(b, uint64(k.Priority))
+			b = append(b, `,"amount":`...)
+			b = appendUnits(b, k.Amount, a.Scale)
+			b = append(b, `,"remaining":`...)
+			b = appendUnits(b, k.Remaining, a.Scale)
+			b = append(b, `,"effective_at":`...)
+			b = appendTime(b, k.EffectiveAt)
+			b = append(b, `,"expires_at":`...)
+			b = appendTime(b, k.ExpiresAt)
+			b = append(b, `,"source":`...)
+			b = appendString(b, k.Source)
+			b = append(b, `,"reference":`...)
+			b = appendString(b, k.Reference)
+			b = append(b, `,"metadata":`...)
+			b = appendRaw(b, k.Metadata, "{}")
+			b = append(b, '}')
+		}
+		b = append(b, "]}"...)
+	}
+	return append(b, "]}"...)
+}
+
+func (s *Server) resume(ctx *fasthttp.RequestCtx, id string) {
+	if err := s.e.Resume(id); err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	s.getCustomer(ctx, id)
+}
+
+type priceBody struct {
+	Amount   json.RawMessage `json:"amount"`
+	Currency string          `json:"currency"`
+}
+
+type topUpBody struct {
+	ID        string          `json:"id"`
+	Account   *string         `json:"account"`
+	Asset     string          `json:"asset"`
+	Amount    json.RawMessage `json:"amount"`
+	Price     *priceBody      `json:"price"`
+	Source    *string         `json:"source"`
+	ExpiresAt *string         `json:"expires_at"`
+	Metadata  json.RawMessage `json:"metadata"`
+}
+
+// hasher builds the content hash of a write from its parsed fields.
+type hasher struct{ b []byte }
+
+func (h *hasher) str(s string) *hasher {
+	h.b = binary.AppendUvarint(h.b, uint64(len(s)))
+	h.b = append(h.b, s...)
+	return h
+}
+func (h *hasher) int(v int64) *hasher { h.b = binary.AppendVarint(h.b, v); return h }
+func (h *hasher) sum() [16]byte {
+	full := sha256.Sum256(h.b)
+	var out [16]byte
+	copy(out[:], full[:16])
+	return out
+}
+
+func (s *Server) topUp(ctx *fasthttp.RequestCtx, customer string) {
+	var body topUpBody
+	if err := decodeStrict(ctx.PostBody(), &body); err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	cmd, price, err := s.topUpCmd(&body)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	h := (&hasher{}).str(cmd.ID).str(cmd.Account).str(cmd.Asset).int(cmd.Amount).str(price.amount).str(price.currency).
+		str(cmd.Source).int(cmd.ExpiresAt).str(string(cmd.Metadata)).sum()
+	res, err := s.e.TopUp(customer, cmd, h)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	if !res.Replayed {
+		ctx.SetStatusCode(fasthttp.StatusCreated)
+	}
+	b := append([]byte(nil), `{"id":`...)
+	b = appendString(b, cmd.ID)
+	b = append(b, `,"customer_id":`...)
+	b = appendString(b, customer)
+	b = append(b, `,"bucket_id":`...)
+	b = appendString(b, res.BucketID)
+	b = append(b, `,"status":`...)
+	b = appendString(b, topUpStatus(res.Status))
+	b = append(b, `,"account":`...)
+	b = appendString(b, cmd.Account+":"+cmd.Asset)
+	b = append(b, `,"asset":`...)
+	b = appendString(b, cmd.Asset)
+	b = append(b, `,"amount":`...)
+	b = appendUnits(b, cmd.Amount, cmd.Scale)
+	b = append(b, `,"price":`...)
+	if price.currency == "" {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, `{"amount":`...)
+		b = appendString(b, price.amount)
+		b = append(b, `,"currency":`...)
+		b = appendString(b, price.currency)
+		b = append(b, '}')
+	}
+	b = append(b, `,"source":`...)
+	b = appendString(b, cmd.Source)
+	b = append(b, `,"expires_at":`...)
+	b = appendTime(b, cmd.ExpiresAt)
+	b = append(b, `,"created_at":`...)
+	b = appendTime(b, res.CreatedAt)
+	if res.ReversedAt != 0 {
+		b = append(b, `,"reversed_at":`...)
+		b = appendTime(b, res.ReversedAt)
+	}
+	b = append(b, `,"metadata":`...)
+	b = appendRaw(b, cmd.Metadata, "{}")
+	b = append(b, '}')
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+func topUpStatus(st uint8) string {
+	if st == balance.TopUpReversed {
+		return "reversed"
+	}
+	return "completed"
+}
+
+type priceText struct{ amount, currency string }
+
+func (s *Server) topUpCmd(body *topUpBody) (*balance.TopUpCmd, priceText, error) {
+	var price priceText
+	if !validID(body.ID) {
+		return nil, price, badRequest("invalid_id", "id", "id must be 1-128 characters of [A-Za-z0-9._:-]")
+	}
+	name := defaultAccountName
+	if body.Account != nil {
+		name = *body.Account
+	}
+	if !validAccountName(name) {
+		return nil, price, badRequest("invalid_request", "account", "account must be 1-64 characters of [A-Za-z0-9._-]")
+	}
+	p := s.e.Pricing()
+	asset, ok := p.Asset(body.Asset)
+	if !ok {
+		return nil, price, badRequest("unknown_asset", "asset", "asset %q is not defined by the pricing in force (version %d)", body.Asset, p.Version)
+	}
+	amount, err := parseAmount(body.Amount, asset.Scale, "amount")
+	if err != nil {
+		return nil, price, err
+	}
+	if amount <= 0 {
+		return nil, price, badRequest("invalid_amount", "amount", "a top-up amount must be positive")
+	}
+	if body.Price != nil {
+		if !validCode(body.Price.Currency) {
+			return nil, price, badRequest("invalid_request", "price.currency", "currency must be 1-16 characters of [A-Z0-9_]")
+		}
+		text, err := decimalText(body.Price.Amount, "price.amount")
+		if err != nil {
+			return nil, price, err
+		}
+		price = priceText{amount: text, currency: body.Price.Currency}
+	}
+	source := defaultTopUpSource
+	if body.Source != nil {
+		source = *body.Source
+	}
+	if err := checkLen(source, "source", sourceLenMax); err != nil {
+		return nil, price, err
+	}
+	exp, err := parseExpiry(body.ExpiresAt, s.e.Now(), "expires_at")
+	if err != nil {
+		return nil, price, err
+	}
+	md, err := metadata(body.Metadata, "metadata")
+	if err != nil {
+		return nil, price, err
+	}
+	return &balance.TopUpCmd{ID: body.ID, Account: name, Asset: asset.Code, Scale: asset.Scale, Amount: amount,
+		Source: source, ExpiresAt: exp, Metadata: md}, price, nil
+}
+
+func validCode(s string) bool {
+	if len(s) == 0 || len(s) > 16 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) reverse(ctx *fasthttp.RequestCtx, customer, id string) {
+	if !validID(id) {
+		writeError(ctx, fasthttp.StatusBadRequest, "invalid_id", "top-up id must be 1-128 characters of [A-Za-z0-9._:-]", "id")
+		return
+	}
+	res, err := s.e.ReverseTopUp(customer, id)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	b := append([]byte(nil), `{"id":`...)
+	b = appendString(b, id)
+	b = append(b, `,"bucket_id":`...)
+	b = appendString(b, res.BucketID)
+	b = append(b, `,"status":"reversed","reversed_at":`...)
+	b = appendTime(b, res.ReversedAt)
+	b = append(b, '}')
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+type adjustBody struct {
+	TransactionID string          `json:"transaction_id"`
+	AccountName   *string         `json:"account_name"`
+	Asset         string          `json:"asset"`
+	Amount        json.RawMessage `json:"amount"`
+	Description   string          `json:"description"`
+	Reason        string          `json:"reason"`
+	Kind          *string         `json:"kind"`
+	Priority      *int            `json:"priority"`
+	ExpiresAt     *string         `json:"expires_at"`
+	Metadata      json.RawMessage `json:"metadata"`
+}
+
+func (s *Server) adjust(ctx *fasthttp.RequestCtx, customer string) {
+	var body adjustBody
+	if err := decodeStrict(ctx.PostBody(), &body); err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	cmd, err := s.adjustCmd(&body)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	h := (&hasher{}).str(cmd.TransactionID).str(cmd.Account).str(cmd.Asset).int(cmd.Amount).int(int64(cmd.Kind)).
+		int(int64(cmd.Priority)).int(cmd.ExpiresAt).str(cmd.Source).str(body.Description).str(string(cmd.Metadata)).sum()
+	res, err := s.e.Adjust(customer, cmd, h)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	if !res.Replayed {
+		ctx.SetStatusCode(fasthttp.StatusCreated)
+	}
+	b := append([]byte(nil), `{"id":`...)
+	b = appendString(b, cmd.TransactionID)
+	b = append(b, `,"customer_id":`...)
+	b = appendString(b, customer)
+	b = append(b, `,"account":`...)
+	b = appendString(b, cmd.Account+":"+cmd.Asset)
+	b = append(b, `,"amount":`...)
+	b = appendUnits(b, cmd.Amount, cmd.Scale)
+	b = append(b, `,"created_at":`...)
+	b = appendTime(b, res.CreatedAt)
+	b = append(b, '}')
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+func (s *Server) adjustCmd(body *adjustBody) (*balance.AdjustCmd, error) {
+	if !validID(body.TransactionID) {
+		return nil, badRequest("invalid_id", "transaction_id", "transaction_id must be 1-128 characters of [A-Za-z0-9._:-]")
+	}
+	name := defaultAccountName
+	if body.AccountName != nil {
+		name = *body.AccountName
+	}
+	if !validAccountName(name) {
+		return nil, badRequest("invalid_request", "account_name", "account_name must be 1-64 characters of [A-Za-z0-9._-]")
+	}
+	p := s.e.Pricing()
+	asset, ok := p.Asset(body.Asset)
+	if !ok {
+		return nil, badRequest("unknown_asset", "asset", "asset %q is not defined by the pricing in force (version %d)", body.Asset, p.Version)
+	}
+	amount, err := parseAmount(body.Amount, asset.Scale, "amount")
+	if err != nil {
+		return nil, err
+	}
+	if amount == 0 {
+		return nil, badRequest("invalid_amount", "amount", "an adjustment amount cannot be zero")
+	}
+	if err := checkLen(body.Description, "description", textLenMax); err != nil {
+		return nil, err
+	}
+	if err := checkLen(body.Reason, "reason", sourceLenMax); err != nil {
+		return nil, err
+	}
+	kind := balance.KindRecharge
+	if body.Kind != nil {
+		k, ok := balance.ParseKind(*body.Kind)
+		if !ok {
+			return nil, badRequest("invalid_request", "kind", "kind must be promotional, plan or recharge")
+		}
+		kind = k
+	}
+	prio := -1
+	if body.Priority != nil {
+		if *body.Priority < 0 || *body.Priority > 100 {
+			return nil, badRequest("invalid_request", "priority", "priority must be 0-100")
+		}
+		prio = *body.Priority
+	}
+	exp, err := parseExpiry(body.ExpiresAt, s.e.Now(), "expires_at")
+	if err != nil {
+		return nil, err
+	}
+	md, err := metadata(body.Metadata, "metadata")
+	if err != nil {
+		return nil, err
+	}
+	source := body.Reason
+	if source == "" {
+		source = defaultAdjustSource
+	}
+	return &balance.AdjustCmd{TransactionID: body.TransactionID, Account: name, Asset: asset.Code, Scale: asset.Scale,
+		Amount: amount, Kind: kind, Priority: prio, ExpiresAt: exp, Source: source, Metadata: md}, nil
+}
+
+func (s *Server) ledger(ctx *fasthttp.RequestCtx, customer string) {
+	q := ctx.QueryArgs()
+	account := string(q.Peek("account"))
+	limit := ledgerPageDefault
+	if v := q.Peek("limit"); len(v) > 0 {
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 1 || n > ledgerPageMax {
+			writeError(ctx, fasthttp.StatusBadRequest, "invalid_limit", "limit must be an integer from 1 to 1000", "limit")
+			return
+		}
+		limit = n
+	}
+	var before uint64
+	if v := q.Peek("before"); len(v) > 0 {
+		n, err := strconv.ParseUint(string(v), 10, 64)
+		if err != nil || n == 0 {
+			writeError(ctx, fasthttp.StatusBadRequest, "invalid_cursor", "before must be a cursor returned as next by this endpoint", "before")
+			return
+		}
+		before = n
+	}
+	page, err := s.e.Ledger(customer, account, before, limit)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	b := append([]byte(nil), `{"entries":[`...)
+	for i := range page.Entries {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendEntry(b, customer, &page.Entries[i])
+	}
+	b = append(b, `],"next":`...)
+	if page.Next == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '"')
+		b = appendUint(b, page.Next)
+		b = append(b, '"')
+	}
+	b = append(b, '}')
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+func appendOptString(b []byte, s string) []byte {
+	if s == "" {
+		return append(b, "null"...)
+	}
+	return appendString(b, s)
+}
+
+func appendEntry(b []byte, customer string, e *balance.Entry) []byte {
+	b = append(b, `{"id":"`...)
+	b = append(b, customer...)
+	b = append(b, '/')
+	b = appendUint(b, e.Seq)
+	b = append(b, `","seq":`...)
+	b = appendUint(b, e.Seq)
+	b = append(b, `,"type":`...)
+	b = appendString(b, e.Type.String())
+	b = append(b, `,"account":`...)
+	b = appendString(b, e.Account)
+	b = append(b, `,"amount":`...)
+	b = appendUnits(b, e.Amount, e.Scale)
+	b = append(b, `,"balance_after":`...)
+	b = appendUnits(b, e.BalanceAfter, e.Scale)
+	b = append(b, `,"bucket_id":`...)
+	b = appendOptString(b, e.BucketID)
+	b = append(b, `,"event_id":`...)
+	b = appendOptString(b, e.EventID)
+	b = append(b, `,"reference":`...)
+	b = appendOptString(b, e.Reference)
+	b = append(b, `,"occurred_at":`...)
+	b = appendTime(b, e.OccurredAt)
+	b = append(b, `,"recorded_at":`...)
+	b = appendTime(b, e.RecordedAt)
+	if e.PricingVersion != 0 {
+		b = append(b, `,"pricing_version":`...)
+		b = appendUint(b, uint64(e.PricingVersion))
+	}
+	b = append(b, `,"metadata":`...)
+	b = appendRaw(b, e.Metadata, "{}")
+	return append(b, '}')
+}

@@ -1,0 +1,41 @@
+package ingest
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type httpMetrics struct {
+	requests *prometheus.HistogramVec
+	events   *prometheus.CounterVec
+}
+
+func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
+	m := &httpMetrics{
+		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "meterd_http_request_duration_seconds",
+			Help:    "HTTP request latency by route and status class, from routing to the response body being ready.",
+			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 16),
+		}, []string{"route", "status"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meterd_events_total",
+			Help: "Usage events by result status (charged, recorded, duplicate, rejected) and the door they came in by.",
+		}, []string{"status", "source"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.events)
+	}
+	return m
+}
+
+var statusClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
+
+func (m *httpMetrics) observe(route string, status int, d time.Duration) {
+	class := strconv.Itoa(status)
+	if i := status/100 - 1; i >= 0 && i < len(statusClasses) {
+		class = statusClasses[i]
+	}
+	m.requests.WithLabelValues(route, class).Observe(d.Seconds())
+}

@@ -1,0 +1,107 @@
+package ingest
+
+import (
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meterd/meterd/balance"
+)
+
+const benchPricing = `{"assets":[{"code":"CREDITS","scale":0},{"code":"USD","scale":6}],
+ "prices":[{"event_type":"message_completed","account":"default:USD","dimensions":["model"],
+   "components":[
+     {"field":"input_tokens","package_size":"1000000","unit_price":{"gpt-4-1":"2.00","*":"1.25"}},
+     {"field":"output_tokens","package_size":"1000000","unit_price":{"gpt-4-1":"8.00","*":"5.00"}}]}]}`
+
+// openBenchEngine opens an engine with customers bench-0..n-1, each holding a large USD top-up.
+func openBenchEngine(b *testing.B, dir string, customers int) *balance.Engine {
+	b.Helper()
+	eng, err := balance.Open(balance.Options{Dir: dir, DefaultPricing: []byte(benchPricing)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < customers; i++ {
+		id := "bench-" + strconv.Itoa(i)
+		if _, err := eng.PutCustomer(id, balance.Settings{Status: balance.StatusActive, Policy: balance.PolicyReject}); err != nil {
+			b.Fatal(err)
+		}
+		cmd := &balance.TopUpCmd{ID: "t", Account: "default", Asset: "USD", Scale: 6, Amount: 1_000_000_000_000_000, Source: "bench"}
+		if _, err := eng.TopUp(id, cmd, [16]byte{1}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return eng
+}
+
+// benchBatch returns a JSON events request of n message_completed events with unique ids.
+func benchBatch(seq *atomic.Int64, n, customers int, now time.Time) []byte {
+	b := []byte(`{"events":[`)
+	for i := 0; i < n; i++ {
+		id := seq.Add(1)
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = fmt.Appendf(b, `{"id":"evt_%d","customer_id":"bench-%d","event_type":"message_completed","occurred_at":%q,"data":{"model":"gpt-4-1","input_tokens":%d,"output_tokens":%d}}`,
+			id, id%int64(customers), now.UTC().Format(time.RFC3339Nano), 1000+id%5000, 200+id%3000)
+	}
+	return append(b, "]}"...)
+}
+
+// BenchmarkPath measures the whole write path of an events request: decode,
+// route to shards, rate, apply, one Pebble batch per commit group with fsync,
+// results back. Each op is one request of 100 events; many concurrent
+// requests share commit groups. ns/op is per request: events/s is reported.
+func BenchmarkPath(b *testing.B) {
+	const batch, customers = 100, 10_000
+	eng := openBenchEngine(b, b.TempDir(), customers)
+	defer eng.Close()
+	var seq atomic.Int64
+	now := time.Now()
+	// Bodies are prepared before timing: a real client sends them.
+	bodies := make([][]byte, 256)
+	for i := range bodies {
+		bodies[i] = benchBatch(&seq, batch, customers, now)
+	}
+	var next atomic.Int64
+	lim := DefaultLimits()
+	b.SetParallelism(32)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		var dec Decoder
+		var decoded []Decoded
+		ins := make([]balance.EventIn, batch)
+		ptrs := make([]*balance.EventIn, batch)
+		for pb.Next() {
+			i := next.Add(1)
+			body := bodies[i%int64(len(bodies))]
+			if i >= int64(len(bodies)) {
+				// Fresh ids: a body reused as-is would only measure duplicates.
+				body = benchBatch(&seq, batch, customers, now)
+			}
+			var rerr *RequestError
+			decoded, rerr = dec.DecodeJSON(body, now, &lim, decoded[:0])
+			if rerr != nil {
+				b.Error(rerr)
+				return
+			}
+			for j := range decoded {
+				ins[j] = balance.EventIn{Event: &decoded[j].Event, Hash: decoded[j].ContentHash}
+				ptrs[j] = &ins[j]
+			}
+			if err := eng.Events(ptrs[:len(decoded)]); err != nil {
+				b.Error(err)
+				return
+			}
+			if ins[0].Result.Status != balance.EventCharged {
+				b.Errorf("status %d %s %s", ins[0].Result.Status, ins[0].Result.Code, ins[0].Result.Message)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N*batch)/time.Since(start).Seconds(), "events/s")
+}

@@ -1,0 +1,399 @@
+// Package ingest is meterd's way in: the fasthttp API of the contract and
+// the decoding of usage events (JSON batches and NDJSON).
+//
+// Every write answers only after the engine made it durable. A request is
+// refused whole only when it cannot be read (400, 413), is not allowed (401,
+// 403) or meets a full queue (503: retry with the same ids); otherwise each
+// event gets its own result and one bad event never fails its neighbours.
+package ingest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meterd/meterd/balance"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+)
+
+// Config configures a Server.
+type Config struct {
+	Engine         *balance.Engine
+	Keys           *Keys // nil or empty: no auth (loopback only; see CheckListen)
+	Limits         Limits
+	Log            *slog.Logger
+	Registerer     prometheus.Registerer
+	Gatherer       prometheus.Gatherer
+	RequestTimeout time.Duration // read and write timeout per request; default 30s
+}
+
+// Server serves the HTTP API.
+type Server struct {
+	e       *balance.Engine
+	keys    *Keys
+	lim     Limits
+	log     *slog.Logger
+	metrics *httpMetrics
+	srv     *fasthttp.Server
+	prom    fasthttp.RequestHandler
+	ready   atomic.Bool
+	pool    sync.Pool // *eventsScratch
+}
+
+// NewServer returns a server for the engine.
+func NewServer(c Config) *Server {
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 30 * time.Second
+	}
+	if c.Limits.BodyBytesMax == 0 {
+		c.Limits = DefaultLimits()
+	}
+	if c.Gatherer == nil {
+		c.Gatherer = prometheus.DefaultGatherer
+	}
+	s := &Server{e: c.Engine, keys: c.Keys, lim: c.Limits, log: c.Log, metrics: newHTTPMetrics(c.Registerer)}
+	s.prom = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.Gatherer, promhttp.HandlerOpts{}))
+	s.srv = &fasthttp.Server{
+		Handler:            s.Handle,
+		Name:               "meterd",
+		MaxRequestBodySize: c.Limits.BodyBytesMax,
+		ReadTimeout:        c.RequestTimeout,
+		WriteTimeout:       c.RequestTimeout,
+		IdleTimeout:        2 * time.Minute,
+		ReadBufferSize:     16 << 10,
+		ErrorHandler:       s.errorHandler,
+		Logger:             fasthttpLogger{c.Log},
+	}
+	s.ready.Store(true)
+	return s
+}
+
+// Serve serves on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting connections and waits for requests in flight.
+func (s *Server) Shutdown() error {
+	s.ready.Store(false)
+	return s.srv.Shutdown()
+}
+
+// CheckListen refuses a non-loopback address when no API key is configured:
+// without keys the API has no auth and must not be reachable from elsewhere.
+func CheckListen(addr string, authEnabled bool) error {
+	if authEnabled {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("listen address %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("listen address %q is not loopback and no API keys are configured (--api-keys): refusing to serve without auth beyond this machine", addr)
+	}
+	return nil
+}
+
+func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large",
+			fmt.Sprintf("the request body is larger than %d bytes", s.lim.BodyBytesMax), "")
+		return
+	}
+	writeError(ctx, fasthttp.StatusBadRequest, "malformed_request", err.Error(), "")
+}
+
+// Handle routes one request.
+func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	route := s.route(ctx)
+	s.metrics.observe(route, ctx.Response.StatusCode(), time.Since(start))
+}
+
+// route dispatches the request and returns the route label for metrics.
+func (s *Server) route(ctx *fasthttp.RequestCtx) string {
+	path := string(ctx.Path())
+	method := string(ctx.Method())
+	switch path {
+	case "/healthz":
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(`{"status":"ok"}`)
+		return "healthz"
+	case "/readyz":
+		ctx.SetContentType("application/json")
+		if !s.ready.Load() {
+			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+			ctx.SetBodyString(`{"status":"stopping"}`)
+			return "readyz"
+		}
+		ctx.SetBodyString(`{"status":"ready","storage":"open","recovered":true}`)
+		return "readyz"
+	case "/metrics":
+		s.prom(ctx)
+		return "metrics"
+	case "/v1/events":
+		if s.allow(ctx, method, "POST", ScopeIngest) {
+			s.events(ctx)
+		}
+		return "events"
+	case "/v1/pricing":
+		switch method {
+		case "GET":
+			if s.allow(ctx, method, "GET", ScopeRead) {
+				s.getPricing(ctx)
+			}
+		default:
+			if s.allow(ctx, method, "PUT", ScopeAdmin) {
+				s.putPricing(ctx)
+			}
+		}
+		return "pricing"
+	case "/v1/pricing/simulate":
+		if s.allow(ctx, method, "POST", ScopeRead) {
+			s.simulate(ctx)
+		}
+		return "pricing_simulate"
+	}
+	if rest, ok := strings.CutPrefix(path, "/v1/customers/"); ok {
+		return s.customerRoute(ctx, method, rest)
+	}
+	writeError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+method+" "+path, "")
+	return "unknown"
+}
+
+func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) string {
+	parts := strings.Split(rest, "/")
+	id := parts[0]
+	if !validID(id) {
+		writeError(ctx, fasthttp.StatusBadRequest, "invalid_id", "customer id must be 1-128 characters of [A-Za-z0-9._:-]", "customer_id")
+		return "customer"
+	}
+	switch {
+	case len(parts) == 1:
+		switch method {
+		case "GET":
+			if s.allow(ctx, method, "GET", ScopeRead) {
+				s.getCustomer(ctx, id)
+			}
+		default:
+			if s.allow(ctx, method, "PUT", ScopeAdmin) {
+				s.putCustomer(ctx, id)
+			}
+		}
+		return "customer"
+	case len(parts) == 2 && parts[1] == "wallet":
+		if s.allow(ctx, method, "GET", ScopeRead) {
+			s.getWallet(ctx, id)
+		}
+		return "wallet"
+	case len(parts) == 2 && parts[1] == "resume":
+		if s.allow(ctx, method, "POST", ScopeAdmin) {
+			s.resume(ctx, id)
+		}
+		return "resume"
+	case len(parts) == 2 && parts[1] == "topups":
+		if s.allow(ctx, method, "POST", ScopeAdmin) {
+			s.topUp(ctx, id)
+		}
+		return "topups"
+	case len(parts) == 4 && parts[1] == "topups" && parts[3] == "reverse":
+		if s.allow(ctx, method, "POST", ScopeAdmin) {
+			s.reverse(ctx, id, parts[2])
+		}
+		return "topup_reverse"
+	case len(parts) == 2 && parts[1] == "adjustments":
+		if s.allow(ctx, method, "POST", ScopeAdmin) {
+			s.adjust(ctx, id)
+		}
+		return "adjustments"
+	case len(parts) == 2 && parts[1] == "ledger":
+		if s.allow(ctx, method, "GET", ScopeRead) {
+			s.ledger(ctx, id)
+		}
+		return "ledger"
+	}
+	writeError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+method+" /v1/customers/"+rest, "")
+	return "unknown"
+}
+
+// allow checks the method and the caller's scope, answering the request when it is refused.
+func (s *Server) allow(ctx *fasthttp.RequestCtx, method, want string, scope Scope) bool {
+	if method != want {
+		ctx.Response.Header.Set("Allow", want)
+		writeError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", "use "+want+" on this endpoint", "")
+		return false
+	}
+	if s.keys == nil || s.keys.Len() == 0 {
+		return true
+	}
+	status, code := s.keys.Authorize(ctx.Request.Header.Peek("Authorization"), scope)
+	if status != 0 {
+		msg := "a valid API key is required: Authorization: Bearer <key>"
+		if status == fasthttp.StatusForbidden {
+			msg = "this API key does not have the scope this endpoint needs"
+		}
+		writeError(ctx, status, code, msg, "")
+		return false
+	}
+	return true
+}
+
+// writeError writes the contract's error body.
+func writeError(ctx *fasthttp.RequestCtx, status int, code, msg, field string) {
+	b := make([]byte, 0, 128+len(msg))
+	b = append(b, `{"error":{"code":`...)
+	b = appendString(b, code)
+	b = append(b, `,"message":`...)
+	b = appendString(b, msg)
+	if field != "" {
+		b = append(b, `,"field":`...)
+		b = appendString(b, field)
+	}
+	b = append(b, "}}"...)
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+// statusOf maps an error code to its HTTP status.
+func statusOf(code string) int {
+	switch code {
+	case "unknown_customer", "not_found":
+		return fasthttp.StatusNotFound
+	case "idempotency_conflict", "insufficient_funds", "topup_spent", "reversal_window_elapsed", "account_paused":
+		return fasthttp.StatusConflict
+	case "overloaded", "unavailable":
+		return fasthttp.StatusServiceUnavailable
+	case "unknown_asset", "invalid_pricing", "asset_immutable", "pricing_limit_exceeded", "unsupported_setting":
+		return fasthttp.StatusUnprocessableEntity
+	case "malformed_json", "invalid_request", "invalid_amount", "invalid_id", "invalid_timestamp", "invalid_number":
+		return fasthttp.StatusBadRequest
+	}
+	return fasthttp.StatusInternalServerError
+}
+
+// writeErr writes err with the status its code maps to.
+func (s *Server) writeErr(ctx *fasthttp.RequestCtx, err error) {
+	var coded interface{ ErrorCode() string }
+	if errors.As(err, &coded) {
+		field := ""
+		var fe interface{ FieldPath() string }
+		if errors.As(err, &fe) {
+			field = fe.FieldPath()
+		}
+		msg := err.Error()
+		switch e := err.(type) {
+		case *balance.Error:
+			msg = e.Message
+		case *apiError:
+			msg = e.Message
+		}
+		if me, ok := err.(interface{ MessageText() string }); ok {
+			msg = me.MessageText()
+		}
+		writeError(ctx, statusOf(coded.ErrorCode()), coded.ErrorCode(), msg, field)
+		return
+	}
+	s.log.Error("request failed", "path", string(ctx.Path()), "err", err)
+	writeError(ctx, fasthttp.StatusInternalServerError, "internal_error", "internal error; it has been logged", "")
+}
+
+// apiError is a request validation error of this package.
+type apiError struct {
+	Code, Message, Field string
+}
+
+func (e *apiError) Error() string       { return e.Code + ": " + e.Message }
+func (e *apiError) ErrorCode() string   { return e.Code }
+func (e *apiError) FieldPath() string   { return e.Field }
+func (e *apiError) MessageText() string { return e.Message }
+
+func badRequest(code, field, format string, args ...any) *apiError {
+	return &apiError{Code: code, Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// decodeStrict decodes a JSON body into v, rejecting unknown fields by name.
+func decodeStrict(body []byte, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return badRequest("malformed_json", "", "the request body is empty; a JSON object is expected")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		var se *json.SyntaxError
+		switch {
+		case errors.As(err, &te):
+			return badRequest("invalid_request", te.Field, "%s must be a JSON %s", orBody(te.Field), jsonKind(te.Type.String()))
+		case errors.As(err, &se):
+			return badRequest("malformed_json", "", "malformed JSON at byte %d: %v", se.Offset, se)
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			name, _ := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
+			return badRequest("invalid_request", name, "unknown field %q", name)
+		}
+		return badRequest("malformed_json", "", "malformed JSON: %v", err)
+	}
+	if dec.More() {
+		return badRequest("malformed_json", "", "unexpected data after the JSON object")
+	}
+	return nil
+}
+
+func orBody(field string) string {
+	if field == "" {
+		return "the body"
+	}
+	return field
+}
+
+func jsonKind(goType string) string {
+	switch {
+	case strings.HasPrefix(goType, "map"), strings.HasPrefix(goType, "struct"), strings.HasPrefix(goType, "ingest."):
+		return "object"
+	case strings.HasPrefix(goType, "[]"):
+		return "array"
+	case goType == "string", goType == "json.Number":
+		return "string"
+	case goType == "bool":
+		return "boolean"
+	}
+	return "value of type " + goType
+}
+
+// validID reports whether s is an identifier of the contract: 1-128 chars of [A-Za-z0-9._:-].
+func validID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Warn(fmt.Sprintf(format, args...), "component", "http")
+}
