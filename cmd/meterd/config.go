@@ -1,0 +1,568 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the server's configuration. Every field is one setting, and every
+// setting can be given in four places, highest precedence first:
+//
+//  1. a command-line flag (--data-dir ./data),
+//  2. an environment variable: "METERD_" + the flag name upper-cased with
+//     '-' as '_' (METERD_DATA_DIR); an empty variable counts as unset,
+//  3. a key of the YAML file named by --config or METERD_CONFIG, the key
+//     being the flag name (data-dir: ./data),
+//  4. the built-in default.
+//
+// The settings are declared once, in settings; flags, environment variables,
+// YAML keys and the --help text are all derived from that table.
+type Config struct {
+	Listen              string        // --listen HOST:PORT
+	DataDir             string        // --data-dir DIR
+	Pricing             string        // --pricing FILE: pricing document loaded at start when none is stored
+	APIKeys             string        // --api-keys FILE (see ingest.LoadKeys); empty = no auth, loopback only
+	TestClock           bool          // --test-clock
+	TestClockStart      string        // --test-clock-start RFC3339 (needs --test-clock)
+	ClickHouseAddr      string        // --clickhouse-addr HOST:PORT, empty = no ClickHouse sink
+	ClickHouseDatabase  string        // --clickhouse-database NAME
+	KafkaBrokers        string        // --kafka-brokers LIST (comma-separated HOST:PORT), empty = no Kafka
+	KafkaTopic          string        // --kafka-topic NAME
+	KafkaGroup          string        // --kafka-group NAME
+	Shards              int           // --shards N, 0 = number of CPUs
+	DedupWindow         time.Duration // --dedup-window DURATION, at least 24h
+	ReversalWindow      time.Duration // --reversal-window DURATION
+	BodyBytesMax        int           // --body-bytes-max N
+	EventsPerRequestMax int           // --events-per-request-max N
+	ShardQueueMax       int           // --shard-queue-max N: requests waiting per shard before 503
+	CommitEventsMax     int           // --commit-events-max N: events per commit group
+	IdemCacheMax        int           // --idem-cache-max N: idempotency records cached per shard
+	LogLevel            string        // --log-level debug|info|warn|error
+	Config              string        // --config FILE (YAML); not itself a YAML key
+}
+
+// Limits of the configuration itself. A value past an upper bound is far more
+// likely a typo (a few zeros too many) than an intent, and would otherwise
+// surface later as an out-of-memory kill instead of a clear error.
+const (
+	configFileBytesMax         = 1 << 20
+	shardsMax                  = 1024
+	dedupWindowMin             = 24 * time.Hour
+	bodyBytesMaxMax            = 1 << 30
+	eventsPerRequestMaxMax     = 1_000_000
+	shardQueueMaxMax           = 1 << 20
+	commitEventsMaxMax         = 1 << 20
+	idemCacheMaxMax            = 1 << 26
+	clickHouseDatabaseBytesMax = 64
+	kafkaNameBytesMax          = 249 // Kafka's own limit on topic names
+)
+
+// setting is one row of the configuration table.
+type setting struct {
+	name   string // flag name and YAML key; env name is derived (envName)
+	arg    string // placeholder for the value in --help ("" for booleans)
+	def    string // default, parsed by the same code as every other source
+	usage  string
+	ptr    any  // *string, *bool, *int or *time.Duration inside a Config
+	list   bool // YAML may give a sequence, joined with commas
+	noFile bool // not accepted as a YAML key
+}
+
+// settings is the one table of settings: flags, environment variables, YAML
+// keys and the help text all come from it, so they cannot drift apart.
+func settings(c *Config) []setting {
+	return []setting{
+		{name: "listen", arg: "HOST:PORT", def: "127.0.0.1:8080", ptr: &c.Listen,
+			usage: "address to serve HTTP on; without --api-keys only a loopback address is allowed"},
+		{name: "data-dir", arg: "DIR", def: "./data", ptr: &c.DataDir,
+			usage: "directory of the durable store"},
+		{name: "pricing", arg: "FILE", def: "", ptr: &c.Pricing,
+			usage: "pricing document (JSON) loaded at start when none is stored yet"},
+		{name: "api-keys", arg: "FILE", def: "", ptr: &c.APIKeys,
+			usage: "YAML file of API keys and their scopes; empty = no auth (loopback only)"},
+		{name: "test-clock", def: "false", ptr: &c.TestClock,
+			usage: "run on a test clock that moves only through POST /v1/test-clock"},
+		{name: "test-clock-start", arg: "RFC3339", def: "", ptr: &c.TestClockStart,
+			usage: "start time of the test clock (default: the real time at start)"},
+		{name: "clickhouse-addr", arg: "HOST:PORT", def: "", ptr: &c.ClickHouseAddr,
+			usage: "ClickHouse native-protocol address; empty = no ClickHouse sink"},
+		{name: "clickhouse-database", arg: "NAME", def: "meterd", ptr: &c.ClickHouseDatabase,
+			usage: "ClickHouse database of the ledger_entries and usage_events tables"},
+		{name: "kafka-brokers", arg: "LIST", def: "", ptr: &c.KafkaBrokers, list: true,
+			usage: "comma-separated Kafka bootstrap brokers (HOST:PORT,...); empty = no Kafka"},
+		{name: "kafka-topic", arg: "NAME", def: "usage-events", ptr: &c.KafkaTopic,
+			usage: "Kafka input topic of usage events (invalid messages go to NAME.dlq)"},
+		{name: "kafka-group", arg: "NAME", def: "meterd", ptr: &c.KafkaGroup,
+			usage: "Kafka consumer group"},
+		{name: "shards", arg: "N", def: "0", ptr: &c.Shards,
+			usage: "number of balance shards, 0.." + strconv.Itoa(shardsMax) + "; 0 = number of CPUs"},
+		{name: "dedup-window", arg: "DURATION", def: "840h", ptr: &c.DedupWindow,
+			usage: "how long event and transaction ids are remembered (Go duration, at least 24h)"},
+		{name: "reversal-window", arg: "DURATION", def: "24h", ptr: &c.ReversalWindow,
+			usage: "how long after a top-up it may still be reversed"},
+		{name: "body-bytes-max", arg: "N", def: "8388608", ptr: &c.BodyBytesMax,
+			usage: "largest request body in bytes (larger: 413)"},
+		{name: "events-per-request-max", arg: "N", def: "10000", ptr: &c.EventsPerRequestMax,
+			usage: "most events in one request (more: 413)"},
+		{name: "shard-queue-max", arg: "N", def: "4096", ptr: &c.ShardQueueMax,
+			usage: "requests waiting per shard before answering 503"},
+		{name: "commit-events-max", arg: "N", def: "8192", ptr: &c.CommitEventsMax,
+			usage: "most events in one commit group (one fsync)"},
+		{name: "idem-cache-max", arg: "N", def: "262144", ptr: &c.IdemCacheMax,
+			usage: "idempotency records cached in memory per shard"},
+		{name: "log-level", arg: "LEVEL", def: "info", ptr: &c.LogLevel,
+			usage: "debug, info, warn or error"},
+		{name: "config", arg: "FILE", def: "", ptr: &c.Config, noFile: true,
+			usage: "YAML file of settings, keys named as the flags"},
+	}
+}
+
+// envName is the environment variable of a setting: METERD_DATA_DIR for data-dir.
+func envName(name string) string {
+	return "METERD_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// set parses raw into the typed field behind ptr.
+func set(ptr any, raw string) error {
+	switch p := ptr.(type) {
+	case *string:
+		*p = raw
+	case *bool:
+		v, err := strconv.ParseBool(raw)
+		if err != nil {
+			return fmt.Errorf("invalid boolean %q (want true or false)", raw)
+		}
+		*p = v
+	case *int:
+		v, err := strconv.Atoi(raw)
+		if err != nil {
+			return fmt.Errorf("invalid integer %q", raw)
+		}
+		*p = v
+	case *time.Duration:
+		v, err := time.ParseDuration(raw)
+		if err != nil {
+			return fmt.Errorf("invalid duration %q (want a Go duration such as 840h or 90m)", raw)
+		}
+		*p = v
+	default:
+		panic(fmt.Sprintf("config: setting of unsupported type %T", ptr))
+	}
+	return nil
+}
+
+// rawFlag is a flag.Value that only records the text given; it is parsed
+// later, in precedence order, by set.
+type rawFlag struct {
+	value  string
+	given  bool
+	isBool bool
+}
+
+func (f *rawFlag) String() string   { return f.value }
+func (f *rawFlag) IsBoolFlag() bool { return f.isBool }
+func (f *rawFlag) Set(s string) error {
+	f.value, f.given = s, true
+	return nil
+}
+
+// LoadConfig builds the configuration from the command-line arguments (without
+// the program name), the environment (getenv, normally os.Getenv) and the YAML
+// file named by --config or METERD_CONFIG, in that order of precedence over
+// the defaults. An unknown YAML key, a malformed value from any source, or a
+// value out of range is an error naming its source and key. On -h or --help it
+// writes the usage text to stderr and returns flag.ErrHelp.
+func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+	var c Config
+	table := settings(&c)
+	origin := make(map[string]string, len(table)) // setting name -> where its value came from
+
+	for _, s := range table {
+		if err := set(s.ptr, s.def); err != nil {
+			panic("config: default of " + s.name + ": " + err.Error())
+		}
+		origin[s.name] = "default"
+	}
+
+	// Flags are read first, to find --config, but applied last.
+	fs := flag.NewFlagSet("meterd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	flags := make(map[string]*rawFlag, len(table))
+	for _, s := range table {
+		_, isBool := s.ptr.(*bool)
+		f := &rawFlag{value: s.def, isBool: isBool}
+		flags[s.name] = f
+		fs.Var(f, s.name, s.usage)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			writeUsage(stderr, table)
+			return Config{}, flag.ErrHelp
+		}
+		return Config{}, fmt.Errorf("command line: %v (see meterd --help)", err)
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("command line: unexpected argument %q (see meterd --help)", fs.Arg(0))
+	}
+
+	// The YAML file.
+	path, pathOrigin := "", ""
+	if f := flags["config"]; f.given {
+		path, pathOrigin = f.value, "flag --config"
+	} else if v := getenv(envName("config")); v != "" {
+		path, pathOrigin = v, "environment "+envName("config")
+	}
+	if path != "" {
+		if err := loadConfigFile(path, table, origin); err != nil {
+			return Config{}, fmt.Errorf("%s (from %s)", err, pathOrigin)
+		}
+	}
+
+	// The environment.
+	for _, s := range table {
+		name := envName(s.name)
+		v := getenv(name)
+		if v == "" {
+			continue
+		}
+		src := "environment " + name
+		if err := set(s.ptr, v); err != nil {
+			return Config{}, fmt.Errorf("%s: %v", src, err)
+		}
+		origin[s.name] = src
+	}
+
+	// The command line.
+	for _, s := range table {
+		f := flags[s.name]
+		if !f.given {
+			continue
+		}
+		src := "flag --" + s.name
+		if err := set(s.ptr, f.value); err != nil {
+			return Config{}, fmt.Errorf("%s: %v", src, err)
+		}
+		origin[s.name] = src
+	}
+
+	if err := c.validate(); err != nil {
+		var ve *validationError
+		if errors.As(err, &ve) {
+			return Config{}, fmt.Errorf("%s (%s): %s", ve.name, origin[ve.name], ve.msg)
+		}
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// loadConfigFile applies the settings of a YAML file: one mapping whose keys
+// are flag names and whose values are scalars (or, for a list setting, a
+// sequence of scalars).
+func loadConfigFile(path string, table []setting, origin map[string]string) error {
+	src := "config file " + path
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("%s: %v", src, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, configFileBytesMax+1))
+	if err != nil {
+		return fmt.Errorf("%s: %v", src, err)
+	}
+	if len(data) > configFileBytesMax {
+		return fmt.Errorf("%s: larger than %d bytes", src, configFileBytesMax)
+	}
+
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file sets nothing
+		}
+		return fmt.Errorf("%s: %v", src, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: more than one YAML document", src)
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode {
+		if len(root.Content) == 0 {
+			return nil
+		}
+		root = root.Content[0]
+	}
+	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+		return nil // a file of only comments
+	}
+	if root.Kind != yaml.MappingNode {
+		return fmt.Errorf("%s: line %d: want a mapping of setting names to values", src, root.Line)
+	}
+
+	byName := make(map[string]*setting, len(table))
+	for i := range table {
+		byName[table[i].name] = &table[i]
+	}
+	seen := make(map[string]int)
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		key := k.Value
+		at := fmt.Sprintf("%s: line %d: key %q", src, k.Line, key)
+		s, ok := byName[key]
+		if !ok || k.Kind != yaml.ScalarNode {
+			return fmt.Errorf("%s: unknown key (known keys are the flag names, see meterd --help)", at)
+		}
+		if s.noFile {
+			return fmt.Errorf("%s: not allowed in a config file", at)
+		}
+		if line, dup := seen[key]; dup {
+			return fmt.Errorf("%s: repeats the key of line %d", at, line)
+		}
+		seen[key] = k.Line
+		raw, err := yamlValue(v, s.list)
+		if err != nil {
+			return fmt.Errorf("%s: %v", at, err)
+		}
+		if err := set(s.ptr, raw); err != nil {
+			return fmt.Errorf("%s: %v", at, err)
+		}
+		origin[key] = src
+	}
+	return nil
+}
+
+// yamlValue returns the text of a scalar value, "" for null, and for a list
+// setting the comma-joined items of a sequence.
+func yamlValue(v *yaml.Node, list bool) (string, error) {
+	if v.Kind == yaml.AliasNode && v.Alias != nil {
+		v = v.Alias
+	}
+	switch v.Kind {
+	case yaml.ScalarNode:
+		if v.Tag == "!!null" {
+			return "", nil
+		}
+		return v.Value, nil
+	case yaml.SequenceNode:
+		if !list {
+			break
+		}
+		items := make([]string, 0, len(v.Content))
+		for _, it := range v.Content {
+			if it.Kind != yaml.ScalarNode {
+				return "", errors.New("want a list of strings")
+			}
+			items = append(items, it.Value)
+		}
+		return strings.Join(items, ","), nil
+	}
+	return "", errors.New("want a single value, not a list or mapping")
+}
+
+// validationError names the setting whose value is wrong; LoadConfig adds
+// where that value came from.
+type validationError struct {
+	name string
+	msg  string
+}
+
+func (e *validationError) Error() string { return e.name + ": " + e.msg }
+
+func invalid(name, format string, a ...any) error {
+	return &validationError{name: name, msg: fmt.Sprintf(format, a...)}
+}
+
+// validate checks ranges and formats once all sources are merged.
+func (c *Config) validate() error {
+	if err := checkHostPort(c.Listen, true); err != nil {
+		return invalid("listen", "%q: %v", c.Listen, err)
+	}
+	if c.APIKeys == "" && !isLoopback(c.Listen) {
+		return invalid("listen", "%q is not a loopback address, and without --api-keys meterd serves only on loopback", c.Listen)
+	}
+	if c.DataDir == "" {
+		return invalid("data-dir", "must not be empty")
+	}
+	if c.TestClockStart != "" {
+		if _, err := time.Parse(time.RFC3339Nano, c.TestClockStart); err != nil {
+			return invalid("test-clock-start", "%q is not an RFC 3339 time (2026-11-01T00:00:00Z)", c.TestClockStart)
+		}
+		if !c.TestClock {
+			return invalid("test-clock-start", "is set but --test-clock is not")
+		}
+	}
+	if c.ClickHouseAddr != "" {
+		if err := checkHostPort(c.ClickHouseAddr, false); err != nil {
+			return invalid("clickhouse-addr", "%q: %v", c.ClickHouseAddr, err)
+		}
+	}
+	if !isName(c.ClickHouseDatabase, clickHouseDatabaseBytesMax, false) {
+		return invalid("clickhouse-database", "%q: want 1-%d characters of [A-Za-z0-9_]",
+			c.ClickHouseDatabase, clickHouseDatabaseBytesMax)
+	}
+	if c.KafkaBrokers != "" {
+		for _, b := range c.KafkaBrokerList() {
+			if err := checkHostPort(b, false); err != nil {
+				return invalid("kafka-brokers", "broker %q: %v", b, err)
+			}
+		}
+		if len(c.KafkaBrokerList()) == 0 {
+			return invalid("kafka-brokers", "%q lists no broker", c.KafkaBrokers)
+		}
+	}
+	// The topic is checked with room for the ".dlq" suffix of its dead-letter topic.
+	if !isName(c.KafkaTopic, kafkaNameBytesMax-len(".dlq"), true) || c.KafkaTopic == "." || c.KafkaTopic == ".." {
+		return invalid("kafka-topic", "%q: want 1-%d characters of [A-Za-z0-9._-]", c.KafkaTopic, kafkaNameBytesMax-len(".dlq"))
+	}
+	if !isName(c.KafkaGroup, kafkaNameBytesMax, true) {
+		return invalid("kafka-group", "%q: want 1-%d characters of [A-Za-z0-9._-]", c.KafkaGroup, kafkaNameBytesMax)
+	}
+	if c.Shards < 0 || c.Shards > shardsMax {
+		return invalid("shards", "%d is outside 0..%d", c.Shards, shardsMax)
+	}
+	if c.DedupWindow < dedupWindowMin {
+		return invalid("dedup-window", "%v is shorter than the minimum %v", c.DedupWindow, dedupWindowMin)
+	}
+	if c.ReversalWindow <= 0 {
+		return invalid("reversal-window", "%v must be positive", c.ReversalWindow)
+	}
+	for _, l := range []struct {
+		name   string
+		v, max int
+	}{
+		{"body-bytes-max", c.BodyBytesMax, bodyBytesMaxMax},
+		{"events-per-request-max", c.EventsPerRequestMax, eventsPerRequestMaxMax},
+		{"shard-queue-max", c.ShardQueueMax, shardQueueMaxMax},
+		{"commit-events-max", c.CommitEventsMax, commitEventsMaxMax},
+		{"idem-cache-max", c.IdemCacheMax, idemCacheMaxMax},
+	} {
+		if l.v < 1 || l.v > l.max {
+			return invalid(l.name, "%d is outside 1..%d", l.v, l.max)
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return invalid("log-level", "%q: want debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+// KafkaBrokerList returns the brokers of --kafka-brokers, trimmed, without
+// empty items; nil when Kafka is off.
+func (c *Config) KafkaBrokerList() []string {
+	var out []string
+	for _, b := range strings.Split(c.KafkaBrokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// TestClockStartTime returns the parsed --test-clock-start, and false when it
+// is not set (the test clock then starts at the real time).
+func (c *Config) TestClockStartTime() (time.Time, bool) {
+	if c.TestClockStart == "" {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, c.TestClockStart)
+	return t, err == nil
+}
+
+// checkHostPort accepts HOST:PORT with a numeric port. For an address to
+// listen on (listening), the host may be empty (":8080": all interfaces) and
+// the port 0 (any free port); for an address to dial, neither.
+func checkHostPort(s string, listening bool) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return errors.New("want HOST:PORT")
+	}
+	if host == "" && !listening {
+		return errors.New("want HOST:PORT with a host")
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return fmt.Errorf("port %q is not a number 0-65535", port)
+	}
+	if n == 0 && !listening {
+		return errors.New("port 0 is not a server's port")
+	}
+	return nil
+}
+
+// isLoopback reports whether the host of a valid HOST:PORT is "localhost" or
+// a loopback IP. An empty host means all interfaces, so it is not.
+func isLoopback(hostPort string) bool {
+	host, _, _ := net.SplitHostPort(hostPort)
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// isName reports whether s is 1..bytesMax characters of [A-Za-z0-9_], plus
+// '.' and '-' when dotDash.
+func isName(s string, bytesMax int, dotDash bool) bool {
+	if len(s) == 0 || len(s) > bytesMax {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch ch := s[i]; {
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '_':
+		case dotDash && (ch == '.' || ch == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// writeUsage writes the --help text: every flag with its default and its
+// environment variable, and the precedence rule.
+func writeUsage(w io.Writer, table []setting) {
+	var b strings.Builder
+	b.WriteString(`Usage: meterd [flags]
+
+meterd meters usage events against prepaid credits and serves the HTTP API.
+
+Each setting is taken from the first of these that gives it (precedence,
+highest first):
+  1. the command-line flag              --data-dir ./data
+  2. the environment variable           METERD_DATA_DIR=./data   (empty = unset)
+  3. the YAML file of --config FILE or METERD_CONFIG, keys named as the flags
+                                        data-dir: ./data
+  4. the default shown below.
+
+Flags:
+`)
+	for _, s := range table {
+		head := "  --" + s.name
+		if s.arg != "" {
+			head += " " + s.arg
+		}
+		def := s.def
+		if def == "" {
+			def = `""`
+		}
+		fmt.Fprintf(&b, "%s\n      %s\n      default %s, env %s", head, s.usage, def, envName(s.name))
+		if s.noFile {
+			b.WriteString(", not a YAML key")
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("  -h, --help\n      print this text and exit\n")
+	io.WriteString(w, b.String())
+}

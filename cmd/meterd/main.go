@@ -1,0 +1,146 @@
+// Command meterd is the usage-metering and prepaid-credit engine: it reads
+// its configuration (flags, METERD_* environment variables, an optional YAML
+// file), opens the balance engine on its Pebble directory, and serves the
+// HTTP API until SIGTERM or SIGINT, after which it finishes what it accepted
+// and exits.
+package main
+
+import (
+	_ "embed"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/ingest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// defaultPricing is stored as pricing version 1 on a fresh data directory
+// when --pricing is not given: the contract's three assets and no prices, so
+// that top-ups work at once and events are recorded until prices are set.
+//
+//go:embed default-pricing.json
+var defaultPricing []byte
+
+func main() {
+	cfg, err := LoadConfig(os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "meterd:", err)
+		os.Exit(2)
+	}
+	if err := run(cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "meterd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg Config) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+
+	switch {
+	case cfg.TestClock:
+		return errors.New("--test-clock is not available in this version of meterd")
+	case cfg.ClickHouseAddr != "":
+		return errors.New("--clickhouse-addr: the ClickHouse sink is not available in this version of meterd")
+	case cfg.KafkaBrokers != "":
+		return errors.New("--kafka-brokers: Kafka ingestion is not available in this version of meterd")
+	}
+
+	var keys *ingest.Keys
+	if cfg.APIKeys != "" {
+		k, err := ingest.LoadKeys(cfg.APIKeys)
+		if err != nil {
+			return err
+		}
+		keys = k
+	}
+	auth := keys != nil && keys.Len() > 0
+	if err := ingest.CheckListen(cfg.Listen, auth); err != nil {
+		return err
+	}
+	if !auth {
+		log.Warn("no API keys configured (--api-keys): serving WITHOUT auth, on loopback only", "listen", cfg.Listen)
+	}
+
+	pricing := defaultPricing
+	if cfg.Pricing != "" {
+		b, err := os.ReadFile(cfg.Pricing)
+		if err != nil {
+			return fmt.Errorf("--pricing: %w", err)
+		}
+		pricing = b
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	start := time.Now()
+	eng, err := balance.Open(balance.Options{
+		Dir:             cfg.DataDir,
+		Shards:          cfg.Shards,
+		QueueMax:        cfg.ShardQueueMax,
+		CommitEventsMax: cfg.CommitEventsMax,
+		IdemCacheMax:    cfg.IdemCacheMax,
+		DedupWindow:     cfg.DedupWindow,
+		ReversalWindow:  cfg.ReversalWindow,
+		DefaultPricing:  pricing,
+		Log:             log,
+		Registerer:      reg,
+	})
+	if err != nil {
+		return err
+	}
+	recovered := time.Since(start)
+
+	lim := ingest.DefaultLimits()
+	lim.BodyBytesMax = cfg.BodyBytesMax
+	lim.EventsMax = cfg.EventsPerRequestMax
+	lim.PastWindowMax = cfg.DedupWindow
+	srv := ingest.NewServer(ingest.Config{Engine: eng, Keys: keys, Limits: lim, Log: log, Registerer: reg, Gatherer: reg})
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		eng.Close()
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("meterd ready", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "shards", eng.Shards(),
+		"pricing_version", eng.Pricing().Version, "recovery", recovered.Round(time.Millisecond).String(), "auth", auth)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case s := <-sig:
+		log.Info("stopping", "signal", s.String())
+	case err := <-serveErr:
+		eng.Close()
+		return fmt.Errorf("serve: %w", err)
+	}
+	// Stop taking requests, let those in flight finish (their answers are
+	// durable), then close the engine and its store.
+	if err := srv.Shutdown(); err != nil {
+		log.Error("http shutdown", "err", err)
+	}
+	if err := eng.Close(); err != nil {
+		return fmt.Errorf("close engine: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
