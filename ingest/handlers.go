@@ -272,18 +272,33 @@ func metadata(raw json.RawMessage, field string) ([]byte, error) {
 	if t[0] != '{' {
 		return nil, badRequest("invalid_request", field, "%s must be a JSON object", field)
 	}
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, t); err != nil {
-		return nil, badRequest("invalid_request", field, "%s is not valid JSON", field)
-	}
-	if buf.Len() > metadataBytesMax {
+	if len(t) > 4*metadataBytesMax {
 		return nil, badRequest("metadata_too_large", field, "%s is larger than %d bytes", field, metadataBytesMax)
 	}
-	if buf.Len() == 2 {
+	// Canonical form: keys sorted (encoding/json sorts map keys), numbers
+	// kept as written, so that a resent write whose metadata lists the same
+	// members in another order is the same write, not a conflict.
+	dec := json.NewDecoder(bytes.NewReader(t))
+	dec.UseNumber()
+	var v map[string]any
+	if err := dec.Decode(&v); err != nil {
+		return nil, badRequest("invalid_request", field, "%s is not a valid JSON object", field)
+	}
+	out, err := json.Marshal(v)
+	if err != nil {
+		return nil, badRequest("invalid_request", field, "%s is not a valid JSON object", field)
+	}
+	if len(out) > metadataBytesMax {
+		return nil, badRequest("metadata_too_large", field, "%s is larger than %d bytes", field, metadataBytesMax)
+	}
+	if len(v) == 0 {
 		return nil, nil
 	}
-	return buf.Bytes(), nil
+	return out, nil
 }
+
+// expiryMax bounds expiry times: unix nanoseconds in an int64 reach 2262.
+var expiryMax = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // parseExpiry reads an optional RFC 3339 expiry that must be in the future.
 func parseExpiry(v *string, now int64, field string) (int64, error) {
@@ -299,6 +314,9 @@ func parseExpiry(v *string, now int64, field string) (int64, error) {
 	t, err := time.Parse(time.RFC3339Nano, *v)
 	if err != nil {
 		return 0, badRequest("invalid_timestamp", field, "%s must be an RFC 3339 timestamp such as 2026-12-01T00:00:00Z", field)
+	}
+	if !t.Before(expiryMax) {
+		return 0, badRequest("invalid_timestamp", field, "%s must be before %s (times are kept in nanoseconds)", field, expiryMax.Format(time.RFC3339))
 	}
 	ns := t.UnixNano()
 	if ns <= now {

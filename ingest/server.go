@@ -159,10 +159,12 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 			if s.allow(ctx, method, "GET", ScopeRead) {
 				s.getPricing(ctx)
 			}
-		default:
+		case "PUT":
 			if s.allow(ctx, method, "PUT", ScopeAdmin) {
 				s.putPricing(ctx)
 			}
+		default:
+			methodNotAllowed(ctx, "GET, PUT")
 		}
 		return "pricing"
 	case "/v1/pricing/simulate":
@@ -192,10 +194,12 @@ func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) st
 			if s.allow(ctx, method, "GET", ScopeRead) {
 				s.getCustomer(ctx, id)
 			}
-		default:
+		case "PUT":
 			if s.allow(ctx, method, "PUT", ScopeAdmin) {
 				s.putCustomer(ctx, id)
 			}
+		default:
+			methodNotAllowed(ctx, "GET, PUT")
 		}
 		return "customer"
 	case len(parts) == 2 && parts[1] == "wallet":
@@ -236,8 +240,7 @@ func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) st
 // allow checks the method and the caller's scope, answering the request when it is refused.
 func (s *Server) allow(ctx *fasthttp.RequestCtx, method, want string, scope Scope) bool {
 	if method != want {
-		ctx.Response.Header.Set("Allow", want)
-		writeError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", "use "+want+" on this endpoint", "")
+		methodNotAllowed(ctx, want)
 		return false
 	}
 	if s.keys == nil || s.keys.Len() == 0 {
@@ -253,6 +256,12 @@ func (s *Server) allow(ctx *fasthttp.RequestCtx, method, want string, scope Scop
 		return false
 	}
 	return true
+}
+
+// methodNotAllowed answers 405 with every method the endpoint serves.
+func methodNotAllowed(ctx *fasthttp.RequestCtx, allowed string) {
+	ctx.Response.Header.Set("Allow", allowed)
+	writeError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", "this endpoint serves "+allowed, "")
 }
 
 // writeError writes the contract's error body.
