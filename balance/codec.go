@@ -58,7 +58,7 @@ func appendOptBytes(b, s []byte) []byte {
 func AppendWallet(dst []byte, w *Wallet) []byte {
 	b := append(dst, walletFormatV1)
 	b = appendStr(b, w.Customer)
-	s := &w.Settings
+	s := w.Settings
 	b = append(b, byte(s.Status), byte(s.Policy))
 	b = binary.AppendUvarint(b, uint64(len(s.CreditLimits)))
 	for i := range s.CreditLimits {
@@ -76,8 +76,8 @@ func AppendWallet(dst []byte, w *Wallet) []byte {
 	b = binary.AppendVarint(b, w.UpdatedAt)
 	b = binary.AppendUvarint(b, uint64(len(w.Accounts)))
 	for _, a := range w.Accounts {
-		b = appendStr(b, a.Name)
-		b = appendStr(b, a.Asset)
+		b = appendStr(b, a.Name())
+		b = appendStr(b, a.Asset())
 		b = append(b, a.Scale)
 		b = binary.AppendVarint(b, a.Held)
 		b = binary.AppendVarint(b, a.Debt)
@@ -248,7 +248,7 @@ func DecodeWallet(b []byte) (*Wallet, error) {
 	}
 	w := &Wallet{}
 	w.Customer = d.str()
-	s := &w.Settings
+	s := &Settings{}
 	s.Status = Status(d.byte1())
 	s.Policy = Policy(d.byte1())
 	if n := d.count(WalletAccountsMax, 2); n > 0 {
@@ -264,6 +264,7 @@ func DecodeWallet(b []byte) (*Wallet, error) {
 		}
 	}
 	s.Metadata = d.optBytes()
+	w.Settings = shareSettings(s)
 	w.Seq = d.u()
 	w.BucketSeq = d.u()
 	w.CreatedAt = d.v()
@@ -282,7 +283,10 @@ func DecodeWallet(b []byte) (*Wallet, error) {
 		if d.err == nil {
 			key := append(append(append(idBuf[:0], name...), ':'), asset...)
 			id := internBytes(key)
-			a = &Account{Name: id[:len(name)], Asset: id[len(name)+1:], id: id}
+			if len(name) > 64 {
+				d.fail(errors.New("balance: wallet record: account name longer than 64 bytes"))
+			}
+			a = &Account{id: id, nameLen: uint8(len(name))}
 		} else {
 			a = &Account{}
 		}

@@ -87,8 +87,8 @@ func TestCodecWalletRoundTrip(t *testing.T) {
 	w1, _ := DecodeWallet(AppendWallet(nil, wallets["full"]))
 	w2, _ := DecodeWallet(AppendWallet(nil, wallets["full"]))
 	a1, a2 := w1.Accounts[0], w2.Accounts[0]
-	if a1.ID() != "default:CREDITS" || a1.Name != "default" || a1.Asset != "CREDITS" ||
-		!sameString(a1.ID(), a2.ID()) || !sameString(a1.Name, a2.Name) || !sameString(a1.Buckets[0].Source, a2.Buckets[0].Source) ||
+	if a1.ID() != "default:CREDITS" || a1.Name() != "default" || a1.Asset() != "CREDITS" ||
+		!sameString(a1.ID(), a2.ID()) || !sameString(a1.Name(), a2.Name()) || !sameString(a1.Buckets[0].Source, a2.Buckets[0].Source) ||
 		!sameString(a1.Buckets[0].ID, a2.Buckets[0].ID) {
 		t.Fatal("strings not shared between decoded wallets")
 	}
@@ -186,9 +186,9 @@ func FuzzDecodeWallet(f *testing.F) {
 		// breaking an assertion.
 		now := max(w.UpdatedAt, 0) + 1
 		for _, a := range w.Accounts {
-			_, _, _ = w.TopUp(&TopUpCmd{ID: "t", Account: a.Name, Asset: a.Asset, Amount: 3}, now, nil)
+			_, _, _ = w.TopUp(&TopUpCmd{ID: "t", Account: a.Name(), Asset: a.Asset(), Amount: 3}, now, nil)
 			_, _, _ = w.Charge(&UsageCmd{Charges: []meter.Charge{{Account: a.ID(), Amount: meter.Fine{Units: 2, Sub: 5}}}}, now, nil, nil)
-			_, _ = w.Adjust(&AdjustCmd{TransactionID: "x", Account: a.Name, Asset: a.Asset, Amount: -1, Priority: -1}, now, nil)
+			_, _ = w.Adjust(&AdjustCmd{TransactionID: "x", Account: a.Name(), Asset: a.Asset(), Amount: -1, Priority: -1}, now, nil)
 		}
 		_ = w.Expire(1<<62, nil)
 		if err := w.Check(); err != nil {

@@ -338,8 +338,6 @@ func (s *shard) expire(g *group, w *Wallet) {
 // clone returns a deep copy of the wallet, safe to read on another goroutine.
 func (w *Wallet) clone() *Wallet {
 	c := *w
-	c.Settings.CreditLimits = append([]Limit(nil), w.Settings.CreditLimits...)
-	c.Settings.BalanceAlerts = append([]string(nil), w.Settings.BalanceAlerts...)
 	c.Accounts = make([]*Account, len(w.Accounts))
 	for i, a := range w.Accounts {
 		ac := *a
@@ -634,7 +632,7 @@ func (e *Engine) Resume(customer string) error {
 			return
 		}
 		if w.Settings.Status != StatusActive {
-			s := w.Settings
+			s := *w.Settings
 			s.Status = StatusActive
 			w.Configure(s, g.now)
 			g.dirty[w] = struct{}{}

@@ -62,16 +62,14 @@ type Bucket struct {
 
 // Account is one NAME:ASSET account of a wallet.
 type Account struct {
-	Name    string
-	Asset   string
+	id      string // "name:ASSET", interned: Name and Asset are substrings of it
+	nameLen uint8  // len(Name()); names are at most 64 bytes
 	Scale   uint8
 	Buckets []Bucket // always in consumption order
 	Held    int64    // reserved by active holds
 	Debt    int64    // overdraft: how far below zero the account is
 	Carry   uint64   // pricing remainder below one unit, in meter sub-units (< meter.SubUnitsPerUnit)
 	Ledger  int64    // running sum of this account's ledger amounts; always == Available()
-
-	id string // Name + ":" + Asset, built once by ID(); Name and Asset are substrings of it when the wallet built them
 }
 
 // Limit is the credit limit of one account under the overdraft policy.
@@ -91,8 +89,11 @@ type Settings struct {
 
 // Wallet is one customer's state.
 type Wallet struct {
-	Customer  string
-	Settings  Settings
+	Customer string
+	// Settings is immutable once set: Configure replaces the pointer, and
+	// wallets whose settings have no limits, alerts or metadata share one of
+	// four static values (most wallets), which keeps a wallet small.
+	Settings  *Settings
 	Accounts  []*Account
 	Seq       uint64 // last ledger entry sequence number of this customer
 	BucketSeq uint64 // last bucket number

@@ -230,7 +230,23 @@ func NewWallet(customer string, s Settings, now int64) *Wallet {
 	return w
 }
 
-func normalizeSettings(s Settings) Settings {
+// plainSettings are the shared settings of wallets without credit limits,
+// balance alerts or metadata, indexed by [Status-1][Policy-1].
+var plainSettings = [2][2]Settings{
+	{{Status: StatusActive, Policy: PolicyReject}, {Status: StatusActive, Policy: PolicyOverdraft}},
+	{{Status: StatusPaused, Policy: PolicyReject}, {Status: StatusPaused, Policy: PolicyOverdraft}},
+}
+
+// shareSettings returns s itself when it has extras, else the shared plain value.
+func shareSettings(s *Settings) *Settings {
+	if len(s.CreditLimits) == 0 && len(s.BalanceAlerts) == 0 && len(s.Metadata) == 0 &&
+		s.Status >= StatusActive && s.Status <= StatusPaused && s.Policy >= PolicyReject && s.Policy <= PolicyOverdraft {
+		return &plainSettings[s.Status-1][s.Policy-1]
+	}
+	return s
+}
+
+func normalizeSettings(s Settings) *Settings {
 	if s.Status == 0 {
 		s.Status = StatusActive
 	}
@@ -251,7 +267,7 @@ func normalizeSettings(s Settings) Settings {
 		s.BalanceAlerts = append([]string(nil), s.BalanceAlerts...)
 	}
 	s.Metadata = bytes.Clone(s.Metadata)
-	return s
+	return shareSettings(&s)
 }
 
 // Configure replaces the customer's settings with a copy of s, under the
@@ -301,19 +317,30 @@ func (w *Wallet) Account(id string) *Account {
 // building its id.
 func (w *Wallet) accountOf(name, asset string) *Account {
 	for _, a := range w.Accounts {
-		if a.Name == name && a.Asset == asset {
+		if a.Name() == name && a.Asset() == asset {
 			return a
 		}
 	}
 	return nil
 }
 
-// ID returns the account's id "name:ASSET". It is built once and cached.
-func (a *Account) ID() string {
-	if a.id == "" {
-		a.id = intern(a.Name + ":" + a.Asset)
+// newAccount returns an empty account; name is at most 64 bytes (the caller checked).
+func newAccount(name, asset string, scale uint8) *Account {
+	return &Account{id: intern(name + ":" + asset), nameLen: uint8(len(name)), Scale: scale}
+}
+
+// ID returns the account's id "name:ASSET".
+func (a *Account) ID() string { return a.id }
+
+// Name returns the account's name ("default").
+func (a *Account) Name() string { return a.id[:a.nameLen] }
+
+// Asset returns the account's asset code ("CREDITS").
+func (a *Account) Asset() string {
+	if len(a.id) <= int(a.nameLen) {
+		return ""
 	}
-	return a.id
+	return a.id[a.nameLen+1:]
 }
 
 // Available returns the sum of the remaining amounts of the account's
@@ -330,8 +357,8 @@ func (a *Account) Available() int64 {
 // addAccount inserts a new account, in id order. The caller has checked
 // that it does not exist and that WalletAccountsMax allows it.
 func (w *Wallet) addAccount(name, asset string, scale uint8) *Account {
-	id := intern(name + ":" + asset)
-	a := &Account{Name: id[:len(name)], Asset: id[len(name)+1:], Scale: scale, id: id}
+	a := newAccount(name, asset, scale)
+	id := a.ID()
 	i := 0
 	for i < len(w.Accounts) && w.Accounts[i].ID() < id {
 		i++
@@ -832,8 +859,8 @@ func (w *Wallet) Check() error {
 			return fmt.Errorf("wallet %q: account %d is nil", w.Customer, i)
 		}
 		id := a.ID()
-		if a.Name == "" || a.Asset == "" || id != a.Name+":"+a.Asset {
-			return fmt.Errorf("wallet %q: account %d: id %q does not match name %q and asset %q", w.Customer, i, id, a.Name, a.Asset)
+		if a.Name() == "" || a.Asset() == "" || id != a.Name()+":"+a.Asset() {
+			return fmt.Errorf("wallet %q: account %d: id %q does not match name %q and asset %q", w.Customer, i, id, a.Name(), a.Asset())
 		}
 		if i > 0 && w.Accounts[i-1].ID() >= id {
 			return fmt.Errorf("wallet %q: accounts %q and %q are not in strict id order", w.Customer, w.Accounts[i-1].ID(), id)

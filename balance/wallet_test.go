@@ -514,7 +514,7 @@ func TestWalletChargeZeroUnitsCreatesAccount(t *testing.T) {
 	res, out, err := w.Charge(c, t0, nil, nil)
 	must(t, err)
 	a := w.Account("default:TOK")
-	if a == nil || a.Name != "default" || a.Asset != "TOK" || a.Carry != meter.SubUnitsPerUnit/2 || len(out) != 0 || len(res) != 1 || res[0].Amount != 0 || res[0].Account != "default:TOK" {
+	if a == nil || a.Name() != "default" || a.Asset() != "TOK" || a.Carry != meter.SubUnitsPerUnit/2 || len(out) != 0 || len(res) != 1 || res[0].Amount != 0 || res[0].Account != "default:TOK" {
 		t.Fatalf("account %+v, results %+v, entries %+v", a, res, out)
 	}
 	// The second half makes a unit, which the empty account cannot pay: nothing changes, not even the carry.
@@ -690,8 +690,8 @@ func TestWalletCheck(t *testing.T) {
 		corrupt func(w *Wallet)
 		want    string
 	}{
-		{"status", func(w *Wallet) { w.Settings.Status = 9 }, "unknown status"},
-		{"policy", func(w *Wallet) { w.Settings.Policy = 0 }, "unknown policy"},
+		{"status", func(w *Wallet) { w.Settings = &Settings{Status: 9, Policy: w.Settings.Policy} }, "unknown status"},
+		{"policy", func(w *Wallet) { w.Settings = &Settings{Status: w.Settings.Status} }, "unknown policy"},
 		{"nil account", func(w *Wallet) { w.Accounts[0] = nil }, "is nil"},
 		{"order of accounts", func(w *Wallet) { w.Accounts[0], w.Accounts[1] = w.Accounts[1], w.Accounts[0] }, "strict id order"},
 		{"duplicate account", func(w *Wallet) { w.Accounts[1] = w.Accounts[0] }, "strict id order"},

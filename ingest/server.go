@@ -117,7 +117,17 @@ func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
 			fmt.Sprintf("the request body is larger than %d bytes", s.lim.BodyBytesMax), "")
 		return
 	}
-	writeError(ctx, fasthttp.StatusBadRequest, "malformed_request", err.Error(), "")
+	var small *fasthttp.ErrSmallBuffer
+	var nerr net.Error
+	switch {
+	case errors.As(err, &small):
+		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "headers_too_large", "the request headers are too large", "")
+	case errors.As(err, &nerr) && nerr.Timeout():
+		ctx.SetConnectionClose()
+		writeError(ctx, fasthttp.StatusRequestTimeout, "request_timeout", "no complete request arrived in time", "")
+	default:
+		writeError(ctx, fasthttp.StatusBadRequest, "malformed_request", "the HTTP request could not be read: "+err.Error(), "")
+	}
 }
 
 // Handle routes one request.
