@@ -31,6 +31,7 @@ type Options struct {
 	QueueMax        int           // ops waiting per shard before ErrOverloaded; default 4096
 	CommitEventsMax int           // usage events per commit group; default 8192
 	IdemCacheMax    int           // idempotency records cached per shard; default 262144
+	CacheBytes      int64         // Pebble block cache; default 256 MiB
 	DedupWindow     time.Duration // how long idempotency records are kept; default 35 days
 	ReversalWindow  time.Duration // how long a top-up can be reversed; default 24h
 	JanitorInterval time.Duration // how often expired idempotency records are dropped; default 1 minute
@@ -55,6 +56,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.IdemCacheMax <= 0 {
 		o.IdemCacheMax = 262144
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = 256 << 20
 	}
 	if o.DedupWindow <= 0 {
 		o.DedupWindow = 35 * 24 * time.Hour
@@ -111,7 +115,7 @@ func Open(opts Options) (*Engine, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	st, err := openStore(opts.Dir, opts.Log)
+	st, err := openStore(opts.Dir, opts.CacheBytes, opts.Log)
 	if err != nil {
 		return nil, err
 	}

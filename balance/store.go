@@ -16,8 +16,14 @@ type store struct {
 	db *pebble.DB
 }
 
-func openStore(dir string, log *slog.Logger) (*store, error) {
+func openStore(dir string, cacheBytes int64, log *slog.Logger) (*store, error) {
+	// Every new event id is looked up, and almost always missed: the index
+	// and bloom-filter blocks of every table must stay cached, or each miss
+	// reads and decompresses blocks again. Pebble's default cache is 8 MiB.
+	cache := pebble.NewCache(cacheBytes)
+	defer cache.Unref()
 	opts := &pebble.Options{
+		Cache: cache,
 		// 64 MiB memtables: a commit group is at most a few MiB; fewer flushes.
 		MemTableSize: 64 << 20,
 		// Sync is asked for explicitly on every commit; WAL syncs are never

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -19,7 +20,11 @@ const benchPricing = `{"assets":[{"code":"CREDITS","scale":0},{"code":"USD","sca
 // openBenchEngine opens an engine with customers bench-0..n-1, each holding a large USD top-up.
 func openBenchEngine(b *testing.B, dir string, customers int) *balance.Engine {
 	b.Helper()
-	eng, err := balance.Open(balance.Options{Dir: dir, DefaultPricing: []byte(benchPricing)})
+	shards := 0
+	if v := os.Getenv("METERD_BENCH_SHARDS"); v != "" {
+		shards, _ = strconv.Atoi(v)
+	}
+	eng, err := balance.Open(balance.Options{Dir: dir, Shards: shards, DefaultPricing: []byte(benchPricing)})
 	if err != nil {
 		b.Fatal(err)
 	}

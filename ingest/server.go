@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
+	"github.com/valyala/fasthttp/pprofhandler"
 )
 
 // Config configures a Server.
@@ -182,6 +183,12 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 			s.simulate(ctx)
 		}
 		return "pricing_simulate"
+	}
+	if strings.HasPrefix(path, "/debug/pprof/") {
+		if s.allow(ctx, method, "GET", ScopeAdmin) {
+			pprofhandler.PprofHandler(ctx)
+		}
+		return "pprof"
 	}
 	if rest, ok := strings.CutPrefix(path, "/v1/customers/"); ok {
 		return s.customerRoute(ctx, method, rest)

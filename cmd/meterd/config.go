@@ -47,6 +47,7 @@ type Config struct {
 	ShardQueueMax       int           // --shard-queue-max N: requests waiting per shard before 503
 	CommitEventsMax     int           // --commit-events-max N: events per commit group
 	IdemCacheMax        int           // --idem-cache-max N: idempotency records cached per shard
+	CacheBytes          int           // --cache-bytes N: Pebble block cache
 	LogLevel            string        // --log-level debug|info|warn|error
 	Config              string        // --config FILE (YAML); not itself a YAML key
 }
@@ -63,6 +64,7 @@ const (
 	shardQueueMaxMax           = 1 << 20
 	commitEventsMaxMax         = 1 << 20
 	idemCacheMaxMax            = 1 << 26
+	cacheBytesMax              = 1 << 40
 	clickHouseDatabaseBytesMax = 64
 	kafkaNameBytesMax          = 249 // Kafka's own limit on topic names
 )
@@ -120,6 +122,8 @@ func settings(c *Config) []setting {
 			usage: "most events in one commit group (one fsync)"},
 		{name: "idem-cache-max", arg: "N", def: "262144", ptr: &c.IdemCacheMax,
 			usage: "idempotency records cached in memory per shard"},
+		{name: "cache-bytes", arg: "N", def: "268435456", ptr: &c.CacheBytes,
+			usage: "Pebble block cache in bytes: keeps index and bloom-filter blocks in memory for id look-ups"},
 		{name: "log-level", arg: "LEVEL", def: "info", ptr: &c.LogLevel,
 			usage: "debug, info, warn or error"},
 		{name: "config", arg: "FILE", def: "", ptr: &c.Config, noFile: true,
@@ -446,6 +450,7 @@ func (c *Config) validate() error {
 		{"shard-queue-max", c.ShardQueueMax, shardQueueMaxMax},
 		{"commit-events-max", c.CommitEventsMax, commitEventsMaxMax},
 		{"idem-cache-max", c.IdemCacheMax, idemCacheMaxMax},
+		{"cache-bytes", c.CacheBytes, cacheBytesMax},
 	} {
 		if l.v < 1 || l.v > l.max {
 			return invalid(l.name, "%d is outside 1..%d", l.v, l.max)

@@ -97,6 +97,7 @@ func run(cfg Config) error {
 		QueueMax:        cfg.ShardQueueMax,
 		CommitEventsMax: cfg.CommitEventsMax,
 		IdemCacheMax:    cfg.IdemCacheMax,
+		CacheBytes:      int64(cfg.CacheBytes),
 		DedupWindow:     cfg.DedupWindow,
 		ReversalWindow:  cfg.ReversalWindow,
 		DefaultPricing:  pricing,
