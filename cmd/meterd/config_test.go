@@ -68,6 +68,7 @@ func TestDefaults(t *testing.T) {
 		ShardQueueMax:       4096,
 		CommitEventsMax:     8192,
 		IdemCacheMax:        262144,
+		CacheBytes:          268435456,
 		LogLevel:            "info",
 	}
 	if got != want {
