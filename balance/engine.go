@@ -77,9 +77,12 @@ func (o *Options) setDefaults() error {
 	}
 	// Records of the two groups a shard may have in flight (one committing,
 	// one being applied) must stay cached: the store cannot see them yet.
-	if o.IdemCacheMax/2 < 4*o.CommitEventsMax+4*opsPerGroupMax {
+	// Records of the groups a shard may have in flight (commitQueueMax
+	// queued, one being applied) must stay cached: the store cannot see them
+	// yet. A record stays cached for at least IdemCacheMax/2 insertions.
+	if inflight := (commitQueueMax + 2) * (o.CommitEventsMax + opsPerGroupMax); o.IdemCacheMax/2 < inflight {
 		return fmt.Errorf("balance: IdemCacheMax %d is too small for CommitEventsMax %d: needs at least %d",
-			o.IdemCacheMax, o.CommitEventsMax, 2*(4*o.CommitEventsMax+4*opsPerGroupMax))
+			o.IdemCacheMax, o.CommitEventsMax, 2*inflight)
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ type op struct {
 // group is one commit group: the ops applied together and the Pebble batch
 // that makes them durable with one fsync.
 type group struct {
+	start   time.Time // when the batch was handed to the WAL
 	now     int64
 	batch   *pebble.Batch
 	ops     []*op
@@ -54,7 +55,7 @@ func newShard(id int, e *Engine) *shard {
 		id:      id,
 		e:       e,
 		in:      make(chan *op, e.opts.QueueMax),
-		commitQ: make(chan *group, 2),
+		commitQ: make(chan *group, commitQueueMax),
 		wallets: make(map[string]*Wallet),
 		cache:   newIdemCache(e.opts.IdemCacheMax),
 		done:    make(chan struct{}),
@@ -98,12 +99,25 @@ func (s *shard) run() {
 			s.val = AppendWallet(s.val[:0], w)
 			s.set(g, s.key, s.val)
 		}
+		// Hand the batch to the WAL now and wait for its fsync on the
+		// committer goroutine, so the next group can be applied and queued
+		// behind it: one WAL fsync then covers every group queued meanwhile,
+		// of this shard and of the others. The WAL keeps this shard's groups
+		// in the order they were applied.
+		g.start = time.Now()
+		if err := s.e.st.db.ApplyNoSyncWait(g.batch, pebble.Sync); err != nil {
+			s.commitFailed(err)
+		}
 		s.commitQ <- g
 		if !open {
 			return
 		}
 	}
 }
+
+// commitQueueMax bounds the groups of one shard handed to the WAL and not
+// yet known durable; the shard stops taking ops when it is reached.
+const commitQueueMax = 8
 
 // opsPerGroupMax bounds the ops (requests) in one commit group.
 const opsPerGroupMax = 4096
@@ -124,14 +138,10 @@ func (s *shard) apply(g *group, o *op) {
 func (s *shard) commit() {
 	defer close(s.done)
 	for g := range s.commitQ {
-		start := time.Now()
-		if err := g.batch.Commit(pebble.Sync); err != nil {
-			// The in-memory state is ahead of the disk and cannot be trusted:
-			// stop rather than answer from it. Recovery replays what is durable.
-			s.e.log.Error("commit failed: stopping", "shard", s.id, "err", err)
-			panic(fmt.Sprintf("meterd: shard %d: pebble commit: %v", s.id, err))
+		if err := g.batch.SyncWait(); err != nil {
+			s.commitFailed(err)
 		}
-		s.e.metrics.commitSeconds.Observe(time.Since(start).Seconds())
+		s.e.metrics.commitSeconds.Observe(time.Since(g.start).Seconds())
 		s.e.metrics.groupEvents.Observe(float64(g.events))
 		s.e.metrics.groupOps.Observe(float64(len(g.ops)))
 		g.batch.Close()
@@ -139,6 +149,14 @@ func (s *shard) commit() {
 			o.wg.Done()
 		}
 	}
+}
+
+// commitFailed stops the process: the in-memory state is ahead of the disk
+// and cannot be trusted, so no answer may come from it. Recovery on the next
+// start rebuilds the state from what is durable.
+func (s *shard) commitFailed(err error) {
+	s.e.log.Error("commit failed: stopping", "shard", s.id, "err", err)
+	panic(fmt.Sprintf("meterd: shard %d: pebble commit: %v", s.id, err))
 }
 
 func (s *shard) set(g *group, key, val []byte) {
