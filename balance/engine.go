@@ -653,3 +653,6 @@ func (e *Engine) Resume(customer string) error {
 	}
 	return nil
 }
+
+// StoreMetrics returns Pebble's metrics report (levels, compactions, caches), for diagnosis.
+func (e *Engine) StoreMetrics() string { return e.st.db.Metrics().String() }

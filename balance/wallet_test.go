@@ -218,8 +218,7 @@ func TestWalletExpiryExactTime(t *testing.T) {
 	w = NewWallet("c1", Settings{}, t0)
 	_, err = w.Adjust(&AdjustCmd{TransactionID: "tx1", Account: "default", Asset: "CREDITS", Amount: 5, Priority: -1, ExpiresAt: t0 + hour}, t0, nil)
 	must(t, err)
-	var res []ChargeResult
-	res, out, err = w.Charge(usage("e1", 1, 0), t0+hour, res, out[:0])
+	_, out, err = w.Charge(usage("e1", 1, 0), t0+hour, nil, out[:0])
 	if code(err) != CodeInsufficientFunds || len(out) != 1 || out[0].Type != EntryExpiry || out[0].Amount != -5 {
 		t.Fatalf("charge after expiry: %v %+v", err, out)
 	}

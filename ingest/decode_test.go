@@ -622,7 +622,7 @@ func TestNoAliasing(t *testing.T) {
 
 func TestDstAppend(t *testing.T) {
 	var d Decoder
-	dst := make([]Decoded, 1, 1)
+	dst := make([]Decoded, 1)
 	dst[0].Event.ID = "keep"
 	out, err := d.DecodeJSON([]byte(`{"events":[`+validEvent+`,`+validEvent+`]}`), testNow, nil, dst)
 	if err != nil || len(out) != 3 || out[0].Event.ID != "keep" || out[2].Event.ID != "evt_1" {

@@ -71,24 +71,12 @@ func appendTime(b []byte, ns int64) []byte {
 	return append(b, '"')
 }
 
-// formatTime formats a unix-ns time in the contract's output format.
-func formatTime(ns int64) string { return time.Unix(0, ns).UTC().Format(timeLayout) }
-
 // appendRaw appends raw JSON, or def when it is empty.
 func appendRaw(b, raw []byte, def string) []byte {
 	if len(raw) == 0 {
 		return append(b, def...)
 	}
 	return append(b, raw...)
-}
-
-func appendKey(b []byte, first bool, key string) []byte {
-	if !first {
-		b = append(b, ',')
-	}
-	b = append(b, '"')
-	b = append(b, key...)
-	return append(b, '"', ':')
 }
 
 func appendUint(b []byte, v uint64) []byte { return strconv.AppendUint(b, v, 10) }

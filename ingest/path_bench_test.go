@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,15 +29,31 @@ func openBenchEngine(b *testing.B, dir string, customers int) *balance.Engine {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for i := 0; i < customers; i++ {
-		id := "bench-" + strconv.Itoa(i)
-		if _, err := eng.PutCustomer(id, balance.Settings{Status: balance.StatusActive, Policy: balance.PolicyReject}); err != nil {
-			b.Fatal(err)
-		}
-		cmd := &balance.TopUpCmd{ID: "t", Account: "default", Asset: "USD", Scale: 6, Amount: 1_000_000_000_000_000, Source: "bench"}
-		if _, err := eng.TopUp(id, cmd, [16]byte{1}); err != nil {
-			b.Fatal(err)
-		}
+	// Concurrent set-up: the ops share commit groups instead of one fsync each.
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < customers; i += 64 {
+				id := "bench-" + strconv.Itoa(i)
+				if _, err := eng.PutCustomer(id, balance.Settings{Status: balance.StatusActive, Policy: balance.PolicyReject}); err != nil {
+					errs <- err
+					return
+				}
+				cmd := &balance.TopUpCmd{ID: "t", Account: "default", Asset: "USD", Scale: 6, Amount: 1_000_000_000_000_000, Source: "bench"}
+				if _, err := eng.TopUp(id, cmd, [16]byte{1}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatal(err)
 	}
 	return eng
 }
@@ -72,7 +89,11 @@ func BenchmarkPath(b *testing.B) {
 	}
 	var next atomic.Int64
 	lim := DefaultLimits()
-	b.SetParallelism(32)
+	par := 32
+	if v := os.Getenv("METERD_BENCH_PARALLELISM"); v != "" {
+		par, _ = strconv.Atoi(v)
+	}
+	b.SetParallelism(par)
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
@@ -109,4 +130,7 @@ func BenchmarkPath(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N*batch)/time.Since(start).Seconds(), "events/s")
+	if os.Getenv("METERD_BENCH_STORE_METRICS") != "" {
+		os.WriteFile(os.Getenv("METERD_BENCH_STORE_METRICS"), []byte(eng.StoreMetrics()), 0o644)
+	}
 }

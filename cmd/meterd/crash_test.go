@@ -58,12 +58,11 @@ const crashPricing = `{"assets":[{"code":"CREDITS","scale":0},{"code":"USD","sca
 
 // crashSeed is one seeded grant: a top-up or a (promotional) adjustment.
 type crashSeed struct {
-	kind    string // "topup" or "adjustment" (the ledger entry type)
-	id      string
-	asset   string
-	amount  string
-	promo   bool
-	account string // default:ASSET
+	kind   string // "topup" or "adjustment" (the ledger entry type)
+	id     string
+	asset  string
+	amount string
+	promo  bool
 }
 
 // crashSeeds returns the grants of customer i. Rich customers get a small
