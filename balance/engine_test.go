@@ -1,0 +1,139 @@
+package balance
+
+import (
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/meter"
+)
+
+// testClock is a clock the test moves by hand.
+type testClock struct{ ns atomic.Int64 }
+
+func (c *testClock) Now() int64              { return c.ns.Load() }
+func (c *testClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+const enginePricing = `{"assets":[{"code":"CREDITS","scale":0}],
+ "prices":[{"event_type":"image_generated","account":"default:CREDITS","unit_price":"40"}]}`
+
+func openTestEngine(t *testing.T, clock Clock, window time.Duration) *Engine {
+	t.Helper()
+	e, err := Open(Options{
+		Dir: t.TempDir(), Shards: 2, DedupWindow: window, JanitorInterval: time.Hour,
+		DefaultPricing: []byte(enginePricing), Clock: clock,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func imageEvent(id string, hash byte) *EventIn {
+	return &EventIn{Event: &meter.Event{ID: id, CustomerID: "c1", EventType: "image_generated"}, Hash: [16]byte{hash}}
+}
+
+// countKeys counts the stored keys that start with prefix.
+func countKeys(t *testing.T, e *Engine, prefix byte) int {
+	t.Helper()
+	it, err := e.st.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	n := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		n++
+	}
+	return n
+}
+
+func TestEngineDuplicateInOneBatch(t *testing.T) {
+	clock := &testClock{}
+	clock.ns.Store(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC).UnixNano())
+	e := openTestEngine(t, clock, 35*24*time.Hour)
+	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.TopUp("c1", &TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: 1000}, [16]byte{9}); err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := imageEvent("e1", 1), imageEvent("e1", 1), imageEvent("e1", 2)
+	if err := e.Events([]*EventIn{a, b, c}); err != nil {
+		t.Fatal(err)
+	}
+	if a.Result.Status != EventCharged || b.Result.Status != EventDuplicate || c.Result.Code != CodeIdempotencyConflict {
+		t.Fatalf("statuses %d %d %q, want charged, duplicate, idempotency_conflict", a.Result.Status, b.Result.Status, c.Result.Code)
+	}
+	if b.Result.Charges[0].Amount != 40 || b.Result.Charges[0].Parts[0].BucketID != a.Result.Charges[0].Parts[0].BucketID {
+		t.Fatalf("duplicate charges %+v, want the original %+v", b.Result.Charges, a.Result.Charges)
+	}
+	w, err := e.Wallet("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Account("default:CREDITS").Available(); got != 960 {
+		t.Fatalf("available %d, want 960: the event was applied once", got)
+	}
+}
+
+// TestEngineDropsExpiredIdempotencyRecords: records live for the dedup
+// window (plus the 5 minutes an event may be ahead), then the janitor drops
+// them and their index keys, and leaves younger records alone.
+func TestEngineDropsExpiredIdempotencyRecords(t *testing.T) {
+	const window = 24 * time.Hour
+	clock := &testClock{}
+	clock.ns.Store(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC).UnixNano())
+	e := openTestEngine(t, clock, window)
+	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.TopUp("c1", &TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: 1000}, [16]byte{9}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Events([]*EventIn{imageEvent("old", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(12 * time.Hour)
+	young := imageEvent("young", 1)
+	if err := e.Events([]*EventIn{young}); err != nil || young.Result.Status != EventCharged {
+		t.Fatalf("young: %v %+v", err, young.Result)
+	}
+	if n := countKeys(t, e, prefixIdem); n != 3 {
+		t.Fatalf("%d idempotency records, want 3 (top-up and two events)", n)
+	}
+
+	// Just inside the window of the old records: nothing is dropped.
+	clock.advance(12*time.Hour + futureSkew - time.Second)
+	if err := e.DropExpired(); err != nil {
+		t.Fatal(err)
+	}
+	if n := countKeys(t, e, prefixIdem); n != 3 {
+		t.Fatalf("%d records one second before the window ends, want 3", n)
+	}
+	again := imageEvent("old", 1)
+	if err := e.Events([]*EventIn{again}); err != nil || again.Result.Status != EventDuplicate {
+		t.Fatalf("resend inside the window: %v %+v, want duplicate", err, again.Result)
+	}
+
+	// Past it: the top-up's and the old event's records and index keys go.
+	clock.advance(2 * time.Second)
+	if err := e.DropExpired(); err != nil {
+		t.Fatal(err)
+	}
+	if n := countKeys(t, e, prefixIdem); n != 1 {
+		t.Fatalf("%d records after the window, want 1 (the young event)", n)
+	}
+	if n := countKeys(t, e, prefixExpiry); n != 1 {
+		t.Fatalf("%d expiry index keys after the window, want 1", n)
+	}
+	y := imageEvent("young", 1)
+	if err := e.Events([]*EventIn{y}); err != nil || y.Result.Status != EventDuplicate {
+		t.Fatalf("young resend: %v %+v, want duplicate", err, y.Result)
+	}
+}
