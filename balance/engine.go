@@ -108,6 +108,7 @@ const (
 	CodeIdempotencyConflict = "idempotency_conflict"
 	CodeNotFound            = "not_found"
 	CodeOverloaded          = "overloaded"
+	CodeUnavailable         = "unavailable"
 )
 
 // ErrOverloaded is returned when a shard's queue is full: retry with the same ids.
@@ -203,6 +204,28 @@ func (e *Engine) do(customer string, fn func(s *shard, g *group)) error {
 		return ErrOverloaded
 	}
 	wg.Wait()
+	return nil
+}
+
+// customerOp runs fn with the customer's wallet on its shard and returns
+// once the group is durable; a customer that does not exist is
+// unknown_customer. fn's refusal is returned as the error.
+func (e *Engine) customerOp(customer string, fn func(sh *shard, g *group, w *Wallet) *Error) error {
+	var ferr *Error
+	err := e.do(customer, func(sh *shard, g *group) {
+		w := sh.wallets[customer]
+		if w == nil {
+			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
+			return
+		}
+		ferr = fn(sh, g, w)
+	})
+	if err != nil {
+		return err
+	}
+	if ferr != nil {
+		return ferr
+	}
 	return nil
 }
 
@@ -314,23 +337,12 @@ func (e *Engine) PutCustomer(customer string, s Settings) (created bool, err err
 // Wallet returns a copy of the customer's wallet as of now (expiring what is due, durably).
 func (e *Engine) Wallet(customer string) (*Wallet, error) {
 	var out *Wallet
-	var ferr *Error
-	err := e.do(customer, func(sh *shard, g *group) {
-		w := sh.wallets[customer]
-		if w == nil {
-			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
-			return
-		}
+	err := e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
 		sh.expire(g, w)
 		out = w.clone()
+		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	if ferr != nil {
-		return nil, ferr
-	}
-	return out, nil
+	return out, err
 }
 
 func (s *shard) expire(g *group, w *Wallet) {
@@ -366,78 +378,51 @@ type TopUpResult struct {
 // TopUp applies a top-up once per id; hash identifies its content.
 func (e *Engine) TopUp(customer string, c *TopUpCmd, hash [16]byte) (TopUpResult, error) {
 	var res TopUpResult
-	var ferr *Error
-	err := e.do(customer, func(sh *shard, g *group) {
-		w := sh.wallets[customer]
-		if w == nil {
-			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
-			return
-		}
+	err := e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
 		key := idemKey(nil, idemTopUp, customer, c.ID)
-		rec, err := sh.lookup(g, key)
-		if err != nil {
-			ferr = &Error{Code: "unavailable", Message: err.Error()}
-			return
+		rec, ferr := sh.lookupWrite(g, key)
+		if ferr != nil {
+			return ferr
 		}
 		if rec != nil {
 			if rec.Hash != hash {
-				ferr = &Error{Code: CodeIdempotencyConflict, Message: "top-up id " + c.ID + " was already used with different content"}
-				return
+				return &Error{Code: CodeIdempotencyConflict, Message: "top-up id " + c.ID + " was already used with different content"}
 			}
 			res = TopUpResult{BucketID: rec.BucketID, Status: rec.TopUpStatus, CreatedAt: rec.RecordedAt, ReversedAt: rec.ReversedAt, Replayed: true}
-			return
+			return nil
 		}
 		bucket, entries, berr := w.TopUp(c, g.now, sh.entries[:0])
-		sh.entries = entries
-		sh.writeEntries(g, w, entries)
-		g.dirty[w] = struct{}{}
+		sh.written(g, w, entries)
 		if berr != nil {
-			ferr = berr
-			return
+			return berr
 		}
 		sh.remember(g, key, &record{Kind: idemTopUp, Hash: hash, BucketID: bucket, TopUpStatus: TopUpCompleted})
 		res = TopUpResult{BucketID: bucket, Status: TopUpCompleted, CreatedAt: g.now}
+		return nil
 	})
-	if err != nil {
-		return res, err
-	}
-	if ferr != nil {
-		return res, ferr
-	}
-	return res, nil
+	return res, err
 }
 
 // ReverseTopUp takes back a top-up if none of it was spent and it is inside the reversal window.
 func (e *Engine) ReverseTopUp(customer, id string) (TopUpResult, error) {
 	var res TopUpResult
-	var ferr *Error
-	err := e.do(customer, func(sh *shard, g *group) {
-		w := sh.wallets[customer]
-		if w == nil {
-			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
-			return
-		}
+	err := e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
 		key := idemKey(nil, idemTopUp, customer, id)
-		rec, err := sh.lookup(g, key)
-		if err != nil {
-			ferr = &Error{Code: "unavailable", Message: err.Error()}
-			return
+		rec, ferr := sh.lookupWrite(g, key)
+		if ferr != nil {
+			return ferr
 		}
 		if rec == nil {
-			ferr = &Error{Code: CodeNotFound, Message: "top-up " + id + " does not exist"}
-			return
+			return &Error{Code: CodeNotFound, Message: "top-up " + id + " does not exist"}
 		}
 		if rec.TopUpStatus == TopUpReversed {
 			res = TopUpResult{BucketID: rec.BucketID, Status: TopUpReversed, CreatedAt: rec.RecordedAt, ReversedAt: rec.ReversedAt, Replayed: true}
-			return
+			return nil
 		}
 		entries, berr := w.ReverseTopUp(rec.BucketID, id, int64(e.opts.ReversalWindow), g.now, sh.entries[:0])
-		sh.entries = entries
-		sh.writeEntries(g, w, entries)
-		g.dirty[w] = struct{}{}
+		sh.written(g, w, entries)
 		if berr != nil {
-			ferr = berr
-			return
+			return berr
 		}
 		upd := *rec
 		upd.TopUpStatus = TopUpReversed
@@ -447,14 +432,9 @@ func (e *Engine) ReverseTopUp(customer, id string) (TopUpResult, error) {
 		sh.set(g, key, sh.val)
 		sh.cache.put(string(key), &upd)
 		res = TopUpResult{BucketID: rec.BucketID, Status: TopUpReversed, CreatedAt: rec.RecordedAt, ReversedAt: g.now}
+		return nil
 	})
-	if err != nil {
-		return res, err
-	}
-	if ferr != nil {
-		return res, ferr
-	}
-	return res, nil
+	return res, err
 }
 
 // AdjustResult is the outcome of an adjustment.
@@ -466,45 +446,29 @@ type AdjustResult struct {
 // Adjust applies an adjustment once per transaction id; hash identifies its content.
 func (e *Engine) Adjust(customer string, c *AdjustCmd, hash [16]byte) (AdjustResult, error) {
 	var res AdjustResult
-	var ferr *Error
-	err := e.do(customer, func(sh *shard, g *group) {
-		w := sh.wallets[customer]
-		if w == nil {
-			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
-			return
-		}
+	err := e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
 		key := idemKey(nil, idemAdjustment, customer, c.TransactionID)
-		rec, err := sh.lookup(g, key)
-		if err != nil {
-			ferr = &Error{Code: "unavailable", Message: err.Error()}
-			return
+		rec, ferr := sh.lookupWrite(g, key)
+		if ferr != nil {
+			return ferr
 		}
 		if rec != nil {
 			if rec.Hash != hash {
-				ferr = &Error{Code: CodeIdempotencyConflict, Message: "transaction id " + c.TransactionID + " was already used with different content"}
-				return
+				return &Error{Code: CodeIdempotencyConflict, Message: "transaction id " + c.TransactionID + " was already used with different content"}
 			}
 			res = AdjustResult{CreatedAt: rec.RecordedAt, Replayed: true}
-			return
+			return nil
 		}
 		entries, berr := w.Adjust(c, g.now, sh.entries[:0])
-		sh.entries = entries
-		sh.writeEntries(g, w, entries)
-		g.dirty[w] = struct{}{}
+		sh.written(g, w, entries)
 		if berr != nil {
-			ferr = berr
-			return
+			return berr
 		}
 		sh.remember(g, key, &record{Kind: idemAdjustment, Hash: hash})
 		res = AdjustResult{CreatedAt: g.now}
+		return nil
 	})
-	if err != nil {
-		return res, err
-	}
-	if ferr != nil {
-		return res, ferr
-	}
-	return res, nil
+	return res, err
 }
 
 // LedgerPage is one page of a customer's ledger, newest first.
@@ -631,27 +595,15 @@ func (s *shard) anyCustomerKey(keys [][]byte) string {
 
 // Resume sets a paused customer back to active.
 func (e *Engine) Resume(customer string) error {
-	var ferr *Error
-	err := e.do(customer, func(sh *shard, g *group) {
-		w := sh.wallets[customer]
-		if w == nil {
-			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
-			return
-		}
+	return e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
 		if w.Settings.Status != StatusActive {
 			s := *w.Settings
 			s.Status = StatusActive
 			w.Configure(s, g.now)
 			g.dirty[w] = struct{}{}
 		}
+		return nil
 	})
-	if err != nil {
-		return err
-	}
-	if ferr != nil {
-		return ferr
-	}
-	return nil
 }
 
 // StoreMetrics returns Pebble's metrics report (levels, compactions, caches), for diagnosis.

@@ -1,5 +1,10 @@
 package balance
 
+import (
+	"encoding/binary"
+	"fmt"
+)
+
 // Status of an applied usage event, as stored in its idempotency record.
 const (
 	EventCharged  uint8 = 1 // priced and charged
@@ -40,85 +45,80 @@ type record struct {
 func (r *record) append(b []byte) []byte {
 	b = append(b, recordVersion, r.Kind)
 	b = append(b, r.Hash[:]...)
-	b = appendVarint(b, r.RecordedAt)
-	b = appendVarint(b, r.ExpireAt)
+	b = binary.AppendVarint(b, r.RecordedAt)
+	b = binary.AppendVarint(b, r.ExpireAt)
 	switch r.Kind {
 	case idemEvent:
 		b = append(b, r.Status)
-		b = appendUvarint(b, uint64(r.PricingVersion))
-		b = appendVarint(b, r.OccurredAt)
-		b = appendString(b, r.EventType)
-		b = appendString(b, r.Subject)
-		b = appendBytes(b, r.Data)
-		b = appendUvarint(b, uint64(len(r.Charges)))
+		b = binary.AppendUvarint(b, uint64(r.PricingVersion))
+		b = binary.AppendVarint(b, r.OccurredAt)
+		b = appendStr(b, r.EventType)
+		b = appendStr(b, r.Subject)
+		b = appendOptBytes(b, r.Data)
+		b = binary.AppendUvarint(b, uint64(len(r.Charges)))
 		for i := range r.Charges {
 			c := &r.Charges[i]
-			b = appendString(b, c.Account)
+			b = appendStr(b, c.Account)
 			b = append(b, c.Scale)
-			b = appendVarint(b, c.Amount)
-			b = appendVarint(b, c.BalanceAfter)
-			b = appendUvarint(b, uint64(len(c.Parts)))
+			b = binary.AppendVarint(b, c.Amount)
+			b = binary.AppendVarint(b, c.BalanceAfter)
+			b = binary.AppendUvarint(b, uint64(len(c.Parts)))
 			for _, p := range c.Parts {
-				b = appendString(b, p.BucketID)
-				b = appendVarint(b, p.Amount)
+				b = appendStr(b, p.BucketID)
+				b = binary.AppendVarint(b, p.Amount)
 			}
 		}
 	case idemTopUp:
-		b = appendString(b, r.BucketID)
+		b = appendStr(b, r.BucketID)
 		b = append(b, r.TopUpStatus)
-		b = appendVarint(b, r.ReversedAt)
+		b = binary.AppendVarint(b, r.ReversedAt)
 	}
 	return b
 }
 
 func decodeRecord(b []byte) (*record, error) {
-	rd := reader{b: b}
-	if rd.byte1() != recordVersion {
-		return nil, errCorrupt
+	d := decoder{b: b}
+	if v := d.byte1(); d.err == nil && v != recordVersion {
+		return nil, fmt.Errorf("balance: idempotency record: unknown format version %d", v)
 	}
-	r := &record{Kind: rd.byte1()}
-	copy(r.Hash[:], rd.raw(16))
-	r.RecordedAt = rd.varint()
-	r.ExpireAt = rd.varint()
+	r := &record{Kind: d.byte1()}
+	copy(r.Hash[:], d.raw(16, 16))
+	r.RecordedAt = d.v()
+	r.ExpireAt = d.v()
 	switch r.Kind {
 	case idemEvent:
-		r.Status = rd.byte1()
-		r.PricingVersion = uint32(rd.uvarint())
-		r.OccurredAt = rd.varint()
-		r.EventType = rd.string()
-		r.Subject = rd.string()
-		r.Data = rd.bytes()
-		n := rd.uvarint()
-		if n > 1024 {
-			return nil, errCorrupt
-		}
-		r.Charges = make([]ChargeResult, n)
+		r.Status = d.byte1()
+		r.PricingVersion = uint32(d.u())
+		r.OccurredAt = d.v()
+		r.EventType = d.str()
+		r.Subject = d.str()
+		r.Data = d.optBytes()
+		r.Charges = make([]ChargeResult, d.count(EventChargesMax, 5))
 		for i := range r.Charges {
 			c := &r.Charges[i]
-			c.Account = rd.string()
-			c.Scale = rd.byte1()
-			c.Amount = rd.varint()
-			c.BalanceAfter = rd.varint()
-			np := rd.uvarint()
-			if np > 1<<16 {
-				return nil, errCorrupt
-			}
-			c.Parts = make([]Part, np)
+			c.Account = d.internStr()
+			c.Scale = d.byte1()
+			c.Amount = d.v()
+			c.BalanceAfter = d.v()
+			c.Parts = make([]Part, d.count(AccountBucketsMax+1, 2))
 			for j := range c.Parts {
-				c.Parts[j].BucketID = rd.string()
-				c.Parts[j].Amount = rd.varint()
+				c.Parts[j].BucketID = d.str()
+				c.Parts[j].Amount = d.v()
 			}
 		}
 	case idemTopUp:
-		r.BucketID = rd.string()
-		r.TopUpStatus = rd.byte1()
-		r.ReversedAt = rd.varint()
+		r.BucketID = d.str()
+		r.TopUpStatus = d.byte1()
+		r.ReversedAt = d.v()
 	case idemAdjustment:
 	default:
-		return nil, errCorrupt
+		d.fail(fmt.Errorf("unknown kind %q", r.Kind))
 	}
-	if rd.err != nil {
-		return nil, rd.err
+	if d.err == nil && d.off != len(d.b) {
+		d.fail(fmt.Errorf("%d bytes after the end", len(d.b)-d.off))
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("balance: idempotency record: %w", d.err)
 	}
 	return r, nil
 }

@@ -212,6 +212,25 @@ func (s *shard) lookup(g *group, key []byte) (*record, error) {
 	return r, nil
 }
 
+// lookupWrite is lookup for the writes of customerOp: a store error becomes
+// a refusal the caller can retry.
+func (s *shard) lookupWrite(g *group, key []byte) (*record, *Error) {
+	rec, err := s.lookup(g, key)
+	if err != nil {
+		s.e.log.Error("idempotency look-up failed", "err", err)
+		return nil, &Error{Code: CodeUnavailable, Message: "the idempotency record could not be read; retry with the same id"}
+	}
+	return rec, nil
+}
+
+// written records the ledger entries a wallet method returned (expiries
+// included, even when the method then refused) and marks the wallet dirty.
+func (s *shard) written(g *group, w *Wallet, entries []Entry) {
+	s.entries = entries
+	s.writeEntries(g, w, entries)
+	g.dirty[w] = struct{}{}
+}
+
 // remember stores a new idempotency record in the group and the cache.
 func (s *shard) remember(g *group, key []byte, r *record) {
 	r.RecordedAt = g.now
@@ -240,7 +259,7 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 	rec, err := s.lookup(g, s.idem)
 	if err != nil {
 		s.e.log.Error("idempotency look-up failed", "err", err)
-		res.reject("unavailable", "the idempotency record could not be read; retry with the same id", "")
+		res.reject(CodeUnavailable, "the idempotency record could not be read; retry with the same id", "")
 		return
 	}
 	if rec != nil {

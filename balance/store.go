@@ -72,7 +72,7 @@ func (s *store) loadPricing() (*meter.Pricing, error) {
 	}
 	key := it.Key()
 	if len(key) != 5 {
-		return nil, fmt.Errorf("pricing key %x: %w", key, errCorrupt)
+		return nil, fmt.Errorf("pricing key %x: not a version number", key)
 	}
 	version := uint32(key[1])<<24 | uint32(key[2])<<16 | uint32(key[3])<<8 | uint32(key[4])
 	doc, err := meter.ParseDocument(it.Value())
