@@ -745,7 +745,7 @@ func (d *Decoder) walk(v *fastjson.Value, depth, idx int) bool {
 			if i > base {
 				d.json = append(d.json, ',')
 			}
-			d.json = appendJSONString(d.json, kv.key)
+			d.json = appendString(d.json, kv.key)
 			d.json = append(d.json, ':')
 			if depth == 1 {
 				d.field(kv)
@@ -774,7 +774,7 @@ func (d *Decoder) walk(v *fastjson.Value, depth, idx int) bool {
 		d.json = append(d.json, ']')
 	case fastjson.TypeString:
 		s, _ := v.StringBytes()
-		d.json = appendJSONString(d.json, b2s(s))
+		d.json = appendString(d.json, b2s(s))
 	default: // number (the literal as written), true, false, null
 		d.json = v.MarshalTo(d.json)
 	}
@@ -1044,40 +1044,6 @@ func s2b(s string) []byte {
 func appendCanonStr(dst, b []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(b)))
 	return append(dst, b...)
-}
-
-// appendJSONString appends s as a JSON string: '"', '\\' and control
-// characters escaped, everything else (valid UTF-8 here) as is.
-func appendJSONString(dst []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		dst = append(dst, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			dst = append(dst, '\\', c)
-		case '\n':
-			dst = append(dst, '\\', 'n')
-		case '\r':
-			dst = append(dst, '\\', 'r')
-		case '\t':
-			dst = append(dst, '\\', 't')
-		case '\b':
-			dst = append(dst, '\\', 'b')
-		case '\f':
-			dst = append(dst, '\\', 'f')
-		default:
-			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		}
-		start = i + 1
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
 
 // parseRFC3339 parses an RFC 3339 date-time: YYYY-MM-DD "T" hh:mm:ss, an

@@ -8,7 +8,9 @@ import (
 	"github.com/meterd/meterd/meter"
 )
 
-// appendString appends s as a JSON string.
+// appendString appends s as a JSON string: '"', '\\' and control characters
+// escaped, invalid UTF-8 replaced by U+FFFD, everything else as is. The
+// decoder uses it for the compact data JSON too.
 func appendString(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
@@ -30,6 +32,10 @@ func appendString(b []byte, s string) []byte {
 				b = append(b, '\\', 'r')
 			case '\t':
 				b = append(b, '\\', 't')
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
 			default:
 				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
 			}
