@@ -30,7 +30,7 @@ import (
 type Config struct {
 	Listen              string        // --listen HOST:PORT
 	DataDir             string        // --data-dir DIR
-	Pricing             string        // --pricing FILE: pricing document loaded at start when none is stored
+	Pricing             string        // --pricing FILE: made the pricing in force at start (a new version when it differs)
 	APIKeys             string        // --api-keys FILE (see ingest.LoadKeys); empty = no auth, loopback only
 	TestClock           bool          // --test-clock
 	TestClockStart      string        // --test-clock-start RFC3339 (needs --test-clock)
@@ -89,7 +89,7 @@ func settings(c *Config) []setting {
 		{name: "data-dir", arg: "DIR", def: "./data", ptr: &c.DataDir,
 			usage: "directory of the durable store"},
 		{name: "pricing", arg: "FILE", def: "", ptr: &c.Pricing,
-			usage: "pricing document (JSON) loaded at start when none is stored yet"},
+			usage: "pricing document (JSON) made the pricing in force at start: stored as a new version when it differs from the current one"},
 		{name: "api-keys", arg: "FILE", def: "", ptr: &c.APIKeys,
 			usage: "YAML file of API keys and their scopes; empty = no auth (loopback only)"},
 		{name: "test-clock", def: "false", ptr: &c.TestClock,

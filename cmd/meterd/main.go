@@ -6,6 +6,7 @@
 package main
 
 import (
+	"bytes"
 	_ "embed"
 	"errors"
 	"flag"
@@ -19,13 +20,15 @@ import (
 
 	"github.com/meterd/meterd/balance"
 	"github.com/meterd/meterd/ingest"
+	"github.com/meterd/meterd/meter"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// defaultPricing is stored as pricing version 1 on a fresh data directory
-// when --pricing is not given: the contract's three assets and no prices, so
-// that top-ups work at once and events are recorded until prices are set.
+// defaultPricing is stored as pricing version 1 on a fresh data directory:
+// the contract's three assets and no prices, so that top-ups work at once
+// and events are recorded until prices are set (PUT /v1/pricing, or
+// --pricing FILE, which then becomes version 2).
 //
 //go:embed default-pricing.json
 var defaultPricing []byte
@@ -78,13 +81,13 @@ func run(cfg Config) error {
 		log.Warn("no API keys configured (--api-keys): serving WITHOUT auth, on loopback only", "listen", cfg.Listen)
 	}
 
-	pricing := defaultPricing
+	var pricingFile []byte
 	if cfg.Pricing != "" {
 		b, err := os.ReadFile(cfg.Pricing)
 		if err != nil {
 			return fmt.Errorf("--pricing: %w", err)
 		}
-		pricing = b
+		pricingFile = b
 	}
 
 	reg := prometheus.NewRegistry()
@@ -100,7 +103,7 @@ func run(cfg Config) error {
 		CacheBytes:      int64(cfg.CacheBytes),
 		DedupWindow:     cfg.DedupWindow,
 		ReversalWindow:  cfg.ReversalWindow,
-		DefaultPricing:  pricing,
+		DefaultPricing:  defaultPricing,
 		Log:             log,
 		Registerer:      reg,
 	})
@@ -108,6 +111,12 @@ func run(cfg Config) error {
 		return err
 	}
 	recovered := time.Since(start)
+	if pricingFile != nil {
+		if err := applyPricingFile(eng, pricingFile, log); err != nil {
+			eng.Close()
+			return fmt.Errorf("--pricing %s: %w", cfg.Pricing, err)
+		}
+	}
 
 	lim := ingest.DefaultLimits()
 	lim.BodyBytesMax = cfg.BodyBytesMax
@@ -143,5 +152,31 @@ func run(cfg Config) error {
 		return fmt.Errorf("close engine: %w", err)
 	}
 	log.Info("stopped")
+	return nil
+}
+
+// applyPricingFile makes the --pricing document the pricing in force: when
+// it differs from the stored version it becomes the next version (validated
+// like PUT /v1/pricing, assets immutable); when it is the same document,
+// nothing is written, so restarts do not pile up versions.
+func applyPricingFile(eng *balance.Engine, doc []byte, log *slog.Logger) error {
+	d, err := meter.ParseDocument(doc)
+	if err != nil {
+		return err
+	}
+	cur := eng.Pricing()
+	p, err := meter.Compile(d, cur.Version+1, cur)
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(p.JSON(), cur.JSON()) {
+		log.Info("pricing file matches the pricing in force", "version", cur.Version)
+		return nil
+	}
+	p, err = eng.SetPricing(doc)
+	if err != nil {
+		return err
+	}
+	log.Info("pricing file stored as a new version", "version", p.Version)
 	return nil
 }
