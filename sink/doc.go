@@ -1,0 +1,12 @@
+// Package sink is meterd's way out: it tails the durable outbox of the
+// balance engine and ships what it settled, exactly once, to ClickHouse
+// (ledger entries and usage records), and later to Kafka topics and webhooks.
+//
+// The engine writes one outbox record per commit group in the same Pebble
+// batch as the change itself, so nothing durable is missing from the outbox
+// and nothing is in it that did not happen. A sink reads outbox records in
+// sequence order up to the engine's durability watermark, cuts them into
+// batches deterministically (the same range always gives the same rows), and
+// advances its durable cursor only after the destination acknowledged the
+// batch. Outbox records are deleted once every configured sink shipped them.
+package sink

@@ -1,0 +1,51 @@
+package sink
+
+// Batch is a deterministic cut of the outbox: every row of the outbox
+// records From..To (inclusive). Retrying a batch sends exactly the same rows.
+type Batch struct {
+	From, To uint64
+	Ledger   []LedgerRow
+	Usage    []UsageRow
+}
+
+// LedgerRow is one ledger entry as shipped.
+type LedgerRow struct {
+	OutboxSeq      uint64 // the outbox record that carried it
+	EntryID        string // customer_id + "/" + seq
+	Seq            uint64 // the customer's ledger sequence number
+	CustomerID     string
+	Account        string // "name:ASSET"
+	Asset          string
+	Type           string // usage, topup, topup_reversal, adjustment, grant, expiry, hold, hold_release, auto_reload
+	Scale          uint8  // the asset's scale: Amount and BalanceAfter are in units of 10^-Scale
+	Amount         int64
+	BalanceAfter   int64
+	BucketID       string
+	BucketKind     string // promotional, plan, recharge, or "" (debt, or unknown)
+	EventID        string
+	Reference      string
+	OccurredAt     int64 // unix ns
+	RecordedAt     int64 // unix ns
+	PricingVersion uint32
+	Metadata       string // raw JSON object, "" when none
+}
+
+// UsageRow is one usage event as shipped: one row per charged account, or one
+// row with an empty Account and a zero Charge for an event that was recorded
+// without a price.
+type UsageRow struct {
+	OutboxSeq      uint64
+	EventID        string
+	CustomerID     string
+	EventType      string
+	Subject        string
+	OccurredAt     int64 // unix ns
+	RecordedAt     int64 // unix ns
+	Status         string // charged or recorded
+	Account        string // "name:ASSET", "" when recorded
+	Asset          string
+	Scale          uint8
+	Charge         int64 // whole units charged to Account (after the carry)
+	PricingVersion uint32
+	Data           string // the event's data object as JSON
+}
