@@ -39,8 +39,8 @@ type UsageRow struct {
 	CustomerID     string
 	EventType      string
 	Subject        string
-	OccurredAt     int64 // unix ns
-	RecordedAt     int64 // unix ns
+	OccurredAt     int64  // unix ns
+	RecordedAt     int64  // unix ns
 	Status         string // charged or recorded
 	Account        string // "name:ASSET", "" when recorded
 	Asset          string
