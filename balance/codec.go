@@ -116,6 +116,7 @@ func AppendEntry(dst []byte, e *Entry) []byte {
 	b = binary.AppendVarint(b, e.Amount)
 	b = binary.AppendVarint(b, e.BalanceAfter)
 	b = appendStr(b, e.BucketID)
+	b = append(b, byte(e.BucketKind))
 	b = appendStr(b, e.EventID)
 	b = appendStr(b, e.Reference)
 	b = binary.AppendVarint(b, e.OccurredAt)
@@ -347,6 +348,10 @@ func DecodeEntry(b []byte, e *Entry) error {
 		e.BucketID = bucketID(n)
 	} else {
 		e.BucketID = string(id)
+	}
+	e.BucketKind = Kind(d.byte1())
+	if d.err == nil && e.BucketKind > KindRecharge {
+		d.fail(fmt.Errorf("unknown bucket kind %d", e.BucketKind))
 	}
 	e.EventID = d.str()
 	e.Reference = d.str()

@@ -137,3 +137,36 @@ func TestEngineDropsExpiredIdempotencyRecords(t *testing.T) {
 		t.Fatalf("young resend: %v %+v, want duplicate", err, y.Result)
 	}
 }
+
+// TestEntryBucketKind: every ledger entry drawn from or granting a bucket
+// names the bucket's kind, so consumption can be split by kind downstream.
+func TestEntryBucketKind(t *testing.T) {
+	w := NewWallet("c1", Settings{Policy: PolicyOverdraft, CreditLimits: []Limit{{Account: "default:CREDITS", Units: 100}}}, 1)
+	var out []Entry
+	var err *Error
+	out, err = w.Adjust(&AdjustCmd{TransactionID: "p", Account: "default", Asset: "CREDITS", Amount: 10, Kind: KindPromotional, Priority: -1}, 1, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, out, err = w.TopUp(&TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 10}, 1, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, out, err = w.Charge(&UsageCmd{EventID: "e", Charges: []meter.Charge{{Account: "default:CREDITS", Name: "default", Asset: "CREDITS", Amount: meter.Fine{Units: 25}}}}, 2, nil, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Kind{KindPromotional, KindRecharge, KindPromotional, KindRecharge, 0}
+	if len(out) != len(want) {
+		t.Fatalf("%d entries, want %d: %+v", len(out), len(want), out)
+	}
+	for i, e := range out {
+		if e.BucketKind != want[i] {
+			t.Fatalf("entry %d (%s, bucket %q): kind %d, want %d", i, e.Type, e.BucketID, e.BucketKind, want[i])
+		}
+		var back Entry
+		if err := DecodeEntry(AppendEntry(nil, &e), &back); err != nil || back.BucketKind != e.BucketKind {
+			t.Fatalf("entry %d: codec lost the kind: %v %d", i, err, back.BucketKind)
+		}
+	}
+}

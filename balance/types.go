@@ -115,6 +115,7 @@ type Entry struct {
 	Amount         int64 // signed, in the asset's smallest unit
 	BalanceAfter   int64 // the account's Available() after this entry
 	BucketID       string
+	BucketKind     Kind // the kind of BucketID's bucket; 0 for a debt part
 	EventID        string
 	Reference      string
 	OccurredAt     int64 // unix ns

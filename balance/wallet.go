@@ -416,7 +416,7 @@ func (a *Account) removeBucket(i int) {
 // post records one ledger entry of amount on account a: it adds amount to
 // a.Ledger, asserts that the ledger still equals Available(), and appends
 // the entry built from template t.
-func (w *Wallet) post(out []Entry, a *Account, t *Entry, amount int64, bucketID string, now int64) []Entry {
+func (w *Wallet) post(out []Entry, a *Account, t *Entry, amount int64, bucketID string, kind Kind, now int64) []Entry {
 	a.Ledger += amount
 	avail := a.Available()
 	if a.Ledger != avail {
@@ -432,6 +432,7 @@ func (w *Wallet) post(out []Entry, a *Account, t *Entry, amount int64, bucketID 
 	e.Amount = amount
 	e.BalanceAfter = avail
 	e.BucketID = bucketID
+	e.BucketKind = kind
 	e.RecordedAt = now
 	return out
 }
@@ -450,11 +451,11 @@ func (w *Wallet) Expire(now int64, out []Entry) []Entry {
 				continue
 			}
 			t := Entry{Type: EntryExpiry, Reference: b.Reference, OccurredAt: b.ExpiresAt}
-			rem, id := b.Remaining, b.ID
+			rem, id, kind := b.Remaining, b.ID, b.Kind
 			a.removeBucket(i)
 			w.UpdatedAt = now
 			if rem > 0 {
-				out = w.post(out, a, &t, -rem, id, now)
+				out = w.post(out, a, &t, -rem, id, kind, now)
 			}
 		}
 	}
@@ -538,7 +539,7 @@ func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) 
 	}
 	w.UpdatedAt = now
 	t := Entry{Type: g.entryType, Reference: g.reference, OccurredAt: now, Metadata: md}
-	out = w.post(out, a, &t, g.amount, id, now)
+	out = w.post(out, a, &t, g.amount, id, g.kind, now)
 	if g.expiresAt > 0 && g.expiresAt <= now {
 		out = w.Expire(now, out)
 	}
@@ -590,11 +591,11 @@ func (w *Wallet) ReverseTopUp(bucketID, topUpID string, window, now int64, out [
 			if now-b.EffectiveAt > window {
 				return out, errorf(CodeReversalWindowElapsed, "top-up %s is older than the reversal window", topUpID)
 			}
-			amount := b.Amount
+			amount, kind := b.Amount, b.Kind
 			a.removeBucket(i)
 			w.UpdatedAt = now
 			t := Entry{Type: EntryTopUpReversal, Reference: topUpID, OccurredAt: now}
-			return w.post(out, a, &t, -amount, bucketID, now), nil
+			return w.post(out, a, &t, -amount, bucketID, kind, now), nil
 		}
 	}
 	if n, ok := parseBucketID(bucketID); ok && n >= 1 && n <= w.BucketSeq {
@@ -690,7 +691,7 @@ func (w *Wallet) debit(a *Account, units int64, t *Entry, now int64, out []Entry
 		}
 		b.Remaining -= take
 		need -= take
-		out = w.post(out, a, t, -take, b.ID, now)
+		out = w.post(out, a, t, -take, b.ID, b.Kind, now)
 		parts = append(parts, Part{BucketID: b.ID, Amount: take})
 	}
 	// Drop the empty buckets (the drained ones are a prefix of the
@@ -710,7 +711,7 @@ func (w *Wallet) debit(a *Account, units int64, t *Entry, now int64, out []Entry
 	}
 	if need > 0 {
 		a.Debt += need
-		out = w.post(out, a, t, -need, "", now)
+		out = w.post(out, a, t, -need, "", 0, now)
 		parts = append(parts, Part{Amount: need})
 	}
 	return out, parts
