@@ -36,6 +36,7 @@ type Options struct {
 	ReversalWindow  time.Duration // how long a top-up can be reversed; default 24h
 	JanitorInterval time.Duration // how often expired idempotency records are dropped; default 1 minute
 	DefaultPricing  []byte        // pricing document stored as version 1 when the store has none
+	Sinks           []string      // names of the sinks that read the outbox; none = no outbox is written
 	Clock           Clock         // default WallClock
 	Log             *slog.Logger  // default slog.Default()
 	Registerer      prometheus.Registerer
@@ -100,6 +101,10 @@ type Engine struct {
 	closed    atomic.Bool
 	stop      chan struct{}
 	janitor   sync.WaitGroup
+
+	outboxSeq     atomic.Uint64 // last outbox seq issued
+	wm            *watermark
+	outboxDropped uint64 // the janitor's: outbox records up to this seq are deleted
 }
 
 // Error codes of the engine, beside the state machine's.
@@ -130,6 +135,13 @@ func Open(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	e.pricing.Store(p)
+	seq, err := st.loadOutboxSeq()
+	if err != nil {
+		st.close()
+		return nil, fmt.Errorf("recover outbox: %w", err)
+	}
+	e.outboxSeq.Store(seq)
+	e.wm = newWatermark(seq)
 	if p.Version == 0 && len(opts.DefaultPricing) > 0 {
 		if _, err := e.SetPricing(opts.DefaultPricing); err != nil {
 			st.close()
@@ -528,6 +540,9 @@ func (e *Engine) runJanitor() {
 		case <-t.C:
 			if err := e.DropExpired(); err != nil {
 				e.log.Error("dropping expired idempotency records", "err", err)
+			}
+			if err := e.dropShipped(); err != nil {
+				e.log.Error("dropping shipped outbox records", "err", err)
 			}
 		}
 	}

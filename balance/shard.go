@@ -29,17 +29,19 @@ type group struct {
 	events  int
 	dirty   map[*Wallet]struct{}
 	pricing *meter.Pricing
+	outbox  outboxGroup
 }
 
 // shard owns a disjoint set of customers. Only its goroutine touches them.
 type shard struct {
-	id      int
-	e       *Engine
-	in      chan *op
-	commitQ chan *group
-	wallets map[string]*Wallet
-	cache   idemCache
-	done    chan struct{}
+	id       int
+	e        *Engine
+	in       chan *op
+	commitQ  chan *group
+	wallets  map[string]*Wallet
+	cache    idemCache
+	done     chan struct{}
+	outboxOn bool // sinks are configured: groups write outbox records
 
 	// Buffers reused across ops (only the shard goroutine uses them).
 	key     []byte // wallet and ledger keys
@@ -52,13 +54,14 @@ type shard struct {
 
 func newShard(id int, e *Engine) *shard {
 	return &shard{
-		id:      id,
-		e:       e,
-		in:      make(chan *op, e.opts.QueueMax),
-		commitQ: make(chan *group, commitQueueMax),
-		wallets: make(map[string]*Wallet),
-		cache:   newIdemCache(e.opts.IdemCacheMax),
-		done:    make(chan struct{}),
+		id:       id,
+		e:        e,
+		in:       make(chan *op, e.opts.QueueMax),
+		commitQ:  make(chan *group, commitQueueMax),
+		wallets:  make(map[string]*Wallet),
+		cache:    newIdemCache(e.opts.IdemCacheMax),
+		outboxOn: len(e.opts.Sinks) > 0,
+		done:     make(chan struct{}),
 	}
 }
 
@@ -98,6 +101,11 @@ func (s *shard) run() {
 			s.key = walletKey(s.key[:0], w.Customer)
 			s.val = AppendWallet(s.val[:0], w)
 			s.set(g, s.key, s.val)
+		}
+		if g.outbox.entries+g.outbox.usage > 0 {
+			g.outbox.seq = s.e.outboxSeq.Add(1)
+			s.val = g.outbox.value(s.val[:0], g.now)
+			s.set(g, outboxKey(g.outbox.seq), s.val)
 		}
 		// Hand the batch to the WAL now and wait for its fsync on the
 		// committer goroutine, so the next group can be applied and queued
@@ -141,6 +149,9 @@ func (s *shard) commit() {
 		if err := g.batch.SyncWait(); err != nil {
 			s.commitFailed(err)
 		}
+		if g.outbox.seq != 0 {
+			s.e.wm.mark(g.outbox.seq)
+		}
 		s.e.metrics.commitSeconds.Observe(time.Since(g.start).Seconds())
 		s.e.metrics.groupEvents.Observe(float64(g.events))
 		s.e.metrics.groupOps.Observe(float64(len(g.ops)))
@@ -177,6 +188,9 @@ func (s *shard) writeEntries(g *group, w *Wallet, entries []Entry) {
 		s.key = ledgerKey(s.key[:0], w.Customer, entries[i].Seq)
 		s.val = AppendEntry(s.val[:0], &entries[i])
 		s.set(g, s.key, s.val)
+		if s.outboxOn {
+			g.outbox.addEntry(w.Customer, s.val)
+		}
 	}
 }
 
@@ -237,6 +251,10 @@ func (s *shard) remember(g *group, key []byte, r *record) {
 	r.ExpireAt = g.now + int64(s.e.opts.DedupWindow) + int64(futureSkew)
 	s.val = r.append(s.val[:0])
 	s.set(g, key, s.val)
+	if s.outboxOn && r.Kind == idemEvent {
+		customer, _ := idemKeyCustomer(key)
+		g.outbox.addUsage(customer, string(key[3+len(customer):]), s.val)
+	}
 	s.val = expiryKey(s.val[:0], r.ExpireAt, key)
 	s.set(g, s.val, nil)
 	r.Data = nil
