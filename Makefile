@@ -30,13 +30,37 @@ test: test-deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 
-## test-deps: what the tests need besides the source. Today only Go;
-## the integration tests will add a ClickHouse server here.
+## test-deps: what the tests need besides the source: Go, and ClickHouse's
+## clickhouse-server and clickhouse-client (Debian's packages, 18.16; the tests
+## start private servers as plain processes, never the system service).
+## Missing packages are installed with apt-get, as root or through sudo.
+## With METERD_TEST_CLICKHOUSE=host:port (a server of your own), only
+## clickhouse-client is needed. Quiet when everything is present. (A user's
+## PATH often lacks /usr/sbin, where Debian puts clickhouse-server.)
+CLICKHOUSE_PACKAGES ?= clickhouse-server clickhouse-client
 test-deps:
 	@command -v $(GO) >/dev/null || { \
 	  echo "make test-deps: '$(GO)' not found; install Go $$(sed -n 's/^go //p' go.mod) or newer (https://go.dev/doc/install)" >&2; \
 	  exit 1; }
-	@$(GO) version
+	@has() { PATH="$$PATH:/usr/sbin:/usr/bin" command -v "$$1" >/dev/null; }; \
+	missing=; \
+	for pkg in $(CLICKHOUSE_PACKAGES); do \
+	  if [ "$$pkg" = clickhouse-server ] && [ -n "$${METERD_TEST_CLICKHOUSE:-}" ]; then continue; fi; \
+	  has "$$pkg" || missing="$$missing $$pkg"; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	echo "make test-deps: installing$$missing (apt-get)"; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "make test-deps: no apt-get here: install$$missing yourself, or set METERD_TEST_CLICKHOUSE=host:port to a ClickHouse server" >&2; \
+	  exit 1; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then sudo=; \
+	elif command -v sudo >/dev/null; then sudo=sudo; \
+	else echo "make test-deps: installing$$missing needs root: run 'apt-get install -y$$missing' as root (no sudo here)" >&2; exit 1; fi; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing </dev/null; \
+	for pkg in $$missing; do \
+	  has "$$pkg" || { echo "make test-deps: $$pkg still missing after apt-get install" >&2; exit 1; }; \
+	done
 
 ## race: all tests under the race detector
 race: test-deps
