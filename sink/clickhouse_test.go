@@ -1,0 +1,651 @@
+//go:build linux
+
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meterd/meterd/sink/chtest"
+	"github.com/shopspring/decimal"
+)
+
+// TestMain shares one ClickHouse server among the package's tests.
+func TestMain(m *testing.M) { chtest.Main(m) }
+
+var testLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// openCH opens a writer on srv's database db, closed at cleanup.
+func openCH(t testing.TB, srv *chtest.Server, db string) *ClickHouse {
+	t.Helper()
+	c, err := OpenClickHouse(testCtx(t), ClickHouseConfig{Addr: srv.Addr, Database: db, Log: testLog})
+	if err != nil {
+		t.Fatalf("OpenClickHouse: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// schemaOf describes every table of db: name, engine and columns, with the
+// database's own name replaced by DB so two databases compare.
+func schemaOf(t testing.TB, srv *chtest.Server, db string) string {
+	t.Helper()
+	tables := srv.Query(t, "SELECT name, engine FROM system.tables WHERE database = '"+db+"' ORDER BY name")
+	cols := srv.Query(t, "SELECT table, name, type, default_kind, default_expression FROM system.columns WHERE database = '"+db+"' ORDER BY table, name")
+	return strings.ReplaceAll(tables+"\n"+cols, db, "DB")
+}
+
+// wantVersions is the migrations the connected server runs.
+func wantVersions(c *ClickHouse) string {
+	var v []string
+	for _, m := range migrations {
+		if m.requires == nil || m.requires(c.caps, c.schema) {
+			v = append(v, fmt.Sprintf("%d\t1", m.version))
+		}
+	}
+	return strings.Join(v, "\n")
+}
+
+func TestClickHouseMigrate(t *testing.T) {
+	srv := chtest.Start(t)
+	db := srv.Database(t)
+	c := openCH(t, srv, db)
+	t.Logf("server %s, caps %+v", c.ServerVersion(), c.caps)
+	before := schemaOf(t, srv, db)
+	for _, table := range []string{tableLedger, tableUsage, tableUsageHourly, tableUsageDaily, tableBucketConsumed,
+		tableUsageHourly + "_mv", tableUsageDaily + "_mv", tableBucketConsumed + "_mv", tableMigrations} {
+		if !strings.Contains(before, table+"\t") {
+			t.Errorf("no table %s in\n%s", table, before)
+		}
+	}
+	// Again, through the same writer and through a new one.
+	if err := c.Migrate(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	openCH(t, srv, db)
+	if after := schemaOf(t, srv, db); after != before {
+		t.Fatalf("schema changed by a second Migrate:\n%s\nwant\n%s", after, before)
+	}
+	q := "SELECT version, count() FROM " + db + ".schema_migrations GROUP BY version ORDER BY version"
+	if got, want := srv.Query(t, q), wantVersions(c); got != want {
+		t.Fatalf("schema_migrations:\n%s\nwant\n%s", got, want)
+	}
+
+	// Concurrent migrations of fresh databases end with the same schema.
+	for round := range 4 {
+		db2 := srv.Database(t)
+		const procs = 3
+		var wg sync.WaitGroup
+		errs := make([]error, procs)
+		for i := range procs {
+			wg.Go(func() {
+				c, err := OpenClickHouse(testCtx(t), ClickHouseConfig{Addr: srv.Addr, Database: db2, Log: testLog})
+				if err == nil {
+					err = c.Close()
+				}
+				errs[i] = err
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatalf("round %d: concurrent migrations: %v", round, err)
+		}
+		if got := schemaOf(t, srv, db2); got != before {
+			t.Fatalf("round %d: concurrent migrations gave\n%s\nwant\n%s", round, got, before)
+		}
+		q := "SELECT version, count() FROM " + db2 + ".schema_migrations FINAL GROUP BY version ORDER BY version"
+		if got, want := srv.Query(t, q), wantVersions(c); got != want {
+			t.Fatalf("round %d: schema_migrations FINAL:\n%s\nwant\n%s", round, got, want)
+		}
+	}
+}
+
+// Times of the tests: November 2026, UTC.
+var testDay = time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)
+
+func TestClickHouseWriteColumns(t *testing.T) {
+	srv := chtest.Start(t)
+	db := srv.Database(t)
+	c := openCH(t, srv, db)
+	occ := testDay.Add(10*time.Hour + 71*time.Millisecond + 123456*time.Nanosecond).UnixNano()
+	rec := testDay.Add(10*time.Hour + 2*time.Second + 999*time.Millisecond + 999999*time.Nanosecond).UnixNano()
+	b := &Batch{From: 7, To: 9,
+		Ledger: []LedgerRow{
+			{OutboxSeq: 7, EntryID: "c1/1", Seq: 1, CustomerID: "c1", Account: "default:USD", Asset: "USD", Type: "usage",
+				Scale: 6, Amount: -282282, BalanceAfter: 14_250000, BucketID: "b_1", BucketKind: "recharge",
+				EventID: "evt_1", Reference: "ref", OccurredAt: occ, RecordedAt: rec, PricingVersion: 3,
+				Metadata: `{"psp":"stripe","note":"tab\there \"quoted\""}`},
+			{OutboxSeq: 7, EntryID: "c1/2", Seq: 2, CustomerID: "c1", Account: "default:USD", Asset: "USD", Type: "usage",
+				Scale: 6, Amount: -1, BalanceAfter: 14_249999, BucketID: "", BucketKind: "",
+				EventID: "evt_1", OccurredAt: occ, RecordedAt: rec, PricingVersion: 3},
+			{OutboxSeq: 9, EntryID: "c2/1", Seq: 1, CustomerID: "c2", Account: "default:CREDITS", Asset: "CREDITS", Type: "grant",
+				Scale: 0, Amount: math.MaxInt64, BalanceAfter: math.MinInt64, BucketID: "b_2", BucketKind: "plan",
+				Reference: "macro", OccurredAt: 1e9 + 5e8, RecordedAt: rec},
+			{OutboxSeq: 9, EntryID: "c2/2", Seq: 2, CustomerID: "c2", Account: "default:TOK", Asset: "TOK", Type: "adjustment",
+				Scale: 9, Amount: math.MinInt64, BalanceAfter: 1, OccurredAt: occ, RecordedAt: rec},
+		},
+		Usage: []UsageRow{
+			{OutboxSeq: 7, EventID: "evt_1", CustomerID: "c1", EventType: "message_completed", Subject: "chat_5f53",
+				OccurredAt: occ, RecordedAt: rec, Status: "charged", Account: "default:USD", Asset: "USD", Scale: 6,
+				Charge: 282283, PricingVersion: 3, Data: `{"model":"gpt-4-1","input_tokens":2353}`},
+			{OutboxSeq: 8, EventID: "evt_2", CustomerID: "c1", EventType: "unpriced", OccurredAt: occ, RecordedAt: rec,
+				Status: "recorded", Data: "{}"},
+		},
+	}
+	if err := c.Write(testCtx(t), b); err != nil {
+		t.Fatal(err)
+	}
+
+	// Every column, as text; amounts compared as exact decimals (18.16 prints
+	// trailing zeros, current releases do not).
+	type row = []string
+	read := func(table string, defs []string, order string) []row {
+		names := columnNames(defs)
+		sel := make([]string, len(names))
+		for i, n := range names {
+			sel[i] = "toString(" + n + ")"
+		}
+		rows, err := c.conn.Query(testCtx(t), "SELECT "+strings.Join(sel, ", ")+" FROM "+db+"."+table+" ORDER BY "+order)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []row
+		for rows.Next() {
+			r := make(row, len(names))
+			ptrs := make([]any, len(names))
+			for i := range r {
+				ptrs[i] = &r[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, r)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	compare := func(table string, defs []string, got, want []row) {
+		t.Helper()
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d rows, want %d: %q", table, len(got), len(want), got)
+		}
+		for i := range want {
+			for j, d := range defs {
+				g, w := got[i][j], want[i][j]
+				if strings.Contains(d, "Decimal") {
+					gd, err := decimal.NewFromString(g)
+					if err == nil && gd.Equal(decimal.RequireFromString(w)) {
+						continue
+					}
+				} else if g == w {
+					continue
+				}
+				t.Errorf("%s row %d %s = %q, want %q", table, i, d, g, w)
+			}
+		}
+	}
+	occS, occMs := "2026-11-21 10:00:00", "1795255200071"
+	recS, recMs := "2026-11-21 10:00:02", "1795255202999"
+	compare(tableLedger, ledgerColumns, read(tableLedger, ledgerColumns, "entry_id"), []row{
+		{"c1/1", "1", "c1", "default:USD", "USD", "usage", "-0.282282", "14.25", "b_1", "recharge", "evt_1", "ref",
+			occS, occMs, recS, recMs, "3", `{"psp":"stripe","note":"tab\there \"quoted\""}`, "", "7"},
+		{"c1/2", "2", "c1", "default:USD", "USD", "usage", "-0.000001", "14.249999", "", "", "evt_1", "",
+			occS, occMs, recS, recMs, "3", "", "", "7"},
+		{"c2/1", "1", "c2", "default:CREDITS", "CREDITS", "grant", "9223372036854775807", "-9223372036854775808", "b_2", "plan", "", "macro",
+			"1970-01-01 00:00:01", "1500", recS, recMs, "0", "", "", "9"},
+		{"c2/2", "2", "c2", "default:TOK", "TOK", "adjustment", "-9223372036.854775808", "0.000000001", "", "", "", "",
+			occS, occMs, recS, recMs, "0", "", "", "9"},
+	})
+	compare(tableUsage, usageColumns, read(tableUsage, usageColumns, "event_id"), []row{
+		{"evt_1", "c1", "message_completed", "chat_5f53", occS, occMs, recS, recMs, "charged", "0.282283",
+			"default:USD", "USD", "3", `{"model":"gpt-4-1","input_tokens":2353}`, "", "7"},
+		{"evt_2", "c1", "unpriced", "", occS, occMs, recS, recMs, "recorded", "0", "", "", "0", "{}", "", "8"},
+	})
+	if c.caps.dateTime64 {
+		got := srv.Query(t, "SELECT toString(occurred_at64), toString(recorded_at64) FROM "+db+".usage_events WHERE event_id = 'evt_1'")
+		if want := "2026-11-21 10:00:00.071\t2026-11-21 10:00:02.999"; got != want {
+			t.Errorf("DateTime64 columns %q, want %q", got, want)
+		}
+	}
+
+	// Sums per customer and account, exact.
+	sums := srv.Query(t, "SELECT customer_id, account, toString(sum(amount)) FROM "+db+".ledger_entries GROUP BY customer_id, account ORDER BY customer_id, account")
+	want := map[string]string{
+		"c1\tdefault:USD":     "-0.282283",
+		"c2\tdefault:CREDITS": "9223372036854775807",
+		"c2\tdefault:TOK":     "-9223372036.854775808",
+	}
+	lines := strings.Split(sums, "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("sums:\n%s", sums)
+	}
+	for _, l := range lines {
+		k, v, _ := strings.Cut(l[:strings.LastIndexByte(l, '\t')], "\t")
+		got := l[strings.LastIndexByte(l, '\t')+1:]
+		if !decimal.RequireFromString(got).Equal(decimal.RequireFromString(want[k+"\t"+v])) {
+			t.Errorf("sum(amount) %s %s = %s, want %s", k, v, got, want[k+"\t"+v])
+		}
+	}
+}
+
+// genBatches makes n outbox records from seq first on, one day of traffic:
+// each record one usage event with its ledger entries (one per bucket it
+// drew from), and now and then a grant. It returns them cut into batches of
+// up to per records.
+func genBatches(seed uint64, first uint64, n, per int, day time.Time) []*Batch {
+	r := rand.New(rand.NewPCG(seed, 7))
+	customers := 17
+	eventTypes := []string{"message_completed", "image_generated", "search", "embedding"}
+	kinds := []string{"promotional", "plan", "recharge", ""}
+	accounts := []struct {
+		name, asset string
+		scale       uint8
+	}{{"default:USD", "USD", 6}, {"default:CREDITS", "CREDITS", 0}, {"team:TOK", "TOK", 0}}
+	seqs := map[string]uint64{}
+	var out []*Batch
+	var b *Batch
+	for i := range n {
+		seq := first + uint64(i)
+		if b == nil || int(seq-b.From) >= per {
+			b = &Batch{From: seq}
+			out = append(out, b)
+		}
+		b.To = seq
+		cust := fmt.Sprintf("cust_%02d", r.IntN(customers))
+		occ := day.Add(time.Duration(r.Int64N(int64(24 * time.Hour)))).UnixNano()
+		rec := day.Add(time.Duration(i) * (24 * time.Hour / time.Duration(n))).UnixNano()
+		acc := accounts[r.IntN(len(accounts))]
+		evt := fmt.Sprintf("evt_%d", seq)
+		et := eventTypes[r.IntN(len(eventTypes))]
+		if r.IntN(10) == 0 {
+			b.Usage = append(b.Usage, UsageRow{OutboxSeq: seq, EventID: evt, CustomerID: cust, EventType: et,
+				OccurredAt: occ, RecordedAt: rec, Status: "recorded", Data: "{}"})
+			continue
+		}
+		charge := r.Int64N(5_000_000)
+		b.Usage = append(b.Usage, UsageRow{OutboxSeq: seq, EventID: evt, CustomerID: cust, EventType: et,
+			Subject: "s", OccurredAt: occ, RecordedAt: rec, Status: "charged", Account: acc.name, Asset: acc.asset,
+			Scale: acc.scale, Charge: charge, PricingVersion: 2, Data: `{"n":1}`})
+		parts := 1 + r.IntN(3)
+		left := charge
+		for p := range parts {
+			amt := left
+			if p < parts-1 {
+				amt = r.Int64N(left + 1)
+			}
+			left -= amt
+			seqs[cust]++
+			b.Ledger = append(b.Ledger, LedgerRow{OutboxSeq: seq, EntryID: fmt.Sprintf("%s/%d", cust, seqs[cust]),
+				Seq: seqs[cust], CustomerID: cust, Account: acc.name, Asset: acc.asset, Type: "usage", Scale: acc.scale,
+				Amount: -amt, BalanceAfter: r.Int64N(1e12), BucketID: fmt.Sprintf("b_%d", p), BucketKind: kinds[r.IntN(len(kinds))],
+				EventID: evt, OccurredAt: occ, RecordedAt: rec, PricingVersion: 2})
+		}
+		if r.IntN(20) == 0 {
+			seqs[cust]++
+			b.Ledger = append(b.Ledger, LedgerRow{OutboxSeq: seq, EntryID: fmt.Sprintf("%s/%d", cust, seqs[cust]),
+				Seq: seqs[cust], CustomerID: cust, Account: acc.name, Asset: acc.asset, Type: "grant", Scale: acc.scale,
+				Amount: r.Int64N(1e9), BucketKind: "plan", OccurredAt: occ, RecordedAt: rec})
+		}
+	}
+	return out
+}
+
+func rowsOf(bs []*Batch) (ledger, usage int) {
+	for _, b := range bs {
+		ledger += len(b.Ledger)
+		usage += len(b.Usage)
+	}
+	return
+}
+
+// assertOnce checks that each table holds each row exactly once (no FINAL),
+// and that it holds ledger and usage rows.
+func assertOnce(t *testing.T, srv *chtest.Server, db string, ledger, usage int) {
+	t.Helper()
+	got := srv.Query(t, "SELECT count(), uniqExact(entry_id) FROM "+db+".ledger_entries")
+	if want := fmt.Sprintf("%d\t%d", ledger, ledger); got != want {
+		t.Errorf("ledger_entries count(), uniqExact(entry_id) = %s, want %s", got, want)
+	}
+	got = srv.Query(t, "SELECT count(), uniqExact(event_id, account) FROM "+db+".usage_events")
+	if want := fmt.Sprintf("%d\t%d", usage, usage); got != want {
+		t.Errorf("usage_events count(), uniqExact(event_id, account) = %s, want %s", got, want)
+	}
+}
+
+func TestClickHouseExactlyOnce(t *testing.T) {
+	srv := chtest.Start(t)
+	db := srv.Database(t)
+	ctx := testCtx(t)
+	bs := genBatches(1, 1, 600, 100, testDay)
+	ledger, usage := rowsOf(bs)
+
+	// Write, "crash" (the instance goes away without the caller learning
+	// the outcome), a new instance writes the same batch: skipped.
+	c1 := openCH(t, srv, db)
+	if err := c1.Write(ctx, bs[0]); err != nil {
+		t.Fatal(err)
+	}
+	c1.Close()
+	c2 := openCH(t, srv, db)
+	if err := c2.Write(ctx, bs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if s := c2.Stats(); s.RowsInserted != 0 || s.Checks != 2 || s.RowsSkipped != uint64(len(bs[0].Ledger)+len(bs[0].Usage)) {
+		t.Errorf("after a restart, the same batch: %+v, want 2 checks and every row skipped", s)
+	}
+	// The same instance retrying a batch it confirmed: skipped, no check.
+	if err := c2.Write(ctx, bs[0]); err != nil {
+		t.Fatal(err)
+	}
+	// The next batch goes straight in.
+	if err := c2.Write(ctx, bs[1]); err != nil {
+		t.Fatal(err)
+	}
+	if s := c2.Stats(); s.Checks != 2 || s.Inserts != 2 {
+		t.Errorf("after a confirmed batch: %+v, want no new check and 2 inserts", s)
+	}
+
+	// The previous process shipped further than the cursor it left: batches
+	// 2 and 3 landed, the new instance is given 2, 3, 4, 5.
+	if err := c2.Write(ctx, bs[2]); err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Write(ctx, bs[3]); err != nil {
+		t.Fatal(err)
+	}
+	c3 := openCH(t, srv, db)
+	for _, b := range bs[2:5] {
+		if err := c3.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Batch 2's check finds batch 3 above it, so batch 3 is checked too;
+	// that check finds nothing above 3, so batch 4 goes straight in.
+	if s := c3.Stats(); s.Checks != 4 || s.Inserts != 2 {
+		t.Errorf("resuming behind: %+v, want batches 2 and 3 checked (4 checks), only 4 inserted (2 inserts)", s)
+	}
+
+	// Batches cut differently after a restart (the last batch of the old
+	// process was half of the new one): only the missing records go in.
+	c4 := openCH(t, srv, db)
+	last := bs[5]
+	half := &Batch{From: last.From, To: last.From + 49}
+	rest := &Batch{From: last.From + 50, To: last.To}
+	for _, r := range last.Ledger {
+		if r.OutboxSeq <= half.To {
+			half.Ledger = append(half.Ledger, r)
+		} else {
+			rest.Ledger = append(rest.Ledger, r)
+		}
+	}
+	for _, r := range last.Usage {
+		if r.OutboxSeq <= half.To {
+			half.Usage = append(half.Usage, r)
+		} else {
+			rest.Usage = append(rest.Usage, r)
+		}
+	}
+	if err := c4.Write(ctx, half); err != nil {
+		t.Fatal(err)
+	}
+	c5 := openCH(t, srv, db)
+	if err := c5.Write(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	if s := c5.Stats(); s.RowsInserted != uint64(len(rest.Ledger)+len(rest.Usage)) {
+		t.Errorf("re-cut batch: %+v, want %d rows inserted", s, len(rest.Ledger)+len(rest.Usage))
+	}
+	assertOnce(t, srv, db, ledger, usage)
+
+	// A batch that does not match what landed before is refused, for good.
+	bad := &Batch{From: half.From, To: half.To, Ledger: half.Ledger[:len(half.Ledger)-1], Usage: half.Usage}
+	c6 := openCH(t, srv, db)
+	if err := c6.Write(ctx, bad); err == nil || Retryable(err) {
+		t.Errorf("a batch with fewer rows than landed: err %v, want a permanent error", err)
+	}
+	assertOnce(t, srv, db, ledger, usage)
+}
+
+func TestClickHouseRetryAfterTableFailure(t *testing.T) {
+	srv := chtest.Start(t)
+	db := srv.Database(t)
+	ctx := testCtx(t)
+	c := openCH(t, srv, db)
+	bs := genBatches(2, 1, 200, 100, testDay)
+	if err := c.Write(ctx, bs[0]); err != nil {
+		t.Fatal(err)
+	}
+	// usage_events goes away: the ledger insert of batch 1 succeeds, the
+	// usage insert fails for good.
+	srv.Query(t, "RENAME TABLE "+db+".usage_events TO "+db+".usage_events_away")
+	err := c.Write(ctx, bs[1])
+	var we *WriteError
+	if !errors.As(err, &we) || we.Table != tableUsage || we.Retryable {
+		t.Fatalf("Write with usage_events missing: %v, want a permanent WriteError on usage_events", err)
+	}
+	srv.Query(t, "RENAME TABLE "+db+".usage_events_away TO "+db+".usage_events")
+	before := c.Stats()
+	if err := c.Write(ctx, bs[1]); err != nil {
+		t.Fatal(err)
+	}
+	s := c.Stats()
+	if s.Checks-before.Checks != 1 || s.RowsInserted-before.RowsInserted != uint64(len(bs[1].Usage)) {
+		t.Errorf("retry: %+v then %+v, want ledger skipped unchecked, usage checked and inserted", before, s)
+	}
+	l, u := rowsOf(bs)
+	assertOnce(t, srv, db, l, u)
+}
+
+// TestClickHouseServerDies kills and restarts a private server between and
+// during writes.
+func TestClickHouseServerDies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts its own server")
+	}
+	srv := chtest.StartInDir(t, t.TempDir())
+	db := "meterd"
+	c, err := OpenClickHouse(testCtx(t), ClickHouseConfig{Addr: srv.Addr, Database: db,
+		DialTimeout: time.Second, ReadTimeout: 5 * time.Second, Log: testLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := testCtx(t)
+	bs := genBatches(3, 1, 3000, 500, testDay)
+	if err := c.Write(ctx, bs[0]); err != nil {
+		t.Fatal(err)
+	}
+	// Kill while batch 1 is being written: its outcome is unknown.
+	done := make(chan error, 1)
+	go func() { done <- c.Write(ctx, bs[1]) }()
+	time.Sleep(time.Millisecond)
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	err = <-done
+	t.Logf("write during the kill: %v", err)
+	if err != nil && !Retryable(err) {
+		t.Fatalf("write during the kill: %v, want a retryable error", err)
+	}
+	if err := c.Write(ctx, bs[2]); err == nil || !Retryable(err) {
+		t.Fatalf("write to a dead server: %v, want a retryable error", err)
+	}
+	srv.Restart(t)
+	// The caller retries what it has not seen acknowledged.
+	for _, b := range bs[1:] {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			err := c.Write(ctx, b)
+			if err == nil {
+				break
+			}
+			if !Retryable(err) || time.Now().After(deadline) {
+				t.Fatalf("batch %d-%d after the restart: %v", b.From, b.To, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	l, u := rowsOf(bs)
+	assertOnce(t, srv, db, l, u)
+}
+
+func TestClickHouseViews(t *testing.T) {
+	srv := chtest.Start(t)
+	db := srv.Database(t)
+	ctx := testCtx(t)
+	c := openCH(t, srv, db)
+	bs := genBatches(4, 1, 4000, 250, testDay)
+	for _, b := range bs {
+		if err := c.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, u := rowsOf(bs)
+	t.Logf("%d batches, %d ledger rows, %d usage rows", len(bs), l, u)
+	assertOnce(t, srv, db, l, u)
+
+	for _, q := range []struct{ name, base, view string }{
+		{"usage_hourly",
+			"SELECT toStartOfHour(occurred_at) AS hour, customer_id, event_type, account, count(), toString(sum(charge)) FROM DB.usage_events FINAL GROUP BY hour, customer_id, event_type, account ORDER BY hour, customer_id, event_type, account",
+			"SELECT hour, customer_id, event_type, account, sum(events), toString(sum(charge)) FROM DB.usage_hourly GROUP BY hour, customer_id, event_type, account ORDER BY hour, customer_id, event_type, account"},
+		{"usage_daily",
+			"SELECT toDate(occurred_at) AS day, customer_id, event_type, account, count(), toString(sum(charge)) FROM DB.usage_events FINAL GROUP BY day, customer_id, event_type, account ORDER BY day, customer_id, event_type, account",
+			"SELECT day, customer_id, event_type, account, sum(events), toString(sum(charge)) FROM DB.usage_daily GROUP BY day, customer_id, event_type, account ORDER BY day, customer_id, event_type, account"},
+		{"bucket_consumption_daily",
+			"SELECT toDate(occurred_at) AS day, customer_id, bucket_kind, account, count(), toString(sum(-amount)) FROM DB.ledger_entries FINAL WHERE type = 'usage' GROUP BY day, customer_id, bucket_kind, account ORDER BY day, customer_id, bucket_kind, account",
+			"SELECT day, customer_id, bucket_kind, account, sum(entries), toString(sum(consumed)) FROM DB.bucket_consumption_daily GROUP BY day, customer_id, bucket_kind, account ORDER BY day, customer_id, bucket_kind, account"},
+	} {
+		base := srv.Query(t, strings.ReplaceAll(q.base, "DB", db))
+		view := srv.Query(t, strings.ReplaceAll(q.view, "DB", db))
+		if base != view {
+			t.Errorf("%s differs from its base table:\nview\n%s\nbase\n%s", q.name, view, base)
+		}
+		if n := strings.Count(base, "\n") + 1; n < 20 {
+			t.Errorf("%s: only %d groups", q.name, n)
+		}
+	}
+	// The grand totals, against the generator's.
+	var events int
+	charge := map[string]int64{}
+	for _, b := range bs {
+		for _, r := range b.Usage {
+			if r.Account != "" {
+				events++
+				charge[r.Account] += r.Charge
+			}
+		}
+	}
+	got := srv.Query(t, "SELECT account, sum(events), toString(sum(charge)) FROM "+db+".usage_daily WHERE account != '' GROUP BY account ORDER BY account")
+	var want []string
+	for _, a := range slices.Sorted(func(yield func(string) bool) {
+		for k := range charge {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		scale := int32(0)
+		if strings.HasSuffix(a, "USD") {
+			scale = 6
+		}
+		want = append(want, fmt.Sprintf("%s\t%s", a, decimal.New(charge[a], -scale).String()))
+	}
+	var gotAcc []string
+	n := 0
+	for _, l := range strings.Split(got, "\n") {
+		f := strings.Split(l, "\t")
+		var e int
+		fmt.Sscan(f[1], &e)
+		n += e
+		gotAcc = append(gotAcc, f[0]+"\t"+decimal.RequireFromString(f[2]).String())
+	}
+	if n != events || !slices.Equal(gotAcc, want) {
+		t.Errorf("usage_daily totals %v (%d events), want %v (%d events)", gotAcc, n, want, events)
+	}
+}
+
+func TestClickHouseRefusesBadBatches(t *testing.T) {
+	srv := chtest.Start(t)
+	c := openCH(t, srv, srv.Database(t))
+	ctx := testCtx(t)
+	nov := testDay.UnixNano()
+	dec := testDay.AddDate(0, 0, 10).UnixNano()
+	for name, b := range map[string]*Batch{
+		"two months": {From: 1, To: 2, Ledger: []LedgerRow{
+			{OutboxSeq: 1, EntryID: "c/1", CustomerID: "c", RecordedAt: nov},
+			{OutboxSeq: 2, EntryID: "c/2", CustomerID: "c", RecordedAt: dec}}},
+		"two months across tables": {From: 1, To: 2,
+			Ledger: []LedgerRow{{OutboxSeq: 1, EntryID: "c/1", CustomerID: "c", RecordedAt: nov}},
+			Usage:  []UsageRow{{OutboxSeq: 2, EventID: "e", CustomerID: "c", RecordedAt: dec}}},
+		"outside From-To": {From: 1, To: 2, Ledger: []LedgerRow{{OutboxSeq: 3, EntryID: "c/1", CustomerID: "c", RecordedAt: nov}}},
+		"From > To":       {From: 2, To: 1},
+		"scale":           {From: 1, To: 1, Usage: []UsageRow{{OutboxSeq: 1, EventID: "e", CustomerID: "c", RecordedAt: nov, Scale: 10}}},
+		"before 1970":     {From: 1, To: 1, Usage: []UsageRow{{OutboxSeq: 1, EventID: "e", CustomerID: "c", RecordedAt: nov, OccurredAt: -1}}},
+		"no entry id":     {From: 1, To: 1, Ledger: []LedgerRow{{OutboxSeq: 1, CustomerID: "c", RecordedAt: nov}}},
+		"nil":             nil,
+	} {
+		err := c.Write(ctx, b)
+		var we *WriteError
+		if !errors.As(err, &we) || we.Retryable {
+			t.Errorf("%s: %v, want a permanent WriteError", name, err)
+		}
+	}
+	if s := c.Stats(); s.Inserts != 0 || s.Checks != 0 {
+		t.Errorf("refused batches reached the server: %+v", s)
+	}
+	big := &Batch{From: 1, To: 1, Usage: make([]UsageRow, clickHouseBatchRowsMaxDefault+1)}
+	if err := c.Write(ctx, big); err == nil || Retryable(err) {
+		t.Errorf("a batch over BatchRowsMax: %v, want a permanent error", err)
+	}
+}
+
+// BenchmarkClickHouseWrite writes batches of 50,000 ledger rows (with their
+// views) into the local server.
+func BenchmarkClickHouseWrite(b *testing.B) {
+	srv := chtest.Start(b)
+	db := srv.Database(b)
+	c := openCH(b, srv, db)
+	ctx := context.Background()
+	const rowsPerBatch = 50_000
+	batch := &Batch{Ledger: make([]LedgerRow, rowsPerBatch)}
+	rec := testDay.Add(time.Hour).UnixNano()
+	var seq uint64
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		batch.From = seq + 1
+		for i := range batch.Ledger {
+			seq++
+			cust := fmt.Sprintf("cust_%03d", seq%997)
+			batch.Ledger[i] = LedgerRow{OutboxSeq: seq, EntryID: cust + "/" + fmt.Sprint(seq), Seq: seq, CustomerID: cust,
+				Account: "default:USD", Asset: "USD", Type: "usage", Scale: 6, Amount: -int64(seq % 1_000_000),
+				BalanceAfter: int64(seq), BucketID: "b_1", BucketKind: "plan", EventID: fmt.Sprint("evt_", seq),
+				OccurredAt: rec, RecordedAt: rec, PricingVersion: 1, Metadata: "{}"}
+		}
+		batch.To = seq
+		b.StartTimer()
+		if err := c.Write(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(rowsPerBatch)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+}

@@ -1,0 +1,449 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// The ClickHouse schema, as versioned migrations.
+//
+// Every statement is idempotent (CREATE ... IF NOT EXISTS, ALTER ... IF NOT
+// EXISTS, MODIFY SETTING), and a migration is recorded in schema_migrations
+// only after all of its statements succeeded. So two meterd processes
+// migrating at once, or a process that crashed half way, converge on one
+// schema without an error: each runs whatever statements it has not seen
+// recorded, and running one twice changes nothing.
+//
+// One schema for every server, from Debian's 18.16 up:
+//
+//   - Time columns are DateTime('UTC') (second precision, partitions that do
+//     not depend on the server's timezone) plus *_ms UInt64 columns holding
+//     unix milliseconds, on every server, so that an analyst's query runs
+//     unchanged everywhere and the writer has one code path. The *_ms columns
+//     are the exact ones.
+//   - On servers with DateTime64 (20.1+, and fromUnixTimestamp64Milli),
+//     migration 3 adds occurred_at64 and recorded_at64 DateTime64(3, 'UTC')
+//     columns whose DEFAULT is computed from the *_ms columns: the writer
+//     never sends them, and rows written before the column existed read the
+//     same exact value.
+//   - On servers with non_replicated_deduplication_window (21.x+), migration
+//     4 sets it on the base tables (plain variant only; replicated tables
+//     always deduplicate), so that an INSERT repeated with the same
+//     insert_deduplication_token is dropped by the server.
+//
+// A migration with a requirement the server does not meet is skipped and not
+// recorded: it applies on the first Migrate after the server is upgraded.
+// Such a migration must only add things no later migration depends on.
+//
+// Cluster variant (ClickHouseConfig.Cluster != ""): every DDL statement
+// carries ON CLUSTER and the engines are the Replicated ones, with the path
+// /clickhouse/tables/{shard}/<db>/<table> and replica '{replica}' (macros
+// every replica defines). The tables are shard-local; a Distributed table
+// over them is left to the operator. schema_migrations is shard-local too:
+// a process on another shard re-runs the (idempotent) DDL once and records it.
+//
+// Materialized views feed SummingMergeTree tables from the base tables. They
+// see each INSERT block as it lands; the writer inserts every block once, so
+// the views count each row once. The one exception is a crash between the
+// base table's part being committed and the views' parts (ClickHouse 18.16
+// writes them one after the other): the base table is then right and the
+// view short. The views are derived data; rebuild a month with
+// INSERT INTO <view table> SELECT ... FROM <base> FINAL after a
+// ALTER TABLE <view table> DROP PARTITION.
+
+// Names of the tables the writer and the tests use.
+const (
+	tableMigrations      = "schema_migrations"
+	tableLedger          = "ledger_entries"
+	tableUsage           = "usage_events"
+	tableUsageHourly     = "usage_hourly"
+	tableUsageDaily      = "usage_daily"
+	tableBucketConsumed  = "bucket_consumption_daily"
+	dedupWindowBlocks    = 1000 // non_replicated_deduplication_window where supported
+	clickHouseNameLenMax = 64
+	dateTime64Major      = 20 // DateTime64 appeared in 20.1
+	dateTime64Minor      = 1
+)
+
+var (
+	databaseNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	clusterNameRe  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
+)
+
+// serverCaps is what the connected server can do, detected once at Open.
+type serverCaps struct {
+	major, minor, patch uint64
+	// dateTime64: the DateTime64 type and fromUnixTimestamp64Milli exist.
+	dateTime64 bool
+	// dedupToken: the insert_deduplication_token query setting exists.
+	dedupToken bool
+	// dedupWindow: the non_replicated_deduplication_window table setting exists.
+	dedupWindow bool
+}
+
+func (c serverCaps) atLeast(major, minor uint64) bool {
+	return c.major > major || c.major == major && c.minor >= minor
+}
+
+// detectCaps asks the server what it supports: by the presence of the
+// setting or function where it can, by version where it cannot.
+func detectCaps(ctx context.Context, conn driver.Conn) (serverCaps, error) {
+	v, err := conn.ServerVersion()
+	if err != nil {
+		return serverCaps{}, fmt.Errorf("server version: %w", err)
+	}
+	caps := serverCaps{major: v.Version.Major, minor: v.Version.Minor, patch: v.Version.Patch}
+	var n uint64
+	q := `SELECT count() FROM system.settings WHERE name = 'insert_deduplication_token'`
+	if err := conn.QueryRow(ctx, q).Scan(&n); err != nil {
+		return caps, fmt.Errorf("detect insert_deduplication_token: %w", err)
+	}
+	caps.dedupToken = n > 0
+	q = `SELECT count() FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'`
+	if err := conn.QueryRow(ctx, q).Scan(&n); err != nil {
+		return caps, fmt.Errorf("detect non_replicated_deduplication_window: %w", err)
+	}
+	caps.dedupWindow = n > 0
+	if caps.atLeast(dateTime64Major, dateTime64Minor) {
+		q = `SELECT count() FROM system.functions WHERE name = 'fromUnixTimestamp64Milli'`
+		if err := conn.QueryRow(ctx, q).Scan(&n); err != nil {
+			return caps, fmt.Errorf("detect fromUnixTimestamp64Milli: %w", err)
+		}
+		caps.dateTime64 = n > 0
+	}
+	return caps, nil
+}
+
+// schema generates the DDL for one database, plain or on a cluster.
+type schema struct {
+	db      string
+	cluster string
+}
+
+func (s schema) validate() error {
+	if len(s.db) > clickHouseNameLenMax || !databaseNameRe.MatchString(s.db) {
+		return fmt.Errorf("clickhouse: database name %q: want [A-Za-z_][A-Za-z0-9_]*, at most %d chars", s.db, clickHouseNameLenMax)
+	}
+	if s.cluster != "" && (len(s.cluster) > clickHouseNameLenMax || !clusterNameRe.MatchString(s.cluster)) {
+		return fmt.Errorf("clickhouse: cluster name %q: want [A-Za-z0-9_.-]+, at most %d chars", s.cluster, clickHouseNameLenMax)
+	}
+	return nil
+}
+
+// table is the qualified name of a table.
+func (s schema) table(name string) string { return s.db + "." + name }
+
+func (s schema) onCluster() string {
+	if s.cluster == "" {
+		return ""
+	}
+	return " ON CLUSTER `" + s.cluster + "`"
+}
+
+// engine is the engine clause of table name: kind is "ReplacingMergeTree",
+// "SummingMergeTree" or "MergeTree"; args its own arguments.
+func (s schema) engine(name, kind, args string) string {
+	if s.cluster == "" {
+		return "ENGINE = " + kind + "(" + args + ")"
+	}
+	rargs := fmt.Sprintf("'/clickhouse/tables/{shard}/%s/%s', '{replica}'", s.db, name)
+	if args != "" {
+		rargs += ", " + args
+	}
+	return "ENGINE = Replicated" + kind + "(" + rargs + ")"
+}
+
+// createTable renders CREATE TABLE IF NOT EXISTS with the columns one a line.
+func (s schema) createTable(name string, columns []string, engine, partition, order string) string {
+	var b strings.Builder
+	b.WriteString("CREATE TABLE IF NOT EXISTS " + s.table(name) + s.onCluster() + "\n(\n")
+	for i, c := range columns {
+		b.WriteString("    " + c)
+		if i < len(columns)-1 {
+			b.WriteString(",")
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString(")\n" + engine)
+	if partition != "" {
+		b.WriteString("\nPARTITION BY " + partition)
+	}
+	b.WriteString("\nORDER BY " + order)
+	return b.String()
+}
+
+func (s schema) createView(name, target, query string) string {
+	return "CREATE MATERIALIZED VIEW IF NOT EXISTS " + s.table(name) + s.onCluster() +
+		" TO " + s.table(target) + "\nAS " + query
+}
+
+func (s schema) createDatabase() string {
+	return "CREATE DATABASE IF NOT EXISTS " + s.db + s.onCluster()
+}
+
+func (s schema) createMigrations() string {
+	return s.createTable(tableMigrations, []string{
+		"version UInt32",
+		"name String",
+		"applied_at DateTime('UTC')",
+	}, s.engine(tableMigrations, "ReplacingMergeTree", "applied_at"), "", "version")
+}
+
+// ledgerColumns and usageColumns are the base tables' columns, in the order
+// the writer sends them (the INSERT names them explicitly).
+var ledgerColumns = []string{
+	"entry_id String",
+	"seq UInt64",
+	"customer_id String",
+	"account String",
+	"asset String",
+	"type String",
+	"amount Decimal(38, 9)",
+	"balance_after Decimal(38, 9)",
+	"bucket_id String",
+	"bucket_kind String",
+	"event_id String",
+	"reference String",
+	"occurred_at DateTime('UTC')",
+	"occurred_at_ms UInt64",
+	"recorded_at DateTime('UTC')",
+	"recorded_at_ms UInt64",
+	"pricing_version UInt32",
+	"metadata String",
+	"outbox_id String",
+	"outbox_seq UInt64",
+}
+
+var usageColumns = []string{
+	"event_id String",
+	"customer_id String",
+	"event_type String",
+	"subject String",
+	"occurred_at DateTime('UTC')",
+	"occurred_at_ms UInt64",
+	"recorded_at DateTime('UTC')",
+	"recorded_at_ms UInt64",
+	"status String",
+	"charge Decimal(38, 9)",
+	"account String",
+	"asset String",
+	"pricing_version UInt32",
+	"data String",
+	"outbox_id String",
+	"outbox_seq UInt64",
+}
+
+// columnNames is the names of "name Type" column definitions.
+func columnNames(defs []string) []string {
+	names := make([]string, len(defs))
+	for i, d := range defs {
+		names[i], _, _ = strings.Cut(d, " ")
+	}
+	return names
+}
+
+// migration is one step of the schema. statements renders its DDL; requires,
+// when set, says whether the server can run it at all.
+type migration struct {
+	version    uint32
+	name       string
+	requires   func(serverCaps, schema) bool
+	statements func(schema) []string
+}
+
+// migrations is the schema's history, in version order. Never edit a
+// released migration: append a new one.
+var migrations = []migration{
+	{version: 1, name: "base tables", statements: func(s schema) []string {
+		return []string{
+			// ReplacingMergeTree keyed by the entry's identity: a row that
+			// ever landed twice collapses at merge time and under FINAL.
+			// recorded_at never changes for an entry, so both copies are
+			// always in the same partition.
+			s.createTable(tableLedger, ledgerColumns,
+				s.engine(tableLedger, "ReplacingMergeTree", "outbox_seq"),
+				"toYYYYMM(recorded_at)", "(customer_id, entry_id)"),
+			s.createTable(tableUsage, usageColumns,
+				s.engine(tableUsage, "ReplacingMergeTree", "outbox_seq"),
+				"toYYYYMM(recorded_at)", "(customer_id, event_id, account)"),
+		}
+	}},
+	{version: 2, name: "analyst views", statements: func(s schema) []string {
+		summing := func(name string, cols []string, sums, partition, order string) string {
+			return s.createTable(name, cols, s.engine(name, "SummingMergeTree", "("+sums+")"), partition, order)
+		}
+		usageCols := func(period, typ string) []string {
+			return []string{period + " " + typ, "customer_id String", "event_type String", "account String",
+				"events UInt64", "charge Decimal(38, 9)"}
+		}
+		usageView := func(period, expr string) string {
+			return "SELECT " + expr + " AS " + period + ", customer_id, event_type, account, count() AS events, sum(charge) AS charge\n" +
+				"FROM " + s.table(tableUsage) + "\nGROUP BY " + period + ", customer_id, event_type, account"
+		}
+		return []string{
+			// Usage per customer, event type and charged account, by the
+			// hour and the day the usage occurred. events counts usage rows:
+			// an event that charged two accounts counts once in each.
+			summing(tableUsageHourly, usageCols("hour", "DateTime('UTC')"), "events, charge",
+				"toYYYYMM(hour)", "(customer_id, event_type, account, hour)"),
+			s.createView(tableUsageHourly+"_mv", tableUsageHourly,
+				usageView("hour", "toStartOfHour(occurred_at)")),
+			summing(tableUsageDaily, usageCols("day", "Date"), "events, charge",
+				"toYYYYMM(day)", "(customer_id, event_type, account, day)"),
+			s.createView(tableUsageDaily+"_mv", tableUsageDaily,
+				usageView("day", "toDate(occurred_at)")),
+			// Credits consumed per bucket kind (promotional, plan,
+			// recharge, "" for debt), account and day, from the usage
+			// entries of the ledger. Sum over customer_id for the global
+			// view.
+			summing(tableBucketConsumed, []string{"day Date", "customer_id String", "account String",
+				"bucket_kind String", "entries UInt64", "consumed Decimal(38, 9)"}, "entries, consumed",
+				"toYYYYMM(day)", "(customer_id, account, bucket_kind, day)"),
+			s.createView(tableBucketConsumed+"_mv", tableBucketConsumed,
+				"SELECT toDate(occurred_at) AS day, customer_id, account, bucket_kind, count() AS entries, sum(-amount) AS consumed\n"+
+					"FROM "+s.table(tableLedger)+"\nWHERE type = 'usage'\nGROUP BY day, customer_id, account, bucket_kind"),
+		}
+	}},
+	{version: 3, name: "datetime64 columns",
+		requires: func(c serverCaps, _ schema) bool { return c.dateTime64 },
+		statements: func(s schema) []string {
+			var out []string
+			for _, t := range []string{tableLedger, tableUsage} {
+				out = append(out, "ALTER TABLE "+s.table(t)+s.onCluster()+
+					"\n    ADD COLUMN IF NOT EXISTS occurred_at64 DateTime64(3, 'UTC') DEFAULT fromUnixTimestamp64Milli(toInt64(occurred_at_ms), 'UTC'),"+
+					"\n    ADD COLUMN IF NOT EXISTS recorded_at64 DateTime64(3, 'UTC') DEFAULT fromUnixTimestamp64Milli(toInt64(recorded_at_ms), 'UTC')")
+			}
+			return out
+		}},
+	{version: 4, name: "deduplication window",
+		requires: func(c serverCaps, s schema) bool { return c.dedupWindow && s.cluster == "" },
+		statements: func(s schema) []string {
+			var out []string
+			for _, t := range []string{tableLedger, tableUsage} {
+				out = append(out, fmt.Sprintf("ALTER TABLE %s%s MODIFY SETTING non_replicated_deduplication_window = %d",
+					s.table(t), s.onCluster(), dedupWindowBlocks))
+			}
+			return out
+		}},
+}
+
+// plan is the DDL Migrate would run on a fresh database, in order: the
+// bootstrap statements, then each migration the server can run. It is what
+// the tests read and what an operator can print.
+func (s schema) plan(caps serverCaps) []string {
+	out := []string{s.createDatabase(), s.createMigrations()}
+	for _, m := range migrations {
+		if m.requires == nil || m.requires(caps, s) {
+			out = append(out, m.statements(s)...)
+		}
+	}
+	return out
+}
+
+// migrate brings the database up to date; see the top of this file.
+func (s schema) migrate(ctx context.Context, conn driver.Conn, caps serverCaps, now func() time.Time) (applied []uint32, err error) {
+	for _, q := range []string{s.createDatabase(), s.createMigrations()} {
+		if err := conn.Exec(ctx, q); err != nil {
+			return nil, fmt.Errorf("clickhouse migrate bootstrap: %w\n%s", err, q)
+		}
+	}
+	done := map[uint32]bool{}
+	rows, err := conn.Query(ctx, "SELECT DISTINCT version FROM "+s.table(tableMigrations))
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse migrate: read %s: %w", tableMigrations, err)
+	}
+	for rows.Next() {
+		var v uint32
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("clickhouse migrate: read %s: %w", tableMigrations, err)
+		}
+		done[v] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("clickhouse migrate: read %s: %w", tableMigrations, err)
+	}
+
+	for _, m := range migrations {
+		if done[m.version] || m.requires != nil && !m.requires(caps, s) {
+			continue
+		}
+		for _, q := range m.statements(s) {
+			if err := conn.Exec(ctx, q); err != nil {
+				return applied, fmt.Errorf("clickhouse migration %d (%s): %w\n%s", m.version, m.name, err, q)
+			}
+		}
+		b, err := conn.PrepareBatch(ctx, "INSERT INTO "+s.table(tableMigrations)+" (version, name, applied_at)")
+		if err != nil {
+			return applied, fmt.Errorf("clickhouse migration %d: record: %w", m.version, err)
+		}
+		if err := b.Append(m.version, m.name, now().UTC()); err != nil {
+			_ = b.Abort()
+			return applied, fmt.Errorf("clickhouse migration %d: record: %w", m.version, err)
+		}
+		if err := b.Send(); err != nil {
+			return applied, fmt.Errorf("clickhouse migration %d: record: %w", m.version, err)
+		}
+		applied = append(applied, m.version)
+	}
+	if len(applied) > 0 {
+		// Two processes migrating at once may both record a version; the
+		// ReplacingMergeTree keeps one, and OPTIMIZE makes that happen now.
+		q := "OPTIMIZE TABLE " + s.table(tableMigrations) + s.onCluster() + " FINAL"
+		if err := conn.Exec(ctx, q); err != nil {
+			return applied, fmt.Errorf("clickhouse migrate: %s: %w", q, err)
+		}
+	}
+	return applied, s.verify(ctx, conn)
+}
+
+// verify checks that the base tables have every column the writer sends,
+// with the type it expects: a table created by something else under the same
+// name fails here, at Open, instead of at the first Write.
+func (s schema) verify(ctx context.Context, conn driver.Conn) error {
+	for _, t := range []struct {
+		name string
+		defs []string
+	}{{tableLedger, ledgerColumns}, {tableUsage, usageColumns}} {
+		have := map[string]string{}
+		rows, err := conn.Query(ctx, "SELECT name, type FROM system.columns WHERE database = ? AND table = ?", s.db, t.name)
+		if err != nil {
+			return fmt.Errorf("clickhouse verify %s: %w", t.name, err)
+		}
+		for rows.Next() {
+			var n, typ string
+			if err := rows.Scan(&n, &typ); err != nil {
+				rows.Close()
+				return fmt.Errorf("clickhouse verify %s: %w", t.name, err)
+			}
+			have[n] = typ
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("clickhouse verify %s: %w", t.name, err)
+		}
+		for _, d := range t.defs {
+			name, typ, _ := strings.Cut(d, " ")
+			got, ok := have[name]
+			if !ok {
+				return fmt.Errorf("clickhouse verify: %s.%s has no column %s", s.db, t.name, name)
+			}
+			if normalizeType(got) != normalizeType(typ) {
+				return fmt.Errorf("clickhouse verify: %s.%s.%s is %s, want %s", s.db, t.name, name, got, typ)
+			}
+		}
+	}
+	return nil
+}
+
+// normalizeType drops the spaces and quote escapes that differ between how
+// DDL spells a type and how system.columns reports it.
+func normalizeType(t string) string {
+	return strings.NewReplacer(" ", "", `\'`, "'").Replace(t)
+}
