@@ -286,3 +286,9 @@ func (s *store) loadOutboxSeq() (uint64, error) {
 	}
 	return seq, nil
 }
+
+// OutboxBytes estimates the disk space of the outbox records after seq
+// (those not yet shipped by the slowest sink), from Pebble's table sizes.
+func (e *Engine) OutboxBytes(after uint64) (uint64, error) {
+	return e.st.db.EstimateDiskUsage(outboxKey(after+1), outboxKey(1<<64-1))
+}

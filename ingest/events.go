@@ -53,6 +53,13 @@ func (s *Server) decodeEvents(ctx *fasthttp.RequestCtx, sc *eventsScratch, now t
 
 // events serves POST /v1/events.
 func (s *Server) events(ctx *fasthttp.RequestCtx) {
+	if s.admit != nil {
+		if err := s.admit(); err != nil {
+			ctx.Response.Header.Set("Retry-After", "5")
+			s.writeErr(ctx, err)
+			return
+		}
+	}
 	sc := s.scratch()
 	defer s.pool.Put(sc)
 	if !s.decodeEvents(ctx, sc, time.Unix(0, s.e.Now())) {

@@ -37,6 +37,12 @@ type Config struct {
 	Registerer     prometheus.Registerer
 	Gatherer       prometheus.Gatherer
 	RequestTimeout time.Duration // read and write timeout per request; default 30s
+	// Readiness reports on the sinks for /readyz: ready is false when a sink
+	// must take the server out of rotation. nil: no sinks.
+	Readiness func() (ready bool, sinks []byte)
+	// Admit, when set, is asked before an events request is applied; an
+	// error refuses the request whole with 503 (retry with the same ids).
+	Admit func() error
 }
 
 // Server serves the HTTP API.
@@ -50,6 +56,8 @@ type Server struct {
 	prom    fasthttp.RequestHandler
 	ready   atomic.Bool
 	pool    sync.Pool // *eventsScratch
+	sinks   func() (bool, []byte)
+	admit   func() error
 }
 
 // NewServer returns a server for the engine.
@@ -66,7 +74,7 @@ func NewServer(c Config) *Server {
 	if c.Gatherer == nil {
 		c.Gatherer = prometheus.DefaultGatherer
 	}
-	s := &Server{e: c.Engine, keys: c.Keys, lim: c.Limits, log: c.Log, metrics: newHTTPMetrics(c.Registerer)}
+	s := &Server{e: c.Engine, keys: c.Keys, lim: c.Limits, log: c.Log, metrics: newHTTPMetrics(c.Registerer), sinks: c.Readiness, admit: c.Admit}
 	s.prom = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.Gatherer, promhttp.HandlerOpts{}))
 	s.srv = &fasthttp.Server{
 		Handler:            s.Handle,
@@ -154,7 +162,18 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 			ctx.SetBodyString(`{"status":"stopping"}`)
 			return "readyz"
 		}
-		ctx.SetBodyString(`{"status":"ready","storage":"open","recovered":true}`)
+		b := []byte(`{"status":"ready","storage":"open","recovered":true,"sinks":`)
+		ok, sinks := true, []byte("[]")
+		if s.sinks != nil {
+			ok, sinks = s.sinks()
+		}
+		b = append(append(b, sinks...), '}')
+		if !ok {
+			b = append([]byte(`{"status":"not_ready","storage":"open","recovered":true,"sinks":`), sinks...)
+			b = append(b, '}')
+			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		}
+		ctx.SetBody(b)
 		return "readyz"
 	case "/metrics":
 		s.prom(ctx)
@@ -305,7 +324,7 @@ func statusOf(code string) int {
 		return fasthttp.StatusNotFound
 	case "idempotency_conflict", "insufficient_funds", "topup_spent", "reversal_window_elapsed", "account_paused":
 		return fasthttp.StatusConflict
-	case "overloaded", "unavailable":
+	case "overloaded", "unavailable", "sink_backlog":
 		return fasthttp.StatusServiceUnavailable
 	case "unknown_asset", "invalid_pricing", "asset_immutable", "pricing_limit_exceeded", "unsupported_setting":
 		return fasthttp.StatusUnprocessableEntity

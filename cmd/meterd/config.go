@@ -36,6 +36,13 @@ type Config struct {
 	TestClockStart      string        // --test-clock-start RFC3339 (needs --test-clock)
 	ClickHouseAddr      string        // --clickhouse-addr HOST:PORT, empty = no ClickHouse sink
 	ClickHouseDatabase  string        // --clickhouse-database NAME
+	ClickHouseCluster   string        // --clickhouse-cluster NAME: ReplicatedMergeTree ... ON CLUSTER NAME
+	ClickHouseUser      string        // --clickhouse-user
+	ClickHousePassword  string        // --clickhouse-password (prefer METERD_CLICKHOUSE_PASSWORD)
+	SinkBatchRows       int           // --sink-batch-rows N
+	SinkBatchAge        time.Duration // --sink-batch-age DURATION
+	SinkBacklogMaxBytes int           // --sink-backlog-max-bytes N, 0 = no bound
+	SinkBacklogPolicy   string        // --sink-backlog-policy alert|refuse
 	KafkaBrokers        string        // --kafka-brokers LIST (comma-separated HOST:PORT), empty = no Kafka
 	KafkaTopic          string        // --kafka-topic NAME
 	KafkaGroup          string        // --kafka-group NAME
@@ -100,6 +107,20 @@ func settings(c *Config) []setting {
 			usage: "ClickHouse native-protocol address; empty = no ClickHouse sink"},
 		{name: "clickhouse-database", arg: "NAME", def: "meterd", ptr: &c.ClickHouseDatabase,
 			usage: "ClickHouse database of the ledger_entries and usage_events tables"},
+		{name: "clickhouse-cluster", arg: "NAME", def: "", ptr: &c.ClickHouseCluster,
+			usage: "create the ClickHouse tables as ReplicatedMergeTree ... ON CLUSTER NAME; empty = plain tables"},
+		{name: "clickhouse-user", arg: "NAME", def: "default", ptr: &c.ClickHouseUser,
+			usage: "ClickHouse user"},
+		{name: "clickhouse-password", arg: "SECRET", def: "", ptr: &c.ClickHousePassword,
+			usage: "ClickHouse password (prefer the environment variable to the command line)"},
+		{name: "sink-batch-rows", arg: "N", def: "100000", ptr: &c.SinkBatchRows,
+			usage: "most rows a sink ships in one batch (one insert per table)"},
+		{name: "sink-batch-age", arg: "DURATION", def: "1s", ptr: &c.SinkBatchAge,
+			usage: "how long a partial batch may wait for more rows"},
+		{name: "sink-backlog-max-bytes", arg: "N", def: "10737418240", ptr: &c.SinkBacklogMaxBytes,
+			usage: "bound on the outbox not yet shipped by the slowest sink; 0 = no bound"},
+		{name: "sink-backlog-policy", arg: "POLICY", def: "alert", ptr: &c.SinkBacklogPolicy,
+			usage: "past the backlog bound: alert (keep accepting, report it) or refuse (503 on /readyz and on events)"},
 		{name: "kafka-brokers", arg: "LIST", def: "", ptr: &c.KafkaBrokers, list: true,
 			usage: "comma-separated Kafka bootstrap brokers (HOST:PORT,...); empty = no Kafka"},
 		{name: "kafka-topic", arg: "NAME", def: "usage-events", ptr: &c.KafkaTopic,
@@ -455,6 +476,23 @@ func (c *Config) validate() error {
 		if l.v < 1 || l.v > l.max {
 			return invalid(l.name, "%d is outside 1..%d", l.v, l.max)
 		}
+	}
+	if c.SinkBatchRows < 1 || c.SinkBatchRows > 1_000_000 {
+		return invalid("sink-batch-rows", "%d is outside 1..1000000 (one insert must stay one ClickHouse block)", c.SinkBatchRows)
+	}
+	if c.SinkBatchAge <= 0 || c.SinkBatchAge > time.Hour {
+		return invalid("sink-batch-age", "%v is outside (0, 1h]", c.SinkBatchAge)
+	}
+	if c.SinkBacklogMaxBytes < 0 {
+		return invalid("sink-backlog-max-bytes", "%d is negative", c.SinkBacklogMaxBytes)
+	}
+	switch c.SinkBacklogPolicy {
+	case "alert", "refuse":
+	default:
+		return invalid("sink-backlog-policy", "%q: want alert or refuse", c.SinkBacklogPolicy)
+	}
+	if c.ClickHouseCluster != "" && !isName(c.ClickHouseCluster, clickHouseDatabaseBytesMax, false) {
+		return invalid("clickhouse-cluster", "%q: want 1-%d characters of [A-Za-z0-9_]", c.ClickHouseCluster, clickHouseDatabaseBytesMax)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

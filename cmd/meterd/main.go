@@ -7,6 +7,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	_ "embed"
 	"errors"
 	"flag"
@@ -15,12 +16,14 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/meterd/meterd/balance"
 	"github.com/meterd/meterd/ingest"
 	"github.com/meterd/meterd/meter"
+	"github.com/meterd/meterd/sink"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -59,8 +62,6 @@ func run(cfg Config) error {
 	switch {
 	case cfg.TestClock:
 		return errors.New("--test-clock is not available in this version of meterd")
-	case cfg.ClickHouseAddr != "":
-		return errors.New("--clickhouse-addr: the ClickHouse sink is not available in this version of meterd")
 	case cfg.KafkaBrokers != "":
 		return errors.New("--kafka-brokers: Kafka ingestion is not available in this version of meterd")
 	}
@@ -90,6 +91,11 @@ func run(cfg Config) error {
 		pricingFile = b
 	}
 
+	var sinkNames []string
+	if cfg.ClickHouseAddr != "" {
+		sinkNames = append(sinkNames, "clickhouse")
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -104,6 +110,7 @@ func run(cfg Config) error {
 		DedupWindow:     cfg.DedupWindow,
 		ReversalWindow:  cfg.ReversalWindow,
 		DefaultPricing:  defaultPricing,
+		Sinks:           sinkNames,
 		Log:             log,
 		Registerer:      reg,
 	})
@@ -118,15 +125,48 @@ func run(cfg Config) error {
 		}
 	}
 
+	sinkCtx, stopSinks := context.WithCancel(context.Background())
+	var sinksDone sync.WaitGroup
+	var gate *sink.Gate
+	if cfg.ClickHouseAddr != "" {
+		chCfg := sink.ClickHouseConfig{Addr: cfg.ClickHouseAddr, Database: cfg.ClickHouseDatabase, Cluster: cfg.ClickHouseCluster,
+			Username: cfg.ClickHouseUser, Password: cfg.ClickHousePassword, BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge, Log: log}
+		dest := sink.Lazy("clickhouse", func(ctx context.Context) (sink.Destination, error) {
+			ch, err := sink.OpenClickHouse(ctx, chCfg)
+			if err != nil {
+				return nil, err
+			}
+			log.Info("clickhouse sink connected", "addr", cfg.ClickHouseAddr, "server", ch.ServerVersion(), "database", cfg.ClickHouseDatabase)
+			return ch, nil
+		})
+		t := sink.NewTailer(eng, dest, sink.TailerConfig{BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
+			Log: log, Metrics: sink.NewMetrics(reg)})
+		gate = sink.NewGate(eng, []*sink.Tailer{t}, uint64(cfg.SinkBacklogMaxBytes), cfg.SinkBacklogPolicy, log)
+		sinksDone.Add(1)
+		go func() {
+			defer sinksDone.Done()
+			t.Run(sinkCtx)
+		}()
+	}
+
 	lim := ingest.DefaultLimits()
 	lim.BodyBytesMax = cfg.BodyBytesMax
 	lim.EventsMax = cfg.EventsPerRequestMax
 	lim.PastWindowMax = cfg.DedupWindow
-	srv := ingest.NewServer(ingest.Config{Engine: eng, Keys: keys, Limits: lim, Log: log, Registerer: reg, Gatherer: reg})
+	scfg := ingest.Config{Engine: eng, Keys: keys, Limits: lim, Log: log, Registerer: reg, Gatherer: reg}
+	if gate != nil {
+		scfg.Readiness, scfg.Admit = gate.Readiness, gate.Admit
+	}
+	srv := ingest.NewServer(scfg)
 
+	stop := func() {
+		stopSinks()
+		sinksDone.Wait()
+		eng.Close()
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		eng.Close()
+		stop()
 		return err
 	}
 	serveErr := make(chan error, 1)
@@ -140,7 +180,7 @@ func run(cfg Config) error {
 	case s := <-sig:
 		log.Info("stopping", "signal", s.String())
 	case err := <-serveErr:
-		eng.Close()
+		stop()
 		return fmt.Errorf("serve: %w", err)
 	}
 	// Stop taking requests, let those in flight finish (their answers are
@@ -148,6 +188,10 @@ func run(cfg Config) error {
 	if err := srv.Shutdown(); err != nil {
 		log.Error("http shutdown", "err", err)
 	}
+	// The sinks stop where they are (their cursors say what is shipped; the
+	// rest ships after the next start), then the engine closes.
+	stopSinks()
+	sinksDone.Wait()
 	if err := eng.Close(); err != nil {
 		return fmt.Errorf("close engine: %w", err)
 	}

@@ -1,0 +1,364 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meterd/meterd/balance"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Destination is where a tailer ships batches.
+type Destination interface {
+	// Name names the destination; its engine cursor has the same name.
+	Name() string
+	// Write ships one batch exactly once: it must tolerate a batch (or one
+	// cut differently over the same records) whose earlier attempt's outcome
+	// is unknown, writing only what is not there yet. Records are never
+	// split between batches.
+	Write(ctx context.Context, b *Batch) error
+}
+
+// TailerConfig configures a Tailer. Zero values take the defaults.
+type TailerConfig struct {
+	BatchRowsMax int           // rows per batch; default 100,000
+	BatchAge     time.Duration // how long a partial batch may wait for more rows; default 1s
+	RetryMin     time.Duration // first back-off after a failure; default 100ms
+	RetryMax     time.Duration // longest back-off; default 30s
+	Log          *slog.Logger
+	Metrics      *Metrics // shared by the tailers of a process; nil = none
+}
+
+// Tailer ships the engine's outbox to one destination, exactly once: it
+// cuts batches of whole outbox records after its durable cursor, hands each
+// to the destination until it is acknowledged (retrying with back-off and
+// jitter), then advances the cursor. A crash between an acknowledged write
+// and the cursor is covered by Destination.Write, which checks what landed.
+type Tailer struct {
+	e    *balance.Engine
+	d    Destination
+	cfg  TailerConfig
+	log  *slog.Logger
+	name string
+
+	mu     sync.Mutex
+	status Status
+	cursor uint64
+	loaded bool
+}
+
+// Status is what a tailer reports for /readyz and metrics.
+type Status struct {
+	Name           string
+	Shipped        uint64    // the lowest cursor of its tables
+	Watermark      uint64    // the engine's durable outbox seq
+	LagSeconds     float64   // age of the oldest record not yet shipped; 0 when caught up
+	LastError      string    // "" after a success
+	LastErrorAt    time.Time // when LastError happened
+	LastShippedAt  time.Time
+	ConsecutiveErr int
+}
+
+// NewTailer returns a tailer of the engine's outbox to d.
+func NewTailer(e *balance.Engine, d Destination, cfg TailerConfig) *Tailer {
+	if cfg.BatchRowsMax <= 0 {
+		cfg.BatchRowsMax = 100_000
+	}
+	if cfg.BatchAge <= 0 {
+		cfg.BatchAge = time.Second
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = 100 * time.Millisecond
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = 30 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Tailer{e: e, d: d, cfg: cfg, log: cfg.Log.With("sink", d.Name()), name: d.Name(),
+		status: Status{Name: d.Name()}}
+}
+
+// Status returns the tailer's current status.
+func (t *Tailer) Status() Status {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.status
+	s.Watermark = t.e.OutboxWatermark()
+	return s
+}
+
+// Run ships until ctx is done. It returns ctx's error.
+func (t *Tailer) Run(ctx context.Context) error {
+	backoff := t.cfg.RetryMin
+	retry := func(err error) bool {
+		t.failed(err)
+		ok := sleep(ctx, jitter(backoff))
+		backoff = min(2*backoff, t.cfg.RetryMax)
+		return ok
+	}
+	for !t.loaded {
+		c, err := t.e.Cursor(t.name)
+		if err == nil {
+			t.mu.Lock()
+			t.cursor, t.loaded, t.status.Shipped = c, true, c
+			t.mu.Unlock()
+			break
+		}
+		if !retry(err) {
+			return ctx.Err()
+		}
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b, oldest, err := t.cut()
+		if err != nil {
+			if !retry(err) {
+				return ctx.Err()
+			}
+			continue
+		}
+		if b == nil {
+			t.setLag(0)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.e.OutboxNotify():
+			case <-time.After(t.cfg.BatchAge):
+			}
+			continue
+		}
+		age := time.Since(time.Unix(0, oldest))
+		t.setLag(age.Seconds())
+		// A partial batch at the head of the outbox waits up to BatchAge
+		// from its oldest record for more rows.
+		if rows(b) < t.cfg.BatchRowsMax && age < t.cfg.BatchAge && b.To == t.e.OutboxWatermark() {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.e.OutboxNotify():
+			case <-time.After(t.cfg.BatchAge - age):
+			}
+			continue
+		}
+		if err := t.ship(ctx, b); err != nil {
+			if !retry(err) {
+				return ctx.Err()
+			}
+			continue
+		}
+		backoff = t.cfg.RetryMin
+	}
+}
+
+// cut reads the next batch after the cursor: whole outbox records up to
+// BatchRowsMax rows, never two calendar months of recorded time (a
+// ClickHouse insert spanning two monthly partitions is not atomic). It
+// returns nil when there is nothing to ship.
+func (t *Tailer) cut() (*Batch, int64, error) {
+	var b *Batch
+	var oldest int64
+	var month int
+	n := 0
+	err := t.e.ReadOutbox(t.shipped(), func(r *balance.OutboxRecord) bool {
+		y, m, _ := time.Unix(0, r.RecordedAt).UTC().Date()
+		ym := y*12 + int(m)
+		if b == nil {
+			b = &Batch{From: r.Seq}
+			oldest, month = r.RecordedAt, ym
+		} else if ym != month || n+len(r.Entries)+2*len(r.Usage) > t.cfg.BatchRowsMax {
+			return false
+		}
+		n += appendRecord(b, r)
+		b.To = r.Seq
+		return n < t.cfg.BatchRowsMax
+	})
+	return b, oldest, err
+}
+
+// shipped returns the cursor: the last outbox seq shipped.
+func (t *Tailer) shipped() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.cursor
+}
+
+// ship writes b, then advances the cursor durably.
+func (t *Tailer) ship(ctx context.Context, b *Batch) error {
+	start := time.Now()
+	if err := t.d.Write(ctx, b); err != nil {
+		return fmt.Errorf("outbox %d-%d: %w", b.From, b.To, err)
+	}
+	if err := t.e.SetCursor(t.name, b.To); err != nil {
+		return err
+	}
+	if m := t.cfg.Metrics; m != nil {
+		m.rows.WithLabelValues(t.name, TableLedgerEntries).Add(float64(len(b.Ledger)))
+		m.rows.WithLabelValues(t.name, TableUsageEvents).Add(float64(len(b.Usage)))
+		m.batchSeconds.WithLabelValues(t.name).Observe(time.Since(start).Seconds())
+	}
+	t.mu.Lock()
+	t.cursor = b.To
+	t.status.Shipped = b.To
+	t.status.LastError = ""
+	t.status.ConsecutiveErr = 0
+	t.status.LastShippedAt = time.Now()
+	t.mu.Unlock()
+	return nil
+}
+
+func (t *Tailer) failed(err error) {
+	t.log.Warn("sink failed; retrying", "err", err)
+	t.mu.Lock()
+	t.status.LastError = err.Error()
+	t.status.LastErrorAt = time.Now()
+	t.status.ConsecutiveErr++
+	t.mu.Unlock()
+	if m := t.cfg.Metrics; m != nil {
+		m.errors.WithLabelValues(t.name).Inc()
+	}
+}
+
+func (t *Tailer) setLag(s float64) {
+	t.mu.Lock()
+	t.status.LagSeconds = s
+	t.mu.Unlock()
+	if m := t.cfg.Metrics; m != nil {
+		m.lag.WithLabelValues(t.name).Set(s)
+		m.pending.WithLabelValues(t.name).Set(float64(t.e.OutboxWatermark() - t.shipped()))
+	}
+}
+
+func rows(b *Batch) int { return len(b.Ledger) + len(b.Usage) }
+
+// Names of the tables rows go to.
+const (
+	TableLedgerEntries = "ledger_entries"
+	TableUsageEvents   = "usage_events"
+)
+
+// appendRecord appends an outbox record's rows to b and returns how many.
+func appendRecord(b *Batch, r *balance.OutboxRecord) int {
+	n := 0
+	for i := range r.Entries {
+		en := &r.Entries[i]
+		kind := ""
+		if en.BucketKind != 0 {
+			kind = en.BucketKind.String()
+		}
+		_, asset, _ := strings.Cut(en.Account, ":")
+		b.Ledger = append(b.Ledger, LedgerRow{
+			OutboxSeq: r.Seq, EntryID: en.Customer + "/" + strconv.FormatUint(en.Seq, 10), Seq: en.Seq,
+			CustomerID: en.Customer, Account: en.Account, Asset: asset, Type: en.Type.String(), Scale: en.Scale,
+			Amount: en.Amount, BalanceAfter: en.BalanceAfter, BucketID: en.BucketID, BucketKind: kind,
+			EventID: en.EventID, Reference: en.Reference, OccurredAt: en.OccurredAt, RecordedAt: en.RecordedAt,
+			PricingVersion: en.PricingVersion, Metadata: string(en.Metadata),
+		})
+		n++
+	}
+	for i := range r.Usage {
+		u := &r.Usage[i]
+		row := UsageRow{OutboxSeq: r.Seq, EventID: u.EventID, CustomerID: u.Customer, EventType: u.EventType,
+			Subject: u.Subject, OccurredAt: u.OccurredAt, RecordedAt: u.RecordedAt, PricingVersion: u.PricingVersion,
+			Data: string(u.Data)}
+		if row.Data == "" {
+			row.Data = "{}"
+		}
+		if u.Status == balance.EventRecorded || len(u.Charges) == 0 {
+			row.Status = "recorded"
+			b.Usage = append(b.Usage, row)
+			n++
+			continue
+		}
+		row.Status = "charged"
+		for _, c := range u.Charges {
+			row.Account, row.Scale, row.Charge = c.Account, c.Scale, c.Amount
+			_, row.Asset, _ = strings.Cut(c.Account, ":")
+			b.Usage = append(b.Usage, row)
+			n++
+		}
+	}
+	return n
+}
+
+func jitter(d time.Duration) time.Duration {
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
+
+// Metrics of the sinks of a process.
+type Metrics struct {
+	lag          *prometheus.GaugeVec
+	pending      *prometheus.GaugeVec
+	rows         *prometheus.CounterVec
+	errors       *prometheus.CounterVec
+	batchSeconds *prometheus.HistogramVec
+}
+
+// NewMetrics registers the sink metrics with reg (nil: unregistered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meterd_sink_lag_seconds",
+			Help: "Age of the oldest durable outbox record a sink has not shipped yet; 0 when caught up."}, []string{"sink"}),
+		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meterd_sink_pending_records",
+			Help: "Outbox records (commit groups) durable but not yet shipped by a sink."}, []string{"sink"}),
+		rows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meterd_sink_rows_total",
+			Help: "Rows shipped by a sink, by table."}, []string{"sink", "table"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meterd_sink_errors_total",
+			Help: "Failed sink attempts (each is retried with back-off)."}, []string{"sink"}),
+		batchSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "meterd_sink_batch_seconds",
+			Help: "Time to ship one batch to every table of a sink.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"sink"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.lag, m.pending, m.rows, m.errors, m.batchSeconds)
+	}
+	return m
+}
+
+// Lazy returns a destination that opens the real one on first use, and
+// again after a failed open: meterd starts and takes writes while its
+// destination is down, and the tailer's back-off paces the attempts.
+func Lazy(name string, open func(context.Context) (Destination, error)) Destination {
+	return &lazy{name: name, open: open}
+}
+
+type lazy struct {
+	name string
+	open func(context.Context) (Destination, error)
+	mu   sync.Mutex
+	d    Destination
+}
+
+func (l *lazy) Name() string { return l.name }
+
+func (l *lazy) Write(ctx context.Context, b *Batch) error {
+	l.mu.Lock()
+	d := l.d
+	if d == nil {
+		var err error
+		if d, err = l.open(ctx); err != nil {
+			l.mu.Unlock()
+			return fmt.Errorf("open %s: %w", l.name, err)
+		}
+		l.d = d
+	}
+	l.mu.Unlock()
+	return d.Write(ctx, b)
+}
