@@ -102,6 +102,7 @@ type Engine struct {
 	stop      chan struct{}
 	janitor   sync.WaitGroup
 
+	instance      string        // this data directory's id (see InstanceID)
 	outboxSeq     atomic.Uint64 // last outbox seq issued
 	wm            *watermark
 	outboxDropped uint64 // the janitor's: outbox records up to this seq are deleted
@@ -142,6 +143,10 @@ func Open(opts Options) (*Engine, error) {
 	}
 	e.outboxSeq.Store(seq)
 	e.wm = newWatermark(seq)
+	if e.instance, err = st.instanceID(); err != nil {
+		st.close()
+		return nil, fmt.Errorf("instance id: %w", err)
+	}
 	if p.Version == 0 && len(opts.DefaultPricing) > 0 {
 		if _, err := e.SetPricing(opts.DefaultPricing); err != nil {
 			st.close()
@@ -185,6 +190,11 @@ func (e *Engine) Close() error {
 	}
 	return e.st.close()
 }
+
+// InstanceID is a random id made once per data directory. Sinks store it
+// with every row, so that outbox sequence numbers of two meterd instances
+// writing to one destination are never confused.
+func (e *Engine) InstanceID() string { return e.instance }
 
 // Now is the engine's clock.
 func (e *Engine) Now() int64 { return e.clock.Now() }

@@ -155,3 +155,23 @@ func TestWatermarkOutOfOrder(t *testing.T) {
 		t.Fatal("no notification when the watermark advanced")
 	}
 }
+
+func TestInstanceIDIsStable(t *testing.T) {
+	dir := t.TempDir()
+	e := openOutboxEngine(t, dir, nil)
+	id := e.InstanceID()
+	e.Close()
+	if len(id) != 16 {
+		t.Fatalf("instance id %q", id)
+	}
+	e = openOutboxEngine(t, dir, nil)
+	defer e.Close()
+	if e.InstanceID() != id {
+		t.Fatalf("instance id changed across a restart: %q -> %q", id, e.InstanceID())
+	}
+	other := openOutboxEngine(t, t.TempDir(), nil)
+	defer other.Close()
+	if other.InstanceID() == id {
+		t.Fatal("two data directories share an instance id")
+	}
+}

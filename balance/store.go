@@ -1,6 +1,8 @@
 package balance
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -110,4 +112,24 @@ func (l pebbleLogger) Errorf(format string, args ...any) {
 func (l pebbleLogger) Fatalf(format string, args ...any) {
 	l.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
 	panic(fmt.Sprintf(format, args...))
+}
+
+// instanceKey holds the data directory's instance id.
+var instanceKey = []byte("minstance_id")
+
+// instanceID returns the data directory's id, making one on first use.
+func (s *store) instanceID() (string, error) {
+	v, err := s.get(instanceKey)
+	if err != nil {
+		return "", err
+	}
+	if v != nil {
+		return string(v), nil
+	}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	id := hex.EncodeToString(b[:])
+	return id, s.db.Set(instanceKey, []byte(id), pebble.Sync)
 }

@@ -130,7 +130,8 @@ func run(cfg Config) error {
 	var gate *sink.Gate
 	if cfg.ClickHouseAddr != "" {
 		chCfg := sink.ClickHouseConfig{Addr: cfg.ClickHouseAddr, Database: cfg.ClickHouseDatabase, Cluster: cfg.ClickHouseCluster,
-			Username: cfg.ClickHouseUser, Password: cfg.ClickHousePassword, BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge, Log: log}
+			Username: cfg.ClickHouseUser, Password: cfg.ClickHousePassword, BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
+			OutboxID: eng.InstanceID(), Log: log}
 		dest := sink.Lazy("clickhouse", func(ctx context.Context) (sink.Destination, error) {
 			ch, err := sink.OpenClickHouse(ctx, chCfg)
 			if err != nil {
