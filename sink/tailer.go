@@ -21,7 +21,8 @@ type Destination interface {
 	// Write ships one batch exactly once: it must tolerate a batch (or one
 	// cut differently over the same records) whose earlier attempt's outcome
 	// is unknown, writing only what is not there yet. Records are never
-	// split between batches.
+	// split between batches. Write must not keep b after it returns: the
+	// tailer reuses it.
 	Write(ctx context.Context, b *Batch) error
 }
 
@@ -51,6 +52,8 @@ type Tailer struct {
 	status Status
 	cursor uint64
 	loaded bool
+
+	batch Batch // reused by cut: the destination does not keep a batch after Write returns
 }
 
 // Status is what a tailer reports for /readyz and metrics.
@@ -173,7 +176,8 @@ func (t *Tailer) cut() (*Batch, int64, error) {
 		y, m, _ := time.Unix(0, r.RecordedAt).UTC().Date()
 		ym := y*12 + int(m)
 		if b == nil {
-			b = &Batch{From: r.Seq}
+			b = &t.batch
+			b.From, b.To, b.Ledger, b.Usage = r.Seq, 0, b.Ledger[:0], b.Usage[:0]
 			oldest, month = r.RecordedAt, ym
 		} else if ym != month || n+len(r.Entries)+2*len(r.Usage) > t.cfg.BatchRowsMax {
 			return false

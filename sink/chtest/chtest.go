@@ -88,6 +88,16 @@ type Server struct {
 	proc *process // nil when not running or not ours
 }
 
+// PID returns the server's process id, or 0 when it is not ours or not running.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return 0
+	}
+	return s.proc.cmd.Process.Pid
+}
+
 // process is a running clickhouse-server and the result of waiting for it.
 type process struct {
 	cmd  *exec.Cmd
