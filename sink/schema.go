@@ -264,13 +264,15 @@ var migrations = []migration{
 			// ReplacingMergeTree keyed by the entry's identity: a row that
 			// ever landed twice collapses at merge time and under FINAL.
 			// recorded_at never changes for an entry, so both copies are
-			// always in the same partition.
+			// always in the same partition. outbox_id is part of the key:
+			// two meterd instances sharing a database must never have their
+			// rows merged into one, even if their customer ids overlap.
 			s.createTable(tableLedger, ledgerColumns,
 				s.engine(tableLedger, "ReplacingMergeTree", "outbox_seq"),
-				"toYYYYMM(recorded_at)", "(customer_id, entry_id)"),
+				"toYYYYMM(recorded_at)", "(customer_id, entry_id, outbox_id)"),
 			s.createTable(tableUsage, usageColumns,
 				s.engine(tableUsage, "ReplacingMergeTree", "outbox_seq"),
-				"toYYYYMM(recorded_at)", "(customer_id, event_id, account)"),
+				"toYYYYMM(recorded_at)", "(customer_id, event_id, account, outbox_id)"),
 		}
 	}},
 	{version: 2, name: "analyst views", statements: func(s schema) []string {

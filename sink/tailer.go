@@ -107,6 +107,13 @@ func (t *Tailer) Run(ctx context.Context) error {
 		backoff = min(2*backoff, t.cfg.RetryMax)
 		return ok
 	}
+	// Connect early, so the schema exists before the first row; a failure
+	// here is retried by the writes.
+	if c, ok := t.d.(interface{ Connect(context.Context) error }); ok {
+		if err := c.Connect(ctx); err != nil {
+			t.failed(err)
+		}
+	}
 	for !t.loaded {
 		c, err := t.e.Cursor(t.name)
 		if err == nil {
@@ -352,17 +359,29 @@ type lazy struct {
 
 func (l *lazy) Name() string { return l.name }
 
-func (l *lazy) Write(ctx context.Context, b *Batch) error {
+// Connect opens the destination if it is not open yet.
+func (l *lazy) Connect(ctx context.Context) error {
+	_, err := l.get(ctx)
+	return err
+}
+
+func (l *lazy) get(ctx context.Context) (Destination, error) {
 	l.mu.Lock()
-	d := l.d
-	if d == nil {
-		var err error
-		if d, err = l.open(ctx); err != nil {
-			l.mu.Unlock()
-			return fmt.Errorf("open %s: %w", l.name, err)
+	defer l.mu.Unlock()
+	if l.d == nil {
+		d, err := l.open(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", l.name, err)
 		}
 		l.d = d
 	}
-	l.mu.Unlock()
+	return l.d, nil
+}
+
+func (l *lazy) Write(ctx context.Context, b *Batch) error {
+	d, err := l.get(ctx)
+	if err != nil {
+		return err
+	}
 	return d.Write(ctx, b)
 }
