@@ -292,3 +292,7 @@ func (s *store) loadOutboxSeq() (uint64, error) {
 func (e *Engine) OutboxBytes(after uint64) (uint64, error) {
 	return e.st.db.EstimateDiskUsage(outboxKey(after+1), outboxKey(1<<64-1))
 }
+
+// Flush writes the memtables to tables on disk (OutboxBytes counts only
+// those): for tests and for operators before a file-level backup.
+func (e *Engine) Flush() error { return e.st.db.Flush() }

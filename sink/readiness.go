@@ -28,6 +28,7 @@ type Gate struct {
 	bytesMax uint64
 	policy   string
 	log      *slog.Logger
+	metrics  *Metrics
 
 	mu      sync.Mutex
 	checked time.Time
@@ -36,11 +37,28 @@ type Gate struct {
 }
 
 // NewGate returns a gate for the tailers; bytesMax 0 means no bound.
-func NewGate(e *balance.Engine, tailers []*Tailer, bytesMax uint64, policy string, log *slog.Logger) *Gate {
+// metrics may be nil.
+func NewGate(e *balance.Engine, tailers []*Tailer, bytesMax uint64, policy string, log *slog.Logger, metrics *Metrics) *Gate {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Gate{e: e, tailers: tailers, bytesMax: bytesMax, policy: policy, log: log}
+	return &Gate{e: e, tailers: tailers, bytesMax: bytesMax, policy: policy, log: log, metrics: metrics}
+}
+
+// Watch refreshes the backlog (and its metric, and the warning past the
+// bound) every interval until done is closed, so that it is watched even
+// when nobody asks /readyz.
+func (g *Gate) Watch(done <-chan struct{}, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			g.check()
+		}
+	}
 }
 
 // check refreshes the backlog size at most once a second.
@@ -65,6 +83,9 @@ func (g *Gate) check() (over bool, bytes uint64) {
 	}
 	was := g.over
 	g.bytes = b
+	if g.metrics != nil {
+		g.metrics.backlog.Set(float64(b))
+	}
 	g.over = g.bytesMax > 0 && b > g.bytesMax
 	if g.over && !was {
 		g.log.Warn("sink backlog over its bound", "bytes", b, "bound", g.bytesMax, "policy", g.policy)

@@ -321,6 +321,7 @@ type Metrics struct {
 	rows         *prometheus.CounterVec
 	errors       *prometheus.CounterVec
 	batchSeconds *prometheus.HistogramVec
+	backlog      prometheus.Gauge
 }
 
 // NewMetrics registers the sink metrics with reg (nil: unregistered).
@@ -336,9 +337,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed sink attempts (each is retried with back-off)."}, []string{"sink"}),
 		batchSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "meterd_sink_batch_seconds",
 			Help: "Time to ship one batch to every table of a sink.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"sink"}),
+		backlog: prometheus.NewGauge(prometheus.GaugeOpts{Name: "meterd_sink_backlog_bytes",
+			Help: "Disk space of the outbox not yet shipped by the slowest sink (estimated from Pebble's tables)."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.lag, m.pending, m.rows, m.errors, m.batchSeconds)
+		reg.MustRegister(m.lag, m.pending, m.rows, m.errors, m.batchSeconds, m.backlog)
 	}
 	return m
 }

@@ -140,10 +140,15 @@ func run(cfg Config) error {
 			log.Info("clickhouse sink connected", "addr", cfg.ClickHouseAddr, "server", ch.ServerVersion(), "database", cfg.ClickHouseDatabase)
 			return ch, nil
 		})
+		sinkMetrics := sink.NewMetrics(reg)
 		t := sink.NewTailer(eng, dest, sink.TailerConfig{BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
-			Log: log, Metrics: sink.NewMetrics(reg)})
-		gate = sink.NewGate(eng, []*sink.Tailer{t}, uint64(cfg.SinkBacklogMaxBytes), cfg.SinkBacklogPolicy, log)
-		sinksDone.Add(1)
+			Log: log, Metrics: sinkMetrics})
+		gate = sink.NewGate(eng, []*sink.Tailer{t}, uint64(cfg.SinkBacklogMaxBytes), cfg.SinkBacklogPolicy, log, sinkMetrics)
+		sinksDone.Add(2)
+		go func() {
+			defer sinksDone.Done()
+			gate.Watch(sinkCtx.Done(), 10*time.Second)
+		}()
 		go func() {
 			defer sinksDone.Done()
 			t.Run(sinkCtx)
