@@ -85,8 +85,14 @@ func NewTailer(e *balance.Engine, d Destination, cfg TailerConfig) *Tailer {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Tailer{e: e, d: d, cfg: cfg, log: cfg.Log.With("sink", d.Name()), name: d.Name(),
+	t := &Tailer{e: e, d: d, cfg: cfg, log: cfg.Log.With("sink", d.Name()), name: d.Name(),
 		status: Status{Name: d.Name()}}
+	// Load the cursor now, so that status and backlog are right from the
+	// start; Run retries if the store could not answer.
+	if c, err := e.Cursor(t.name); err == nil {
+		t.cursor, t.loaded, t.status.Shipped = c, true, c
+	}
+	return t
 }
 
 // Status returns the tailer's current status.
