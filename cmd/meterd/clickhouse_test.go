@@ -27,7 +27,6 @@ import (
 	"math/big"
 	mrand "math/rand/v2"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -71,65 +70,9 @@ const chPricing = `{"assets":[{"code":"CREDITS","scale":0},{"code":"USD","scale"
      {"field":"output_tokens","package_size":"1000000","unit_price":{"gpt-4-1":"8.00","*":"1.13"}}]},
   {"event_type":"image_generated","account":"default:CREDITS","unit_price":"40"}]}`
 
-// chMeterd is crashHarness started with extra flags (the sink's).
+// chMeterd is crashHarness started with the sink's flags.
 type chMeterd struct {
 	*crashHarness
-	args []string
-}
-
-// start is crashHarness.start with m.args appended to the command line.
-func (m *chMeterd) start() {
-	h := m.crashHarness
-	t := h.t
-	t.Helper()
-	for attempt := 0; ; attempt++ {
-		p := &crashProc{addr: freeLoopbackAddr(t), log: &crashLog{ready: make(chan struct{})}, done: make(chan struct{})}
-		p.cmd = exec.Command(h.bin, append([]string{"--data-dir", h.dir, "--listen", p.addr}, m.args...)...)
-		var env []string
-		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, "METERD_") {
-				env = append(env, kv)
-			}
-		}
-		p.cmd.Env = env
-		p.cmd.Stdout = p.log
-		p.cmd.Stderr = p.log
-		if err := p.cmd.Start(); err != nil {
-			t.Fatalf("starting meterd: %v", err)
-		}
-		h.starts++
-		h.proc = p
-		go func() {
-			p.err = p.cmd.Wait()
-			close(p.done)
-		}()
-		timer := time.NewTimer(crashStartTimeout)
-		select {
-		case <-p.log.ready:
-			timer.Stop()
-		case <-p.done:
-			timer.Stop()
-			out := p.log.tail()
-			if attempt < 3 && strings.Contains(out, "address already in use") {
-				continue
-			}
-			t.Fatalf("meterd exited before it was ready (%v); its output:\n%s", p.err, out)
-		case <-timer.C:
-			p.cmd.Process.Kill()
-			<-p.done
-			t.Fatalf("meterd was not ready after %v; its output:\n%s", crashStartTimeout, p.log.tail())
-		}
-		if h.tr != nil {
-			h.tr.CloseIdleConnections()
-		}
-		h.tr = &http.Transport{MaxIdleConnsPerHost: 2 * crashWorkers, DisableCompression: true, IdleConnTimeout: 10 * time.Second}
-		h.client = &http.Client{Transport: h.tr, Timeout: crashRequestTimeout}
-		status, body, err := h.do("GET", "/healthz", nil)
-		if err != nil || status != 200 {
-			t.Fatalf("GET /healthz after the ready line: status %d, %v, %s; output:\n%s", status, err, body, p.log.tail())
-		}
-		return
-	}
 }
 
 // cleanup kills a meterd still running when the test ends.
@@ -423,8 +366,8 @@ func TestClickHouseSinkEndToEnd(t *testing.T) {
 	t.Logf("ClickHouse %s at %s", srv.Version, srv.Addr)
 	db := chDatabaseName("e2e")
 	bin := buildMeterd(t)
-	m := &chMeterd{crashHarness: &crashHarness{t: t, bin: bin, dir: filepath.Join(t.TempDir(), "data")},
-		args: []string{"--clickhouse-addr", srv.Addr, "--clickhouse-database", db}}
+	m := &chMeterd{crashHarness: &crashHarness{t: t, bin: bin, dir: filepath.Join(t.TempDir(), "data"),
+		args: []string{"--clickhouse-addr", srv.Addr, "--clickhouse-database", db}}}
 	t.Cleanup(m.cleanup)
 	m.start()
 	conn := srv.Conn(t)
@@ -921,9 +864,9 @@ func TestClickHouseSinkExactlyOnceUnderFaults(t *testing.T) {
 	t.Logf("ClickHouse %s at %s", srv.Version, srv.Addr)
 	db := chDatabaseName("faults")
 	bin := buildMeterd(t)
-	m := &chMeterd{crashHarness: &crashHarness{t: t, bin: bin, dir: filepath.Join(t.TempDir(), "data")},
+	m := &chMeterd{crashHarness: &crashHarness{t: t, bin: bin, dir: filepath.Join(t.TempDir(), "data"),
 		args: []string{"--clickhouse-addr", srv.Addr, "--clickhouse-database", db,
-			"--sink-batch-rows", chFaultBatchRows, "--sink-batch-age", chFaultBatchAge}}
+			"--sink-batch-rows", chFaultBatchRows, "--sink-batch-age", chFaultBatchAge}}}
 	t.Cleanup(m.cleanup)
 	errs := &errLimiter{t: t}
 	seed := uint64(time.Now().UnixNano())

@@ -208,6 +208,7 @@ type crashHarness struct {
 	t      *testing.T
 	bin    string
 	dir    string
+	args   []string // flags beyond --data-dir and --listen
 	proc   *crashProc
 	starts int
 	client *http.Client
@@ -230,7 +231,7 @@ func (h *crashHarness) start() {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
 		p := &crashProc{addr: freeLoopbackAddr(t), log: &crashLog{ready: make(chan struct{})}, done: make(chan struct{})}
-		p.cmd = exec.Command(h.bin, "--data-dir", h.dir, "--listen", p.addr)
+		p.cmd = exec.Command(h.bin, append([]string{"--data-dir", h.dir, "--listen", p.addr}, h.args...)...)
 		env := []string{}
 		for _, kv := range os.Environ() {
 			if !strings.HasPrefix(kv, "METERD_") {
