@@ -46,6 +46,8 @@ type Config struct {
 	KafkaBrokers        string        // --kafka-brokers LIST (comma-separated HOST:PORT), empty = no Kafka
 	KafkaTopic          string        // --kafka-topic NAME
 	KafkaGroup          string        // --kafka-group NAME
+	KafkaPublish        bool          // --kafka-publish: publish every ledger entry to --kafka-ledger-topic
+	KafkaLedgerTopic    string        // --kafka-ledger-topic NAME
 	Shards              int           // --shards N, 0 = number of CPUs
 	DedupWindow         time.Duration // --dedup-window DURATION, at least 24h
 	ReversalWindow      time.Duration // --reversal-window DURATION
@@ -127,6 +129,10 @@ func settings(c *Config) []setting {
 			usage: "Kafka input topic of usage events (invalid messages go to NAME.dlq)"},
 		{name: "kafka-group", arg: "NAME", def: "meterd", ptr: &c.KafkaGroup,
 			usage: "Kafka consumer group"},
+		{name: "kafka-publish", def: "false", ptr: &c.KafkaPublish,
+			usage: "publish every ledger entry to --kafka-ledger-topic (needs --kafka-brokers)"},
+		{name: "kafka-ledger-topic", arg: "NAME", def: "meterd.ledger", ptr: &c.KafkaLedgerTopic,
+			usage: "Kafka topic of published ledger entries, keyed by customer"},
 		{name: "shards", arg: "N", def: "0", ptr: &c.Shards,
 			usage: "number of balance shards, 0.." + strconv.Itoa(shardsMax) + "; 0 = number of CPUs"},
 		{name: "dedup-window", arg: "DURATION", def: "840h", ptr: &c.DedupWindow,
@@ -449,6 +455,12 @@ func (c *Config) validate() error {
 	// The topic is checked with room for the ".dlq" suffix of its dead-letter topic.
 	if !isName(c.KafkaTopic, kafkaNameBytesMax-len(".dlq"), true) || c.KafkaTopic == "." || c.KafkaTopic == ".." {
 		return invalid("kafka-topic", "%q: want 1-%d characters of [A-Za-z0-9._-]", c.KafkaTopic, kafkaNameBytesMax-len(".dlq"))
+	}
+	if !isName(c.KafkaLedgerTopic, kafkaNameBytesMax, true) {
+		return invalid("kafka-ledger-topic", "%q: want 1-%d characters of [A-Za-z0-9._-]", c.KafkaLedgerTopic, kafkaNameBytesMax)
+	}
+	if c.KafkaPublish && c.KafkaBrokers == "" {
+		return invalid("kafka-publish", "needs --kafka-brokers")
 	}
 	if !isName(c.KafkaGroup, kafkaNameBytesMax, true) {
 		return invalid("kafka-group", "%q: want 1-%d characters of [A-Za-z0-9._-]", c.KafkaGroup, kafkaNameBytesMax)

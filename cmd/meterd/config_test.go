@@ -65,6 +65,7 @@ func TestDefaults(t *testing.T) {
 		SinkBacklogPolicy:   "alert",
 		KafkaTopic:          "usage-events",
 		KafkaGroup:          "meterd",
+		KafkaLedgerTopic:    "meterd.ledger",
 		Shards:              0,
 		DedupWindow:         35 * 24 * time.Hour,
 		ReversalWindow:      24 * time.Hour,

@@ -62,8 +62,6 @@ func run(cfg Config) error {
 	switch {
 	case cfg.TestClock:
 		return errors.New("--test-clock is not available in this version of meterd")
-	case cfg.KafkaBrokers != "":
-		return errors.New("--kafka-brokers: Kafka ingestion is not available in this version of meterd")
 	}
 
 	var keys *ingest.Keys
@@ -94,6 +92,9 @@ func run(cfg Config) error {
 	var sinkNames []string
 	if cfg.ClickHouseAddr != "" {
 		sinkNames = append(sinkNames, "clickhouse")
+	}
+	if cfg.KafkaPublish {
+		sinkNames = append(sinkNames, "kafka")
 	}
 
 	reg := prometheus.NewRegistry()
@@ -126,8 +127,32 @@ func run(cfg Config) error {
 	}
 
 	sinkCtx, stopSinks := context.WithCancel(context.Background())
+	defer stopSinks()
 	var sinksDone sync.WaitGroup
 	var gate *sink.Gate
+	var tailers []*sink.Tailer
+	var sinkMetrics *sink.Metrics
+	if len(sinkNames) > 0 {
+		sinkMetrics = sink.NewMetrics(reg)
+	}
+	runTailer := func(t *sink.Tailer) {
+		tailers = append(tailers, t)
+		sinksDone.Add(1)
+		go func() {
+			defer sinksDone.Done()
+			t.Run(sinkCtx)
+		}()
+	}
+	if cfg.KafkaPublish {
+		pub, err := sink.NewKafkaPublisher(sink.KafkaPublisherConfig{Brokers: cfg.KafkaBrokerList(), LedgerTopic: cfg.KafkaLedgerTopic, Log: log})
+		if err != nil {
+			eng.Close()
+			return fmt.Errorf("--kafka-publish: %w", err)
+		}
+		defer pub.Close()
+		runTailer(sink.NewTailer(eng, pub, sink.TailerConfig{BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
+			Log: log, Metrics: sinkMetrics}))
+	}
 	if cfg.ClickHouseAddr != "" {
 		chCfg := sink.ClickHouseConfig{Addr: cfg.ClickHouseAddr, Database: cfg.ClickHouseDatabase, Cluster: cfg.ClickHouseCluster,
 			Username: cfg.ClickHouseUser, Password: cfg.ClickHousePassword, BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
@@ -140,18 +165,15 @@ func run(cfg Config) error {
 			log.Info("clickhouse sink connected", "addr", cfg.ClickHouseAddr, "server", ch.ServerVersion(), "database", cfg.ClickHouseDatabase)
 			return ch, nil
 		})
-		sinkMetrics := sink.NewMetrics(reg)
-		t := sink.NewTailer(eng, dest, sink.TailerConfig{BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
-			Log: log, Metrics: sinkMetrics})
-		gate = sink.NewGate(eng, []*sink.Tailer{t}, uint64(cfg.SinkBacklogMaxBytes), cfg.SinkBacklogPolicy, log, sinkMetrics)
-		sinksDone.Add(2)
+		runTailer(sink.NewTailer(eng, dest, sink.TailerConfig{BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
+			Log: log, Metrics: sinkMetrics}))
+	}
+	if len(tailers) > 0 {
+		gate = sink.NewGate(eng, tailers, uint64(cfg.SinkBacklogMaxBytes), cfg.SinkBacklogPolicy, log, sinkMetrics)
+		sinksDone.Add(1)
 		go func() {
 			defer sinksDone.Done()
 			gate.Watch(sinkCtx.Done(), 10*time.Second)
-		}()
-		go func() {
-			defer sinksDone.Done()
-			t.Run(sinkCtx)
 		}()
 	}
 
@@ -159,6 +181,32 @@ func run(cfg Config) error {
 	lim.BodyBytesMax = cfg.BodyBytesMax
 	lim.EventsMax = cfg.EventsPerRequestMax
 	lim.PastWindowMax = cfg.DedupWindow
+	// The Kafka consumer stops before the sinks and the engine: what it
+	// applied is committed, the rest is redelivered after the next start.
+	// Run returns before shutdown only on a fatal configuration error (a
+	// missing topic): meterd then stops rather than silently not consuming.
+	kafkaCtx, stopKafka := context.WithCancel(context.Background())
+	defer stopKafka()
+	var kafkaDone sync.WaitGroup
+	kafkaFatal := make(chan error, 1)
+	if cfg.KafkaBrokers != "" {
+		cons, err := ingest.NewConsumer(eng, ingest.KafkaConfig{Brokers: cfg.KafkaBrokerList(), Topic: cfg.KafkaTopic,
+			GroupID: cfg.KafkaGroup, Limits: lim, Log: log, Registerer: reg})
+		if err != nil {
+			stopSinks()
+			sinksDone.Wait()
+			eng.Close()
+			return fmt.Errorf("--kafka-brokers: %w", err)
+		}
+		kafkaDone.Add(1)
+		go func() {
+			defer kafkaDone.Done()
+			if err := cons.Run(kafkaCtx); err != nil && kafkaCtx.Err() == nil {
+				kafkaFatal <- err
+			}
+		}()
+	}
+
 	scfg := ingest.Config{Engine: eng, Keys: keys, Limits: lim, Log: log, Registerer: reg, Gatherer: reg}
 	if gate != nil {
 		scfg.Readiness, scfg.Admit = gate.Readiness, gate.Admit
@@ -166,6 +214,8 @@ func run(cfg Config) error {
 	srv := ingest.NewServer(scfg)
 
 	stop := func() {
+		stopKafka()
+		kafkaDone.Wait()
 		stopSinks()
 		sinksDone.Wait()
 		eng.Close()
@@ -188,14 +238,21 @@ func run(cfg Config) error {
 	case err := <-serveErr:
 		stop()
 		return fmt.Errorf("serve: %w", err)
+	case err := <-kafkaFatal:
+		srv.Shutdown()
+		stop()
+		return fmt.Errorf("kafka consumer: %w", err)
 	}
 	// Stop taking requests, let those in flight finish (their answers are
 	// durable), then close the engine and its store.
 	if err := srv.Shutdown(); err != nil {
 		log.Error("http shutdown", "err", err)
 	}
-	// The sinks stop where they are (their cursors say what is shipped; the
-	// rest ships after the next start), then the engine closes.
+	// The Kafka consumer stops (committing what it applied), the sinks stop
+	// where they are (their cursors say what is shipped; the rest ships
+	// after the next start), then the engine closes.
+	stopKafka()
+	kafkaDone.Wait()
 	stopSinks()
 	sinksDone.Wait()
 	if err := eng.Close(); err != nil {
