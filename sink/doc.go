@@ -1,6 +1,6 @@
 // Package sink is meterd's way out: it tails the durable outbox of the
 // balance engine and ships what it settled, exactly once, to ClickHouse
-// (ledger entries and usage records), and later to Kafka topics and webhooks.
+// (ledger entries and usage records) and to Kafka; webhooks come later.
 //
 // The engine writes one outbox record per commit group in the same Pebble
 // batch as the change itself, so nothing durable is missing from the outbox
@@ -9,4 +9,8 @@
 // batches deterministically (the same range always gives the same rows), and
 // advances its durable cursor only after the destination acknowledged the
 // batch. Outbox records are deleted once every configured sink shipped them.
+//
+// Destinations: ClickHouse (ledger_entries, usage_events and the analyst
+// views; exactly once) and a Kafka topic of ledger entries (at least once,
+// with a stable id per message).
 package sink
