@@ -1,6 +1,7 @@
 // Package sink is meterd's way out: it tails the durable outbox of the
-// balance engine and ships what it settled, exactly once, to ClickHouse
-// (ledger entries and usage records) and to Kafka; webhooks come later.
+// balance engine and ships what it settled to ClickHouse (ledger entries and
+// usage records, exactly once) and to Kafka (ledger entries, at least once);
+// webhooks come later.
 //
 // The engine writes one outbox record per commit group in the same Pebble
 // batch as the change itself, so nothing durable is missing from the outbox
