@@ -268,9 +268,13 @@ func (c *Consumer) readerConfig() kafka.ReaderConfig {
 		// Group liveness. Heartbeats are sent by kafka-go's own goroutine,
 		// so a long round (engine backpressure) does not cost the session.
 		HeartbeatInterval: 3 * time.Second,
-		SessionTimeout:    30 * time.Second, // a dead member's partitions move after this
-		RebalanceTimeout:  30 * time.Second, // how long the coordinator waits for members to rejoin
-		JoinGroupBackoff:  2 * time.Second,  // between failed joins
+		// A crashed member's partitions move after SessionTimeout; a restarted
+		// meterd rejoins under a new member id, so this is how long a crash
+		// stops consumption. 10 s (Kafka's long-time default) keeps that short
+		// while tolerating heartbeats delayed by GC or a busy disk.
+		SessionTimeout:   10 * time.Second,
+		RebalanceTimeout: 30 * time.Second, // how long the coordinator waits for members to rejoin
+		JoinGroupBackoff: 2 * time.Second,  // between failed joins
 		// Partitions added to the topic are picked up (a rebalance) within
 		// PartitionWatchInterval instead of being ignored until a restart.
 		WatchPartitionChanges:  true,

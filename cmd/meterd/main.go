@@ -215,7 +215,7 @@ func run(cfg Config) error {
 
 	stop := func() {
 		stopKafka()
-		kafkaDone.Wait()
+		waitBounded(&kafkaDone, consumerStopMax, log, "kafka consumer")
 		stopSinks()
 		sinksDone.Wait()
 		eng.Close()
@@ -252,7 +252,7 @@ func run(cfg Config) error {
 	// where they are (their cursors say what is shipped; the rest ships
 	// after the next start), then the engine closes.
 	stopKafka()
-	kafkaDone.Wait()
+	waitBounded(&kafkaDone, consumerStopMax, log, "kafka consumer")
 	stopSinks()
 	sinksDone.Wait()
 	if err := eng.Close(); err != nil {
@@ -286,4 +286,22 @@ func applyPricingFile(eng *balance.Engine, doc []byte, log *slog.Logger) error {
 	}
 	log.Info("pricing file stored as a new version", "version", p.Version)
 	return nil
+}
+
+// consumerStopMax bounds how long shutdown waits for the Kafka consumer. It
+// can be stuck closing a group join the broker has not answered (after a
+// crash, until the old member's session times out). Going on is safe: once
+// the engine is closed the consumer cannot apply anything, and what it did
+// not commit is redelivered and answered duplicate.
+const consumerStopMax = 10 * time.Second
+
+// waitBounded waits for wg, at most d.
+func waitBounded(wg *sync.WaitGroup, d time.Duration, log *slog.Logger, what string) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		log.Warn("stopping without waiting longer", "for", what, "waited", d.String())
+	}
 }
