@@ -49,20 +49,25 @@ import (
 	"unsafe"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/meter"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 )
 
 // KafkaConfig configures a Consumer. Zero values take the documented defaults.
 type KafkaConfig struct {
-	Brokers          []string      // bootstrap brokers, host:port (required)
-	Topic            string        // input topic; default "usage-events". The DLQ is Topic + ".dlq"
-	GroupID          string        // consumer group; default "meterd"
-	BatchMessagesMax int           // messages handed to the engine per round; default 10_000
-	BatchWait        time.Duration // how long a round gathers after its first message; default 20ms
-	Limits           Limits        // decoding limits (LineBytesMax bounds one message); zero fields: defaults
-	Log              *slog.Logger  // default slog.Default()
-	Registerer       prometheus.Registerer
+	Brokers []string // bootstrap brokers, host:port (required)
+	Topic   string   // input topic; default "usage-events". The DLQ is Topic + ".dlq"
+	// NotificationsTopic, when set, receives a usage.rejected notification
+	// for every valid event the engine refused (insufficient_funds,
+	// account_paused, ...): unlike an HTTP caller, a producer gets no answer.
+	NotificationsTopic string
+	GroupID            string        // consumer group; default "meterd"
+	BatchMessagesMax   int           // messages handed to the engine per round; default 10_000
+	BatchWait          time.Duration // how long a round gathers after its first message; default 20ms
+	Limits             Limits        // decoding limits (LineBytesMax bounds one message); zero fields: defaults
+	Log                *slog.Logger  // default slog.Default()
+	Registerer         prometheus.Registerer
 	// Clock is the time the decoder checks occurred_at against (the
 	// out_of_window bounds); default the engine's clock.
 	Clock func() time.Time
@@ -153,9 +158,9 @@ type Consumer struct {
 	decoded   []Decoded
 	ins       []balance.EventIn
 	ptrs      []*balance.EventIn
-	slot      []int // message index -> ins index, or -1 (not handed to the engine)
-	dlqMsgs   []kafka.Message
-	top       map[int]int // partition -> index in msgs of its highest offset this round
+	slot      []int           // message index -> ins index, or -1 (not handed to the engine)
+	dlqMsgs   []kafka.Message // the round's dead letters and rejection notices
+	top       map[int]int     // partition -> index in msgs of its highest offset this round
 	commits   []kafka.Message
 }
 
@@ -306,8 +311,9 @@ func (c *Consumer) newWriter() *kafka.Writer {
 		MetadataTTL: 10 * time.Second,
 	}
 	return &kafka.Writer{
-		Addr:      kafka.TCP(c.cfg.Brokers...),
-		Topic:     c.dlq,
+		Addr: kafka.TCP(c.cfg.Brokers...),
+		// No fixed topic: each message names its own (the DLQ, or the
+		// notifications topic for rejection notices).
 		Transport: c.transport,
 		// The key's partition as Kafka's Java clients would choose it, so a
 		// customer's dead letters stay in order in one partition.
@@ -420,7 +426,11 @@ func (c *Consumer) checkTopics(ctx context.Context) error {
 	defer tr.CloseIdleConnections()
 	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: kafkaOpTimeout, Transport: tr}
 	for attempt := 0; ; attempt++ {
-		res, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.cfg.Topic, c.dlq}})
+		topics := []string{c.cfg.Topic, c.dlq}
+		if c.cfg.NotificationsTopic != "" {
+			topics = append(topics, c.cfg.NotificationsTopic)
+		}
+		res, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
 		if err == nil {
 			var bad []string
 			for _, t := range res.Topics {
@@ -600,19 +610,31 @@ func (c *Consumer) count() {
 	}
 }
 
-// writeDLQ writes the round's invalid messages to the DLQ topic and waits
-// for their acks, retrying what failed until it is written or ctx is done.
+// writeDLQ writes the round's invalid messages to the DLQ topic and, when
+// a notifications topic is set, a usage.rejected notice for each valid event
+// the engine refused; it waits for their acks, retrying what failed until
+// it is written or ctx is done.
 // Each attempt is bounded on its own, so a round in flight when ctx ends
 // still gets one full attempt.
 func (c *Consumer) writeDLQ(ctx context.Context) error {
 	clear(c.dlqMsgs)
 	c.dlqMsgs = c.dlqMsgs[:0]
+	now := c.cfg.Clock().UnixNano()
 	for i := range c.msgs {
 		d := &c.decoded[i]
-		if c.slot[i] >= 0 || d.Err.Code == CodeOutOfWindow {
+		if s := c.slot[i]; s >= 0 || d.Err.Code == CodeOutOfWindow {
+			if c.cfg.NotificationsTopic == "" {
+				continue
+			}
+			if s >= 0 && c.ins[s].Result.Status == balance.EventRejected {
+				r := &c.ins[s].Result
+				c.dlqMsgs = append(c.dlqMsgs, c.rejectionNotice(&c.msgs[i], &d.Event, r.Code, r.Message, now))
+			} else if s < 0 {
+				c.dlqMsgs = append(c.dlqMsgs, c.rejectionNotice(&c.msgs[i], &d.Event, d.Err.Code, d.Err.Message, now))
+			}
 			continue
 		}
-		c.dlqMsgs = append(c.dlqMsgs, dlqMessage(&c.msgs[i], d.Err))
+		c.dlqMsgs = append(c.dlqMsgs, dlqMessage(&c.msgs[i], d.Err, c.dlq))
 		c.metrics.dlq.WithLabelValues(d.Err.Code, d.Err.Reason).Inc()
 		c.log.Debug("kafka message to DLQ", "code", d.Err.Code, "reason", d.Err.Reason, "field", d.Err.Field,
 			"error", d.Err.Message, "partition", c.msgs[i].Partition, "offset", c.msgs[i].Offset)
@@ -647,7 +669,7 @@ func (c *Consumer) writeDLQ(ctx context.Context) error {
 
 // dlqMessage is the dead letter of m: its key and value, and headers that
 // say why and where it came from.
-func dlqMessage(m *kafka.Message, e *EventError) kafka.Message {
+func dlqMessage(m *kafka.Message, e *EventError, topic string) kafka.Message {
 	h := make([]kafka.Header, 0, 9)
 	h = append(h,
 		kafka.Header{Key: "error_code", Value: []byte(e.Code)},
@@ -669,7 +691,42 @@ func dlqMessage(m *kafka.Message, e *EventError) kafka.Message {
 		h = append(h, kafka.Header{Key: "value_truncated", Value: strconv.AppendInt(nil, int64(len(value)), 10)})
 		value = value[:kafkaDLQValueBytesMax]
 	}
-	return kafka.Message{Key: key, Value: value, Headers: h}
+	return kafka.Message{Topic: topic, Key: key, Value: value, Headers: h}
+}
+
+// rejectionNotice is the usage.rejected notification of a valid event the
+// engine refused. Its id is stable, so a round delivered again after a
+// crash publishes a notice consumers recognise as the same.
+func (c *Consumer) rejectionNotice(m *kafka.Message, ev *meter.Event, code, msg string, now int64) kafka.Message {
+	customer := ev.CustomerID
+	if customer == "" {
+		customer = string(m.Key)
+	}
+	id := "usage.rejected:" + customer + "/" + ev.ID
+	b := make([]byte, 0, 256)
+	b = append(b, `{"id":`...)
+	b = appendString(b, id)
+	b = append(b, `,"type":"usage.rejected","customer_id":`...)
+	b = appendString(b, customer)
+	b = append(b, `,"event_id":`...)
+	b = appendString(b, ev.ID)
+	b = append(b, `,"event_type":`...)
+	b = appendOptString(b, ev.EventType)
+	b = append(b, `,"code":`...)
+	b = appendString(b, code)
+	b = append(b, `,"message":`...)
+	b = appendString(b, msg)
+	b = append(b, `,"source":{"topic":`...)
+	b = appendString(b, m.Topic)
+	b = append(b, `,"partition":`...)
+	b = strconv.AppendInt(b, int64(m.Partition), 10)
+	b = append(b, `,"offset":`...)
+	b = strconv.AppendInt(b, m.Offset, 10)
+	b = append(b, `},"created_at":`...)
+	b = appendTime(b, now)
+	b = append(b, '}')
+	return kafka.Message{Topic: c.cfg.NotificationsTopic, Key: []byte(customer), Value: b,
+		Headers: []kafka.Header{{Key: "id", Value: []byte(id)}, {Key: "type", Value: []byte("usage.rejected")}}}
 }
 
 // commit commits, for each partition of the round, its highest offset (the

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -639,7 +640,7 @@ func TestKafkaConsumerMissingTopic(t *testing.T) {
 func TestKafkaDLQMessageBounds(t *testing.T) {
 	e := &EventError{Code: CodeInvalidEvent, Reason: ReasonEventTooLarge, Message: "too large"}
 	src := kafka.Message{Topic: kTopic, Partition: 3, Offset: 42, Key: []byte("c1"), Value: make([]byte, 2<<20)}
-	m := dlqMessage(&src, e)
+	m := dlqMessage(&src, e, kDLQ)
 	if len(m.Value) != kafkaDLQValueBytesMax || string(m.Key) != "c1" {
 		t.Fatalf("value %d bytes, key %q", len(m.Value), m.Key)
 	}
@@ -653,11 +654,70 @@ func TestKafkaDLQMessageBounds(t *testing.T) {
 	if _, ok := header(m, "key_truncated"); ok {
 		t.Errorf("key_truncated set for a short key")
 	}
-	small := dlqMessage(&kafka.Message{Key: nil, Value: []byte("{")}, e)
+	small := dlqMessage(&kafka.Message{Key: nil, Value: []byte("{")}, e, kDLQ)
 	if string(small.Value) != "{" || small.Key != nil {
 		t.Errorf("small message changed: %q %q", small.Key, small.Value)
 	}
 	if _, ok := header(small, "value_truncated"); ok {
 		t.Errorf("value_truncated set for a short value")
+	}
+}
+
+// TestKafkaRejectionsPublished: a valid event the engine refuses is not a
+// dead letter, but its result is published (usage.rejected on the
+// notifications topic, keyed by customer, stable id) before the round is
+// committed; charged events publish no notice.
+func TestKafkaRejectionsPublished(t *testing.T) {
+	const notices = "meterd.notifications"
+	cluster := newKafkaCluster(t, kfake.SeedTopics(1, notices))
+	addrs := cluster.ListenAddrs()
+	e := openKafkaEngine(t, balance.Options{}, map[string]int64{"rich": 1000, "poor": 1})
+	produce(t, addrs,
+		event("rich", imageEvt("r1", "rich")),
+		event("poor", imageEvt("p1", "poor")),              // insufficient_funds
+		event("ghost", imageEvt("g1", "ghost")),            // unknown_customer
+		event("rich", `{"id":"bad","customer_id":"rich"}`), // invalid: the DLQ, not a notice
+	)
+	_, stop := runConsumer(t, e, addrs, KafkaConfig{NotificationsTopic: notices}, nil)
+	waitCommitted(t, addrs, KafkaGroupDefault, 20*time.Second)
+	stop()
+
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: addrs, Topic: notices, Partition: 0, MinBytes: 1, MaxBytes: 1 << 20,
+		MaxWait: 50 * time.Millisecond, StartOffset: kafka.FirstOffset})
+	defer r.Close()
+	got := map[string]string{}
+	for len(got) < 2 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		m, err := r.ReadMessage(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("notices: %d read: %v", len(got), err)
+		}
+		var n struct {
+			ID         string `json:"id"`
+			Type       string `json:"type"`
+			CustomerID string `json:"customer_id"`
+			EventID    string `json:"event_id"`
+			Code       string `json:"code"`
+		}
+		if err := json.Unmarshal(m.Value, &n); err != nil {
+			t.Fatal(err)
+		}
+		id, _ := header(m, "id")
+		if n.Type != "usage.rejected" || id != n.ID || string(m.Key) != n.CustomerID || n.ID != "usage.rejected:"+n.CustomerID+"/"+n.EventID {
+			t.Fatalf("notice %s: key %q headers %v", m.Value, m.Key, m.Headers)
+		}
+		got[n.EventID] = n.Code
+	}
+	if got["p1"] != "insufficient_funds" || got["g1"] != "unknown_customer" {
+		t.Fatalf("notices %v, want p1 insufficient_funds and g1 unknown_customer", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if m, err := r.ReadMessage(ctx); err == nil {
+		t.Fatalf("an extra notice: %s", m.Value)
+	}
+	if n := len(readDLQ(t, addrs, 1)); n != 1 {
+		t.Fatalf("%d dead letters, want 1", n)
 	}
 }

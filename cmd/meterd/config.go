@@ -48,6 +48,7 @@ type Config struct {
 	KafkaGroup          string        // --kafka-group NAME
 	KafkaPublish        bool          // --kafka-publish: publish every ledger entry to --kafka-ledger-topic
 	KafkaLedgerTopic    string        // --kafka-ledger-topic NAME
+	KafkaNoticesTopic   string        // --kafka-notifications-topic NAME
 	Shards              int           // --shards N, 0 = number of CPUs
 	DedupWindow         time.Duration // --dedup-window DURATION, at least 24h
 	ReversalWindow      time.Duration // --reversal-window DURATION
@@ -133,6 +134,8 @@ func settings(c *Config) []setting {
 			usage: "publish every ledger entry to --kafka-ledger-topic (needs --kafka-brokers)"},
 		{name: "kafka-ledger-topic", arg: "NAME", def: "meterd.ledger", ptr: &c.KafkaLedgerTopic,
 			usage: "Kafka topic of published ledger entries, keyed by customer"},
+		{name: "kafka-notifications-topic", arg: "NAME", def: "meterd.notifications", ptr: &c.KafkaNoticesTopic,
+			usage: "Kafka topic of notifications (with --kafka-publish): usage.rejected for events from Kafka the engine refused"},
 		{name: "shards", arg: "N", def: "0", ptr: &c.Shards,
 			usage: "number of balance shards, 0.." + strconv.Itoa(shardsMax) + "; 0 = number of CPUs"},
 		{name: "dedup-window", arg: "DURATION", def: "840h", ptr: &c.DedupWindow,
@@ -458,6 +461,9 @@ func (c *Config) validate() error {
 	}
 	if !isName(c.KafkaLedgerTopic, kafkaNameBytesMax, true) {
 		return invalid("kafka-ledger-topic", "%q: want 1-%d characters of [A-Za-z0-9._-]", c.KafkaLedgerTopic, kafkaNameBytesMax)
+	}
+	if !isName(c.KafkaNoticesTopic, kafkaNameBytesMax, true) {
+		return invalid("kafka-notifications-topic", "%q: want 1-%d characters of [A-Za-z0-9._-]", c.KafkaNoticesTopic, kafkaNameBytesMax)
 	}
 	if c.KafkaPublish && c.KafkaBrokers == "" {
 		return invalid("kafka-publish", "needs --kafka-brokers")

@@ -66,6 +66,7 @@ func TestDefaults(t *testing.T) {
 		KafkaTopic:          "usage-events",
 		KafkaGroup:          "meterd",
 		KafkaLedgerTopic:    "meterd.ledger",
+		KafkaNoticesTopic:   "meterd.notifications",
 		Shards:              0,
 		DedupWindow:         35 * 24 * time.Hour,
 		ReversalWindow:      24 * time.Hour,

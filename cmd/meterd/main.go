@@ -190,8 +190,12 @@ func run(cfg Config) error {
 	var kafkaDone sync.WaitGroup
 	kafkaFatal := make(chan error, 1)
 	if cfg.KafkaBrokers != "" {
-		cons, err := ingest.NewConsumer(eng, ingest.KafkaConfig{Brokers: cfg.KafkaBrokerList(), Topic: cfg.KafkaTopic,
-			GroupID: cfg.KafkaGroup, Limits: lim, Log: log, Registerer: reg})
+		kcfg := ingest.KafkaConfig{Brokers: cfg.KafkaBrokerList(), Topic: cfg.KafkaTopic,
+			GroupID: cfg.KafkaGroup, Limits: lim, Log: log, Registerer: reg}
+		if cfg.KafkaPublish {
+			kcfg.NotificationsTopic = cfg.KafkaNoticesTopic
+		}
+		cons, err := ingest.NewConsumer(eng, kcfg)
 		if err != nil {
 			stopSinks()
 			sinksDone.Wait()
