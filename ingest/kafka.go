@@ -275,9 +275,10 @@ func (c *Consumer) readerConfig() kafka.ReaderConfig {
 		HeartbeatInterval: 3 * time.Second,
 		// A crashed member's partitions move after SessionTimeout; a restarted
 		// meterd rejoins under a new member id, so this is how long a crash
-		// stops consumption. 10 s (Kafka's long-time default) keeps that short
-		// while tolerating heartbeats delayed by GC or a busy disk.
-		SessionTimeout:   10 * time.Second,
+		// stops consumption. 10 s was tried: against the test broker a dead
+		// member then sometimes stayed in a stable group and held its
+		// partitions, so 30 s it is until that is understood.
+		SessionTimeout:   30 * time.Second,
 		RebalanceTimeout: 30 * time.Second, // how long the coordinator waits for members to rejoin
 		JoinGroupBackoff: 2 * time.Second,  // between failed joins
 		// Partitions added to the topic are picked up (a rebalance) within

@@ -21,7 +21,7 @@ func TestKafkaEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the meterd binary")
 	}
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(8, "usage-events", "usage-events.dlq", "meterd.ledger"))
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(8, "usage-events", "usage-events.dlq", "meterd.ledger", "meterd.notifications"))
 	if err != nil {
 		t.Fatal(err)
 	}

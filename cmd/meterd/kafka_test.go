@@ -9,7 +9,7 @@ package main
 // restarted each time; at the end every event is charged exactly once (the
 // ledger of every customer, its wallet, HTTP resends) and the consumer group
 // has committed the end of every partition. The last two kills leave the dead
-// consumers to their session timeout, which costs about 20 s (see the
+// consumers to their session timeout, which costs about a minute (see the
 // comment at the kill loop).
 //
 // BenchmarkKafkaConsume measures the consumer in process (engine +
@@ -52,7 +52,7 @@ const (
 
 	// TestKafkaExactlyOnceUnderKills. METERD_KAFKA_EVENTS overrides the
 	// event count. 1,000,000 (the figure) takes about 1.5 minutes on
-	// 2 cores, about 20 s of which is waiting out dead consumers' sessions.
+	// 2 cores, about 60 s of which is waiting out dead consumers' sessions.
 	kxEventsDefault  = 1_000_000
 	kxCustomers      = 1000
 	kxPrice          = 3          // CREDITS per image_generated
@@ -403,7 +403,7 @@ func TestKafkaExactlyOnceUnderKills(t *testing.T) {
 	// described next.
 	//
 	// A killed consumer does not leave its group: the broker holds its
-	// partitions until its session times out (meterd's SessionTimeout, 10
+	// partitions until its session times out (meterd's SessionTimeout, 30
 	// s), and the next meterd's JoinGroup waits that long before it gets
 	// any partition. After each of the first kxKills-2 kills the test
 	// removes the dead member at once (a LeaveGroup on its behalf, standing
