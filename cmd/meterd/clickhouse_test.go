@@ -150,30 +150,8 @@ type chEntry struct {
 
 // ledger reads a customer's whole ledger, oldest first.
 func (m *chMeterd) ledger(c string) []chEntry {
-	t := m.t
-	t.Helper()
-	var entries []chEntry
-	path := "/v1/customers/" + c + "/ledger?limit=1000"
-	for pages := 0; ; pages++ {
-		if pages > 10000 {
-			t.Fatalf("ledger of %s: more than 10000 pages", c)
-		}
-		var page struct {
-			Entries []chEntry `json:"entries"`
-			Next    *string   `json:"next"`
-		}
-		if err := json.Unmarshal(m.mustDo("GET", path, nil, 200), &page); err != nil {
-			t.Fatalf("ledger of %s: %v", c, err)
-		}
-		entries = append(entries, page.Entries...)
-		if page.Next == nil {
-			break
-		}
-		if len(page.Entries) == 0 {
-			t.Fatalf("ledger of %s: an empty page with a next cursor", c)
-		}
-		path = "/v1/customers/" + c + "/ledger?limit=1000&before=" + *page.Next
-	}
+	m.t.Helper()
+	entries := readLedger[chEntry](m.crashHarness, c)
 	sort.SliceStable(entries, func(i, j int) bool { return entries[i].Seq < entries[j].Seq })
 	return entries
 }

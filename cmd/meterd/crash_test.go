@@ -807,32 +807,40 @@ func (h *crashHarness) available(c string) map[string]string {
 	return out
 }
 
-// checkCustomer reads a customer's whole ledger and wallet and checks them
-// against the events and grants; it returns the available balances.
-func (h *crashHarness) checkCustomer(errs *errLimiter, c string, seeds []crashSeed, events map[string]*crashEvent) map[string]string {
+// readLedger reads a customer's whole ledger over HTTP, newest first,
+// following the next cursors, into entries of type E.
+func readLedger[E any](h *crashHarness, c string) []E {
 	t := h.t
-	var entries []crashEntry
+	t.Helper()
+	var entries []E
 	path := "/v1/customers/" + c + "/ledger?limit=1000"
 	for pages := 0; ; pages++ {
 		if pages > 10000 {
 			t.Fatalf("ledger of %s: more than 10000 pages", c)
 		}
 		var page struct {
-			Entries []crashEntry `json:"entries"`
-			Next    *string      `json:"next"`
+			Entries []E     `json:"entries"`
+			Next    *string `json:"next"`
 		}
 		if err := json.Unmarshal(h.mustDo("GET", path, nil, 200), &page); err != nil {
 			t.Fatalf("ledger of %s: %v", c, err)
 		}
 		entries = append(entries, page.Entries...)
 		if page.Next == nil {
-			break
+			return entries
 		}
 		if len(page.Entries) == 0 {
 			t.Fatalf("ledger of %s: an empty page with a next cursor", c)
 		}
 		path = "/v1/customers/" + c + "/ledger?limit=1000&before=" + *page.Next
 	}
+}
+
+// checkCustomer reads a customer's whole ledger and wallet and checks them
+// against the events and grants; it returns the available balances.
+func (h *crashHarness) checkCustomer(errs *errLimiter, c string, seeds []crashSeed, events map[string]*crashEvent) map[string]string {
+	t := h.t
+	entries := readLedger[crashEntry](h, c)
 
 	// Newest first, seqs unique.
 	for i := 1; i < len(entries); i++ {
