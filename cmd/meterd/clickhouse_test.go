@@ -810,20 +810,7 @@ func chLoadWorker(c *http.Client, url string, run, w int, seed uint64, stop *ato
 			out.died = fmt.Errorf("status %d", status)
 			return out
 		}
-		for i, r := range results {
-			e := evs[i]
-			switch r.Status {
-			case "charged", "recorded":
-				e.ack, e.ackCharges = r.Status, r.Charges
-			case "rejected":
-				if r.code() != "insufficient_funds" {
-					errs.Errorf("event %s (%s): rejected %s: %+v", e.id, e.raw, r.code(), r.Error)
-				}
-				e.ack, e.ackCode = "rejected", r.code()
-			default:
-				errs.Errorf("event %s sent once: status %q, want charged, recorded or rejected", e.id, r.Status)
-			}
-		}
+		acknowledge(errs, evs, results)
 		cnt.acked.Add(int64(n))
 		if epoch != 0 && cnt.down.Load() == epoch {
 			cnt.ackedDown.Add(int64(n))

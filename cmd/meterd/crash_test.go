@@ -461,20 +461,7 @@ func loadWorker(c *http.Client, url string, cycle, w int, seed uint64, stop *ato
 			errs.Errorf("worker %d: batch %d: status %d: %s", w, b, status, body)
 			return out
 		}
-		for i, r := range results {
-			e := evs[i]
-			switch r.Status {
-			case "charged", "recorded":
-				e.ack, e.ackCharges = r.Status, r.Charges
-			case "rejected":
-				if r.code() != "insufficient_funds" {
-					errs.Errorf("event %s (%s): rejected %s: %+v", e.id, e.raw, r.code(), r.Error)
-				}
-				e.ack, e.ackCode = "rejected", r.code()
-			default:
-				errs.Errorf("event %s sent once: status %q, want charged, recorded or rejected", e.id, r.Status)
-			}
-		}
+		acknowledge(errs, evs, results)
 		out.acked = append(out.acked, evs)
 	}
 	return out
@@ -805,6 +792,26 @@ func (h *crashHarness) available(c string) map[string]string {
 		out[a.ID] = a.Available
 	}
 	return out
+}
+
+// acknowledge records the answers to events sent for the first time: charged
+// or recorded (with their charges), or rejected for insufficient funds; any
+// other answer is an error.
+func acknowledge(errs *errLimiter, evs []*crashEvent, results []crashResult) {
+	for i, r := range results {
+		e := evs[i]
+		switch r.Status {
+		case "charged", "recorded":
+			e.ack, e.ackCharges = r.Status, r.Charges
+		case "rejected":
+			if r.code() != "insufficient_funds" {
+				errs.Errorf("event %s (%s): rejected %s: %+v", e.id, e.raw, r.code(), r.Error)
+			}
+			e.ack, e.ackCode = "rejected", r.code()
+		default:
+			errs.Errorf("event %s sent once: status %q, want charged, recorded or rejected", e.id, r.Status)
+		}
+	}
 }
 
 // readLedger reads a customer's whole ledger over HTTP, newest first,
