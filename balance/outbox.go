@@ -36,6 +36,7 @@ type OutboxRecord struct {
 	RecordedAt int64 // the group's time, unix ns: every entry and usage record of it was recorded then
 	Entries    []OutboxEntry
 	Usage      []OutboxUsage
+	Notes      []Notification
 }
 
 // OutboxEntry is one ledger entry of a customer.
@@ -63,6 +64,8 @@ type outboxGroup struct {
 	buf     []byte
 	entries int
 	usage   int
+	notes   int
+	scratch []byte
 	seq     uint64 // assigned when the group closes; 0 = no record
 }
 
@@ -83,11 +86,20 @@ func (o *outboxGroup) addUsage(customer, eventID string, rec []byte) {
 	o.usage++
 }
 
+func (o *outboxGroup) addNote(n *Notification) {
+	o.buf = append(o.buf, 'n')
+	o.buf = appendStr(o.buf, n.Customer)
+	o.scratch = appendNote(o.scratch[:0], n)
+	o.buf = binary.AppendUvarint(o.buf, uint64(len(o.scratch)))
+	o.buf = append(o.buf, o.scratch...)
+	o.notes++
+}
+
 // value returns the outbox record of the group.
 func (o *outboxGroup) value(dst []byte, recordedAt int64) []byte {
 	dst = append(dst, outboxFormatV1)
 	dst = binary.AppendVarint(dst, recordedAt)
-	dst = binary.AppendUvarint(dst, uint64(o.entries+o.usage))
+	dst = binary.AppendUvarint(dst, uint64(o.entries+o.usage+o.notes))
 	return append(dst, o.buf...)
 }
 
@@ -123,6 +135,18 @@ func decodeOutbox(seq uint64, b []byte) (*OutboxRecord, error) {
 			r.Usage = append(r.Usage, OutboxUsage{Customer: customer, EventID: id, EventType: rec.EventType, Subject: rec.Subject,
 				OccurredAt: rec.OccurredAt, RecordedAt: rec.RecordedAt, Status: rec.Status, PricingVersion: rec.PricingVersion,
 				Charges: rec.Charges, Data: rec.Data})
+		case 'n':
+			customer := d.str()
+			raw := d.raw(d.u(), 1<<21)
+			if d.err != nil {
+				break
+			}
+			n, err := decodeNote(customer, raw)
+			if err != nil {
+				d.fail(err)
+				break
+			}
+			r.Notes = append(r.Notes, n)
 		default:
 			d.fail(fmt.Errorf("unknown item kind"))
 		}

@@ -102,7 +102,7 @@ func (s *shard) run() {
 			s.val = AppendWallet(s.val[:0], w)
 			s.set(g, s.key, s.val)
 		}
-		if g.outbox.entries+g.outbox.usage > 0 {
+		if g.outbox.entries+g.outbox.usage+g.outbox.notes > 0 {
 			g.outbox.seq = s.e.outboxSeq.Add(1)
 			s.val = g.outbox.value(s.val[:0], g.now)
 			s.set(g, outboxKey(g.outbox.seq), s.val)

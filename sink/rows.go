@@ -6,6 +6,19 @@ type Batch struct {
 	From, To uint64
 	Ledger   []LedgerRow
 	Usage    []UsageRow
+	Notes    []NoteRow
+}
+
+// NoteRow is one customer notification as shipped (balance alerts,
+// auto-reload requests and outcomes, expired buckets and holds).
+type NoteRow struct {
+	OutboxSeq  uint64
+	ID         string // "<customer>/n<seq>": stable, receivers dedupe by it
+	CustomerID string
+	Seq        uint64 // per customer, in the order they were made
+	Type       string // balance.low, auto_reload.requested, ...
+	At         int64  // unix ns
+	Body       []byte // the JSON object (id, type, customer_id, account, created_at, data)
 }
 
 // LedgerRow is one ledger entry as shipped.

@@ -190,9 +190,9 @@ func (t *Tailer) cut() (*Batch, int64, error) {
 		ym := y*12 + int(m)
 		if b == nil {
 			b = &t.batch
-			b.From, b.To, b.Ledger, b.Usage = r.Seq, 0, b.Ledger[:0], b.Usage[:0]
+			b.From, b.To, b.Ledger, b.Usage, b.Notes = r.Seq, 0, b.Ledger[:0], b.Usage[:0], b.Notes[:0]
 			oldest, month = r.RecordedAt, ym
-		} else if ym != month || n+len(r.Entries)+2*len(r.Usage) > t.cfg.BatchRowsMax {
+		} else if ym != month || n+len(r.Entries)+2*len(r.Usage)+len(r.Notes) > t.cfg.BatchRowsMax {
 			return false
 		}
 		n += appendRecord(b, r)
@@ -266,6 +266,12 @@ const (
 // appendRecord appends an outbox record's rows to b and returns how many.
 func appendRecord(b *Batch, r *balance.OutboxRecord) int {
 	n := 0
+	for i := range r.Notes {
+		nt := &r.Notes[i]
+		b.Notes = append(b.Notes, NoteRow{OutboxSeq: r.Seq, ID: nt.ID(), CustomerID: nt.Customer, Seq: nt.Seq,
+			Type: nt.Type, At: nt.At, Body: nt.Body})
+		n++
+	}
 	for i := range r.Entries {
 		en := &r.Entries[i]
 		kind := ""
