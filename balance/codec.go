@@ -56,7 +56,7 @@ func appendOptBytes(b, s []byte) []byte {
 // AppendWallet appends the binary form of w to dst and returns the extended
 // slice. It does not allocate beyond growing dst.
 func AppendWallet(dst []byte, w *Wallet) []byte {
-	b := append(dst, walletFormatV1)
+	b := append(dst, walletFormatV2)
 	b = appendStr(b, w.Customer)
 	s := w.Settings
 	b = append(b, byte(s.Status), byte(s.Policy))
@@ -70,6 +70,7 @@ func AppendWallet(dst []byte, w *Wallet) []byte {
 		b = appendStr(b, a)
 	}
 	b = appendOptBytes(b, s.Metadata)
+	b = appendPlanSettings(b, s)
 	b = binary.AppendUvarint(b, w.Seq)
 	b = binary.AppendUvarint(b, w.BucketSeq)
 	b = binary.AppendVarint(b, w.CreatedAt)
@@ -83,6 +84,7 @@ func AppendWallet(dst []byte, w *Wallet) []byte {
 		b = binary.AppendVarint(b, a.Debt)
 		b = binary.AppendUvarint(b, a.Carry)
 		b = binary.AppendVarint(b, a.Ledger)
+		b = appendFlag(b, a.Depleted)
 		b = binary.AppendUvarint(b, uint64(len(a.Buckets)))
 		for i := range a.Buckets {
 			k := &a.Buckets[i]
@@ -100,9 +102,10 @@ func AppendWallet(dst []byte, w *Wallet) []byte {
 			b = appendStr(b, k.Source)
 			b = appendStr(b, k.Reference)
 			b = appendOptBytes(b, k.Metadata)
+			b = append(b, k.Alloc)
 		}
 	}
-	return b
+	return appendLife(b, w.Life)
 }
 
 // AppendEntry appends the binary form of e to dst and returns the extended
@@ -244,8 +247,9 @@ func (d *decoder) bucketID() string {
 // memory. The result does not alias b.
 func DecodeWallet(b []byte) (*Wallet, error) {
 	d := decoder{b: b}
-	if v := d.byte1(); d.err == nil && v != walletFormatV1 {
-		return nil, fmt.Errorf("balance: wallet record: unknown format version %d", v)
+	version := d.byte1()
+	if d.err == nil && version != walletFormatV1 && version != walletFormatV2 {
+		return nil, fmt.Errorf("balance: wallet record: unknown format version %d", version)
 	}
 	w := &Wallet{}
 	w.Customer = d.str()
@@ -265,7 +269,14 @@ func DecodeWallet(b []byte) (*Wallet, error) {
 		}
 	}
 	s.Metadata = d.optBytes()
-	w.Settings = shareSettings(s)
+	if version >= walletFormatV2 {
+		d.planSettings(s)
+	}
+	if d.err == nil {
+		w.Settings = normalizeSettings(*s)
+	} else {
+		w.Settings = &plainSettings[0][0]
+	}
 	w.Seq = d.u()
 	w.BucketSeq = d.u()
 	w.CreatedAt = d.v()
@@ -296,6 +307,9 @@ func DecodeWallet(b []byte) (*Wallet, error) {
 		a.Debt = d.v()
 		a.Carry = d.u()
 		a.Ledger = d.v()
+		if version >= walletFormatV2 {
+			a.Depleted = d.flag()
+		}
 		if nb := d.count(AccountBucketsMax, 10); nb > 0 {
 			a.Buckets = make([]Bucket, nb)
 			for j := range a.Buckets {
@@ -310,9 +324,15 @@ func DecodeWallet(b []byte) (*Wallet, error) {
 				k.Source = d.internStr()
 				k.Reference = d.str()
 				k.Metadata = d.optBytes()
+				if version >= walletFormatV2 {
+					k.Alloc = d.byte1()
+				}
 			}
 		}
 		w.Accounts[i] = a
+	}
+	if version >= walletFormatV2 {
+		w.Life = d.life()
 	}
 	if d.err != nil {
 		return nil, fmt.Errorf("balance: wallet record: %w", d.err)

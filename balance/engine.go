@@ -35,6 +35,7 @@ type Options struct {
 	DedupWindow     time.Duration // how long idempotency records are kept; default 35 days
 	ReversalWindow  time.Duration // how long a top-up can be reversed; default 24h
 	JanitorInterval time.Duration // how often expired idempotency records are dropped; default 1 minute
+	TimerInterval   time.Duration // how often due expiries and plan grants are looked for; default 100ms
 	DefaultPricing  []byte        // pricing document stored as version 1 when the store has none
 	Sinks           []string      // names of the sinks that read the outbox; none = no outbox is written
 	Clock           Clock         // default WallClock
@@ -69,6 +70,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.JanitorInterval <= 0 {
 		o.JanitorInterval = time.Minute
+	}
+	if o.TimerInterval <= 0 {
+		o.TimerInterval = 100 * time.Millisecond
 	}
 	if o.Clock == nil {
 		o.Clock = WallClock{}
@@ -106,6 +110,10 @@ type Engine struct {
 	outboxSeq     atomic.Uint64 // last outbox seq issued
 	wm            *watermark
 	outboxDropped uint64 // the janitor's: outbox records up to this seq are deleted
+
+	clockMu    sync.Mutex      // one SetClock at a time
+	holdMu     sync.Mutex      // guards holdClaims
+	holdClaims map[string]bool // hold ids being placed: ids are global, customers are on different shards
 }
 
 // Error codes of the engine, beside the state machine's.
@@ -129,7 +137,8 @@ func Open(opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{opts: opts, log: opts.Log, clock: opts.Clock, st: st, metrics: newMetrics(opts.Registerer), stop: make(chan struct{})}
+	e := &Engine{opts: opts, log: opts.Log, clock: opts.Clock, st: st, metrics: newMetrics(opts.Registerer), stop: make(chan struct{}),
+		holdClaims: make(map[string]bool)}
 	p, err := st.loadPricing()
 	if err != nil {
 		st.close()
@@ -170,8 +179,9 @@ func Open(opts Options) (*Engine, error) {
 		go s.run()
 		go s.commit()
 	}
-	e.janitor.Add(1)
+	e.janitor.Add(2)
 	go e.runJanitor()
+	go e.runTimers()
 	return e, nil
 }
 
@@ -352,6 +362,8 @@ func (e *Engine) PutCustomer(customer string, s Settings) (created bool, err err
 			w.Configure(s, g.now)
 		}
 		g.dirty[w] = struct{}{}
+		// A new plan's current period is granted now.
+		sh.written(g, w, w.Advance(g.now, sh.entries[:0]))
 	})
 	return created, err
 }
@@ -368,12 +380,10 @@ func (e *Engine) Wallet(customer string) (*Wallet, error) {
 }
 
 func (s *shard) expire(g *group, w *Wallet) {
-	if next := w.NextExpiry(); next == 0 || next > g.now {
+	if next := w.NextDue(); next == 0 || next > g.now {
 		return
 	}
-	s.entries = w.Expire(g.now, s.entries[:0])
-	s.writeEntries(g, w, s.entries)
-	g.dirty[w] = struct{}{}
+	s.written(g, w, w.Advance(g.now, s.entries[:0]))
 }
 
 // clone returns a deep copy of the wallet, safe to read on another goroutine.
@@ -385,6 +395,7 @@ func (w *Wallet) clone() *Wallet {
 		ac.Buckets = append([]Bucket(nil), a.Buckets...)
 		c.Accounts[i] = &ac
 	}
+	c.Life = cloneLife(w.Life)
 	return &c
 }
 
@@ -627,6 +638,7 @@ func (e *Engine) Resume(customer string) error {
 			w.Configure(s, g.now)
 			g.dirty[w] = struct{}{}
 		}
+		sh.written(g, w, w.Advance(g.now, sh.entries[:0]))
 		return nil
 	})
 }

@@ -10,6 +10,7 @@ type metrics struct {
 	wallets       prometheus.Gauge
 	idemLookups   *prometheus.CounterVec
 	idemDropped   prometheus.Counter
+	notifications *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,13 +42,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "meterd_idempotency_lookups_total",
 			Help: "Idempotency look-ups by where they were answered: cache, store, or miss (a new id).",
 		}, []string{"result"}),
+		notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meterd_notifications_total",
+			Help: "Customer notifications made, by type.",
+		}, []string{"type"}),
 		idemDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meterd_idempotency_records_dropped_total",
 			Help: "Idempotency records dropped after the dedup window.",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.groupEvents, m.groupOps, m.commitSeconds, m.queueDepth, m.wallets, m.idemLookups, m.idemDropped)
+		reg.MustRegister(m.groupEvents, m.groupOps, m.commitSeconds, m.queueDepth, m.wallets, m.idemLookups, m.idemDropped, m.notifications)
 	}
 	return m
 }

@@ -120,7 +120,22 @@ func (m *model) remove(ids map[string]bool) {
 	m.buckets = slices.DeleteFunc(m.buckets, func(b mBucket) bool { return ids[b.id] })
 }
 
+// expire applies expiries in time order: at each instant, every bucket due
+// by then, in account order then consumption order.
 func (m *model) expire(now int64) {
+	var due []int64
+	for _, b := range m.buckets {
+		if b.exp != 0 && b.exp <= now {
+			due = append(due, b.exp)
+		}
+	}
+	slices.Sort(due)
+	for _, t := range slices.Compact(due) {
+		m.expireAt(t)
+	}
+}
+
+func (m *model) expireAt(now int64) {
 	for _, acct := range m.acctIDs() {
 		gone := map[string]bool{}
 		for _, i := range m.order(acct) {

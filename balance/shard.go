@@ -40,6 +40,7 @@ type shard struct {
 	commitQ  chan *group
 	wallets  map[string]*Wallet
 	cache    idemCache
+	timers   timers
 	done     chan struct{}
 	outboxOn bool // sinks are configured: groups write outbox records
 
@@ -70,6 +71,9 @@ func (s *shard) run() {
 	defer close(s.commitQ)
 	label := strconv.Itoa(s.id)
 	depth := s.e.metrics.queueDepth.WithLabelValues(label)
+	for _, w := range s.wallets {
+		s.schedule(w)
+	}
 	for {
 		first, ok := <-s.in
 		if !ok {
@@ -243,6 +247,7 @@ func (s *shard) written(g *group, w *Wallet, entries []Entry) {
 	s.entries = entries
 	s.writeEntries(g, w, entries)
 	g.dirty[w] = struct{}{}
+	s.effects(g, w)
 }
 
 // remember stores a new idempotency record in the group and the cache.
@@ -291,8 +296,19 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		return
 	}
 	if ev.HoldID != "" {
-		res.reject("invalid_event", "holds are not available in this version of meterd", "hold_id")
-		return
+		if _, active := w.ActiveHold(ev.HoldID); !active {
+			// An ended hold leaves the event to be charged as usual; a hold
+			// that never existed for this customer is a mistake.
+			h, ok, err := s.e.holdRecord(ev.HoldID)
+			if err != nil {
+				res.reject(CodeUnavailable, "the hold could not be read; retry with the same id", "")
+				return
+			}
+			if !ok || h.Customer != ev.CustomerID {
+				res.reject("invalid_event", "hold "+ev.HoldID+" does not exist for customer "+ev.CustomerID, "hold_id")
+				return
+			}
+		}
 	}
 	var merr error
 	var matched bool
@@ -314,22 +330,26 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		Subject:        ev.Subject,
 		Data:           ev.DataJSON,
 	}
-	if !matched {
+	if !matched && ev.HoldID == "" {
 		r.Status = EventRecorded
 	} else {
-		cmd := UsageCmd{EventID: ev.ID, OccurredAt: ev.OccurredAt, PricingVersion: g.pricing.Version, Charges: s.charges}
+		cmd := UsageCmd{EventID: ev.ID, OccurredAt: ev.OccurredAt, PricingVersion: g.pricing.Version, Charges: s.charges, HoldID: ev.HoldID}
 		var berr *Error
 		s.results, s.entries, berr = w.Charge(&cmd, g.now, s.results[:0], s.entries[:0])
 		if len(s.entries) > 0 {
 			s.writeEntries(g, w, s.entries)
 			g.dirty[w] = struct{}{}
 		}
+		s.effects(g, w)
 		if berr != nil {
 			res.reject(berr.Code, berr.Message, "")
 			return
 		}
 		g.dirty[w] = struct{}{} // the carry moved even when no entry was written
 		r.Status = EventCharged
+		if !matched {
+			r.Status = EventRecorded // it only settled its hold
+		}
 		r.Charges = copyCharges(s.results)
 	}
 	s.remember(g, s.idem, r)

@@ -51,12 +51,16 @@ type Bucket struct {
 	ID          string // "b_<n>", unique within the wallet
 	Kind        Kind
 	Priority    uint8 // 0-100, lower is consumed first
+	// Alloc is 1 + the index of the plan allocation that granted the
+	// bucket, 0 for any other bucket: an accumulating allocation's cap
+	// counts the remaining amounts of its own buckets.
+	Alloc uint8
 	Amount      int64 // granted, in the asset's smallest unit
 	Remaining   int64 // never below zero
 	EffectiveAt int64 // unix ns
 	ExpiresAt   int64 // unix ns; 0 = never
 	Source      string
-	Reference   string // top-up id, adjustment transaction id, plan id
+	Reference   string // top-up id, adjustment transaction id, plan id, reload request id
 	Metadata    []byte // raw JSON object, or nil
 }
 
@@ -65,6 +69,9 @@ type Account struct {
 	id      string // "name:ASSET", interned: Name and Asset are substrings of it
 	nameLen uint8  // len(Name()); names are at most 64 bytes
 	Scale   uint8
+	// Depleted is set when balance.depleted fired (available went from
+	// above zero to zero or less) and cleared when balance.recovered fires.
+	Depleted bool
 	Buckets []Bucket // always in consumption order
 	Held    int64    // reserved by active holds
 	Debt    int64    // overdraft: how far below zero the account is
@@ -83,8 +90,66 @@ type Settings struct {
 	Status        Status
 	Policy        Policy
 	CreditLimits  []Limit
-	BalanceAlerts []string // decimal thresholds as given; acted on by the credit lifecycle
+	BalanceAlerts []string // decimal thresholds as given, at most AlertsMax
 	Metadata      []byte   // raw JSON object, or nil
+	Plan          *Plan       // nil = no plan
+	AutoReload    *AutoReload // nil = none
+
+	alerts []meter.Dec // BalanceAlerts parsed, by normalizeSettings
+}
+
+// Strategy says what an allocation's unused credits do at a period boundary.
+type Strategy uint8
+
+// Allocation strategies.
+const (
+	StrategyExpireAndReplace Strategy = iota + 1 // the allocation expires at the period's end
+	StrategyAccumulate                           // unused credits carry over, the allocation's total capped at Cap
+)
+
+// Plan is a customer's plan: allocations granted at every period boundary.
+type Plan struct {
+	ID          string
+	Allocations []Allocation // at most PlanAllocationsMax; the first one's period is "the plan period"
+}
+
+// Allocation is one periodic grant of a plan.
+type Allocation struct {
+	Account  string // account name
+	Asset    string
+	Scale    uint8
+	Amount   int64 // > 0, per period
+	Period   PeriodUnit
+	Anchor   int64 // unix ns: periods start at Anchor + k*Period
+	Strategy Strategy
+	Cap      int64 // accumulate: the most the allocation's buckets may hold; 0 = no cap
+	Kind     Kind  // the buckets' kind; 0 = KindPlan
+}
+
+// ReloadMode is how an auto-reload request grants its credits.
+type ReloadMode uint8
+
+// Auto-reload modes.
+const (
+	ReloadGrantImmediately ReloadMode = iota + 1 // granted at the request; billing confirms or fails later
+	ReloadAwaitPayment                           // granted on confirm
+)
+
+// AutoReload configures automatic purchases of credits.
+type AutoReload struct {
+	Enabled      bool
+	Account      string // account name
+	Asset        string
+	Scale        uint8
+	Threshold    int64  // reload when available drops below this
+	Amount       int64  // credits per reload, > 0
+	Price        string // decimal as given, e.g. "9.00"
+	Currency     string
+	SurchargePct string     // decimal as given, "" = none
+	Charge       string     // what is billed: Price plus the surcharge, exact (computed by the caller)
+	MaxPerPeriod int        // reloads per plan period; 0 = no limit
+	Mode         ReloadMode // 0 = ReloadGrantImmediately
+	PeriodEnd    bool       // reloaded credits expire at the end of the plan period
 }
 
 // Wallet is one customer's state.
@@ -99,6 +164,9 @@ type Wallet struct {
 	BucketSeq uint64 // last bucket number
 	CreatedAt int64  // unix ns
 	UpdatedAt int64  // unix ns
+	// Life is the state of the credit lifecycle (plan grants, holds, alerts,
+	// auto-reload, notifications); nil until the wallet needs it.
+	Life *Lifecycle
 
 	// accounts0 is the inline backing array of Accounts while the wallet has
 	// one account (the common case): it saves an allocation and fits in the
@@ -152,7 +220,7 @@ type TopUpCmd struct {
 	Scale     uint8
 	Amount    int64 // > 0
 	Source    string
-	ExpiresAt int64 // unix ns; 0 = never
+	ExpiresAt int64 // unix ns; 0 = never; ExpiresPeriodEnd = the plan period's end
 	Metadata  []byte
 }
 
@@ -165,7 +233,7 @@ type AdjustCmd struct {
 	Amount        int64 // != 0
 	Kind          Kind  // for positive amounts; 0 means KindRecharge
 	Priority      int   // -1 means the kind's default
-	ExpiresAt     int64 // unix ns; 0 = never
+	ExpiresAt     int64 // unix ns; 0 = never; ExpiresPeriodEnd = the plan period's end
 	Source        string
 	Metadata      []byte
 }
@@ -176,6 +244,7 @@ type UsageCmd struct {
 	OccurredAt     int64
 	PricingVersion uint32
 	Charges        []meter.Charge
+	HoldID         string // the active hold this event settles, or "" (an unknown or ended hold is ignored)
 }
 
 // Part is the share of one charge drawn from one bucket. BucketID "" is the

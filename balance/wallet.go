@@ -227,6 +227,7 @@ func NewWallet(customer string, s Settings, now int64) *Wallet {
 	w := &Wallet{Customer: customer, CreatedAt: now, UpdatedAt: now}
 	w.Accounts = w.accounts0[:0:1]
 	w.Settings = normalizeSettings(s)
+	w.syncPlan(now)
 	return w
 }
 
@@ -239,7 +240,7 @@ var plainSettings = [2][2]Settings{
 
 // shareSettings returns s itself when it has extras, else the shared plain value.
 func shareSettings(s *Settings) *Settings {
-	if len(s.CreditLimits) == 0 && len(s.BalanceAlerts) == 0 && len(s.Metadata) == 0 &&
+	if len(s.CreditLimits) == 0 && len(s.BalanceAlerts) == 0 && len(s.Metadata) == 0 && s.Plan == nil && s.AutoReload == nil &&
 		s.Status >= StatusActive && s.Status <= StatusPaused && s.Policy >= PolicyReject && s.Policy <= PolicyOverdraft {
 		return &plainSettings[s.Status-1][s.Policy-1]
 	}
@@ -261,10 +262,27 @@ func normalizeSettings(s Settings) *Settings {
 	} else {
 		s.CreditLimits = append([]Limit(nil), s.CreditLimits...)
 	}
+	s.alerts = nil
 	if len(s.BalanceAlerts) == 0 {
 		s.BalanceAlerts = nil
 	} else {
 		s.BalanceAlerts = append([]string(nil), s.BalanceAlerts...)
+		for _, t := range s.BalanceAlerts {
+			// The caller validated the thresholds; one that does not parse
+			// is ignored rather than fire on garbage.
+			if d, err := meter.ParseDec(t); err == nil && len(s.alerts) < AlertsMax {
+				s.alerts = append(s.alerts, d)
+			}
+		}
+	}
+	if s.Plan != nil {
+		p := *s.Plan
+		p.Allocations = append([]Allocation(nil), p.Allocations...)
+		s.Plan = &p
+	}
+	if s.AutoReload != nil {
+		r := *s.AutoReload
+		s.AutoReload = &r
 	}
 	s.Metadata = bytes.Clone(s.Metadata)
 	return shareSettings(&s)
@@ -274,8 +292,13 @@ func normalizeSettings(s Settings) *Settings {
 // rules of NewWallet. It changes no balance: a lowered credit limit keeps
 // existing debt and only refuses further debits. Credit limits are clamped
 // to [0, CommandUnitsMax] when used.
+//
+// A new plan (another plan id) starts its grant schedules afresh: the
+// period holding now is granted by the next operation (every operation
+// runs Advance first). The same plan saved again keeps its schedules.
 func (w *Wallet) Configure(s Settings, now int64) {
 	w.Settings = normalizeSettings(s)
+	w.syncPlan(now)
 	w.UpdatedAt = now
 }
 
@@ -437,12 +460,21 @@ func (w *Wallet) post(out []Entry, a *Account, t *Entry, amount int64, bucketID 
 	return out
 }
 
-// Expire removes every bucket with 0 < ExpiresAt <= now. Each one with a
-// remaining amount produces an expiry entry (Amount = -Remaining,
-// OccurredAt = the bucket's ExpiresAt, Reference = the bucket's Reference),
-// in account order, then consumption order. Expiry is exact: a bucket whose
-// ExpiresAt equals now is expired.
+// Expire removes every bucket with 0 < ExpiresAt <= now, in time order:
+// it is Advance (which also applies hold expiries and plan grants). Each
+// bucket with a remaining amount produces an expiry entry (Amount =
+// -Remaining, OccurredAt = the bucket's ExpiresAt, Reference = the bucket's
+// Reference); buckets due at the same instant go in account order, then
+// consumption order. Expiry is exact: a bucket whose ExpiresAt equals now
+// is expired.
 func (w *Wallet) Expire(now int64, out []Entry) []Entry {
+	return w.Advance(now, out)
+}
+
+// expireBuckets removes every bucket due by now, in account order then
+// consumption order; each one that leaves with a remaining amount makes an
+// expiry entry and a bucket.expired notification.
+func (w *Wallet) expireBuckets(now int64, out []Entry) []Entry {
 	for _, a := range w.Accounts {
 		for i := 0; i < len(a.Buckets); {
 			b := &a.Buckets[i]
@@ -456,6 +488,9 @@ func (w *Wallet) Expire(now int64, out []Entry) []Entry {
 			w.UpdatedAt = now
 			if rem > 0 {
 				out = w.post(out, a, &t, -rem, id, kind, now)
+				w.note(NoteBucketExpired, a.ID(), t.OccurredAt, noteField{key: "bucket_id", str: id},
+					noteField{key: "kind", str: kind.String()}, noteField{key: "amount", str: units(rem, a.Scale)},
+					noteField{key: "reference", str: t.Reference})
 			}
 		}
 	}
@@ -488,6 +523,7 @@ type grant struct {
 	reference   string
 	metadata    []byte
 	entryType   EntryType
+	alloc       uint8 // plan grants: 1 + allocation index
 }
 
 // checkGrant validates a grant against the wallet without changing it.
@@ -526,24 +562,52 @@ func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) 
 	if a == nil {
 		a = w.addAccount(g.name, g.asset, g.scale)
 	}
-	w.BucketSeq++
-	id := bucketID(w.BucketSeq)
 	d := min(a.Debt, g.amount)
 	a.Debt -= d
 	md := bytes.Clone(g.metadata)
-	if rem := g.amount - d; rem > 0 {
-		a.insertBucket(Bucket{
-			ID: id, Kind: g.kind, Priority: g.priority, Amount: g.amount, Remaining: rem,
-			EffectiveAt: now, ExpiresAt: g.expiresAt, Source: intern(g.source), Reference: g.reference, Metadata: md,
-		})
+	rem := g.amount - d
+	// An accumulating allocation grows its one bucket rather than adding
+	// one per period, so that years of periods never fill the account.
+	var id string
+	if g.alloc != 0 && g.expiresAt == 0 {
+		for i := range a.Buckets {
+			if b := &a.Buckets[i]; b.Alloc == g.alloc && b.ExpiresAt == 0 && b.Amount <= CommandUnitsMax-g.amount {
+				id = b.ID
+				b.Amount += g.amount
+				b.Remaining += rem
+				break
+			}
+		}
+	}
+	if id == "" {
+		w.BucketSeq++
+		id = bucketID(w.BucketSeq)
+		if rem > 0 {
+			a.insertBucket(Bucket{
+				ID: id, Kind: g.kind, Priority: g.priority, Amount: g.amount, Remaining: rem,
+				EffectiveAt: now, ExpiresAt: g.expiresAt, Source: intern(g.source), Reference: g.reference, Metadata: md,
+				Alloc: g.alloc,
+			})
+		}
 	}
 	w.UpdatedAt = now
 	t := Entry{Type: g.entryType, Reference: g.reference, OccurredAt: now, Metadata: md}
 	out = w.post(out, a, &t, g.amount, id, g.kind, now)
 	if g.expiresAt > 0 && g.expiresAt <= now {
-		out = w.Expire(now, out)
+		out = w.expireBuckets(now, out)
 	}
 	return id, out
+}
+
+// ExpiresPeriodEnd as a command's ExpiresAt is the contract's "period_end":
+// the end of the plan period holding now (CodeNoPlanPeriod without one).
+const ExpiresPeriodEnd int64 = -1
+
+func (w *Wallet) resolveExpiry(at, now int64) (int64, *Error) {
+	if at == ExpiresPeriodEnd {
+		return w.PeriodEnd(now)
+	}
+	return at, nil
 }
 
 // TopUp applies a one-time purchase: a new recharge bucket (priority 30,
@@ -551,10 +615,17 @@ func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) 
 // settled first. It returns the new bucket's id (also when debt absorbed the
 // whole amount and no bucket was kept).
 func (w *Wallet) TopUp(c *TopUpCmd, now int64, out []Entry) (bucketID string, entries []Entry, err *Error) {
-	out = w.Expire(now, out)
+	var snap availSnap
+	w.snapshot(&snap)
+	defer w.alertsSince(&snap, now)
+	out = w.advance(now, out)
+	expires, e := w.resolveExpiry(c.ExpiresAt, now)
+	if e != nil {
+		return "", out, e
+	}
 	g := grant{
 		name: c.Account, asset: c.Asset, scale: c.Scale, amount: c.Amount,
-		kind: KindRecharge, priority: DefaultPriority(KindRecharge), expiresAt: c.ExpiresAt,
+		kind: KindRecharge, priority: DefaultPriority(KindRecharge), expiresAt: expires,
 		source: c.Source, reference: c.ID, metadata: c.Metadata, entryType: EntryTopUp,
 	}
 	if e := w.checkGrant(&g); e != nil {
@@ -575,7 +646,10 @@ func (w *Wallet) TopUp(c *TopUpCmd, now int64, out []Entry) (bucketID string, en
 //     else CodeTopUpSpent;
 //  3. now - EffectiveAt <= window, else CodeReversalWindowElapsed.
 func (w *Wallet) ReverseTopUp(bucketID, topUpID string, window, now int64, out []Entry) ([]Entry, *Error) {
-	out = w.Expire(now, out)
+	var snap availSnap
+	w.snapshot(&snap)
+	defer w.alertsSince(&snap, now)
+	out = w.advance(now, out)
 	for _, a := range w.Accounts {
 		for i := range a.Buckets {
 			b := &a.Buckets[i]
@@ -613,7 +687,10 @@ func (w *Wallet) ReverseTopUp(bucketID, topUpID string, window, now int64, out [
 // may be adjusted. A negative adjustment of an account that does not exist
 // creates it when the overdraft policy lets the debit through.
 func (w *Wallet) Adjust(c *AdjustCmd, now int64, out []Entry) ([]Entry, *Error) {
-	out = w.Expire(now, out)
+	var snap availSnap
+	w.snapshot(&snap)
+	defer w.alertsSince(&snap, now)
+	out = w.advance(now, out)
 	if c.Amount > 0 {
 		kind := c.Kind
 		if kind == 0 {
@@ -633,9 +710,13 @@ func (w *Wallet) Adjust(c *AdjustCmd, now int64, out []Entry) ([]Entry, *Error) 
 		if src == "" {
 			src = "adjustment"
 		}
+		expires, e := w.resolveExpiry(c.ExpiresAt, now)
+		if e != nil {
+			return out, e
+		}
 		g := grant{
 			name: c.Account, asset: c.Asset, scale: c.Scale, amount: c.Amount,
-			kind: kind, priority: prio, expiresAt: c.ExpiresAt,
+			kind: kind, priority: prio, expiresAt: expires,
 			source: src, reference: c.TransactionID, metadata: c.Metadata, entryType: EntryAdjustment,
 		}
 		if e := w.checkGrant(&g); e != nil {
@@ -682,7 +763,15 @@ func (w *Wallet) Adjust(c *AdjustCmd, now int64, out []Entry) ([]Entry, *Error) 
 // with BucketID ""). The caller has checked the funds rule. Drained buckets
 // are dropped. The parts are appended to parts.
 func (w *Wallet) debit(a *Account, units int64, t *Entry, now int64, out []Entry, parts []Part) ([]Entry, []Part) {
-	need := units
+	// Buckets give at most what active holds do not reserve: the rest of
+	// a settled hold's excess is debt, and the other holds stay covered.
+	var free int64
+	for i := range a.Buckets {
+		free += a.Buckets[i].Remaining
+	}
+	free = max(free-a.Held, 0)
+	need := min(units, free)
+	debt := units - need
 	for i := 0; i < len(a.Buckets) && need > 0; i++ {
 		b := &a.Buckets[i]
 		take := min(b.Remaining, need)
@@ -709,10 +798,10 @@ func (w *Wallet) debit(a *Account, units int64, t *Entry, now int64, out []Entry
 		clear(a.Buckets[j:])
 		a.Buckets = a.Buckets[:j]
 	}
-	if need > 0 {
-		a.Debt += need
-		out = w.post(out, a, t, -need, "", 0, now)
-		parts = append(parts, Part{Amount: need})
+	if debt += need; debt > 0 {
+		a.Debt += debt
+		out = w.post(out, a, t, -debt, "", 0, now)
+		parts = append(parts, Part{Amount: debt})
 	}
 	return out, parts
 }
@@ -745,7 +834,10 @@ func splitAccountID(id string) (name, asset string, ok bool) {
 // Parts of earlier results. The insufficient_funds and account_paused
 // errors are shared values: do not modify them.
 func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry) ([]ChargeResult, []Entry, *Error) {
-	out = w.Expire(now, out)
+	var snap availSnap
+	w.snapshot(&snap)
+	defer w.alertsSince(&snap, now)
+	out = w.advance(now, out)
 	if w.Settings.Status == StatusPaused {
 		return res, out, errAccountPaused
 	}
@@ -753,40 +845,38 @@ func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry)
 	if len(cs) > EventChargesMax {
 		return res, out, errorf(CodeInvalidRequest, "an event carries at most %d charges, not %d", EventChargesMax, len(cs))
 	}
+	hold := -1
+	holdAccount := ""
+	if c.HoldID != "" {
+		if hold = w.findHold(c.HoldID); hold >= 0 {
+			holdAccount = w.Life.Holds[hold].Account
+		}
+	}
 	var units [EventChargesMax]int64
 	var carry [EventChargesMax]uint64
-	newAccounts := 0
-	for i := range cs {
-		ch := &cs[i]
-		if ch.Amount.Units < 0 || ch.Amount.Units > CommandUnitsMax || ch.Amount.Sub >= meter.SubUnitsPerUnit {
-			return res, out, errorf(CodeInvalidAmount, "charge %d: amount %d+%d/1e18 is out of range", i, ch.Amount.Units, ch.Amount.Sub)
+	var newAccounts int
+	for attempt := 0; ; attempt++ {
+		n, failed, err := w.chargeUnits(cs, holdAccount, &units, &carry)
+		if err != nil {
+			return res, out, err
 		}
-		if !validChargeAccount(ch) {
-			return res, out, errorf(CodeInvalidRequest, "charge %d: account %q does not match name %q and asset %q", i, ch.Account, ch.Name, ch.Asset)
+		newAccounts = n
+		if failed < 0 {
+			break
 		}
-		a := w.Account(ch.Account)
-		var c0 uint64
-		var avail, spent int64
-		seen := false
-		if a != nil {
-			c0, avail = a.Carry, a.Available()
+		// An event that could not otherwise be covered asks for a reload;
+		// in grant_immediately mode its credits may cover it at once.
+		name, asset := cs[failed].Name, cs[failed].Asset
+		if name == "" || asset == "" {
+			name, asset, _ = splitAccountID(cs[failed].Account)
 		}
-		for j := 0; j < i; j++ {
-			if cs[j].Account == ch.Account {
-				c0 = carry[j]
-				spent += units[j]
-				seen = true
+		if attempt == 0 && w.reloadAllowed(name, asset, now) {
+			var granted bool
+			if out, granted = w.requestReload(now, out); granted {
+				continue
 			}
 		}
-		if a == nil && !seen {
-			newAccounts++
-		}
-		sum := c0 + ch.Amount.Sub // both < 1e18: no overflow in uint64
-		units[i] = ch.Amount.Units + int64(sum/meter.SubUnitsPerUnit)
-		carry[i] = sum % meter.SubUnitsPerUnit
-		if !w.fits(ch.Account, avail-spent, units[i]) {
-			return res, out, errInsufficientFunds
-		}
+		return res, out, errInsufficientFunds
 	}
 	if len(w.Accounts)+newAccounts > WalletAccountsMax {
 		return res, out, errorf(CodeLimitExceeded, "a wallet holds at most %d accounts", WalletAccountsMax)
@@ -794,7 +884,22 @@ func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry)
 	if len(cs) > 0 {
 		w.UpdatedAt = now
 	}
+	if hold >= 0 {
+		// The event settles the hold: the reservation goes back to the
+		// account, then the charge is taken as usual; what exceeds the
+		// account's means goes into debt, whatever the policy (the work
+		// the hold covered already happened).
+		var settled int64
+		for i := range cs {
+			if cs[i].Account == holdAccount {
+				settled += units[i]
+			}
+		}
+		out = w.endHold(hold, HoldSettled, now, c.EventID, settled, out)
+		w.UpdatedAt = now
+	}
 	t := Entry{Type: EntryUsage, EventID: c.EventID, OccurredAt: c.OccurredAt, PricingVersion: c.PricingVersion}
+	reload := false
 	for i := range cs {
 		ch := &cs[i]
 		a := w.Account(ch.Account)
@@ -816,10 +921,59 @@ func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry)
 		parts := r.Parts[:0]
 		if units[i] > 0 {
 			out, parts = w.debit(a, units[i], &t, now, out, parts)
+			if r := w.Settings.AutoReload; r != nil && a.Available() < r.Threshold && a.Name() == r.Account && a.Asset() == r.Asset {
+				reload = true
+			}
 		}
 		*r = ChargeResult{Account: a.ID(), Scale: a.Scale, Amount: units[i], Parts: parts, BalanceAfter: a.Available()}
 	}
+	if reload {
+		r := w.Settings.AutoReload
+		if w.reloadAllowed(r.Account, r.Asset, now) {
+			out, _ = w.requestReload(now, out)
+		}
+	}
 	return res, out, nil
+}
+
+// chargeUnits computes the whole units and the new carry of each charge
+// and checks the funds rule, without changing anything. failed is the
+// index of the first charge that does not fit, or -1. Charges to
+// holdAccount are not checked: they settle a hold.
+func (w *Wallet) chargeUnits(cs []meter.Charge, holdAccount string, units *[EventChargesMax]int64, carry *[EventChargesMax]uint64) (newAccounts, failed int, err *Error) {
+	for i := range cs {
+		ch := &cs[i]
+		if ch.Amount.Units < 0 || ch.Amount.Units > CommandUnitsMax || ch.Amount.Sub >= meter.SubUnitsPerUnit {
+			return 0, -1, errorf(CodeInvalidAmount, "charge %d: amount %d+%d/1e18 is out of range", i, ch.Amount.Units, ch.Amount.Sub)
+		}
+		if !validChargeAccount(ch) {
+			return 0, -1, errorf(CodeInvalidRequest, "charge %d: account %q does not match name %q and asset %q", i, ch.Account, ch.Name, ch.Asset)
+		}
+		a := w.Account(ch.Account)
+		var c0 uint64
+		var avail, spent int64
+		seen := false
+		if a != nil {
+			c0, avail = a.Carry, a.Available()
+		}
+		for j := 0; j < i; j++ {
+			if cs[j].Account == ch.Account {
+				c0 = carry[j]
+				spent += units[j]
+				seen = true
+			}
+		}
+		if a == nil && !seen {
+			newAccounts++
+		}
+		sum := c0 + ch.Amount.Sub // both < 1e18: no overflow in uint64
+		units[i] = ch.Amount.Units + int64(sum/meter.SubUnitsPerUnit)
+		carry[i] = sum % meter.SubUnitsPerUnit
+		if ch.Account != holdAccount && !w.fits(ch.Account, avail-spent, units[i]) {
+			return newAccounts, i, nil
+		}
+	}
+	return newAccounts, -1, nil
 }
 
 // validChargeAccount reports whether a charge names a well-formed account:
@@ -901,6 +1055,35 @@ func (w *Wallet) Check() error {
 		}
 		if a.Ledger != a.Available() {
 			return fmt.Errorf("wallet %q: account %s: ledger sum %d != available %d", w.Customer, id, a.Ledger, a.Available())
+		}
+		var held int64
+		if w.Life != nil {
+			for _, h := range w.Life.Holds {
+				if h.Account == id {
+					held += h.Amount
+				}
+			}
+		}
+		if held != a.Held {
+			return fmt.Errorf("wallet %q: account %s: held %d != %d, the sum of its active holds", w.Customer, id, a.Held, held)
+		}
+	}
+	if l := w.Life; l != nil {
+		if len(l.Holds) > WalletHoldsMax {
+			return fmt.Errorf("wallet %q: %d active holds, more than %d", w.Customer, len(l.Holds), WalletHoldsMax)
+		}
+		for i, h := range l.Holds {
+			if h.Amount <= 0 || h.Amount > CommandUnitsMax || w.Account(h.Account) == nil {
+				return fmt.Errorf("wallet %q: hold %q: amount %d or account %q is invalid", w.Customer, h.ID, h.Amount, h.Account)
+			}
+			for j := 0; j < i; j++ {
+				if l.Holds[j].ID == h.ID {
+					return fmt.Errorf("wallet %q: hold %q is active twice", w.Customer, h.ID)
+				}
+			}
+		}
+		if l.Pending != nil && l.Pending.Status != ReloadPending {
+			return fmt.Errorf("wallet %q: pending auto-reload request %s has status %s", w.Customer, l.Pending.ID, l.Pending.Status)
 		}
 	}
 	slices.Sort(ids)

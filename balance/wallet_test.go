@@ -246,7 +246,8 @@ func TestWalletTopUp(t *testing.T) {
 		{"negative", TopUpCmd{ID: "top_1", Account: "default", Asset: "CREDITS", Amount: -1}, CodeInvalidAmount},
 		{"huge", TopUpCmd{ID: "top_1", Account: "default", Asset: "CREDITS", Amount: CommandUnitsMax + 1}, CodeInvalidAmount},
 		{"no asset", TopUpCmd{ID: "top_1", Account: "default", Amount: 5}, CodeInvalidRequest},
-		{"negative expiry", TopUpCmd{ID: "top_1", Account: "default", Asset: "CREDITS", Amount: 5, ExpiresAt: -1}, CodeInvalidRequest},
+		{"negative expiry", TopUpCmd{ID: "top_1", Account: "default", Asset: "CREDITS", Amount: 5, ExpiresAt: -2}, CodeInvalidRequest},
+		{"period_end without a plan", TopUpCmd{ID: "top_1", Account: "default", Asset: "CREDITS", Amount: 5, ExpiresAt: ExpiresPeriodEnd}, CodeNoPlanPeriod},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -202,6 +202,11 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 			s.simulate(ctx)
 		}
 		return "pricing_simulate"
+	case "/v1/topup-quote":
+		if s.allow(ctx, method, "GET", ScopeRead) {
+			s.topUpQuote(ctx)
+		}
+		return "topup_quote"
 	}
 	if strings.HasPrefix(path, "/debug/pprof/") {
 		if s.allow(ctx, method, "GET", ScopeAdmin) {

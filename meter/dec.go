@@ -321,3 +321,22 @@ func isJSONInteger(s string) bool {
 	}
 	return true
 }
+
+// UnitsDec returns u smallest units of an asset of the given scale as a
+// Dec (u * 10^-scale), exactly. It does not allocate.
+func UnitsDec(u int64, scale uint8) Dec {
+	if u == 0 {
+		return Dec{}
+	}
+	d := Dec{exp: -int16(scale), neg: u < 0}
+	if u < 0 {
+		d.coef = uint64(-(u + 1)) + 1 // |MinInt64| fits in a uint64
+	} else {
+		d.coef = uint64(u)
+	}
+	for d.coef%10 == 0 {
+		d.coef /= 10
+		d.exp++
+	}
+	return d
+}

@@ -23,6 +23,16 @@ import (
 // "type" and "customer_id", to route or dedupe without parsing the value.
 // The message timestamp is the entry's recorded_at.
 //
+// Every customer notification of the outbox (balance alerts, auto-reload
+// requests and outcomes, expired buckets and holds) goes to the
+// notifications topic (default "meterd.notifications"), as the Kafka
+// consumer's usage.rejected notices do (ingest/kafka.go): keyed by customer
+// id, its value the notification's JSON body as is (the one webhooks get),
+// headers "id" (the notification id, "customer/n<seq>") and "type". The
+// message timestamp is the notification's time. The guarantees below hold
+// for both topics, each on its own: a customer's notifications keep their
+// order (seq) among themselves, not relative to its ledger entries.
+//
 // What a consumer can rely on, and what guarantees it:
 //
 //  1. At least once. Write returns nil only when every message of the batch
@@ -71,18 +81,19 @@ import (
 //     fails a Write at once (connection refused) or after RequestTimeout (no
 //     answer); the caller's context is checked before each round.
 //
-// The topic is not created by meterd (AllowAutoTopicCreation is false): an
+// The topics are not created by meterd (AllowAutoTopicCreation is false): an
 // auto-created topic would take the broker's defaults, often one partition
 // and one replica, which silently weakens both durability and throughput.
-// Create it with the partitions and replication you want; until it exists,
-// Write fails with "unknown topic or partition" and the tailer retries,
-// showing the error in /readyz.
+// Create both with the partitions and replication you want; until they
+// exist, Write fails with "unknown topic or partition" and the tailer
+// retries, showing the error in /readyz.
 
 // KafkaPublisherConfig configures the Kafka publisher. Zero values take the
 // defaults named on each field.
 type KafkaPublisherConfig struct {
-	Brokers     []string // host:port of one or more brokers of the cluster
-	LedgerTopic string   // default "meterd.ledger"
+	Brokers            []string // host:port of one or more brokers of the cluster
+	LedgerTopic        string   // default "meterd.ledger"
+	NotificationsTopic string   // default "meterd.notifications"; not LedgerTopic
 	// RequestTimeout bounds one request to a broker: a dial, a metadata
 	// request, a produce request with its acknowledgements. Default 10s.
 	RequestTimeout time.Duration
@@ -95,6 +106,7 @@ type KafkaPublisherConfig struct {
 
 const (
 	kafkaLedgerTopicDefault    = "meterd.ledger"
+	kafkaNotesTopicDefault     = "meterd.notifications"
 	kafkaRequestTimeoutDefault = 10 * time.Second
 	kafkaTopicLenMax           = 249 // Kafka's own limit on a topic name
 	// kafkaBatchMessagesMax bounds the messages of one produce request.
@@ -113,7 +125,7 @@ const (
 	kafkaBackoffMin   = 100 * time.Millisecond
 	kafkaBackoffMax   = time.Second
 	kafkaMetadataTTL  = 2 * time.Second // how stale the cached partition layout may be
-	kafkaHeaderCount  = 3               // id, type, customer_id
+	kafkaHeaderCount  = 3               // id, type, customer_id (notifications: id, type)
 	kafkaClientID     = "meterd"
 	kafkaBatchTimeout = time.Millisecond
 )
@@ -127,6 +139,9 @@ func kafkaRoundTimeout(request time.Duration) time.Duration {
 func (cfg KafkaPublisherConfig) withDefaults() KafkaPublisherConfig {
 	if cfg.LedgerTopic == "" {
 		cfg.LedgerTopic = kafkaLedgerTopicDefault
+	}
+	if cfg.NotificationsTopic == "" {
+		cfg.NotificationsTopic = kafkaNotesTopicDefault
 	}
 	if cfg.RequestTimeout == 0 {
 		cfg.RequestTimeout = kafkaRequestTimeoutDefault
@@ -155,6 +170,13 @@ func (cfg KafkaPublisherConfig) validate() error {
 	if err := validTopic(cfg.LedgerTopic); err != nil {
 		return err
 	}
+	if err := validTopic(cfg.NotificationsTopic); err != nil {
+		return err
+	}
+	if cfg.NotificationsTopic == cfg.LedgerTopic {
+		// Write plans one produce request per partition and topic per round.
+		return fmt.Errorf("kafka: the notifications topic is the ledger topic %q", cfg.LedgerTopic)
+	}
 	if cfg.RequestTimeout < 0 {
 		return errors.New("kafka: negative RequestTimeout")
 	}
@@ -178,8 +200,8 @@ func validTopic(t string) error {
 	return nil
 }
 
-// KafkaPublisher publishes the ledger entries of outbox batches to Kafka. It
-// is a Destination; its methods are safe for concurrent use, and Write calls
+// KafkaPublisher publishes the ledger entries and the notifications of outbox
+// batches to Kafka. It is a Destination; its methods are safe for concurrent use, and Write calls
 // are serialized.
 type KafkaPublisher struct {
 	cfg       KafkaPublisherConfig
@@ -194,22 +216,24 @@ type KafkaPublisher struct {
 	// Reused across Writes: kafka-go holds messages only until their round
 	// completes, and Write waits for that (except past kafkaRoundTimeout,
 	// when the buffers are dropped instead of reused).
-	buf     []byte
-	spans   []kafkaSpan
-	msgs    []kafka.Message
-	headers []kafka.Header
-	rounds  []int32 // per row: its round
-	starts  []int   // per round: where it starts in msgs
-	next    []int   // per round: where its next message goes while filling msgs
-	parts   []int   // 0..partitions-1, as kafka-go passes them to the balancer
-	fill    []kafkaFill
-	lastSeq map[string]uint64
+	buf      []byte
+	spans    []kafkaSpan
+	msgs     []kafka.Message
+	headers  []kafka.Header
+	rounds   []int32 // per row: its round
+	starts   []int   // per round: where it starts in msgs
+	next     []int   // per round: where its next message goes while filling msgs
+	parts    []int   // 0..partitions-1, as kafka-go passes them to the balancer
+	fill     []kafkaFill
+	lastSeq  map[string]uint64 // per customer: its last ledger seq in the batch
+	lastNote map[string]uint64 // per customer: its last notification seq in the batch
 }
 
 // kafkaSpan locates one message's bytes in buf.
 type kafkaSpan struct {
 	key, id, typ, value, end int
 	recordedAt               int64 // unix ns: the message's timestamp
+	note                     bool  // a notification, for the notifications topic
 }
 
 // kafkaFill is how full a partition's produce request of the current round is.
@@ -234,7 +258,7 @@ func NewKafkaPublisher(cfg KafkaPublisherConfig) (*KafkaPublisher, error) {
 		// planning read is at most this stale, and the cache recovers this
 		// soon after the cluster was unreachable.
 		MetadataTTL:    kafkaMetadataTTL,
-		MetadataTopics: []string{cfg.LedgerTopic}, // not the whole cluster's topics
+		MetadataTopics: []string{cfg.LedgerTopic, cfg.NotificationsTopic}, // not the whole cluster's topics
 		ClientID:       kafkaClientID,
 	}
 	addr := kafka.TCP(cfg.Brokers...)
@@ -245,10 +269,12 @@ func NewKafkaPublisher(cfg KafkaPublisherConfig) (*KafkaPublisher, error) {
 		client:    &kafka.Client{Addr: addr, Transport: tr, Timeout: cfg.RequestTimeout},
 		roundMax:  kafkaRoundTimeout(cfg.RequestTimeout),
 		lastSeq:   make(map[string]uint64),
+		lastNote:  make(map[string]uint64),
 	}
 	p.w = &kafka.Writer{
-		Addr:      addr,
-		Topic:     cfg.LedgerTopic,
+		Addr: addr,
+		// No Topic: each message names its own, the ledger or the
+		// notifications topic.
 		Transport: tr,
 		// Acknowledged by every in-sync replica, not fire-and-forget (the
 		// default, RequireNone): a nil from Write lets the tailer drop the
@@ -294,7 +320,7 @@ func NewKafkaPublisher(cfg KafkaPublisherConfig) (*KafkaPublisher, error) {
 // Name names the destination and its cursor.
 func (p *KafkaPublisher) Name() string { return "kafka" }
 
-// Connect checks that the cluster answers and the ledger topic exists. The
+// Connect checks that the cluster answers and both topics exist. The
 // tailer calls it at start so that a misconfiguration shows in its status
 // before the first batch.
 func (p *KafkaPublisher) Connect(ctx context.Context) error {
@@ -309,36 +335,48 @@ func (p *KafkaPublisher) Close() error {
 	return err
 }
 
-// partitions returns the ledger topic's partition count, from the
-// transport's metadata cache (the one the writer reads too).
-func (p *KafkaPublisher) partitions(ctx context.Context) (int, error) {
+// partitions returns the partition counts of the ledger and the
+// notifications topics, from the transport's metadata cache (the one the
+// writer reads too).
+func (p *KafkaPublisher) partitions(ctx context.Context) (kafkaPartitions, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.RequestTimeout)
 	defer cancel()
-	res, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{p.cfg.LedgerTopic}})
+	topics := []string{p.cfg.LedgerTopic, p.cfg.NotificationsTopic}
+	res, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
 	if err != nil {
-		return 0, fmt.Errorf("kafka: metadata: %w", err)
+		return kafkaPartitions{}, fmt.Errorf("kafka: metadata: %w", err)
 	}
-	for _, t := range res.Topics {
-		if t.Name != p.cfg.LedgerTopic {
-			continue
+	var n [2]int
+	for i, name := range topics {
+		for _, t := range res.Topics {
+			if t.Name != name {
+				continue
+			}
+			if t.Error != nil {
+				return kafkaPartitions{}, fmt.Errorf("kafka: topic %s: %w", t.Name, t.Error)
+			}
+			if len(t.Partitions) == 0 {
+				return kafkaPartitions{}, fmt.Errorf("kafka: topic %s has no partitions", t.Name)
+			}
+			n[i] = len(t.Partitions)
 		}
-		if t.Error != nil {
-			return 0, fmt.Errorf("kafka: topic %s: %w", t.Name, t.Error)
+		if n[i] == 0 {
+			return kafkaPartitions{}, fmt.Errorf("kafka: topic %s: %w", name, kafka.UnknownTopicOrPartition)
 		}
-		if len(t.Partitions) == 0 {
-			return 0, fmt.Errorf("kafka: topic %s has no partitions", t.Name)
-		}
-		return len(t.Partitions), nil
 	}
-	return 0, fmt.Errorf("kafka: topic %s: %w", p.cfg.LedgerTopic, kafka.UnknownTopicOrPartition)
+	return kafkaPartitions{ledger: n[0], notes: n[1]}, nil
 }
 
-// Write publishes the ledger entries of b, one message each, and returns nil
-// once every one is acknowledged by all in-sync replicas. On error some may
-// have landed anyway: the tailer retries the whole batch (at least once; see
-// the comment at the top of this file). Usage rows are ignored.
+// kafkaPartitions are the partition counts of the publisher's topics.
+type kafkaPartitions struct{ ledger, notes int }
+
+// Write publishes the ledger entries and the notifications of b, one
+// message each, and returns nil once every one is acknowledged by all
+// in-sync replicas. On error some may have landed anyway: the tailer
+// retries the whole batch (at least once; see the comment at the top of
+// this file). Usage rows are ignored.
 func (p *KafkaPublisher) Write(ctx context.Context, b *Batch) error {
-	if len(b.Ledger) == 0 {
+	if len(b.Ledger) == 0 && len(b.Notes) == 0 {
 		return nil
 	}
 	p.mu.Lock()
@@ -394,11 +432,13 @@ func summarizeWriteErr(err error) error {
 	return err
 }
 
-// encode renders every ledger row of b into p.buf and checks what the
-// ordering guarantee rests on: ids present, and each customer's entries in
-// seq order.
+// encode renders every ledger row, then every notification, of b into p.buf
+// and checks what the ordering guarantee rests on: ids present, each
+// customer's entries and notifications in seq order, and every message
+// within the size of a produce request.
 func (p *KafkaPublisher) encode(b *Batch) error {
 	defer clear(p.lastSeq) // keep no string of b
+	defer clear(p.lastNote)
 	buf := p.buf[:0]
 	spans := p.spans[:0]
 	for i := range b.Ledger {
@@ -427,28 +467,69 @@ func (p *KafkaPublisher) encode(b *Batch) error {
 		s.end = len(buf)
 		spans = append(spans, s)
 	}
+	for i := range b.Notes {
+		n := &b.Notes[i]
+		if n.CustomerID == "" || n.ID == "" || n.Type == "" {
+			return fmt.Errorf("kafka: outbox %d: notification without customer, id or type", n.OutboxSeq)
+		}
+		if last, ok := p.lastNote[n.CustomerID]; ok && n.Seq <= last {
+			return fmt.Errorf("kafka: outbox %d: notification %s after seq %d of its customer: out of order",
+				n.OutboxSeq, n.ID, last)
+		}
+		p.lastNote[n.CustomerID] = n.Seq
+		if len(n.Body) == 0 || n.Body[0] != '{' || !json.Valid(n.Body) {
+			return fmt.Errorf("kafka: outbox %d: notification %s: body is not a JSON object", n.OutboxSeq, n.ID)
+		}
+		s := kafkaSpan{recordedAt: n.At, note: true}
+		s.key = len(buf)
+		buf = append(buf, n.CustomerID...)
+		s.id = len(buf)
+		buf = append(buf, n.ID...)
+		s.typ = len(buf)
+		buf = append(buf, n.Type...)
+		s.value = len(buf)
+		buf = append(buf, n.Body...)
+		s.end = len(buf)
+		spans = append(spans, s)
+	}
 	p.buf, p.spans = buf, spans
+	for i := range spans {
+		// kafka-go refuses a larger message on every attempt: the tailer
+		// would retry it forever. Say why instead.
+		if size := kafkaMessageBytesMax(&spans[i]); size > p.cfg.batchBytesMax {
+			s := &spans[i]
+			return fmt.Errorf("kafka: message %s of %d bytes, more than the %d of a produce request",
+				buf[s.id:s.typ], size, p.cfg.batchBytesMax)
+		}
+	}
 	return nil
 }
 
 // plan builds the messages of the encoded rows and orders them into rounds:
-// round k holds, for every partition, the k-th run of its messages that fits
-// in one produce request. It returns the number of rounds; round r is
-// p.msgs[p.starts[r]:p.starts[r+1]], each partition's messages in row order.
-func (p *KafkaPublisher) plan(partitions int) int {
-	if len(p.parts) != partitions {
+// round k holds, for every partition of each topic, the k-th run of its
+// messages that fits in one produce request. It returns the number of
+// rounds; round r is p.msgs[p.starts[r]:p.starts[r+1]], each partition's
+// messages in row order.
+func (p *KafkaPublisher) plan(n kafkaPartitions) int {
+	if most := max(n.ledger, n.notes); len(p.parts) != most {
 		p.parts = p.parts[:0]
-		for i := range partitions {
+		for i := range most {
 			p.parts = append(p.parts, i)
 		}
 	}
-	p.fill = append(p.fill[:0], make([]kafkaFill, partitions)...)
+	// The ledger topic's partitions, then the notifications topic's.
+	p.fill = append(p.fill[:0], make([]kafkaFill, n.ledger+n.notes)...)
 	p.rounds = p.rounds[:0]
 	nRounds := int32(0)
 	for i := range p.spans {
 		s := &p.spans[i]
 		key := p.buf[s.key:s.id]
-		f := &p.fill[p.hash.Balance(kafka.Message{Key: key}, p.parts...)]
+		var f *kafkaFill
+		if s.note {
+			f = &p.fill[n.ledger+p.hash.Balance(kafka.Message{Key: key}, p.parts[:n.notes]...)]
+		} else {
+			f = &p.fill[p.hash.Balance(kafka.Message{Key: key}, p.parts[:n.ledger]...)]
+		}
 		size := kafkaMessageBytesMax(s)
 		if f.messages > 0 && (f.messages+1 > p.cfg.batchMessagesMax || f.bytes+size > p.cfg.batchBytesMax) {
 			f.round++
@@ -467,15 +548,15 @@ func (p *KafkaPublisher) plan(partitions int) int {
 	for r := 1; r <= int(nRounds); r++ {
 		p.starts[r] += p.starts[r-1]
 	}
-	n := len(p.spans)
-	if cap(p.msgs) < n {
-		p.msgs = make([]kafka.Message, n)
+	nMsgs := len(p.spans)
+	if cap(p.msgs) < nMsgs {
+		p.msgs = make([]kafka.Message, nMsgs)
 	}
-	p.msgs = p.msgs[:n]
-	if cap(p.headers) < kafkaHeaderCount*n {
-		p.headers = make([]kafka.Header, kafkaHeaderCount*n)
+	p.msgs = p.msgs[:nMsgs]
+	if cap(p.headers) < kafkaHeaderCount*nMsgs {
+		p.headers = make([]kafka.Header, kafkaHeaderCount*nMsgs)
 	}
-	p.headers = p.headers[:kafkaHeaderCount*n]
+	p.headers = p.headers[:kafkaHeaderCount*nMsgs]
 	p.next = append(p.next[:0], p.starts[:nRounds]...) // where round r's next message goes
 	next := p.next
 	for i := range p.spans {
@@ -483,10 +564,17 @@ func (p *KafkaPublisher) plan(partitions int) int {
 		h := p.headers[kafkaHeaderCount*i : kafkaHeaderCount*(i+1) : kafkaHeaderCount*(i+1)]
 		h[0] = kafka.Header{Key: "id", Value: p.buf[s.id:s.typ:s.typ]}
 		h[1] = kafka.Header{Key: "type", Value: p.buf[s.typ:s.value:s.value]}
-		h[2] = kafka.Header{Key: "customer_id", Value: p.buf[s.key:s.id:s.id]}
+		topic := p.cfg.LedgerTopic
+		if s.note {
+			// The headers of ingest's usage.rejected notices on that topic.
+			topic, h = p.cfg.NotificationsTopic, h[:2:2]
+		} else {
+			h[2] = kafka.Header{Key: "customer_id", Value: p.buf[s.key:s.id:s.id]}
+		}
 		j := next[p.rounds[i]]
 		next[p.rounds[i]]++
 		p.msgs[j] = kafka.Message{
+			Topic:   topic,
 			Key:     p.buf[s.key:s.id:s.id],
 			Value:   p.buf[s.value:s.end:s.end],
 			Headers: h,
@@ -498,7 +586,8 @@ func (p *KafkaPublisher) plan(partitions int) int {
 
 // kafkaMessageBytesMax is at least what kafka-go counts for a message
 // against BatchBytes (Message.totalSize: a v0 message's framing, key, value,
-// and the headers with varint lengths, each at most 5 bytes).
+// and the headers with varint lengths, each at most 5 bytes). For a
+// notification, which has no customer_id header, it counts one too many.
 func kafkaMessageBytesMax(s *kafkaSpan) int64 {
 	const framing = 4 + 1 + 1 + 4 + 4 + 8 // crc, magic, attributes, key and value lengths, timestamp
 	const header = 5 + 5                  // a header's key and value lengths

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,14 +19,18 @@ import (
 )
 
 const (
-	testLedgerTopic = "meterd.ledger"
-	testPartitions  = 8
+	testLedgerTopic     = "meterd.ledger"
+	testPartitions      = 8
+	testNotesTopic      = "meterd.notifications"
+	testNotesPartitions = 5 // not testPartitions: each topic is planned with its own count
 )
 
-// newKafka starts an in-process Kafka-protocol broker with the ledger topic.
+// newKafka starts an in-process Kafka-protocol broker with the ledger and
+// the notifications topics.
 func newKafka(t testing.TB, opts ...kfake.Opt) *kfake.Cluster {
 	t.Helper()
-	opts = append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(testPartitions, testLedgerTopic)}, opts...)
+	opts = append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(testPartitions, testLedgerTopic),
+		kfake.SeedTopics(testNotesPartitions, testNotesTopic)}, opts...)
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +92,19 @@ func testBatch(customers []string, first, perCustomer uint64) *Batch {
 	return b
 }
 
+// addNotes appends perCustomer notifications of each customer from seq first
+// on to b, interleaved across customers as the outbox would hold them (see
+// testNote), and returns b.
+func addNotes(b *Batch, customers []string, first, perCustomer uint64) *Batch {
+	types := []string{"balance.low", "auto_reload.requested", "balance.depleted"}
+	for seq := first; seq < first+perCustomer; seq++ {
+		for _, c := range customers {
+			b.Notes = append(b.Notes, testNote(c, seq, seq, types[seq%uint64(len(types))]))
+		}
+	}
+	return b
+}
+
 // expectedEntry is the value's JSON for r, built independently of the
 // encoder, decoded into a generic map.
 func expectedEntry(r *LedgerRow) map[string]any {
@@ -137,26 +155,38 @@ func decodeJSON(t testing.TB, b []byte) map[string]any {
 // order.
 func readTopic(t testing.TB, addr string) [][]kafka.Message {
 	t.Helper()
+	return readTopicOf(t, addr, testLedgerTopic, testPartitions)
+}
+
+// readNotes reads every message of the notifications topic, per partition
+// in offset order.
+func readNotes(t testing.TB, addr string) [][]kafka.Message {
+	t.Helper()
+	return readTopicOf(t, addr, testNotesTopic, testNotesPartitions)
+}
+
+func readTopicOf(t testing.TB, addr, topic string, partitions int) [][]kafka.Message {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cl := &kafka.Client{Addr: kafka.TCP(addr)}
 	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
-	for p := range testPartitions {
-		req.Topics[testLedgerTopic] = append(req.Topics[testLedgerTopic], kafka.LastOffsetOf(p))
+	for p := range partitions {
+		req.Topics[topic] = append(req.Topics[topic], kafka.LastOffsetOf(p))
 	}
 	res, err := cl.ListOffsets(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make([][]kafka.Message, testPartitions)
-	for _, po := range res.Topics[testLedgerTopic] {
+	out := make([][]kafka.Message, partitions)
+	for _, po := range res.Topics[topic] {
 		if po.Error != nil {
 			t.Fatal(po.Error)
 		}
 		if po.LastOffset == 0 {
 			continue
 		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: testLedgerTopic,
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: topic,
 			Partition: po.Partition, MaxWait: 50 * time.Millisecond})
 		for int64(len(out[po.Partition])) < po.LastOffset {
 			m, err := r.ReadMessage(ctx)
@@ -181,7 +211,8 @@ func header(m kafka.Message, key string) string {
 
 // checkFirstOccurrences checks that in every partition the first occurrence
 // of each id comes in seq order per customer, and that every customer's
-// messages stay in one partition. It returns how often each id occurs.
+// messages stay in one partition. It returns how often each id occurs. Ids
+// are "customer/seq" (entries) or "customer/n<seq>" (notifications).
 func checkFirstOccurrences(t testing.TB, parts [][]kafka.Message) map[string]int {
 	t.Helper()
 	seen := map[string]int{}
@@ -199,7 +230,7 @@ func checkFirstOccurrences(t testing.TB, parts [][]kafka.Message) map[string]int
 			if seen[id] > 1 {
 				continue
 			}
-			seq, err := strconv.ParseUint(id[len(c)+1:], 10, 64)
+			seq, err := strconv.ParseUint(strings.TrimPrefix(id[len(c)+1:], "n"), 10, 64)
 			if err != nil {
 				t.Fatalf("id %q: %v", id, err)
 			}
@@ -210,6 +241,52 @@ func checkFirstOccurrences(t testing.TB, parts [][]kafka.Message) map[string]int
 		}
 	}
 	return seen
+}
+
+// checkNotes checks the notifications topic against want: every message
+// keyed by customer, with headers id and type (as ingest's usage.rejected
+// notices), the body as value and the notification's time as timestamp;
+// first occurrences in seq order per customer; each id exactly times times.
+// It returns how many partitions were used.
+func checkNotes(t testing.TB, parts [][]kafka.Message, want []NoteRow, times int) int {
+	t.Helper()
+	byID := map[string]*NoteRow{}
+	for i := range want {
+		byID[want[i].ID] = &want[i]
+	}
+	seen := checkFirstOccurrences(t, parts)
+	used := 0
+	for pi, msgs := range parts {
+		if len(msgs) > 0 {
+			used++
+		}
+		for _, m := range msgs {
+			id := header(m, "id")
+			n := byID[id]
+			if n == nil {
+				t.Fatalf("partition %d: unexpected notification %q: %s", pi, id, m.Value)
+			}
+			if string(m.Key) != n.CustomerID || len(m.Headers) != 2 || m.Headers[0].Key != "id" ||
+				m.Headers[1].Key != "type" || string(m.Headers[1].Value) != n.Type {
+				t.Fatalf("%s: key %q headers %v", id, m.Key, m.Headers)
+			}
+			if string(m.Value) != string(n.Body) {
+				t.Fatalf("%s: value %s, want %s", id, m.Value, n.Body)
+			}
+			if !m.Time.Equal(time.Unix(0, n.At).Truncate(time.Millisecond)) {
+				t.Fatalf("%s: timestamp %v", id, m.Time)
+			}
+		}
+	}
+	if len(seen) != len(want) {
+		t.Fatalf("%d distinct notifications, want %d", len(seen), len(want))
+	}
+	for id, n := range seen {
+		if n != times {
+			t.Fatalf("%s published %d times, want %d", id, n, times)
+		}
+	}
+	return used
 }
 
 func TestKafkaPublishLedger(t *testing.T) {
@@ -237,6 +314,12 @@ func TestKafkaPublishLedger(t *testing.T) {
 		RecordedAt: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC).UnixNano()}
 	b.Ledger = append(b.Ledger, full, bare)
 	b.To = 31
+	// Notifications, and one with every character a JSON body may carry.
+	addNotes(b, customers, 1, 30)
+	odd := testNote("c.7:x-y_z", 31, 31, "auto_reload.failed")
+	odd.Body = []byte(`{"id":"c.7:x-y_z/n31","type":"auto_reload.failed","customer_id":"c.7:x-y_z",` +
+		`"data":{"reason":"carte refus\u00e9e \"51\"\n","note":"` + "é世" + `","n":[1,2.50,null]}}`)
+	b.Notes = append(b.Notes, odd)
 	wantJSON := map[string]string{
 		"acme/31": `{"id":"acme/31","customer_id":"acme","seq":31,"type":"topup","account":"default:USD",` +
 			`"amount":"1500","balance_after":"-0.05","bucket_id":"topup-9","bucket_kind":"recharge","event_id":"ev-1",` +
@@ -296,6 +379,24 @@ func TestKafkaPublishLedger(t *testing.T) {
 	if used < 2 {
 		t.Fatalf("customers in %d partitions only: the key does not spread them", used)
 	}
+	if used := checkNotes(t, readNotes(t, addr), b.Notes, 1); used < 2 {
+		t.Fatalf("customers' notifications in %d partitions only: the key does not spread them", used)
+	}
+
+	// A batch of notifications only is published too; an empty one is not
+	// an error.
+	only := &Batch{From: 32, To: 32, Notes: []NoteRow{testNote("acme", 31, 32, "bucket.expired")}}
+	if err := p.Write(testCtx(t), only); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Write(testCtx(t), &Batch{From: 33, To: 33}); err != nil {
+		t.Fatal(err)
+	}
+	checkNotes(t, readNotes(t, addr), append(b.Notes, only.Notes...), 1)
+	if n := len(checkFirstOccurrences(t, readTopic(t, addr))); n != len(want) {
+		t.Fatalf("%d ledger entries after a batch of notifications, want %d", n, len(want))
+	}
+
 	// The exact value of one ordinary row, as a spot check of the field order.
 	r := testEntry("acme", 4, 4)
 	if got := string(appendLedgerJSON(nil, &r)); got != `{"id":"acme/4","customer_id":"acme","seq":4,"type":"hold",`+
@@ -310,7 +411,7 @@ func TestKafkaWriteTwiceAtLeastOnce(t *testing.T) {
 	c := newKafka(t)
 	addr := c.ListenAddrs()[0]
 	p := newPublisher(t, KafkaPublisherConfig{Brokers: []string{addr}})
-	b := testBatch([]string{"a", "b", "c", "d", "e"}, 1, 40)
+	b := addNotes(testBatch([]string{"a", "b", "c", "d", "e"}, 1, 40), []string{"a", "b", "c", "d", "e"}, 1, 10)
 	want := map[string]bool{}
 	for _, r := range b.Ledger {
 		want[r.EntryID] = true
@@ -331,6 +432,7 @@ func TestKafkaWriteTwiceAtLeastOnce(t *testing.T) {
 			t.Fatalf("%s: %d times (known %v)", id, n, want[id])
 		}
 	}
+	checkNotes(t, readNotes(t, addr), b.Notes, 2)
 }
 
 func TestKafkaOrderAcrossBatches(t *testing.T) {
@@ -340,8 +442,11 @@ func TestKafkaOrderAcrossBatches(t *testing.T) {
 	p := newPublisher(t, KafkaPublisherConfig{Brokers: []string{addr}, batchMessagesMax: 7})
 	customers := []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
 	const batches, perBatch = 20, 10
+	var notes []NoteRow
 	for i := range batches {
-		if err := p.Write(testCtx(t), testBatch(customers, uint64(i*perBatch+1), perBatch)); err != nil {
+		b := addNotes(testBatch(customers, uint64(i*perBatch+1), perBatch), customers, uint64(i*perBatch+1), perBatch)
+		notes = append(notes, b.Notes...)
+		if err := p.Write(testCtx(t), b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -360,6 +465,20 @@ func TestKafkaOrderAcrossBatches(t *testing.T) {
 			seq, _ := strconv.Atoi(string(v["seq"].(json.Number)))
 			if seq != last[c]+1 {
 				t.Fatalf("customer %s: seq %d after %d", c, seq, last[c])
+			}
+			last[c] = seq
+		}
+	}
+	// The same for the notifications.
+	nparts := readNotes(t, addr)
+	checkNotes(t, nparts, notes, 1)
+	for _, msgs := range nparts {
+		last := map[string]int{}
+		for _, m := range msgs {
+			c := string(m.Key)
+			seq, _ := strconv.Atoi(strings.TrimPrefix(header(m, "id"), c+"/n"))
+			if seq != last[c]+1 {
+				t.Fatalf("customer %s: notification %d after %d", c, seq, last[c])
 			}
 			last[c] = seq
 		}
@@ -439,7 +558,7 @@ func TestKafkaBrokerUnreachable(t *testing.T) {
 	l.Close()
 
 	p := newPublisher(t, KafkaPublisherConfig{Brokers: []string{addr}, RequestTimeout: 2 * time.Second})
-	b := testBatch([]string{"a", "b"}, 1, 5)
+	b := addNotes(testBatch([]string{"a", "b"}, 1, 5), []string{"a", "b"}, 1, 2)
 	for i := range 2 {
 		start := time.Now()
 		err := p.Write(testCtx(t), b)
@@ -477,17 +596,27 @@ func TestKafkaBrokerUnreachable(t *testing.T) {
 	if len(seen) != len(b.Ledger) {
 		t.Fatalf("%d ids, want %d", len(seen), len(b.Ledger))
 	}
+	checkNotes(t, readNotes(t, c.ListenAddrs()[0]), b.Notes, 1)
 }
 
 func TestKafkaMissingTopic(t *testing.T) {
 	c := newKafka(t)
-	p := newPublisher(t, KafkaPublisherConfig{Brokers: c.ListenAddrs(), LedgerTopic: "not.there",
-		RequestTimeout: 2 * time.Second})
-	if err := p.Connect(testCtx(t)); err == nil {
-		t.Fatal("Connect found a missing topic")
-	}
-	if err := p.Write(testCtx(t), testBatch([]string{"a"}, 1, 1)); err == nil {
-		t.Fatal("Write to a missing topic succeeded")
+	for _, cfg := range []KafkaPublisherConfig{
+		{Brokers: c.ListenAddrs(), LedgerTopic: "not.there", RequestTimeout: 2 * time.Second},
+		{Brokers: c.ListenAddrs(), NotificationsTopic: "not.there", RequestTimeout: 2 * time.Second},
+	} {
+		p := newPublisher(t, cfg)
+		err := p.Connect(testCtx(t))
+		if err == nil || !strings.Contains(err.Error(), "not.there") {
+			t.Fatalf("Connect with a missing topic: %v", err)
+		}
+		if err := p.Write(testCtx(t), testBatch([]string{"a"}, 1, 1)); err == nil {
+			t.Fatal("Write to a missing topic succeeded")
+		}
+		notes := &Batch{From: 1, To: 1, Notes: []NoteRow{testNote("a", 1, 1, "balance.low")}}
+		if err := p.Write(testCtx(t), notes); err == nil {
+			t.Fatal("Write to a missing topic succeeded")
+		}
 	}
 }
 
@@ -503,7 +632,29 @@ func TestKafkaRefusesOutOfOrder(t *testing.T) {
 	if err := p.encode(b); err == nil {
 		t.Fatal("metadata not an object accepted")
 	}
-	for _, cfg := range []KafkaPublisherConfig{{}, {Brokers: []string{"x:1"}, LedgerTopic: "a b"}} {
+	b = addNotes(&Batch{From: 1, To: 3}, []string{"a", "b"}, 1, 3)
+	b.Notes[0], b.Notes[2] = b.Notes[2], b.Notes[0] // a/n2 before a/n1
+	if err := p.encode(b); err == nil {
+		t.Fatal("notifications out of seq order accepted")
+	}
+	for _, f := range []func(n *NoteRow){
+		func(n *NoteRow) { n.Body = []byte(`[1]`) },
+		func(n *NoteRow) { n.Body = []byte(`{"a":`) },
+		func(n *NoteRow) { n.Body = nil },
+		func(n *NoteRow) { n.ID = "" },
+		func(n *NoteRow) { n.CustomerID = "" },
+		func(n *NoteRow) { n.Body = []byte(`{"x":"` + strings.Repeat("x", kafkaBatchBytesMax) + `"}`) },
+	} {
+		b = addNotes(&Batch{From: 1, To: 3}, []string{"a", "b"}, 1, 3)
+		f(&b.Notes[3])
+		if err := p.encode(b); err == nil {
+			t.Fatalf("bad notification accepted: %.200s", b.Notes[3].Body)
+		}
+	}
+	for _, cfg := range []KafkaPublisherConfig{{}, {Brokers: []string{"x:1"}, LedgerTopic: "a b"},
+		{Brokers: []string{"x:1"}, NotificationsTopic: "a/b"},
+		{Brokers: []string{"x:1"}, NotificationsTopic: "meterd.ledger"},
+		{Brokers: []string{"x:1"}, LedgerTopic: "t", NotificationsTopic: "t"}} {
 		if _, err := NewKafkaPublisher(cfg); err == nil {
 			t.Fatalf("config %+v accepted", cfg)
 		}
@@ -529,7 +680,7 @@ func BenchmarkKafkaEncode(b *testing.B) {
 		if err := p.encode(batch); err != nil {
 			b.Fatal(err)
 		}
-		p.plan(testPartitions)
+		p.plan(kafkaPartitions{ledger: testPartitions, notes: testNotesPartitions})
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch.Ledger)), "ns/row")
 }

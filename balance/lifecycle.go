@@ -1,0 +1,739 @@
+package balance
+
+import (
+	"slices"
+	"strconv"
+
+	"github.com/meterd/meterd/meter"
+)
+
+// The credit lifecycle: plan grants at period boundaries, exact-time expiry
+// of buckets and holds, balance alerts, auto-reload. Everything here is part
+// of the pure state machine: time is an argument, and what happened is
+// returned as ledger entries and as effects (notifications, hold and reload
+// records) that the caller stores in the same batch.
+//
+// Every operation first runs Advance(now): whatever came due since the
+// wallet last moved (expiries, hold expiries, plan boundaries) is applied in
+// time order, each at its own instant, so a read or a charge at any moment
+// sees exactly the state of that moment, whether or not a timer ran.
+
+// Limits of the lifecycle.
+const (
+	PlanAllocationsMax = 16   // allocations per plan
+	AlertsMax          = 16   // balance alert thresholds
+	WalletHoldsMax     = 1000 // active holds per wallet
+	// advanceStepsMax bounds the due instants one Advance applies; the rest
+	// is applied by the next one (NextDue stays in the past).
+	advanceStepsMax = 4096
+)
+
+// Codes of the lifecycle's refusals.
+const (
+	CodeUnknownHold      = "unknown_hold"
+	CodeHoldNotActive    = "hold_not_active"
+	CodeUnknownRequest   = "unknown_request"
+	CodeReloadNotPending = "reload_not_pending"
+	CodeNoPlanPeriod     = "no_plan_period"
+)
+
+// Lifecycle is a wallet's lifecycle state. Wallets that never used any of it
+// have none (Wallet.Life == nil), which keeps them small.
+type Lifecycle struct {
+	NoteSeq uint64 // last notification seq
+
+	PlanID string       // the plan Allocs follow
+	Allocs []AllocState // one per allocation of the plan in force
+
+	Holds []Hold // active holds, in creation order
+
+	ReloadSeq    uint64         // last auto-reload request number
+	Pending      *ReloadRequest // the pending request, or nil
+	ReloadPeriod int64          // the period ReloadCount counts (its start, unix ns)
+	ReloadCount  uint32         // requests made in ReloadPeriod
+
+	fx Effects // made by the current operation; taken by TakeEffects
+}
+
+// AllocState is the grant schedule of one allocation.
+type AllocState struct {
+	Anchor int64
+	Period PeriodUnit
+	Last   int64 // the last period index granted (or skipped)
+}
+
+// Hold is an active reservation of part of an account's available balance.
+type Hold struct {
+	ID        string
+	Account   string // "name:ASSET"
+	Amount    int64  // > 0
+	CreatedAt int64
+	ExpiresAt int64    // > CreatedAt
+	Hash      [16]byte // content hash of the request that placed it (idempotency)
+}
+
+// HoldStatus is where a hold is in its life.
+type HoldStatus uint8
+
+// Hold statuses.
+const (
+	HoldActive HoldStatus = iota + 1
+	HoldSettled
+	HoldReleased
+	HoldExpired
+)
+
+// String returns the contract name of the status.
+func (s HoldStatus) String() string {
+	switch s {
+	case HoldActive:
+		return "active"
+	case HoldSettled:
+		return "settled"
+	case HoldReleased:
+		return "released"
+	case HoldExpired:
+		return "expired"
+	}
+	return "hold_status(" + strconv.Itoa(int(s)) + ")"
+}
+
+// HoldRecord is a hold with its outcome, as the API shows it.
+type HoldRecord struct {
+	Hold
+	Customer  string
+	Scale     uint8
+	Status    HoldStatus
+	UpdatedAt int64
+	EventID   string // the event that settled it
+	Settled   int64  // what that event charged to the hold's account
+}
+
+// ReloadStatus is where an auto-reload request is.
+type ReloadStatus uint8
+
+// Auto-reload request statuses.
+const (
+	ReloadPending ReloadStatus = iota + 1
+	ReloadCompleted
+	ReloadFailed
+)
+
+// String returns the contract name of the status.
+func (s ReloadStatus) String() string {
+	switch s {
+	case ReloadPending:
+		return "pending"
+	case ReloadCompleted:
+		return "completed"
+	case ReloadFailed:
+		return "failed"
+	}
+	return "reload_status(" + strconv.Itoa(int(s)) + ")"
+}
+
+// ReloadRequest is one auto-reload request.
+type ReloadRequest struct {
+	ID        string // "r_<n>"
+	Account   string // "name:ASSET"
+	Scale     uint8
+	Amount    int64
+	Charge    string // billed, surcharge included
+	Currency  string
+	Mode      ReloadMode
+	Status    ReloadStatus
+	CreatedAt int64
+	UpdatedAt int64
+	BucketID  string // the granted bucket, once granted
+	ExpiresAt int64  // the granted credits' expiry, 0 = never
+}
+
+// Effects are what an operation made beside ledger entries.
+type Effects struct {
+	Notes   []Notification
+	Holds   []HoldRecord    // holds created or ended
+	Reloads []ReloadRequest // requests created or changed
+}
+
+// Empty reports whether there is nothing to store.
+func (f *Effects) Empty() bool { return len(f.Notes)+len(f.Holds)+len(f.Reloads) == 0 }
+
+// TakeEffects returns the effects made since the last call and forgets them.
+func (w *Wallet) TakeEffects() Effects {
+	if w.Life == nil {
+		return Effects{}
+	}
+	f := w.Life.fx
+	w.Life.fx = Effects{}
+	return f
+}
+
+func (w *Wallet) life() *Lifecycle {
+	if w.Life == nil {
+		w.Life = &Lifecycle{}
+	}
+	return w.Life
+}
+
+// note makes a notification.
+func (w *Wallet) note(typ, account string, at int64, data ...noteField) {
+	l := w.life()
+	l.NoteSeq++
+	l.fx.Notes = append(l.fx.Notes, newNote(w.Customer, l.NoteSeq, typ, account, at, data))
+}
+
+// ---- Plans ----
+
+// PlanPeriod returns the plan period holding now: that of the plan's first
+// allocation. ok is false without a plan or before its anchor.
+func (w *Wallet) PlanPeriod(now int64) (start, end int64, ok bool) {
+	p := w.Settings.Plan
+	if p == nil || len(p.Allocations) == 0 {
+		return 0, 0, false
+	}
+	al := &p.Allocations[0]
+	k := periodIndex(al.Anchor, al.Period, now)
+	if k < 0 {
+		return 0, 0, false
+	}
+	return periodStart(al.Anchor, al.Period, k), periodStart(al.Anchor, al.Period, k+1), true
+}
+
+// PeriodEnd resolves expires_at "period_end": the end of the plan period holding now.
+func (w *Wallet) PeriodEnd(now int64) (int64, *Error) {
+	_, end, ok := w.PlanPeriod(now)
+	if !ok {
+		return 0, errorf(CodeNoPlanPeriod, "expires_at \"period_end\" needs a plan period, and customer %s has none now", w.Customer)
+	}
+	return end, nil
+}
+
+// syncPlan aligns the grant schedules with the plan in force. A new plan id
+// starts every schedule afresh: the period holding now is granted by the
+// next Advance. Under the same plan id an allocation keeps its schedule
+// while its anchor and period stay the same, so that saving the same
+// settings again never grants twice.
+func (w *Wallet) syncPlan(now int64) {
+	p := w.Settings.Plan
+	if p == nil {
+		if w.Life != nil {
+			w.Life.PlanID, w.Life.Allocs = "", nil
+		}
+		return
+	}
+	l := w.life()
+	fresh := l.PlanID != p.ID
+	allocs := make([]AllocState, len(p.Allocations))
+	for i := range p.Allocations {
+		al := &p.Allocations[i]
+		st := AllocState{Anchor: al.Anchor, Period: al.Period}
+		if !fresh && i < len(l.Allocs) && l.Allocs[i].Anchor == al.Anchor && l.Allocs[i].Period == al.Period {
+			st.Last = l.Allocs[i].Last
+		} else {
+			st.Last = max(periodIndex(al.Anchor, al.Period, now), 0) - 1
+		}
+		allocs[i] = st
+	}
+	l.PlanID, l.Allocs = p.ID, allocs
+}
+
+// NextDue returns the earliest instant at which something of the wallet
+// comes due (a bucket or hold expiry, a plan boundary), or 0 if nothing
+// will. The owner of the wallet runs Advance then.
+func (w *Wallet) NextDue() int64 {
+	next := w.NextExpiry()
+	earlier := func(t int64) {
+		if t > 0 && (next == 0 || t < next) {
+			next = t
+		}
+	}
+	if l := w.Life; l != nil {
+		for i := range l.Holds {
+			earlier(l.Holds[i].ExpiresAt)
+		}
+		for i := range l.Allocs {
+			st := &l.Allocs[i]
+			if t := periodStart(st.Anchor, st.Period, st.Last+1); t < periodTimeMax {
+				earlier(t)
+			}
+		}
+	}
+	return next
+}
+
+// Advance applies everything that came due up to now, in time order, each
+// at its own instant (entries carry it as OccurredAt): bucket expiries,
+// hold expiries, plan grants. Missed plan periods are caught up as the
+// strategy says: expire_and_replace grants only the period holding now
+// (earlier ones would have expired already); accumulate grants each missed
+// period, under its cap. Then balance alerts are checked.
+func (w *Wallet) Advance(now int64, out []Entry) []Entry {
+	var snap availSnap
+	w.snapshot(&snap)
+	out = w.advance(now, out)
+	w.alertsSince(&snap, now)
+	return out
+}
+
+// advance is Advance without the alerts: the operation that calls it checks
+// them at its end.
+func (w *Wallet) advance(now int64, out []Entry) []Entry {
+	first := len(out)
+	for range advanceStepsMax {
+		t := w.NextDue()
+		if t == 0 || t > now {
+			break
+		}
+		out = w.runDue(t, now, out)
+	}
+	for i := first; i < len(out); i++ {
+		out[i].RecordedAt = now
+	}
+	if len(out) > first {
+		w.UpdatedAt = now
+	}
+	return out
+}
+
+// runDue applies what is due at t.
+func (w *Wallet) runDue(t, now int64, out []Entry) []Entry {
+	out = w.expireBuckets(t, out)
+	l := w.Life
+	if l == nil {
+		return out
+	}
+	for i := 0; i < len(l.Holds); {
+		h := l.Holds[i]
+		if h.ExpiresAt > t {
+			i++
+			continue
+		}
+		out = w.endHold(i, HoldExpired, h.ExpiresAt, "", 0, out)
+		w.note(NoteHoldExpired, h.Account, h.ExpiresAt,
+			noteField{key: "hold_id", str: h.ID}, noteField{key: "amount", str: units(h.Amount, w.accountScale(h.Account))})
+	}
+	p := w.Settings.Plan
+	for i := range l.Allocs {
+		st := &l.Allocs[i]
+		k := st.Last + 1
+		start := periodStart(st.Anchor, st.Period, k)
+		if start > t || p == nil || i >= len(p.Allocations) {
+			continue
+		}
+		al := &p.Allocations[i]
+		if al.Strategy == StrategyExpireAndReplace {
+			if kNow := periodIndex(st.Anchor, st.Period, now); k < kNow {
+				st.Last = kNow - 1 // periods that ended before now would have expired already
+				continue
+			}
+		}
+		st.Last = k
+		out = w.grantAllocation(i, al, k, start, out)
+	}
+	return out
+}
+
+// accountScale returns the scale of an account, 0 if it does not exist.
+func (w *Wallet) accountScale(id string) uint8 {
+	if a := w.Account(id); a != nil {
+		return a.Scale
+	}
+	return 0
+}
+
+// grantAllocation grants period k of allocation i at start.
+func (w *Wallet) grantAllocation(i int, al *Allocation, k, start int64, out []Entry) []Entry {
+	kind := al.Kind
+	if kind == 0 {
+		kind = KindPlan
+	}
+	amount := al.Amount
+	a := w.accountOf(al.Account, al.Asset)
+	if al.Strategy == StrategyAccumulate && al.Cap > 0 && a != nil {
+		var held int64
+		for j := range a.Buckets {
+			if a.Buckets[j].Alloc == uint8(i+1) {
+				held += a.Buckets[j].Remaining
+			}
+		}
+		amount = min(amount, max(al.Cap-held, 0))
+	}
+	if amount <= 0 {
+		return out
+	}
+	var expires int64
+	if al.Strategy == StrategyExpireAndReplace {
+		expires = periodStart(al.Anchor, al.Period, k+1)
+	}
+	md := make([]byte, 0, 96)
+	md = append(md, `{"allocation":`...)
+	md = strconv.AppendInt(md, int64(i), 10)
+	md = append(md, `,"period_start":"`...)
+	md = appendTime(md, start)
+	md = append(md, `","period_end":"`...)
+	md = appendTime(md, periodStart(al.Anchor, al.Period, k+1))
+	md = append(md, `"}`...)
+	g := grant{
+		name: al.Account, asset: al.Asset, scale: al.Scale, amount: amount,
+		kind: kind, priority: DefaultPriority(kind), expiresAt: expires,
+		source: "plan", reference: w.Settings.Plan.ID, metadata: md, entryType: EntryGrant, alloc: uint8(i + 1),
+	}
+	if e := w.checkGrant(&g); e != nil {
+		// A full account or a limit: the grant is skipped, not retried,
+		// so that a bad plan never blocks the wallet's other work.
+		return out
+	}
+	_, out = w.applyGrant(&g, start, out)
+	return out
+}
+
+// ---- Alerts ----
+
+// availSnap is the available balance of each account at the start of an
+// operation: alerts fire on crossings between it and the end state.
+type availSnap struct {
+	n     int
+	acct  [WalletAccountsMax]*Account
+	avail [WalletAccountsMax]int64
+}
+
+func (w *Wallet) snapshot(s *availSnap) {
+	s.n = len(w.Accounts)
+	for i, a := range w.Accounts {
+		s.acct[i], s.avail[i] = a, a.Available()
+	}
+}
+
+// alertsSince fires, for each account whose available balance crossed one
+// since the snapshot: balance.low for each threshold it went below,
+// balance.depleted when it went from above zero to zero or less, and
+// balance.recovered when it rose above zero after a balance.depleted. A
+// balance that stays below a threshold fires nothing more: each downward
+// crossing fires once.
+func (w *Wallet) alertsSince(s *availSnap, now int64) {
+	th := w.Settings.alerts
+	for _, a := range w.Accounts {
+		var before int64
+		for i := 0; i < s.n; i++ {
+			if s.acct[i] == a {
+				before = s.avail[i]
+				break
+			}
+		}
+		after := a.Available()
+		if after == before {
+			continue
+		}
+		if after < before && len(th) > 0 {
+			vb, va := meter.UnitsDec(before, a.Scale), meter.UnitsDec(after, a.Scale)
+			for i := range th {
+				if va.Cmp(th[i]) < 0 && vb.Cmp(th[i]) >= 0 {
+					w.note(NoteBalanceLow, a.ID(), now,
+						noteField{key: "threshold", str: th[i].String()}, noteField{key: "available", str: units(after, a.Scale)})
+				}
+			}
+		}
+		if before > 0 && after <= 0 && !a.Depleted {
+			a.Depleted = true
+			w.note(NoteBalanceDepleted, a.ID(), now, noteField{key: "available", str: units(after, a.Scale)})
+		}
+		if after > 0 && a.Depleted {
+			a.Depleted = false
+			w.note(NoteBalanceRecovered, a.ID(), now, noteField{key: "available", str: units(after, a.Scale)})
+		}
+	}
+}
+
+// ---- Holds ----
+
+// HoldCmd reserves part of an account's available balance.
+type HoldCmd struct {
+	ID        string
+	Account   string // "name:ASSET"
+	Amount    int64  // > 0
+	ExpiresAt int64  // > now
+	Hash      [16]byte
+}
+
+// findHold returns the index of an active hold, or -1.
+func (w *Wallet) findHold(id string) int {
+	if w.Life == nil {
+		return -1
+	}
+	for i := range w.Life.Holds {
+		if w.Life.Holds[i].ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// ActiveHold returns an active hold by id.
+func (w *Wallet) ActiveHold(id string) (Hold, bool) {
+	if i := w.findHold(id); i >= 0 {
+		return w.Life.Holds[i], true
+	}
+	return Hold{}, false
+}
+
+// PlaceHold reserves c.Amount of an account: it must not be more than the
+// account's available balance (a hold never creates debt). The account's
+// Held grows and a hold entry of -Amount is posted.
+func (w *Wallet) PlaceHold(c *HoldCmd, now int64, out []Entry) ([]Entry, *Error) {
+	var snap availSnap
+	w.snapshot(&snap)
+	defer w.alertsSince(&snap, now)
+	out = w.advance(now, out)
+	if c.Amount <= 0 || c.Amount > CommandUnitsMax {
+		return out, errorf(CodeInvalidAmount, "hold amount %d is not in [1, %d]", c.Amount, CommandUnitsMax)
+	}
+	if c.ExpiresAt <= now {
+		return out, errorf(CodeInvalidRequest, "a hold must expire after now")
+	}
+	if w.findHold(c.ID) >= 0 {
+		return out, errorf(CodeIdempotencyConflict, "hold %s is already active", c.ID)
+	}
+	if w.Life != nil && len(w.Life.Holds) >= WalletHoldsMax {
+		return out, errorf(CodeLimitExceeded, "a wallet holds at most %d active holds", WalletHoldsMax)
+	}
+	a := w.Account(c.Account)
+	if a == nil || c.Amount > a.Available() {
+		return out, errInsufficientFunds
+	}
+	l := w.life()
+	h := Hold{ID: c.ID, Account: a.ID(), Amount: c.Amount, CreatedAt: now, ExpiresAt: c.ExpiresAt, Hash: c.Hash}
+	l.Holds = append(l.Holds, h)
+	a.Held += c.Amount
+	w.UpdatedAt = now
+	t := Entry{Type: EntryHold, Reference: c.ID, OccurredAt: now}
+	out = w.post(out, a, &t, -c.Amount, "", 0, now)
+	l.fx.Holds = append(l.fx.Holds, HoldRecord{Hold: h, Customer: w.Customer, Scale: a.Scale, Status: HoldActive, UpdatedAt: now})
+	return out, nil
+}
+
+// endHold removes active hold i with a hold_release entry of +Amount at
+// instant at, and records its outcome.
+func (w *Wallet) endHold(i int, st HoldStatus, at int64, eventID string, settled int64, out []Entry) []Entry {
+	l := w.Life
+	h := l.Holds[i]
+	l.Holds = slices.Delete(l.Holds, i, i+1)
+	if len(l.Holds) == 0 {
+		l.Holds = nil
+	}
+	a := w.Account(h.Account)
+	a.Held -= h.Amount
+	t := Entry{Type: EntryHoldRelease, Reference: h.ID, EventID: eventID, OccurredAt: at}
+	out = w.post(out, a, &t, h.Amount, "", 0, at)
+	l.fx.Holds = append(l.fx.Holds, HoldRecord{Hold: h, Customer: w.Customer, Scale: a.Scale, Status: st, UpdatedAt: at, EventID: eventID, Settled: settled})
+	return out
+}
+
+// ReleaseHold ends an active hold without a charge.
+func (w *Wallet) ReleaseHold(id string, now int64, out []Entry) ([]Entry, *Error) {
+	var snap availSnap
+	w.snapshot(&snap)
+	defer w.alertsSince(&snap, now)
+	out = w.advance(now, out)
+	i := w.findHold(id)
+	if i < 0 {
+		return out, errorf(CodeHoldNotActive, "hold %s is not active", id)
+	}
+	out = w.endHold(i, HoldReleased, now, "", 0, out)
+	w.UpdatedAt = now
+	return out, nil
+}
+
+// ---- Auto-reload ----
+
+// reloadPeriodStart returns the start of the period that max_per_period
+// counts: the plan period holding now, or the calendar month (UTC) without one.
+func (w *Wallet) reloadPeriodStart(now int64) int64 {
+	if start, _, ok := w.PlanPeriod(now); ok {
+		return start
+	}
+	m := PeriodMonth
+	anchor := periodStart(0, PeriodYear, 0) // 1970-01-01, clamped: any month start works as anchor
+	return periodStart(anchor, m, periodIndex(anchor, m, now))
+}
+
+// reloadAllowed reports whether a new auto-reload request may be made for
+// account name:asset now.
+func (w *Wallet) reloadAllowed(name, asset string, now int64) bool {
+	r := w.Settings.AutoReload
+	if r == nil || !r.Enabled || w.Settings.Status != StatusActive || name != r.Account || asset != r.Asset {
+		return false
+	}
+	l := w.Life
+	if l == nil {
+		return true
+	}
+	if l.Pending != nil {
+		return false
+	}
+	if r.MaxPerPeriod > 0 && l.ReloadPeriod == w.reloadPeriodStart(now) && int(l.ReloadCount) >= r.MaxPerPeriod {
+		return false
+	}
+	return true
+}
+
+// requestReload makes an auto-reload request for the reload account (the
+// caller checked reloadAllowed). In grant_immediately mode the credits are
+// granted at once. It returns whether credits were granted.
+func (w *Wallet) requestReload(now int64, out []Entry) ([]Entry, bool) {
+	r := w.Settings.AutoReload
+	l := w.life()
+	if p := w.reloadPeriodStart(now); l.ReloadPeriod != p {
+		l.ReloadPeriod, l.ReloadCount = p, 0
+	}
+	l.ReloadCount++
+	l.ReloadSeq++
+	mode := r.Mode
+	if mode == 0 {
+		mode = ReloadGrantImmediately
+	}
+	req := &ReloadRequest{
+		ID: "r_" + strconv.FormatUint(l.ReloadSeq, 10), Account: r.Account + ":" + r.Asset, Scale: r.Scale,
+		Amount: r.Amount, Charge: r.Charge, Currency: r.Currency, Mode: mode, Status: ReloadPending,
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if a := w.accountOf(r.Account, r.Asset); a != nil {
+		req.Account = a.ID()
+	}
+	l.Pending = req
+	granted := false
+	if mode == ReloadGrantImmediately {
+		out, granted = w.grantReload(req, now, out)
+	} else {
+		out = w.reloadMark(req, now, out)
+	}
+	l.fx.Reloads = append(l.fx.Reloads, *req)
+	w.note(NoteAutoReloadRequested, req.Account, now, reloadFields(req)...)
+	return out, granted
+}
+
+func reloadFields(req *ReloadRequest) []noteField {
+	mode := "grant_immediately"
+	if req.Mode == ReloadAwaitPayment {
+		mode = "await_payment"
+	}
+	return []noteField{
+		{key: "request_id", str: req.ID},
+		{key: "status", str: req.Status.String()},
+		{key: "mode", str: mode},
+		{key: "amount", str: units(req.Amount, req.Scale)},
+		{key: "charge", raw: `{"amount":"` + req.Charge + `","currency":"` + req.Currency + `"}`},
+	}
+}
+
+// grantReload grants a request's credits with an auto_reload entry.
+func (w *Wallet) grantReload(req *ReloadRequest, now int64, out []Entry) ([]Entry, bool) {
+	r := w.Settings.AutoReload
+	name, asset, _ := splitAccountID(req.Account)
+	var expires int64
+	if r != nil && r.PeriodEnd {
+		if end, err := w.PeriodEnd(now); err == nil {
+			expires = end
+		}
+	}
+	g := grant{
+		name: name, asset: asset, scale: req.Scale, amount: req.Amount,
+		kind: KindRecharge, priority: DefaultPriority(KindRecharge), expiresAt: expires,
+		source: "auto_reload", reference: req.ID, entryType: EntryAutoReload,
+	}
+	if e := w.checkGrant(&g); e != nil {
+		return w.reloadMark(req, now, out), false
+	}
+	var id string
+	id, out = w.applyGrant(&g, now, out)
+	req.BucketID, req.ExpiresAt = id, expires
+	return out, true
+}
+
+// reloadMark posts a zero auto_reload entry: a request or an outcome that
+// moves no credit still shows in the ledger.
+func (w *Wallet) reloadMark(req *ReloadRequest, now int64, out []Entry) []Entry {
+	name, asset, _ := splitAccountID(req.Account)
+	a := w.accountOf(name, asset)
+	if a == nil {
+		if len(w.Accounts) >= WalletAccountsMax {
+			return out
+		}
+		a = w.addAccount(name, asset, req.Scale)
+	}
+	md := []byte(`{"request_id":"` + req.ID + `","status":"` + req.Status.String() + `"}`)
+	t := Entry{Type: EntryAutoReload, Reference: req.ID, OccurredAt: now, Metadata: md}
+	return w.post(out, a, &t, 0, "", 0, now)
+}
+
+// ConfirmReload records that billing collected the pending request id. In
+// await_payment mode its credits are granted now. It returns the request as
+// it now is.
+func (w *Wallet) ConfirmReload(id string, now int64, out []Entry) (ReloadRequest, []Entry, *Error) {
+	var snap availSnap
+	w.snapshot(&snap)
+	defer w.alertsSince(&snap, now)
+	out = w.advance(now, out)
+	l := w.Life
+	if l == nil || l.Pending == nil || l.Pending.ID != id {
+		return ReloadRequest{}, out, errorf(CodeReloadNotPending, "auto-reload request %s is not pending", id)
+	}
+	req := l.Pending
+	l.Pending = nil
+	req.Status, req.UpdatedAt = ReloadCompleted, now
+	if req.Mode == ReloadAwaitPayment {
+		out, _ = w.grantReload(req, now, out)
+	} else {
+		out = w.reloadMark(req, now, out)
+	}
+	w.UpdatedAt = now
+	l.fx.Reloads = append(l.fx.Reloads, *req)
+	w.note(NoteAutoReloadCompleted, req.Account, now, reloadFields(req)...)
+	return *req, out, nil
+}
+
+// FailReload records that billing could not collect the pending request id:
+// auto-reload is disabled, and in grant_immediately mode the customer is
+// paused too (the credits already granted stay; resume or adjust them).
+func (w *Wallet) FailReload(id string, now int64, out []Entry) (ReloadRequest, []Entry, *Error) {
+	var snap availSnap
+	w.snapshot(&snap)
+	defer w.alertsSince(&snap, now)
+	out = w.advance(now, out)
+	l := w.Life
+	if l == nil || l.Pending == nil || l.Pending.ID != id {
+		return ReloadRequest{}, out, errorf(CodeReloadNotPending, "auto-reload request %s is not pending", id)
+	}
+	req := l.Pending
+	l.Pending = nil
+	req.Status, req.UpdatedAt = ReloadFailed, now
+	out = w.reloadMark(req, now, out)
+	s := *w.Settings
+	if s.AutoReload != nil {
+		r := *s.AutoReload
+		r.Enabled = false
+		s.AutoReload = &r
+	}
+	if req.Mode == ReloadGrantImmediately {
+		s.Status = StatusPaused
+	}
+	w.Configure(s, now)
+	l.fx.Reloads = append(l.fx.Reloads, *req)
+	w.note(NoteAutoReloadFailed, req.Account, now, reloadFields(req)...)
+	return *req, out, nil
+}
+
+// cloneLife returns a deep copy of l without its effects.
+func cloneLife(l *Lifecycle) *Lifecycle {
+	if l == nil {
+		return nil
+	}
+	c := *l
+	c.fx = Effects{}
+	c.Allocs = slices.Clone(l.Allocs)
+	c.Holds = slices.Clone(l.Holds)
+	if l.Pending != nil {
+		p := *l.Pending
+		c.Pending = &p
+	}
+	return &c
+}
