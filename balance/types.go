@@ -48,13 +48,13 @@ const (
 
 // Bucket is one grant of credit inside an account.
 type Bucket struct {
-	ID          string // "b_<n>", unique within the wallet
-	Kind        Kind
-	Priority    uint8 // 0-100, lower is consumed first
+	ID       string // "b_<n>", unique within the wallet
+	Kind     Kind
+	Priority uint8 // 0-100, lower is consumed first
 	// Alloc is 1 + the index of the plan allocation that granted the
 	// bucket, 0 for any other bucket: an accumulating allocation's cap
 	// counts the remaining amounts of its own buckets.
-	Alloc uint8
+	Alloc       uint8
 	Amount      int64 // granted, in the asset's smallest unit
 	Remaining   int64 // never below zero
 	EffectiveAt int64 // unix ns
@@ -72,11 +72,11 @@ type Account struct {
 	// Depleted is set when balance.depleted fired (available went from
 	// above zero to zero or less) and cleared when balance.recovered fires.
 	Depleted bool
-	Buckets []Bucket // always in consumption order
-	Held    int64    // reserved by active holds
-	Debt    int64    // overdraft: how far below zero the account is
-	Carry   uint64   // pricing remainder below one unit, in meter sub-units (< meter.SubUnitsPerUnit)
-	Ledger  int64    // running sum of this account's ledger amounts; always == Available()
+	Buckets  []Bucket // always in consumption order
+	Held     int64    // reserved by active holds
+	Debt     int64    // overdraft: how far below zero the account is
+	Carry    uint64   // pricing remainder below one unit, in meter sub-units (< meter.SubUnitsPerUnit)
+	Ledger   int64    // running sum of this account's ledger amounts; always == Available()
 }
 
 // Limit is the credit limit of one account under the overdraft policy.
@@ -90,8 +90,8 @@ type Settings struct {
 	Status        Status
 	Policy        Policy
 	CreditLimits  []Limit
-	BalanceAlerts []string // decimal thresholds as given, at most AlertsMax
-	Metadata      []byte   // raw JSON object, or nil
+	BalanceAlerts []string    // decimal thresholds as given, at most AlertsMax
+	Metadata      []byte      // raw JSON object, or nil
 	Plan          *Plan       // nil = no plan
 	AutoReload    *AutoReload // nil = none
 
