@@ -14,7 +14,7 @@ import (
 //
 // plus each bucket's alloc byte after its metadata, and after the accounts:
 //
-//	life? (0 | 1 note_seq plan_id n {anchor period last}
+//	life? (0 | 1 note_seq plan_id n {anchor period last since}
 //	       n {id account amount created_at expires_at}
 //	       reload_seq pending? reload_period reload_count)
 
@@ -126,6 +126,7 @@ func appendLife(b []byte, l *Lifecycle) []byte {
 		b = binary.AppendVarint(b, st.Anchor)
 		b = append(b, byte(st.Period))
 		b = binary.AppendVarint(b, st.Last)
+		b = binary.AppendVarint(b, st.Since)
 	}
 	b = binary.AppendUvarint(b, uint64(len(l.Holds)))
 	for _, h := range l.Holds {
@@ -154,7 +155,7 @@ func (d *decoder) life() *Lifecycle {
 	if n := d.count(PlanAllocationsMax, 3); n > 0 {
 		l.Allocs = make([]AllocState, n)
 		for i := range l.Allocs {
-			l.Allocs[i] = AllocState{Anchor: d.v(), Period: PeriodUnit(d.byte1()), Last: d.v()}
+			l.Allocs[i] = AllocState{Anchor: d.v(), Period: PeriodUnit(d.byte1()), Last: d.v(), Since: d.v()}
 		}
 	}
 	if n := d.count(WalletHoldsMax, 5); n > 0 {

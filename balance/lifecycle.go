@@ -60,6 +60,12 @@ type AllocState struct {
 	Anchor int64
 	Period PeriodUnit
 	Last   int64 // the last period index granted (or skipped)
+	Since  int64 // when the schedule started: its first grant happens then, not before
+}
+
+// due returns when the allocation's next period is granted.
+func (st *AllocState) due() int64 {
+	return max(periodStart(st.Anchor, st.Period, st.Last+1), st.Since)
 }
 
 // Hold is an active reservation of part of an account's available balance.
@@ -226,9 +232,9 @@ func (w *Wallet) syncPlan(now int64) {
 	allocs := make([]AllocState, len(p.Allocations))
 	for i := range p.Allocations {
 		al := &p.Allocations[i]
-		st := AllocState{Anchor: al.Anchor, Period: al.Period}
+		st := AllocState{Anchor: al.Anchor, Period: al.Period, Since: now}
 		if !fresh && i < len(l.Allocs) && l.Allocs[i].Anchor == al.Anchor && l.Allocs[i].Period == al.Period {
-			st.Last = l.Allocs[i].Last
+			st = l.Allocs[i]
 		} else {
 			st.Last = max(periodIndex(al.Anchor, al.Period, now), 0) - 1
 		}
@@ -252,8 +258,7 @@ func (w *Wallet) NextDue() int64 {
 			earlier(l.Holds[i].ExpiresAt)
 		}
 		for i := range l.Allocs {
-			st := &l.Allocs[i]
-			if t := periodStart(st.Anchor, st.Period, st.Last+1); t < periodTimeMax {
+			if t := l.Allocs[i].due(); t < periodTimeMax {
 				earlier(t)
 			}
 		}
@@ -316,8 +321,8 @@ func (w *Wallet) runDue(t, now int64, out []Entry) []Entry {
 	for i := range l.Allocs {
 		st := &l.Allocs[i]
 		k := st.Last + 1
-		start := periodStart(st.Anchor, st.Period, k)
-		if start > t || p == nil || i >= len(p.Allocations) {
+		at := st.due()
+		if at > t || p == nil || i >= len(p.Allocations) {
 			continue
 		}
 		al := &p.Allocations[i]
@@ -328,7 +333,7 @@ func (w *Wallet) runDue(t, now int64, out []Entry) []Entry {
 			}
 		}
 		st.Last = k
-		out = w.grantAllocation(i, al, k, start, out)
+		out = w.grantAllocation(i, al, k, at, out)
 	}
 	return out
 }
@@ -341,8 +346,8 @@ func (w *Wallet) accountScale(id string) uint8 {
 	return 0
 }
 
-// grantAllocation grants period k of allocation i at start.
-func (w *Wallet) grantAllocation(i int, al *Allocation, k, start int64, out []Entry) []Entry {
+// grantAllocation grants period k of allocation i at instant at.
+func (w *Wallet) grantAllocation(i int, al *Allocation, k, at int64, out []Entry) []Entry {
 	kind := al.Kind
 	if kind == 0 {
 		kind = KindPlan
@@ -369,7 +374,7 @@ func (w *Wallet) grantAllocation(i int, al *Allocation, k, start int64, out []En
 	md = append(md, `{"allocation":`...)
 	md = strconv.AppendInt(md, int64(i), 10)
 	md = append(md, `,"period_start":"`...)
-	md = appendTime(md, start)
+	md = appendTime(md, periodStart(al.Anchor, al.Period, k))
 	md = append(md, `","period_end":"`...)
 	md = appendTime(md, periodStart(al.Anchor, al.Period, k+1))
 	md = append(md, `"}`...)
@@ -383,7 +388,7 @@ func (w *Wallet) grantAllocation(i int, al *Allocation, k, start int64, out []En
 		// so that a bad plan never blocks the wallet's other work.
 		return out
 	}
-	_, out = w.applyGrant(&g, start, out)
+	_, out = w.applyGrant(&g, at, out)
 	return out
 }
 

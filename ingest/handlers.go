@@ -136,10 +136,18 @@ func (s *Server) settings(body *customerBody) (balance.Settings, error) {
 		}
 	}
 	if !isNull(body.Plan) {
-		return set, badRequest("unsupported_setting", "plan", "plan allocations are not available in this version of meterd")
+		p, err := s.plan(body.Plan)
+		if err != nil {
+			return set, err
+		}
+		set.Plan = p
 	}
 	if !isNull(body.AutoReload) {
-		return set, badRequest("unsupported_setting", "auto_reload", "auto-reload is not available in this version of meterd")
+		r, err := s.autoReload(body.AutoReload, set.Plan)
+		if err != nil {
+			return set, err
+		}
+		set.AutoReload = r
 	}
 	if len(body.CreditLimit) > creditLimitsMax {
 		return set, badRequest("too_many_credit_limits", "credit_limit", "at most %d credit limits", creditLimitsMax)
@@ -306,7 +314,7 @@ func parseExpiry(v *string, now int64, field string) (int64, error) {
 		return 0, nil
 	}
 	if *v == "period_end" {
-		return 0, badRequest("unsupported_setting", field, "expires_at \"period_end\" needs a plan, which is not available in this version of meterd")
+		return balance.ExpiresPeriodEnd, nil // the engine resolves it at apply time
 	}
 	if len(*v) > timeInputLenMax {
 		return 0, badRequest("invalid_timestamp", field, "%s is too long for a timestamp", field)
@@ -353,7 +361,9 @@ func (s *Server) getCustomer(ctx *fasthttp.RequestCtx, id string) {
 		b = append(b, ':')
 		b = appendUnits(b, l.Units, scaleOf(w, l.Account, s.e.Pricing()))
 	}
-	b = append(b, `},"plan":null,"auto_reload":null,"balance_alerts":[`...)
+	b = append(b, `},`...)
+	b = appendLifecycleSettings(b, w, s.e.Now())
+	b = append(b, `,"balance_alerts":[`...)
 	for i, a := range w.Settings.BalanceAlerts {
 		if i > 0 {
 			b = append(b, ',')

@@ -43,6 +43,9 @@ type Config struct {
 	// Admit, when set, is asked before an events request is applied; an
 	// error refuses the request whole with 503 (retry with the same ids).
 	Admit func() error
+	// TestClock serves /v1/test-clock (the engine must run on a
+	// balance.ManualClock); off, those endpoints answer 404.
+	TestClock bool
 }
 
 // Server serves the HTTP API.
@@ -58,6 +61,8 @@ type Server struct {
 	pool    sync.Pool // *eventsScratch
 	sinks   func() (bool, []byte)
 	admit   func() error
+
+	testClockOn bool
 }
 
 // NewServer returns a server for the engine.
@@ -74,7 +79,7 @@ func NewServer(c Config) *Server {
 	if c.Gatherer == nil {
 		c.Gatherer = prometheus.DefaultGatherer
 	}
-	s := &Server{e: c.Engine, keys: c.Keys, lim: c.Limits, log: c.Log, metrics: newHTTPMetrics(c.Registerer), sinks: c.Readiness, admit: c.Admit}
+	s := &Server{e: c.Engine, keys: c.Keys, lim: c.Limits, log: c.Log, metrics: newHTTPMetrics(c.Registerer), sinks: c.Readiness, admit: c.Admit, testClockOn: c.TestClock}
 	s.prom = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.Gatherer, promhttp.HandlerOpts{}))
 	s.srv = &fasthttp.Server{
 		Handler:            s.Handle,
@@ -202,6 +207,14 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 			s.simulate(ctx)
 		}
 		return "pricing_simulate"
+	case "/v1/holds":
+		if s.allow(ctx, method, "POST", ScopeIngest) {
+			s.placeHold(ctx)
+		}
+		return "holds"
+	case "/v1/test-clock":
+		s.testClock(ctx, method)
+		return "test_clock"
 	case "/v1/topup-quote":
 		if s.allow(ctx, method, "GET", ScopeRead) {
 			s.topUpQuote(ctx)
@@ -213,6 +226,9 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 			pprofhandler.PprofHandler(ctx)
 		}
 		return "pprof"
+	}
+	if rest, ok := strings.CutPrefix(path, "/v1/holds/"); ok {
+		return s.holdRoute(ctx, method, rest)
 	}
 	if rest, ok := strings.CutPrefix(path, "/v1/customers/"); ok {
 		return s.customerRoute(ctx, method, rest)
@@ -268,6 +284,21 @@ func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) st
 			s.adjust(ctx, id)
 		}
 		return "adjustments"
+	case len(parts) == 2 && parts[1] == "notifications":
+		if s.allow(ctx, method, "GET", ScopeRead) {
+			s.notifications(ctx, id)
+		}
+		return "notifications"
+	case len(parts) == 3 && parts[1] == "auto-reload" && parts[2] == "requests":
+		if s.allow(ctx, method, "GET", ScopeRead) {
+			s.reloadRequests(ctx, id)
+		}
+		return "reload_requests"
+	case len(parts) == 5 && parts[1] == "auto-reload" && parts[2] == "requests" && (parts[4] == "confirm" || parts[4] == "fail"):
+		if s.allow(ctx, method, "POST", ScopeAdmin) {
+			s.resolveReload(ctx, id, parts[3], parts[4] == "confirm")
+		}
+		return "reload_" + parts[4]
 	case len(parts) == 2 && parts[1] == "ledger":
 		if s.allow(ctx, method, "GET", ScopeRead) {
 			s.ledger(ctx, id)
@@ -327,8 +358,11 @@ func statusOf(code string) int {
 	switch code {
 	case "unknown_customer", "not_found":
 		return fasthttp.StatusNotFound
-	case "idempotency_conflict", "insufficient_funds", "topup_spent", "reversal_window_elapsed", "account_paused":
+	case "idempotency_conflict", "insufficient_funds", "topup_spent", "reversal_window_elapsed", "account_paused",
+		"hold_not_active", "reload_not_pending", "clock_backwards", "limit_exceeded":
 		return fasthttp.StatusConflict
+	case "no_plan_period", "amount_out_of_range", "unknown_currency":
+		return fasthttp.StatusUnprocessableEntity
 	case "overloaded", "unavailable", "sink_backlog":
 		return fasthttp.StatusServiceUnavailable
 	case "unknown_asset", "invalid_pricing", "asset_immutable", "pricing_limit_exceeded", "unsupported_setting":

@@ -43,6 +43,8 @@ type Config struct {
 	SinkBatchAge        time.Duration // --sink-batch-age DURATION
 	SinkBacklogMaxBytes int           // --sink-backlog-max-bytes N, 0 = no bound
 	SinkBacklogPolicy   string        // --sink-backlog-policy alert|refuse
+	WebhookURL          string        // --webhook-url: deliver notifications there; empty = no webhook
+	WebhookSecret       string        // --webhook-secret: HMAC-SHA256 key of the signature header (prefer METERD_WEBHOOK_SECRET)
 	KafkaBrokers        string        // --kafka-brokers LIST (comma-separated HOST:PORT), empty = no Kafka
 	KafkaTopic          string        // --kafka-topic NAME
 	KafkaGroup          string        // --kafka-group NAME
@@ -124,6 +126,10 @@ func settings(c *Config) []setting {
 			usage: "bound on the outbox not yet shipped by the slowest sink; 0 = no bound"},
 		{name: "sink-backlog-policy", arg: "POLICY", def: "alert", ptr: &c.SinkBacklogPolicy,
 			usage: "past the backlog bound: alert (keep accepting, report it) or refuse (503 on /readyz and on events)"},
+		{name: "webhook-url", arg: "URL", def: "", ptr: &c.WebhookURL,
+			usage: "http(s) URL that receives every notification as a signed POST; empty = no webhook"},
+		{name: "webhook-secret", arg: "SECRET", def: "", ptr: &c.WebhookSecret,
+			usage: "key of the webhooks' HMAC-SHA256 signature, at least 16 bytes (prefer the environment variable)"},
 		{name: "kafka-brokers", arg: "LIST", def: "", ptr: &c.KafkaBrokers, list: true,
 			usage: "comma-separated Kafka bootstrap brokers (HOST:PORT,...); empty = no Kafka"},
 		{name: "kafka-topic", arg: "NAME", def: "usage-events", ptr: &c.KafkaTopic,
@@ -135,7 +141,7 @@ func settings(c *Config) []setting {
 		{name: "kafka-ledger-topic", arg: "NAME", def: "meterd.ledger", ptr: &c.KafkaLedgerTopic,
 			usage: "Kafka topic of published ledger entries, keyed by customer"},
 		{name: "kafka-notifications-topic", arg: "NAME", def: "meterd.notifications", ptr: &c.KafkaNoticesTopic,
-			usage: "Kafka topic of notifications (with --kafka-publish): usage.rejected for events from Kafka the engine refused"},
+			usage: "Kafka topic of notifications (with --kafka-publish): balance alerts, auto-reload requests and outcomes, expiries, and usage.rejected for events from Kafka the engine refused"},
 		{name: "shards", arg: "N", def: "0", ptr: &c.Shards,
 			usage: "number of balance shards, 0.." + strconv.Itoa(shardsMax) + "; 0 = number of CPUs"},
 		{name: "dedup-window", arg: "DURATION", def: "840h", ptr: &c.DedupWindow,
@@ -464,6 +470,12 @@ func (c *Config) validate() error {
 	}
 	if !isName(c.KafkaNoticesTopic, kafkaNameBytesMax, true) {
 		return invalid("kafka-notifications-topic", "%q: want 1-%d characters of [A-Za-z0-9._-]", c.KafkaNoticesTopic, kafkaNameBytesMax)
+	}
+	if c.WebhookURL != "" && len(c.WebhookSecret) < 16 {
+		return invalid("webhook-secret", "a webhook needs a secret of at least 16 bytes")
+	}
+	if c.WebhookURL == "" && c.WebhookSecret != "" {
+		return invalid("webhook-secret", "is set but --webhook-url is not")
 	}
 	if c.KafkaPublish && c.KafkaBrokers == "" {
 		return invalid("kafka-publish", "needs --kafka-brokers")

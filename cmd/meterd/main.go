@@ -59,9 +59,14 @@ func run(cfg Config) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
 
-	switch {
-	case cfg.TestClock:
-		return errors.New("--test-clock is not available in this version of meterd")
+	var clock balance.Clock = balance.WallClock{}
+	if cfg.TestClock {
+		start := time.Now()
+		if t, ok := cfg.TestClockStartTime(); ok {
+			start = t
+		}
+		clock = balance.NewManualClock(start.UnixNano())
+		log.Warn("running on a test clock: time moves only through POST /v1/test-clock", "now", start.UTC().Format(time.RFC3339Nano))
 	}
 
 	var keys *ingest.Keys
@@ -96,6 +101,9 @@ func run(cfg Config) error {
 	if cfg.KafkaPublish {
 		sinkNames = append(sinkNames, "kafka")
 	}
+	if cfg.WebhookURL != "" {
+		sinkNames = append(sinkNames, "webhook")
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -112,6 +120,7 @@ func run(cfg Config) error {
 		ReversalWindow:  cfg.ReversalWindow,
 		DefaultPricing:  defaultPricing,
 		Sinks:           sinkNames,
+		Clock:           clock,
 		Log:             log,
 		Registerer:      reg,
 	})
@@ -144,7 +153,8 @@ func run(cfg Config) error {
 		}()
 	}
 	if cfg.KafkaPublish {
-		pub, err := sink.NewKafkaPublisher(sink.KafkaPublisherConfig{Brokers: cfg.KafkaBrokerList(), LedgerTopic: cfg.KafkaLedgerTopic, Log: log})
+		pub, err := sink.NewKafkaPublisher(sink.KafkaPublisherConfig{Brokers: cfg.KafkaBrokerList(), LedgerTopic: cfg.KafkaLedgerTopic,
+			NotificationsTopic: cfg.KafkaNoticesTopic, Log: log})
 		if err != nil {
 			eng.Close()
 			return fmt.Errorf("--kafka-publish: %w", err)
@@ -166,6 +176,19 @@ func run(cfg Config) error {
 			return ch, nil
 		})
 		runTailer(sink.NewTailer(eng, dest, sink.TailerConfig{BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
+			Log: log, Metrics: sinkMetrics}))
+	}
+	if cfg.WebhookURL != "" {
+		wh, err := sink.NewWebhook(sink.WebhookConfig{URL: cfg.WebhookURL, Secret: []byte(cfg.WebhookSecret), Log: log,
+			Metrics: sink.NewWebhookMetrics(reg)})
+		if err != nil {
+			stopSinks()
+			sinksDone.Wait()
+			eng.Close()
+			return fmt.Errorf("--webhook-url: %w", err)
+		}
+		defer wh.Close()
+		runTailer(sink.NewTailer(eng, wh, sink.TailerConfig{BatchRowsMax: cfg.SinkBatchRows, BatchAge: 100 * time.Millisecond,
 			Log: log, Metrics: sinkMetrics}))
 	}
 	if len(tailers) > 0 {
@@ -211,7 +234,7 @@ func run(cfg Config) error {
 		}()
 	}
 
-	scfg := ingest.Config{Engine: eng, Keys: keys, Limits: lim, Log: log, Registerer: reg, Gatherer: reg}
+	scfg := ingest.Config{Engine: eng, Keys: keys, Limits: lim, Log: log, Registerer: reg, Gatherer: reg, TestClock: cfg.TestClock}
 	if gate != nil {
 		scfg.Readiness, scfg.Admit = gate.Readiness, gate.Admit
 	}

@@ -1,0 +1,693 @@
+package ingest
+
+import (
+	"encoding/json"
+	"math/big"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meterd/meterd/balance"
+	"github.com/valyala/fasthttp"
+)
+
+// The credit lifecycle's API: plan and auto-reload settings, holds,
+// auto-reload requests, notifications and the test clock.
+
+type allocationBody struct {
+	Account  *string         `json:"account"`
+	Asset    string          `json:"asset"`
+	Amount   json.RawMessage `json:"amount"`
+	Period   string          `json:"period"`
+	Anchor   *string         `json:"anchor"`
+	Strategy *string         `json:"strategy"`
+	Cap      json.RawMessage `json:"cap"`
+	Kind     *string         `json:"kind"`
+}
+
+type planBody struct {
+	ID          string           `json:"id"`
+	Allocations []allocationBody `json:"allocations"`
+}
+
+type autoReloadBody struct {
+	Enabled      *bool           `json:"enabled"`
+	Account      *string         `json:"account"`
+	Asset        string          `json:"asset"`
+	Threshold    json.RawMessage `json:"threshold"`
+	Amount       json.RawMessage `json:"amount"`
+	Price        *priceBody      `json:"price"`
+	SurchargePct json.RawMessage `json:"surcharge_pct"`
+	MaxPerPeriod *int            `json:"max_per_period"`
+	Mode         *string         `json:"mode"`
+	ExpiresAt    *string         `json:"expires_at"`
+}
+
+// prefixed returns err with its field under prefix.
+func prefixed(err error, prefix string) error {
+	if ae, ok := err.(*apiError); ok {
+		c := *ae
+		if c.Field != "" {
+			c.Field = prefix + "." + c.Field
+		} else {
+			c.Field = prefix
+		}
+		return &c
+	}
+	return err
+}
+
+// plan parses a customer's plan.
+func (s *Server) plan(raw json.RawMessage) (*balance.Plan, error) {
+	var body planBody
+	if err := decodeStrict(raw, &body); err != nil {
+		return nil, prefixed(err, "plan")
+	}
+	if !validID(body.ID) {
+		return nil, badRequest("invalid_id", "plan.id", "plan.id must be 1-128 characters of [A-Za-z0-9._:-]")
+	}
+	if len(body.Allocations) == 0 || len(body.Allocations) > balance.PlanAllocationsMax {
+		return nil, badRequest("invalid_request", "plan.allocations", "a plan has 1 to %d allocations", balance.PlanAllocationsMax)
+	}
+	p := &balance.Plan{ID: body.ID}
+	pr := s.e.Pricing()
+	now := s.e.Now()
+	for i := range body.Allocations {
+		ab := &body.Allocations[i]
+		f := "plan.allocations[" + strconv.Itoa(i) + "]"
+		al := balance.Allocation{Account: defaultAccountName, Asset: ab.Asset, Strategy: balance.StrategyExpireAndReplace, Kind: balance.KindPlan}
+		if ab.Account != nil {
+			al.Account = *ab.Account
+		}
+		if !validAccountName(al.Account) {
+			return nil, badRequest("invalid_request", f+".account", "account must be 1-64 characters of [A-Za-z0-9._-]")
+		}
+		asset, err := accountAsset(pr, al.Account+":"+ab.Asset, f+".asset")
+		if err != nil {
+			return nil, err
+		}
+		al.Scale = asset.Scale
+		if al.Amount, err = parseAmount(ab.Amount, asset.Scale, f+".amount"); err != nil {
+			return nil, err
+		}
+		if al.Amount <= 0 || al.Amount > balance.CommandUnitsMax {
+			return nil, badRequest("invalid_amount", f+".amount", "amount must be positive and at most %d units", balance.CommandUnitsMax)
+		}
+		var ok bool
+		if al.Period, ok = balance.ParsePeriodUnit(ab.Period); !ok {
+			return nil, badRequest("invalid_request", f+".period", "period must be day, week, month or year")
+		}
+		al.Anchor = now
+		if ab.Anchor != nil {
+			t, err := parseTime(*ab.Anchor, f+".anchor")
+			if err != nil {
+				return nil, err
+			}
+			al.Anchor = t
+		}
+		if ab.Strategy != nil {
+			switch *ab.Strategy {
+			case "expire_and_replace":
+			case "accumulate":
+				al.Strategy = balance.StrategyAccumulate
+			default:
+				return nil, badRequest("invalid_request", f+".strategy", "strategy must be expire_and_replace or accumulate")
+			}
+		}
+		if !isNull(ab.Cap) {
+			if al.Strategy != balance.StrategyAccumulate {
+				return nil, badRequest("invalid_request", f+".cap", "cap applies to the accumulate strategy only")
+			}
+			if al.Cap, err = parseAmount(ab.Cap, asset.Scale, f+".cap"); err != nil {
+				return nil, err
+			}
+			if al.Cap <= 0 || al.Cap > balance.CommandUnitsMax {
+				return nil, badRequest("invalid_amount", f+".cap", "cap must be positive and at most %d units", balance.CommandUnitsMax)
+			}
+		}
+		if ab.Kind != nil {
+			k, ok := balance.ParseKind(*ab.Kind)
+			if !ok {
+				return nil, badRequest("invalid_request", f+".kind", "kind must be promotional, plan or recharge")
+			}
+			al.Kind = k
+		}
+		p.Allocations = append(p.Allocations, al)
+	}
+	return p, nil
+}
+
+// parseTime reads an RFC 3339 time within the range the engine keeps.
+func parseTime(v, field string) (int64, error) {
+	if len(v) > timeInputLenMax {
+		return 0, badRequest("invalid_timestamp", field, "%s is too long for a timestamp", field)
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return 0, badRequest("invalid_timestamp", field, "%s must be an RFC 3339 timestamp such as 2026-11-01T00:00:00Z", field)
+	}
+	if t.Year() < 1971 || !t.Before(expiryMax) {
+		return 0, badRequest("invalid_timestamp", field, "%s must be between 1971 and %s", field, expiryMax.Format(time.RFC3339))
+	}
+	return t.UnixNano(), nil
+}
+
+// autoReload parses a customer's auto-reload settings.
+func (s *Server) autoReload(raw json.RawMessage, plan *balance.Plan) (*balance.AutoReload, error) {
+	var body autoReloadBody
+	if err := decodeStrict(raw, &body); err != nil {
+		return nil, prefixed(err, "auto_reload")
+	}
+	const f = "auto_reload"
+	r := &balance.AutoReload{Enabled: true, Account: defaultAccountName, Asset: body.Asset, Mode: balance.ReloadGrantImmediately}
+	if body.Enabled != nil {
+		r.Enabled = *body.Enabled
+	}
+	if body.Account != nil {
+		r.Account = *body.Account
+	}
+	if !validAccountName(r.Account) {
+		return nil, badRequest("invalid_request", f+".account", "account must be 1-64 characters of [A-Za-z0-9._-]")
+	}
+	asset, err := accountAsset(s.e.Pricing(), r.Account+":"+body.Asset, f+".asset")
+	if err != nil {
+		return nil, err
+	}
+	r.Scale = asset.Scale
+	if r.Threshold, err = parseAmount(body.Threshold, asset.Scale, f+".threshold"); err != nil {
+		return nil, err
+	}
+	if r.Threshold < 0 || r.Threshold > balance.CommandUnitsMax {
+		return nil, badRequest("invalid_amount", f+".threshold", "threshold must be from 0 to %d units", balance.CommandUnitsMax)
+	}
+	if r.Amount, err = parseAmount(body.Amount, asset.Scale, f+".amount"); err != nil {
+		return nil, err
+	}
+	if r.Amount <= 0 || r.Amount > balance.CommandUnitsMax {
+		return nil, badRequest("invalid_amount", f+".amount", "amount must be positive and at most %d units", balance.CommandUnitsMax)
+	}
+	if body.Price == nil {
+		return nil, badRequest("invalid_request", f+".price", "price {\"amount\",\"currency\"} is required: it is what each reload bills")
+	}
+	if r.Price, err = decimalText(body.Price.Amount, f+".price.amount"); err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(r.Price, "-") {
+		return nil, badRequest("invalid_amount", f+".price.amount", "price cannot be negative")
+	}
+	if !validCode(body.Price.Currency) {
+		return nil, badRequest("invalid_request", f+".price.currency", "currency must be 1-16 characters of [A-Z0-9_]")
+	}
+	r.Currency = body.Price.Currency
+	if !isNull(body.SurchargePct) {
+		if r.SurchargePct, err = decimalText(body.SurchargePct, f+".surcharge_pct"); err != nil {
+			return nil, err
+		}
+		if strings.HasPrefix(r.SurchargePct, "-") {
+			return nil, badRequest("invalid_amount", f+".surcharge_pct", "surcharge_pct cannot be negative")
+		}
+	}
+	if r.Charge, err = withSurcharge(r.Price, r.SurchargePct); err != nil {
+		return nil, prefixed(err, f+".surcharge_pct")
+	}
+	if body.MaxPerPeriod != nil {
+		if *body.MaxPerPeriod < 0 || *body.MaxPerPeriod > 1_000_000 {
+			return nil, badRequest("invalid_request", f+".max_per_period", "max_per_period must be from 0 (no limit) to 1000000")
+		}
+		r.MaxPerPeriod = *body.MaxPerPeriod
+	}
+	if body.Mode != nil {
+		switch *body.Mode {
+		case "grant_immediately":
+		case "await_payment":
+			r.Mode = balance.ReloadAwaitPayment
+		default:
+			return nil, badRequest("invalid_request", f+".mode", "mode must be grant_immediately or await_payment")
+		}
+	}
+	if body.ExpiresAt != nil {
+		if *body.ExpiresAt != "period_end" {
+			return nil, badRequest("invalid_request", f+".expires_at", "expires_at must be \"period_end\" or null")
+		}
+		if plan == nil {
+			return nil, badRequest("no_plan_period", f+".expires_at", "expires_at \"period_end\" needs a plan")
+		}
+		r.PeriodEnd = true
+	}
+	return r, nil
+}
+
+// withSurcharge returns price * (1 + pct/100), exactly, with at least the
+// price's digits after the point. Decimals are exact rationals here
+// (math/big), never binary floats.
+func withSurcharge(price, pct string) (string, error) {
+	p, ok := new(big.Rat).SetString(price)
+	if !ok {
+		return "", badRequest("invalid_amount", "", "price %q is not a decimal", price)
+	}
+	if pct == "" {
+		return price, nil
+	}
+	q, ok := new(big.Rat).SetString(pct)
+	if !ok {
+		return "", badRequest("invalid_amount", "", "surcharge %q is not a decimal", pct)
+	}
+	hundred := big.NewRat(100, 1)
+	q.Add(hundred, q).Quo(q, hundred)
+	p.Mul(p, q)
+	digits := func(s string) int {
+		if _, frac, ok := strings.Cut(s, "."); ok {
+			return len(frac)
+		}
+		return 0
+	}
+	minDigits := digits(price)
+	out := p.FloatString(minDigits + digits(pct) + 2) // exact: the denominator divides 10^that
+	if i := strings.IndexByte(out, '.'); i >= 0 {
+		keep := i + 1 + minDigits
+		for len(out) > keep && out[len(out)-1] == '0' {
+			out = out[:len(out)-1]
+		}
+		out = strings.TrimSuffix(out, ".")
+	}
+	return out, nil
+}
+
+// appendLifecycleSettings appends the plan, auto_reload and period members of a customer.
+func appendLifecycleSettings(b []byte, w *balance.Wallet, now int64) []byte {
+	b = append(b, `"plan":`...)
+	if p := w.Settings.Plan; p == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, `{"id":`...)
+		b = appendString(b, p.ID)
+		b = append(b, `,"allocations":[`...)
+		for i := range p.Allocations {
+			al := &p.Allocations[i]
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"account":`...)
+			b = appendString(b, al.Account)
+			b = append(b, `,"asset":`...)
+			b = appendString(b, al.Asset)
+			b = append(b, `,"amount":`...)
+			b = appendUnits(b, al.Amount, al.Scale)
+			b = append(b, `,"period":`...)
+			b = appendString(b, al.Period.String())
+			b = append(b, `,"anchor":`...)
+			b = appendTime(b, al.Anchor)
+			b = append(b, `,"strategy":`...)
+			if al.Strategy == balance.StrategyAccumulate {
+				b = append(b, `"accumulate"`...)
+			} else {
+				b = append(b, `"expire_and_replace"`...)
+			}
+			b = append(b, `,"cap":`...)
+			if al.Cap == 0 {
+				b = append(b, "null"...)
+			} else {
+				b = appendUnits(b, al.Cap, al.Scale)
+			}
+			b = append(b, `,"kind":`...)
+			b = appendString(b, al.Kind.String())
+			b = append(b, '}')
+		}
+		b = append(b, "]}"...)
+	}
+	b = append(b, `,"auto_reload":`...)
+	if r := w.Settings.AutoReload; r == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, `{"enabled":`...)
+		b = strconv.AppendBool(b, r.Enabled)
+		b = append(b, `,"account":`...)
+		b = appendString(b, r.Account)
+		b = append(b, `,"asset":`...)
+		b = appendString(b, r.Asset)
+		b = append(b, `,"threshold":`...)
+		b = appendUnits(b, r.Threshold, r.Scale)
+		b = append(b, `,"amount":`...)
+		b = appendUnits(b, r.Amount, r.Scale)
+		b = append(b, `,"price":{"amount":`...)
+		b = appendString(b, r.Price)
+		b = append(b, `,"currency":`...)
+		b = appendString(b, r.Currency)
+		b = append(b, `},"surcharge_pct":`...)
+		if r.SurchargePct == "" {
+			b = append(b, `"0"`...)
+		} else {
+			b = appendString(b, r.SurchargePct)
+		}
+		b = append(b, `,"charge":{"amount":`...)
+		b = appendString(b, r.Charge)
+		b = append(b, `,"currency":`...)
+		b = appendString(b, r.Currency)
+		b = append(b, `},"max_per_period":`...)
+		b = strconv.AppendInt(b, int64(r.MaxPerPeriod), 10)
+		b = append(b, `,"mode":`...)
+		if r.Mode == balance.ReloadAwaitPayment {
+			b = append(b, `"await_payment"`...)
+		} else {
+			b = append(b, `"grant_immediately"`...)
+		}
+		b = append(b, `,"expires_at":`...)
+		if r.PeriodEnd {
+			b = append(b, `"period_end"`...)
+		} else {
+			b = append(b, "null"...)
+		}
+		b = append(b, '}')
+	}
+	b = append(b, `,"period":`...)
+	if start, end, ok := w.PlanPeriod(now); ok {
+		b = append(b, `{"start":`...)
+		b = appendTime(b, start)
+		b = append(b, `,"end":`...)
+		b = appendTime(b, end)
+		b = append(b, '}')
+	} else {
+		b = append(b, "null"...)
+	}
+	return b
+}
+
+// ---- Holds ----
+
+type holdBody struct {
+	ID         string          `json:"id"`
+	CustomerID string          `json:"customer_id"`
+	Account    string          `json:"account"`
+	Amount     json.RawMessage `json:"amount"`
+	ExpiresAt  *string         `json:"expires_at"`
+}
+
+// holdTTLDefault is how long a hold lives when the request gives no expires_at.
+const holdTTLDefault = time.Hour
+
+// holdTTLMax bounds a hold's life.
+const holdTTLMax = 31 * 24 * time.Hour
+
+func (s *Server) placeHold(ctx *fasthttp.RequestCtx) {
+	var body holdBody
+	if err := decodeStrict(ctx.PostBody(), &body); err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	if !validID(body.ID) {
+		writeError(ctx, fasthttp.StatusBadRequest, "invalid_id", "id must be 1-128 characters of [A-Za-z0-9._:-]", "id")
+		return
+	}
+	if !validID(body.CustomerID) {
+		writeError(ctx, fasthttp.StatusBadRequest, "invalid_id", "customer_id must be 1-128 characters of [A-Za-z0-9._:-]", "customer_id")
+		return
+	}
+	asset, err := accountAsset(s.e.Pricing(), body.Account, "account")
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	amount, err := parseAmount(body.Amount, asset.Scale, "amount")
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	if amount <= 0 {
+		writeError(ctx, fasthttp.StatusBadRequest, "invalid_amount", "a hold's amount must be positive", "amount")
+		return
+	}
+	now := s.e.Now()
+	expires := now + int64(holdTTLDefault)
+	expText := ""
+	if body.ExpiresAt != nil {
+		expText = *body.ExpiresAt
+		if expires, err = parseExpiry(body.ExpiresAt, now, "expires_at"); err != nil {
+			s.writeErr(ctx, err)
+			return
+		}
+		if expires == balance.ExpiresPeriodEnd {
+			writeError(ctx, fasthttp.StatusBadRequest, "invalid_timestamp", "a hold's expires_at must be a time", "expires_at")
+			return
+		}
+		if expires-now > int64(holdTTLMax) {
+			writeError(ctx, fasthttp.StatusBadRequest, "invalid_timestamp", "a hold lives at most 31 days", "expires_at")
+			return
+		}
+	}
+	var h hasher
+	hash := h.str(body.CustomerID).str(body.Account).int(amount).str(expText).sum()
+	rec, replayed, err := s.e.PlaceHold(body.CustomerID, &balance.HoldCmd{ID: body.ID, Account: body.Account, Amount: amount, ExpiresAt: expires, Hash: hash})
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	if !replayed {
+		ctx.SetStatusCode(fasthttp.StatusCreated)
+	}
+	writeHold(ctx, &rec)
+}
+
+func writeHold(ctx *fasthttp.RequestCtx, h *balance.HoldRecord) {
+	b := append([]byte(nil), `{"id":`...)
+	b = appendString(b, h.ID)
+	b = append(b, `,"customer_id":`...)
+	b = appendString(b, h.Customer)
+	b = append(b, `,"account":`...)
+	b = appendString(b, h.Account)
+	b = append(b, `,"amount":`...)
+	b = appendUnits(b, h.Amount, h.Scale)
+	b = append(b, `,"status":`...)
+	b = appendString(b, h.Status.String())
+	b = append(b, `,"created_at":`...)
+	b = appendTime(b, h.CreatedAt)
+	b = append(b, `,"expires_at":`...)
+	b = appendTime(b, h.ExpiresAt)
+	b = append(b, `,"updated_at":`...)
+	b = appendTime(b, h.UpdatedAt)
+	b = append(b, `,"settled_by":`...)
+	b = appendOptString(b, h.EventID)
+	b = append(b, `,"settled_amount":`...)
+	if h.Status == balance.HoldSettled {
+		b = appendUnits(b, h.Settled, h.Scale)
+	} else {
+		b = append(b, "null"...)
+	}
+	b = append(b, '}')
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+func (s *Server) holdRoute(ctx *fasthttp.RequestCtx, method, rest string) string {
+	id, action, _ := strings.Cut(rest, "/")
+	if !validID(id) {
+		writeError(ctx, fasthttp.StatusBadRequest, "invalid_id", "hold id must be 1-128 characters of [A-Za-z0-9._:-]", "id")
+		return "hold"
+	}
+	switch action {
+	case "":
+		if s.allow(ctx, method, "GET", ScopeRead) {
+			h, err := s.e.Hold(id)
+			if err != nil {
+				s.writeErr(ctx, err)
+				return "hold"
+			}
+			writeHold(ctx, &h)
+		}
+		return "hold"
+	case "release":
+		if s.allow(ctx, method, "POST", ScopeIngest) {
+			h, err := s.e.ReleaseHold(id)
+			if err != nil {
+				s.writeErr(ctx, err)
+				return "hold_release"
+			}
+			writeHold(ctx, &h)
+		}
+		return "hold_release"
+	}
+	writeError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+method+" /v1/holds/"+rest, "")
+	return "unknown"
+}
+
+// ---- Auto-reload requests ----
+
+func appendReload(b []byte, r *balance.ReloadRequest) []byte {
+	b = append(b, `{"id":`...)
+	b = appendString(b, r.ID)
+	b = append(b, `,"status":`...)
+	b = appendString(b, r.Status.String())
+	b = append(b, `,"account":`...)
+	b = appendString(b, r.Account)
+	b = append(b, `,"amount":`...)
+	b = appendUnits(b, r.Amount, r.Scale)
+	b = append(b, `,"charge":{"amount":`...)
+	b = appendString(b, r.Charge)
+	b = append(b, `,"currency":`...)
+	b = appendString(b, r.Currency)
+	b = append(b, `},"mode":`...)
+	if r.Mode == balance.ReloadAwaitPayment {
+		b = append(b, `"await_payment"`...)
+	} else {
+		b = append(b, `"grant_immediately"`...)
+	}
+	b = append(b, `,"bucket_id":`...)
+	b = appendOptString(b, r.BucketID)
+	b = append(b, `,"created_at":`...)
+	b = appendTime(b, r.CreatedAt)
+	b = append(b, `,"updated_at":`...)
+	b = appendTime(b, r.UpdatedAt)
+	return append(b, '}')
+}
+
+// pageArgs reads limit and before of a list endpoint.
+func pageArgs(ctx *fasthttp.RequestCtx) (limit int, before uint64, ok bool) {
+	q := ctx.QueryArgs()
+	limit = ledgerPageDefault
+	if v := q.Peek("limit"); len(v) > 0 {
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 1 || n > ledgerPageMax {
+			writeError(ctx, fasthttp.StatusBadRequest, "invalid_limit", "limit must be an integer from 1 to 1000", "limit")
+			return 0, 0, false
+		}
+		limit = n
+	}
+	if v := q.Peek("before"); len(v) > 0 {
+		n, err := strconv.ParseUint(string(v), 10, 64)
+		if err != nil || n == 0 {
+			writeError(ctx, fasthttp.StatusBadRequest, "invalid_cursor", "before must be a cursor returned as next by this endpoint", "before")
+			return 0, 0, false
+		}
+		before = n
+	}
+	return limit, before, true
+}
+
+func appendNext(b []byte, next uint64) []byte {
+	b = append(b, `],"next":`...)
+	if next == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '"')
+		b = appendUint(b, next)
+		b = append(b, '"')
+	}
+	return append(b, '}')
+}
+
+func (s *Server) reloadRequests(ctx *fasthttp.RequestCtx, customer string) {
+	limit, before, ok := pageArgs(ctx)
+	if !ok {
+		return
+	}
+	reqs, next, err := s.e.ReloadRequests(customer, before, limit)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	b := append([]byte(nil), `{"requests":[`...)
+	for i := range reqs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendReload(b, &reqs[i])
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(appendNext(b, next))
+}
+
+func (s *Server) resolveReload(ctx *fasthttp.RequestCtx, customer, id string, ok bool) {
+	r, err := s.e.ResolveReload(customer, id, ok)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(appendReload(nil, &r))
+}
+
+// ---- Notifications ----
+
+func (s *Server) notifications(ctx *fasthttp.RequestCtx, customer string) {
+	limit, before, ok := pageArgs(ctx)
+	if !ok {
+		return
+	}
+	notes, next, err := s.e.Notifications(customer, before, limit)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	b := append([]byte(nil), `{"notifications":[`...)
+	for i := range notes {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, notes[i].Body...)
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(appendNext(b, next))
+}
+
+// ---- Test clock ----
+
+type clockBody struct {
+	Advance *string `json:"advance"`
+	Now     *string `json:"now"`
+}
+
+// testClockAdvanceMax bounds one move of the test clock.
+const testClockAdvanceMax = 100 * 366 * 24 * time.Hour
+
+func (s *Server) testClock(ctx *fasthttp.RequestCtx, method string) {
+	if !s.testClockOn {
+		writeError(ctx, fasthttp.StatusNotFound, "not_found", "the test clock is off: start meterd with --test-clock", "")
+		return
+	}
+	switch method {
+	case "GET":
+		if !s.allow(ctx, method, "GET", ScopeRead) {
+			return
+		}
+	case "POST":
+		if !s.allow(ctx, method, "POST", ScopeAdmin) {
+			return
+		}
+		var body clockBody
+		if err := decodeStrict(ctx.PostBody(), &body); err != nil {
+			s.writeErr(ctx, err)
+			return
+		}
+		var to int64
+		switch {
+		case body.Advance != nil && body.Now == nil:
+			d, err := time.ParseDuration(*body.Advance)
+			if err != nil || d < 0 || d > testClockAdvanceMax {
+				writeError(ctx, fasthttp.StatusBadRequest, "invalid_request", "advance must be a non-negative Go duration such as \"36h\", at most 100 years", "advance")
+				return
+			}
+			to = s.e.Now() + int64(d)
+		case body.Now != nil && body.Advance == nil:
+			t, err := parseTime(*body.Now, "now")
+			if err != nil {
+				s.writeErr(ctx, err)
+				return
+			}
+			to = t
+		default:
+			writeError(ctx, fasthttp.StatusBadRequest, "invalid_request", "give exactly one of advance and now", "")
+			return
+		}
+		if err := s.e.SetClock(to); err != nil {
+			s.writeErr(ctx, err)
+			return
+		}
+	default:
+		methodNotAllowed(ctx, "GET, POST")
+		return
+	}
+	b := append([]byte(nil), `{"now":`...)
+	b = appendTime(b, s.e.Now())
+	b = append(b, '}')
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
