@@ -250,7 +250,8 @@ func parseAmount(raw json.RawMessage, scale uint8, field string) (int64, error) 
 	return u, nil
 }
 
-// decimalText reads a decimal given as a JSON string or integer and returns it as text.
+// decimalText reads a decimal given as a JSON string or integer and returns
+// its text as written, once checked.
 func decimalText(raw json.RawMessage, field string) (string, error) {
 	t := bytes.TrimSpace(raw)
 	var text string
@@ -264,11 +265,10 @@ func decimalText(raw json.RawMessage, field string) (string, error) {
 		}
 		text = string(t)
 	}
-	d, err := meter.ParseDec(text)
-	if err != nil || strings.ContainsAny(text, "eE") {
+	if _, err := meter.ParseDec(text); err != nil || strings.ContainsAny(text, "eE") {
 		return "", badRequest("invalid_amount", field, "%s must be a plain decimal such as \"12.50\"", field)
 	}
-	return d.String(), nil
+	return text, nil // as written: "9.00" stays "9.00", as a price is shown
 }
 
 // metadata checks an optional metadata object and returns it compacted.
