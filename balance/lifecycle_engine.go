@@ -208,6 +208,12 @@ func NewManualClock(start int64) *ManualClock {
 // Now returns the clock's time.
 func (c *ManualClock) Now() int64 { return c.now.Load() }
 
+// Set moves the clock to t without running anything that came due: reads
+// and writes still see exact state (every operation advances its wallet
+// first). Tests use it to show that no timer is needed; Engine.SetClock is
+// the way to move time and run what came due.
+func (c *ManualClock) Set(t int64) { c.now.Store(t) }
+
 // CodeClockBackwards refuses moving the test clock back.
 const CodeClockBackwards = "clock_backwards"
 
