@@ -32,6 +32,7 @@ type Pricing struct {
 	assetByCode map[string]Asset
 	byType      map[string][]*price // event_type -> prices, in document order
 	json        []byte              // canonical document
+	offers      []TopupOffer        // the document's top-up offers, validated
 }
 
 // price is a compiled Price.
@@ -460,6 +461,7 @@ func (p *Pricing) compileOffers(offers []TopupOffer) error {
 			}
 		}
 	}
+	p.offers = offers
 	return nil
 }
 

@@ -1,11 +1,8 @@
 package meter
 
 import (
-	"bytes"
 	"math/big"
 	"strings"
-
-	"github.com/valyala/fastjson"
 )
 
 // quoteScaleDefault is the number of decimal places an amount may have when
@@ -160,35 +157,8 @@ func unknownCurrency(currency string, offers []TopupOffer) *Error {
 	return errf("unknown_currency", "currency", msg)
 }
 
-// offersMember introduces the last member of the canonical document JSON
-// (see Document.appendJSON). Inside a JSON string every '"' is escaped, so
-// this byte sequence can only be the member itself.
-const offersMember = `,"topup_offers":`
-
-// topupOffers decodes the top-up offers of p. A Pricing keeps its document
-// only as canonical JSON, whose last member is topup_offers; only that tail
-// is parsed (at most 16 offers of 32 tiers), so a quote costs the same
-// whatever the size of the prices.
-func (p *Pricing) topupOffers() []TopupOffer {
-	i := bytes.LastIndex(p.json, []byte(offersMember))
-	if i < 0 || p.json[len(p.json)-1] != '}' {
-		panic("meter: canonical pricing JSON does not end with topup_offers")
-	}
-	var fp fastjson.Parser
-	v, err := fp.ParseBytes(p.json[i+len(offersMember) : len(p.json)-1])
-	if err != nil {
-		panic("meter: canonical topup_offers JSON does not parse: " + err.Error())
-	}
-	var d decoder
-	var offers []TopupOffer
-	for j, e := range d.array(v, "topup_offers") {
-		offers = append(offers, d.offer(e, index("topup_offers", j)))
-	}
-	if d.err != nil {
-		panic("meter: canonical topup_offers JSON does not decode: " + d.err.Error())
-	}
-	return offers
-}
+// topupOffers returns the top-up offers of p, as compiled.
+func (p *Pricing) topupOffers() []TopupOffer { return p.offers }
 
 // creditsFor returns floor(amount * rate) in smallest units of an asset of
 // the given scale; amount and rate are positive. Above MaxUnits it is an
