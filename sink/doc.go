@@ -1,7 +1,7 @@
 // Package sink is meterd's way out: it tails the durable outbox of the
 // balance engine and ships what it settled to ClickHouse (ledger entries and
-// usage records, exactly once) and to Kafka (ledger entries, at least once);
-// webhooks come later.
+// usage records, exactly once), to Kafka (ledger entries and notifications,
+// at least once) and to a webhook (notifications, signed, at least once).
 //
 // The engine writes one outbox record per commit group in the same Pebble
 // batch as the change itself, so nothing durable is missing from the outbox
@@ -12,6 +12,7 @@
 // batch. Outbox records are deleted once every configured sink shipped them.
 //
 // Destinations: ClickHouse (ledger_entries, usage_events and the analyst
-// views; exactly once) and a Kafka topic of ledger entries (at least once,
-// with a stable id per message).
+// views; exactly once), Kafka topics of ledger entries and notifications
+// (at least once, with a stable id per message), and a webhook endpoint
+// (notifications in order, signed with HMAC-SHA256, at least once).
 package sink
