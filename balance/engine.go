@@ -379,6 +379,16 @@ func (e *Engine) Wallet(customer string) (*Wallet, error) {
 	return out, err
 }
 
+// advanceCustomer applies what came due to a customer's wallet, durably, so
+// that a read of its stored records (ledger, notifications) is exact as of
+// now without waiting for the timers.
+func (e *Engine) advanceCustomer(customer string) error {
+	return e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
+		sh.expire(g, w)
+		return nil
+	})
+}
+
 func (s *shard) expire(g *group, w *Wallet) {
 	if next := w.NextDue(); next == 0 || next > g.now {
 		return
@@ -514,6 +524,9 @@ type LedgerPage struct {
 // Seq < before (0 = from the newest), optionally of one account only.
 func (e *Engine) Ledger(customer, account string, before uint64, limit int) (LedgerPage, error) {
 	var page LedgerPage
+	if err := e.advanceCustomer(customer); err != nil {
+		return page, err
+	}
 	v, err := e.st.get(walletKey(nil, customer))
 	if err != nil {
 		return page, err

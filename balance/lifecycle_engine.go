@@ -440,10 +440,8 @@ func (e *Engine) Notifications(customer string, before uint64, limit int) ([]Not
 
 // scanCustomer reads a customer's records of a prefix newest first.
 func (e *Engine) scanCustomer(prefix byte, customer string, before uint64, limit int, fn func(v []byte) error) (uint64, error) {
-	if v, err := e.st.get(walletKey(nil, customer)); err != nil {
+	if err := e.advanceCustomer(customer); err != nil {
 		return 0, err
-	} else if v == nil {
-		return 0, &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
 	}
 	lower := customerSeqKey(nil, prefix, customer, 0)
 	upper := customerSeqKey(nil, prefix, customer, ^uint64(0))

@@ -437,6 +437,11 @@ func (s *Server) placeHold(ctx *fasthttp.RequestCtx) {
 	var h hasher
 	hash := h.str(body.CustomerID).str(body.Account).int(amount).str(expText).sum()
 	rec, replayed, err := s.e.PlaceHold(body.CustomerID, &balance.HoldCmd{ID: body.ID, Account: body.Account, Amount: amount, ExpiresAt: expires, Hash: hash})
+	if be, ok := err.(*balance.Error); ok && be.Code == balance.CodeInsufficientFunds {
+		// The contract's status for a hold that does not fit: 402.
+		writeError(ctx, fasthttp.StatusPaymentRequired, be.Code, "the hold is larger than what the account has available", "amount")
+		return
+	}
 	if err != nil {
 		s.writeErr(ctx, err)
 		return
