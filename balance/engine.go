@@ -415,7 +415,28 @@ type TopUpResult struct {
 	Status     uint8 // TopUpCompleted or TopUpReversed
 	CreatedAt  int64
 	ReversedAt int64
-	Replayed   bool // the same top-up was seen before: nothing was applied now
+	ExpiresAt  int64 // the bucket's expiry ("period_end" resolved); 0 = never
+	Replayed   bool  // the same top-up was seen before: nothing was applied now
+}
+
+// CodeInvalidTimestamp refuses a write whose expires_at is not in the future.
+const CodeInvalidTimestamp = "invalid_timestamp"
+
+// checkFuture refuses an expiry at or before now; replays are answered before it is checked.
+func checkFuture(expiresAt, now int64) *Error {
+	if expiresAt > 0 && expiresAt <= now {
+		return &Error{Code: CodeInvalidTimestamp, Message: "expires_at must be in the future"}
+	}
+	return nil
+}
+
+// resolvedExpiry returns a command's expiry as applied at instant at.
+func resolvedExpiry(w *Wallet, expiresAt, at int64) int64 {
+	if expiresAt == ExpiresPeriodEnd {
+		end, _ := w.PeriodEnd(at)
+		return end
+	}
+	return expiresAt
 }
 
 // TopUp applies a top-up once per id; hash identifies its content.
@@ -431,8 +452,12 @@ func (e *Engine) TopUp(customer string, c *TopUpCmd, hash [16]byte) (TopUpResult
 			if rec.Hash != hash {
 				return &Error{Code: CodeIdempotencyConflict, Message: "top-up id " + c.ID + " was already used with different content"}
 			}
-			res = TopUpResult{BucketID: rec.BucketID, Status: rec.TopUpStatus, CreatedAt: rec.RecordedAt, ReversedAt: rec.ReversedAt, Replayed: true}
+			res = TopUpResult{BucketID: rec.BucketID, Status: rec.TopUpStatus, CreatedAt: rec.RecordedAt, ReversedAt: rec.ReversedAt,
+				ExpiresAt: resolvedExpiry(w, c.ExpiresAt, rec.RecordedAt), Replayed: true}
 			return nil
+		}
+		if ferr := checkFuture(c.ExpiresAt, g.now); ferr != nil {
+			return ferr
 		}
 		bucket, entries, berr := w.TopUp(c, g.now, sh.entries[:0])
 		sh.written(g, w, entries)
@@ -440,7 +465,7 @@ func (e *Engine) TopUp(customer string, c *TopUpCmd, hash [16]byte) (TopUpResult
 			return berr
 		}
 		sh.remember(g, key, &record{Kind: idemTopUp, Hash: hash, BucketID: bucket, TopUpStatus: TopUpCompleted})
-		res = TopUpResult{BucketID: bucket, Status: TopUpCompleted, CreatedAt: g.now}
+		res = TopUpResult{BucketID: bucket, Status: TopUpCompleted, CreatedAt: g.now, ExpiresAt: resolvedExpiry(w, c.ExpiresAt, g.now)}
 		return nil
 	})
 	return res, err
@@ -501,6 +526,9 @@ func (e *Engine) Adjust(customer string, c *AdjustCmd, hash [16]byte) (AdjustRes
 			}
 			res = AdjustResult{CreatedAt: rec.RecordedAt, Replayed: true}
 			return nil
+		}
+		if ferr := checkFuture(c.ExpiresAt, g.now); ferr != nil {
+			return ferr
 		}
 		entries, berr := w.Adjust(c, g.now, sh.entries[:0])
 		sh.written(g, w, entries)

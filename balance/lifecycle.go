@@ -493,7 +493,7 @@ func (w *Wallet) PlaceHold(c *HoldCmd, now int64, out []Entry) ([]Entry, *Error)
 		return out, errorf(CodeInvalidAmount, "hold amount %d is not in [1, %d]", c.Amount, CommandUnitsMax)
 	}
 	if c.ExpiresAt <= now {
-		return out, errorf(CodeInvalidRequest, "a hold must expire after now")
+		return out, errorf(CodeInvalidTimestamp, "a hold's expires_at must be in the future")
 	}
 	if w.findHold(c.ID) >= 0 {
 		return out, errorf(CodeIdempotencyConflict, "hold %s is already active", c.ID)

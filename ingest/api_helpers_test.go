@@ -26,6 +26,10 @@ type apiEnvOpts struct {
 	Dir    string // engine directory; default t.TempDir()
 	Limits Limits // zero: DefaultLimits
 	Keys   *Keys  // nil: no auth
+	// Clock, when set, is the engine's test clock: /v1/test-clock is
+	// served (Config.TestClock) and the background timer is slowed to an
+	// hour, so that time moves only when a test moves it.
+	Clock *balance.ManualClock
 }
 
 // apiEnv is one engine and one server serving on loopback.
@@ -46,11 +50,16 @@ func newAPIEnv(t *testing.T, o apiEnvOpts) *apiEnv {
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
 	}
-	eng, err := balance.Open(balance.Options{Dir: o.Dir, Shards: 2, QueueMax: 1024, IdemCacheMax: 1 << 17, CommitEventsMax: 1024})
+	opts := balance.Options{Dir: o.Dir, Shards: 2, QueueMax: 1024, IdemCacheMax: 1 << 17, CommitEventsMax: 1024}
+	if o.Clock != nil {
+		opts.Clock = o.Clock
+		opts.TimerInterval = time.Hour
+	}
+	eng, err := balance.Open(opts)
 	if err != nil {
 		t.Fatalf("balance.Open: %v", err)
 	}
-	srv := NewServer(Config{Engine: eng, Keys: o.Keys, Limits: o.Limits, RequestTimeout: 10 * time.Second})
+	srv := NewServer(Config{Engine: eng, Keys: o.Keys, Limits: o.Limits, RequestTimeout: 10 * time.Second, TestClock: o.Clock != nil})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		eng.Close()
@@ -126,6 +135,35 @@ func (e *apiEnv) send(method, path, ctype, auth string, body []byte) apiResp {
 		e.t.Fatalf("%s %s: reading the body: %v", method, path, err)
 	}
 	return apiResp{Status: res.StatusCode, Header: res.Header, Body: b}
+}
+
+// try sends a JSON request (body "" sends none) and returns transport
+// errors instead of failing the test: it is safe on any goroutine.
+func (e *apiEnv) try(method, path, body string) (apiResp, error) {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, e.base+path, rd)
+	if err != nil {
+		return apiResp{}, err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if e.auth != "" {
+		req.Header.Set("Authorization", "Bearer "+e.auth)
+	}
+	res, err := e.client.Do(req)
+	if err != nil {
+		return apiResp{}, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return apiResp{}, fmt.Errorf("%s %s: reading the body: %w", method, path, err)
+	}
+	return apiResp{Status: res.StatusCode, Header: res.Header, Body: b}, nil
 }
 
 // call sends a JSON request (body "" sends none).

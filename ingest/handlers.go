@@ -308,8 +308,11 @@ func metadata(raw json.RawMessage, field string) ([]byte, error) {
 // expiryMax bounds expiry times: unix nanoseconds in an int64 reach 2262.
 var expiryMax = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// parseExpiry reads an optional RFC 3339 expiry that must be in the future.
-func parseExpiry(v *string, now int64, field string) (int64, error) {
+// parseExpiry reads an optional RFC 3339 expiry, or "period_end". Whether
+// it is in the future is checked by the engine when the write is applied, so
+// that a replay of an accepted write returns its original result whenever
+// it comes.
+func parseExpiry(v *string, field string) (int64, error) {
 	if v == nil {
 		return 0, nil
 	}
@@ -326,11 +329,7 @@ func parseExpiry(v *string, now int64, field string) (int64, error) {
 	if !t.Before(expiryMax) {
 		return 0, badRequest("invalid_timestamp", field, "%s must be before %s (times are kept in nanoseconds)", field, expiryMax.Format(time.RFC3339))
 	}
-	ns := t.UnixNano()
-	if ns <= now {
-		return 0, badRequest("invalid_timestamp", field, "%s must be in the future", field)
-	}
-	return ns, nil
+	return t.UnixNano(), nil
 }
 
 func checkLen(v, field string, max int) error {
@@ -541,7 +540,7 @@ func (s *Server) topUp(ctx *fasthttp.RequestCtx, customer string) {
 	b = append(b, `,"source":`...)
 	b = appendString(b, cmd.Source)
 	b = append(b, `,"expires_at":`...)
-	b = appendTime(b, cmd.ExpiresAt)
+	b = appendTime(b, res.ExpiresAt)
 	b = append(b, `,"created_at":`...)
 	b = appendTime(b, res.CreatedAt)
 	if res.ReversedAt != 0 {
@@ -605,7 +604,7 @@ func (s *Server) topUpCmd(body *topUpBody) (*balance.TopUpCmd, priceText, error)
 	if err := checkLen(source, "source", sourceLenMax); err != nil {
 		return nil, price, err
 	}
-	exp, err := parseExpiry(body.ExpiresAt, s.e.Now(), "expires_at")
+	exp, err := parseExpiry(body.ExpiresAt, "expires_at")
 	if err != nil {
 		return nil, price, err
 	}
@@ -744,7 +743,7 @@ func (s *Server) adjustCmd(body *adjustBody) (*balance.AdjustCmd, error) {
 		}
 		prio = *body.Priority
 	}
-	exp, err := parseExpiry(body.ExpiresAt, s.e.Now(), "expires_at")
+	exp, err := parseExpiry(body.ExpiresAt, "expires_at")
 	if err != nil {
 		return nil, err
 	}

@@ -421,7 +421,7 @@ func (s *Server) placeHold(ctx *fasthttp.RequestCtx) {
 	expText := ""
 	if body.ExpiresAt != nil {
 		expText = *body.ExpiresAt
-		if expires, err = parseExpiry(body.ExpiresAt, now, "expires_at"); err != nil {
+		if expires, err = parseExpiry(body.ExpiresAt, "expires_at"); err != nil {
 			s.writeErr(ctx, err)
 			return
 		}
