@@ -359,6 +359,8 @@ func (e *Engine) PutCustomer(customer string, s Settings) (created bool, err err
 			e.metrics.wallets.Inc()
 			created = true
 		} else {
+			// What came due before the change happens under the old settings.
+			sh.written(g, w, w.Advance(g.now, sh.entries[:0]))
 			w.Configure(s, g.now)
 		}
 		g.dirty[w] = struct{}{}
@@ -673,6 +675,7 @@ func (s *shard) anyCustomerKey(keys [][]byte) string {
 // Resume sets a paused customer back to active.
 func (e *Engine) Resume(customer string) error {
 	return e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
+		sh.written(g, w, w.Advance(g.now, sh.entries[:0]))
 		if w.Settings.Status != StatusActive {
 			s := *w.Settings
 			s.Status = StatusActive

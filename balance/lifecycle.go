@@ -357,8 +357,8 @@ func (w *Wallet) grantAllocation(i int, al *Allocation, k, at int64, out []Entry
 	if al.Strategy == StrategyAccumulate && al.Cap > 0 && a != nil {
 		var held int64
 		for j := range a.Buckets {
-			if a.Buckets[j].Alloc == uint8(i+1) {
-				held += a.Buckets[j].Remaining
+			if b := &a.Buckets[j]; b.Alloc == uint8(i+1) && b.Reference == w.Settings.Plan.ID {
+				held += b.Remaining
 			}
 		}
 		amount = min(amount, max(al.Cap-held, 0))
@@ -529,6 +529,31 @@ func (w *Wallet) endHold(i int, st HoldStatus, at int64, eventID string, settled
 	a.Held -= h.Amount
 	t := Entry{Type: EntryHoldRelease, Reference: h.ID, EventID: eventID, OccurredAt: at}
 	out = w.post(out, a, &t, h.Amount, "", 0, at)
+	// Credits the hold kept from settling debt settle it now: debt is
+	// always settled first. Each part is a pair of entries (the bucket
+	// gives, the debt takes) whose sum is zero.
+	if a.Debt > 0 {
+		var free int64
+		for i := range a.Buckets {
+			free += a.Buckets[i].Remaining
+		}
+		if x := min(a.Debt, free-a.Held); x > 0 {
+			need := x
+			for i := 0; i < len(a.Buckets) && need > 0; i++ {
+				b := &a.Buckets[i]
+				take := min(b.Remaining, need)
+				if take <= 0 {
+					continue
+				}
+				b.Remaining -= take
+				need -= take
+				out = w.post(out, a, &t, -take, b.ID, b.Kind, at)
+				a.Debt -= take
+				out = w.post(out, a, &t, take, "", 0, at)
+			}
+			a.Buckets = slices.DeleteFunc(a.Buckets, func(b Bucket) bool { return b.Remaining == 0 })
+		}
+	}
 	l.fx.Holds = append(l.fx.Holds, HoldRecord{Hold: h, Customer: w.Customer, Scale: a.Scale, Status: st, UpdatedAt: at, EventID: eventID, Settled: settled})
 	return out
 }

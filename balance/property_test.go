@@ -1,20 +1,27 @@
 package balance
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/meterd/meterd/meter"
 )
 
 // The reference model: a flat list of buckets of every account, sorted
-// naively whenever an order is needed, with plain int64 arithmetic. It is
-// written independently of wallet.go and shares none of its code.
+// naively whenever an order is needed, with plain int64 arithmetic, plus the
+// credit lifecycle (holds, plan schedules of day and week periods, auto-reload,
+// balance alerts) kept just as plainly. It is written independently of
+// wallet.go and lifecycle.go and shares none of their code.
 
 type mBucket struct {
 	id          string
@@ -24,21 +31,66 @@ type mBucket struct {
 	amount, rem int64
 	eff, exp    int64
 	ref         string
+	alloc       int // 1 + the index of the plan allocation that granted it, else 0
 }
 
 type mAcct struct {
-	debt  int64
-	carry uint64
+	debt     int64
+	carry    uint64
+	held     int64
+	depleted bool
+}
+
+type mHold struct {
+	id, acct    string
+	amount, exp int64
+}
+
+// mSched is the grant schedule of one plan allocation.
+type mSched struct {
+	serial int // unique per schedule started: the key of the at-most-once check
+	anchor int64
+	length int64 // the period, in ns: a day or a week
+	last   int64 // the last period index granted or skipped
+	since  int64 // nothing is granted before this instant
+}
+
+func (s *mSched) due() int64 { return max(s.anchor+(s.last+1)*s.length, s.since) }
+
+type mReload struct {
+	id, acct string
+	amount   int64
+	await    bool
 }
 
 type model struct {
 	status    Status
 	policy    Policy
 	limits    map[string]int64
+	alerts10  []int64 // balance alert thresholds, in tenths of a unit (the accounts have scale 0)
 	buckets   []mBucket
+	all       map[string]mBucket // every bucket ever made: their order keys never change
 	accts     map[string]*mAcct
 	bucketSeq uint64
-	exp       []mEntry // expected entries of the current step
+
+	holds []mHold // active, in creation order
+
+	plan    *Plan
+	planID  string
+	scheds  []mSched
+	serials int
+
+	reload       *AutoReload
+	pending      *mReload
+	reloadSeq    uint64
+	reloadPeriod int64
+	reloadCount  int
+
+	// What the current step is expected to produce.
+	exp      []mEntry
+	notes    []string // "type account"
+	holdFx   []string // "id status"
+	reloadFx []string // "id status"
 }
 
 // mEntry is what the model expects of one ledger entry.
@@ -47,10 +99,52 @@ type mEntry struct {
 	acct   string
 	amount int64
 	bucket string
+	at     int64 // OccurredAt
 }
 
 func newModel() *model {
-	return &model{status: StatusActive, policy: PolicyReject, limits: map[string]int64{}, accts: map[string]*mAcct{}}
+	return &model{status: StatusActive, policy: PolicyReject, limits: map[string]int64{}, accts: map[string]*mAcct{}, all: map[string]mBucket{}}
+}
+
+func mFloorDiv(a, b int64) int64 {
+	if a >= 0 {
+		return a / b
+	}
+	return -((-a + b - 1) / b)
+}
+
+func mLength(u PeriodUnit) int64 {
+	if u == PeriodWeek {
+		return 7 * day
+	}
+	return day
+}
+
+func mPrio(k Kind) int {
+	return map[Kind]int{KindPromotional: 10, KindPlan: 20, KindRecharge: 30}[k]
+}
+
+// mLess is the consumption order: priority, then expiry (never last), then
+// effective time, then id.
+func mLess(a, b *mBucket) bool {
+	key := func(b *mBucket) (int, int64, int64, string) {
+		exp := b.exp
+		if exp == 0 {
+			exp = math.MaxInt64
+		}
+		return b.prio, exp, b.eff, b.id
+	}
+	p1, e1, f1, i1 := key(a)
+	p2, e2, f2, i2 := key(b)
+	switch {
+	case p1 != p2:
+		return p1 < p2
+	case e1 != e2:
+		return e1 < e2
+	case f1 != f2:
+		return f1 < f2
+	}
+	return i1 < i2
 }
 
 // order returns the indices of an account's buckets in consumption order.
@@ -61,26 +155,7 @@ func (m *model) order(acct string) []int {
 			idx = append(idx, i)
 		}
 	}
-	key := func(b *mBucket) (int, int64, int64, string) {
-		exp := b.exp
-		if exp == 0 {
-			exp = math.MaxInt64
-		}
-		return b.prio, exp, b.eff, b.id
-	}
-	sort.Slice(idx, func(x, y int) bool {
-		p1, e1, f1, i1 := key(&m.buckets[idx[x]])
-		p2, e2, f2, i2 := key(&m.buckets[idx[y]])
-		switch {
-		case p1 != p2:
-			return p1 < p2
-		case e1 != e2:
-			return e1 < e2
-		case f1 != f2:
-			return f1 < f2
-		}
-		return i1 < i2
-	})
+	sort.Slice(idx, func(x, y int) bool { return mLess(&m.buckets[idx[x]], &m.buckets[idx[y]]) })
 	return idx
 }
 
@@ -92,7 +167,7 @@ func (m *model) avail(acct string) int64 {
 		}
 	}
 	if a := m.accts[acct]; a != nil {
-		s -= a.debt
+		s -= a.held + a.debt
 	}
 	return s
 }
@@ -120,21 +195,71 @@ func (m *model) remove(ids map[string]bool) {
 	m.buckets = slices.DeleteFunc(m.buckets, func(b mBucket) bool { return ids[b.id] })
 }
 
-// expire applies expiries in time order: at each instant, every bucket due
-// by then, in account order then consumption order.
-func (m *model) expire(now int64) {
-	var due []int64
-	for _, b := range m.buckets {
-		if b.exp != 0 && b.exp <= now {
-			due = append(due, b.exp)
+func (m *model) note(typ, acct string) { m.notes = append(m.notes, typ+" "+acct) }
+
+func (m *model) entry(typ EntryType, acct string, amount int64, bucket string, at int64) {
+	m.exp = append(m.exp, mEntry{typ, acct, amount, bucket, at})
+}
+
+func (m *model) addBucket(b mBucket) {
+	m.buckets = append(m.buckets, b)
+	m.all[b.id] = b
+}
+
+func (m *model) newBucketID() string {
+	m.bucketSeq++
+	return "b_" + strconv.FormatUint(m.bucketSeq, 10)
+}
+
+// advance applies everything due by now in time order, each at its own
+// instant: the buckets due, then the holds due, then the plan grants due.
+func (m *model) advance(now int64) {
+	for {
+		t := int64(math.MaxInt64)
+		for _, b := range m.buckets {
+			if b.exp != 0 {
+				t = min(t, b.exp)
+			}
 		}
-	}
-	slices.Sort(due)
-	for _, t := range slices.Compact(due) {
+		for _, h := range m.holds {
+			t = min(t, h.exp)
+		}
+		for i := range m.scheds {
+			t = min(t, m.scheds[i].due())
+		}
+		if t > now {
+			return
+		}
 		m.expireAt(t)
+		var keep []mHold
+		for _, h := range m.holds {
+			if h.exp > t {
+				keep = append(keep, h)
+				continue
+			}
+			m.endHold(h, "expired", h.exp)
+			m.note(NoteHoldExpired, h.acct)
+		}
+		m.holds = keep
+		for i := range m.scheds {
+			s := &m.scheds[i]
+			k, at := s.last+1, s.due()
+			if at > t {
+				continue
+			}
+			al := m.plan.Allocations[i]
+			if kNow := mFloorDiv(now-s.anchor, s.length); al.Strategy == StrategyExpireAndReplace && k < kNow {
+				s.last = kNow - 1 // the periods before now's would have expired already
+				continue
+			}
+			s.last = k
+			m.grantAlloc(i, &al, k, at)
+		}
 	}
 }
 
+// expireAt removes every bucket due by now, in account order then
+// consumption order.
 func (m *model) expireAt(now int64) {
 	for _, acct := range m.acctIDs() {
 		gone := map[string]bool{}
@@ -143,12 +268,97 @@ func (m *model) expireAt(now int64) {
 			if b.exp != 0 && b.exp <= now {
 				gone[b.id] = true
 				if b.rem != 0 {
-					m.exp = append(m.exp, mEntry{EntryExpiry, acct, -b.rem, b.id})
+					m.entry(EntryExpiry, acct, -b.rem, b.id, b.exp)
+					m.note(NoteBucketExpired, acct)
 				}
 			}
 		}
 		m.remove(gone)
 	}
+}
+
+func (m *model) endHold(h mHold, status string, at int64) {
+	a := m.accts[h.acct]
+	a.held -= h.amount
+	m.entry(EntryHoldRelease, h.acct, h.amount, "", at)
+	m.holdFx = append(m.holdFx, h.id+" "+status)
+	// Freed credits settle debt: pairs of entries, bucket then debt.
+	var rem int64
+	for _, b := range m.buckets {
+		if b.acct == h.acct {
+			rem += b.rem
+		}
+	}
+	need := min(a.debt, rem-a.held)
+	if need <= 0 {
+		return
+	}
+	gone := map[string]bool{}
+	for _, i := range m.order(h.acct) {
+		b := &m.buckets[i]
+		take := min(b.rem, need)
+		if take <= 0 {
+			continue
+		}
+		b.rem -= take
+		need -= take
+		m.entry(EntryHoldRelease, h.acct, -take, b.id, at)
+		a.debt -= take
+		m.entry(EntryHoldRelease, h.acct, take, "", at)
+		if b.rem == 0 {
+			gone[b.id] = true
+		}
+		if need == 0 {
+			break
+		}
+	}
+	m.remove(gone)
+}
+
+// grantAlloc grants period k of allocation i at instant at.
+func (m *model) grantAlloc(i int, al *Allocation, k, at int64) {
+	acct := al.Account + ":" + al.Asset
+	kind := al.Kind
+	if kind == 0 {
+		kind = KindPlan
+	}
+	amount := al.Amount
+	if al.Strategy == StrategyAccumulate && al.Cap > 0 {
+		// An allocation's buckets are those of its index and its plan.
+		var held int64
+		for _, b := range m.buckets {
+			if b.acct == acct && b.alloc == i+1 && b.ref == m.plan.ID {
+				held += b.rem
+			}
+		}
+		amount = min(amount, max(al.Cap-held, 0))
+	}
+	if amount <= 0 || m.count(acct) >= AccountBucketsMax {
+		return
+	}
+	var exp int64
+	if al.Strategy == StrategyExpireAndReplace {
+		exp = m.scheds[i].anchor + (k+1)*m.scheds[i].length
+	}
+	m.ensure(acct)
+	a := m.accts[acct]
+	settle := min(a.debt, amount)
+	a.debt -= settle
+	if exp == 0 { // an accumulating allocation grows its one bucket
+		for j := range m.buckets {
+			if b := &m.buckets[j]; b.acct == acct && b.alloc == i+1 && b.ref == m.plan.ID && b.exp == 0 && b.amount <= CommandUnitsMax-amount {
+				b.amount += amount
+				b.rem += amount - settle
+				m.entry(EntryGrant, acct, amount, b.id, at)
+				return
+			}
+		}
+	}
+	id := m.newBucketID()
+	if amount-settle > 0 {
+		m.addBucket(mBucket{id: id, acct: acct, kind: kind, prio: mPrio(kind), amount: amount, rem: amount - settle, eff: at, exp: exp, ref: m.plan.ID, alloc: i + 1})
+	}
+	m.entry(EntryGrant, acct, amount, id, at)
 }
 
 func (m *model) mayDebit(acct string, avail, units int64) bool {
@@ -162,19 +372,24 @@ func (m *model) mayDebit(acct string, avail, units int64) bool {
 	}
 }
 
-// debit takes units in consumption order, the rest into debt.
-func (m *model) debit(acct string, units int64, typ EntryType) {
-	left := units
+// debit takes units in consumption order from what the holds do not
+// reserve, the rest into debt.
+func (m *model) debit(acct string, units int64, typ EntryType, at int64) {
+	var sum int64
+	for _, b := range m.buckets {
+		if b.acct == acct {
+			sum += b.rem
+		}
+	}
+	left := min(units, max(sum-m.accts[acct].held, 0))
+	debt := units - left
 	gone := map[string]bool{}
 	for _, i := range m.order(acct) {
 		if left == 0 {
 			break
 		}
 		b := &m.buckets[i]
-		take := b.rem
-		if take > left {
-			take = left
-		}
+		take := min(b.rem, left)
 		if take == 0 {
 			continue
 		}
@@ -183,12 +398,12 @@ func (m *model) debit(acct string, units int64, typ EntryType) {
 		if b.rem == 0 {
 			gone[b.id] = true
 		}
-		m.exp = append(m.exp, mEntry{typ, acct, -take, b.id})
+		m.entry(typ, acct, -take, b.id, at)
 	}
 	m.remove(gone)
-	if left > 0 {
-		m.accts[acct].debt += left
-		m.exp = append(m.exp, mEntry{typ, acct, -left, ""})
+	if debt > 0 {
+		m.accts[acct].debt += debt
+		m.entry(typ, acct, -debt, "", at)
 	}
 }
 
@@ -210,27 +425,55 @@ func (m *model) grant(acct string, amount int64, kind Kind, prio int, exp, now i
 	}
 	m.ensure(acct)
 	a := m.accts[acct]
-	m.bucketSeq++
-	id := "b_" + strconv.FormatUint(m.bucketSeq, 10)
+	id := m.newBucketID()
 	settle := min(a.debt, amount)
 	a.debt -= settle
 	if amount-settle > 0 {
-		m.buckets = append(m.buckets, mBucket{id: id, acct: acct, kind: kind, prio: prio, amount: amount, rem: amount - settle, eff: now, exp: exp, ref: ref})
+		m.addBucket(mBucket{id: id, acct: acct, kind: kind, prio: prio, amount: amount, rem: amount - settle, eff: now, exp: exp, ref: ref})
 	}
-	m.exp = append(m.exp, mEntry{typ, acct, amount, id})
+	m.entry(typ, acct, amount, id, now)
 	if exp != 0 && exp <= now {
-		m.expire(now)
+		m.expireAt(now)
 	}
 	return id, ""
 }
 
+// planPeriod returns the period of the plan's first allocation holding now.
+func (m *model) planPeriod(now int64) (start, end int64, ok bool) {
+	if m.plan == nil || len(m.plan.Allocations) == 0 {
+		return 0, 0, false
+	}
+	al := m.plan.Allocations[0]
+	d := mLength(al.Period)
+	k := mFloorDiv(now-al.Anchor, d)
+	if k < 0 {
+		return 0, 0, false
+	}
+	return al.Anchor + k*d, al.Anchor + (k+1)*d, true
+}
+
+// resolve resolves ExpiresPeriodEnd.
+func (m *model) resolve(exp, now int64) (int64, string) {
+	if exp != ExpiresPeriodEnd {
+		return exp, ""
+	}
+	if _, end, ok := m.planPeriod(now); ok {
+		return end, ""
+	}
+	return 0, CodeNoPlanPeriod
+}
+
 func (m *model) topUp(c *TopUpCmd, now int64) (string, string) {
-	m.expire(now)
-	return m.grant(c.Account+":"+c.Asset, c.Amount, KindRecharge, 30, c.ExpiresAt, now, c.ID, EntryTopUp)
+	m.advance(now)
+	exp, code := m.resolve(c.ExpiresAt, now)
+	if code != "" {
+		return "", code
+	}
+	return m.grant(c.Account+":"+c.Asset, c.Amount, KindRecharge, 30, exp, now, c.ID, EntryTopUp)
 }
 
 func (m *model) adjust(c *AdjustCmd, now int64) string {
-	m.expire(now)
+	m.advance(now)
 	acct := c.Account + ":" + c.Asset
 	if c.Amount > 0 {
 		kind := c.Kind
@@ -240,14 +483,18 @@ func (m *model) adjust(c *AdjustCmd, now int64) string {
 		if kind > 3 {
 			return CodeInvalidRequest
 		}
-		prio := map[Kind]int{KindPromotional: 10, KindPlan: 20, KindRecharge: 30}[kind]
+		prio := mPrio(kind)
 		if c.Priority > 100 {
 			return CodeInvalidRequest
 		}
 		if c.Priority >= 0 {
 			prio = c.Priority
 		}
-		_, code := m.grant(acct, c.Amount, kind, prio, c.ExpiresAt, now, c.TransactionID, EntryAdjustment)
+		exp, code := m.resolve(c.ExpiresAt, now)
+		if code != "" {
+			return code
+		}
+		_, code = m.grant(acct, c.Amount, kind, prio, exp, now, c.TransactionID, EntryAdjustment)
 		return code
 	}
 	if c.Amount == 0 {
@@ -257,12 +504,12 @@ func (m *model) adjust(c *AdjustCmd, now int64) string {
 		return CodeInsufficientFunds
 	}
 	m.ensure(acct)
-	m.debit(acct, -c.Amount, EntryAdjustment)
+	m.debit(acct, -c.Amount, EntryAdjustment, now)
 	return ""
 }
 
 func (m *model) reverse(bucket, topUp string, window, now int64) string {
-	m.expire(now)
+	m.advance(now)
 	for _, b := range m.buckets {
 		if b.id != bucket {
 			continue
@@ -274,9 +521,11 @@ func (m *model) reverse(bucket, topUp string, window, now int64) string {
 			return CodeTopUpSpent
 		case now > b.eff+window:
 			return CodeReversalWindowElapsed
+		case b.amount > m.avail(b.acct):
+			return CodeTopUpSpent // reserved by a hold
 		}
 		m.remove(map[string]bool{b.id: true})
-		m.exp = append(m.exp, mEntry{EntryTopUpReversal, b.acct, -b.amount, b.id})
+		m.entry(EntryTopUpReversal, b.acct, -b.amount, b.id, now)
 		return ""
 	}
 	if n, err := strconv.ParseUint(bucket[2:], 10, 64); err == nil && n > 0 && n <= m.bucketSeq {
@@ -285,18 +534,17 @@ func (m *model) reverse(bucket, topUp string, window, now int64) string {
 	return CodeUnknownBucket
 }
 
-func (m *model) charge(c *UsageCmd, now int64) ([]int64, string) {
-	m.expire(now)
-	if m.status == StatusPaused {
-		return nil, CodeAccountPaused
-	}
+// chargeUnits returns the whole units and the carries of an event's
+// charges and the index of the first charge that breaks the funds rule
+// (charges to the settled hold's account are not checked), or -1.
+func (m *model) chargeUnits(c *UsageCmd, holdAcct string, holdAmt int64) ([]int64, map[string]uint64, int, string) {
 	const S = meter.SubUnitsPerUnit
 	units := make([]int64, len(c.Charges))
 	carries := map[string]uint64{}
 	spent := map[string]int64{}
 	for i, ch := range c.Charges {
 		if ch.Amount.Units < 0 || ch.Amount.Sub >= S {
-			return nil, CodeInvalidAmount
+			return nil, nil, -1, CodeInvalidAmount
 		}
 		carry, ok := carries[ch.Account]
 		if !ok && m.accts[ch.Account] != nil {
@@ -314,22 +562,298 @@ func (m *model) charge(c *UsageCmd, now int64) ([]int64, string) {
 		}
 		units[i] = u
 		carries[ch.Account] = rest
-		if !m.mayDebit(ch.Account, m.avail(ch.Account)-spent[ch.Account], u) {
-			return nil, CodeInsufficientFunds
+		if ch.Account == holdAcct {
+			if m.avail(ch.Account)-spent[ch.Account]+holdAmt-u < -CommandUnitsMax {
+				return units, carries, i, ""
+			}
+		} else if !m.mayDebit(ch.Account, m.avail(ch.Account)-spent[ch.Account], u) {
+			return units, carries, i, ""
 		}
 		spent[ch.Account] += u
 	}
+	return units, carries, -1, ""
+}
+
+func (m *model) charge(c *UsageCmd, now int64) ([]int64, string) {
+	m.advance(now)
+	if m.status == StatusPaused {
+		return nil, CodeAccountPaused
+	}
+	hold, holdAcct, holdAmt := -1, "", int64(0)
+	for i, h := range m.holds {
+		if c.HoldID != "" && h.id == c.HoldID {
+			hold, holdAcct, holdAmt = i, h.acct, h.amount
+		}
+	}
+	var units []int64
+	var carries map[string]uint64
+	for attempt := 0; ; attempt++ {
+		var failed int
+		var code string
+		units, carries, failed, code = m.chargeUnits(c, holdAcct, holdAmt)
+		if code != "" {
+			return nil, code
+		}
+		if failed < 0 {
+			break
+		}
+		// An event that cannot be covered asks for a reload, which in
+		// grant_immediately mode may cover it at once.
+		if attempt == 0 && m.reloadAllowed(c.Charges[failed].Account, now) && m.requestReload(now) {
+			continue
+		}
+		return nil, CodeInsufficientFunds
+	}
+	if hold >= 0 {
+		h := m.holds[hold]
+		m.holds = slices.Delete(m.holds, hold, hold+1)
+		m.endHold(h, "settled", now)
+	}
+	reload := false
 	for i, ch := range c.Charges {
 		m.ensure(ch.Account)
 		if units[i] > 0 {
-			m.debit(ch.Account, units[i], EntryUsage)
+			m.debit(ch.Account, units[i], EntryUsage, c.OccurredAt)
+			if r := m.reload; r != nil && ch.Account == r.Account+":"+r.Asset && m.avail(ch.Account) < r.Threshold {
+				reload = true
+			}
 		}
 	}
 	for acct, carry := range carries {
 		m.accts[acct].carry = carry
 	}
+	if reload && m.reloadAllowed(m.reload.Account+":"+m.reload.Asset, now) {
+		m.requestReload(now)
+	}
 	return units, ""
 }
+
+func (m *model) placeHold(c *HoldCmd, now int64) string {
+	m.advance(now)
+	switch {
+	case c.Amount <= 0:
+		return CodeInvalidAmount
+	case c.ExpiresAt <= now:
+		return CodeInvalidTimestamp
+	case slices.ContainsFunc(m.holds, func(h mHold) bool { return h.id == c.ID }):
+		return CodeIdempotencyConflict
+	case len(m.holds) >= WalletHoldsMax:
+		return CodeLimitExceeded
+	case m.accts[c.Account] == nil || c.Amount > m.avail(c.Account):
+		return CodeInsufficientFunds
+	}
+	m.holds = append(m.holds, mHold{id: c.ID, acct: c.Account, amount: c.Amount, exp: c.ExpiresAt})
+	m.accts[c.Account].held += c.Amount
+	m.entry(EntryHold, c.Account, -c.Amount, "", now)
+	m.holdFx = append(m.holdFx, c.ID+" active")
+	return ""
+}
+
+func (m *model) releaseHold(id string, now int64) string {
+	m.advance(now)
+	for i, h := range m.holds {
+		if h.id == id {
+			m.holds = slices.Delete(m.holds, i, i+1)
+			m.endHold(h, "released", now)
+			return ""
+		}
+	}
+	return CodeHoldNotActive
+}
+
+// reloadStart returns the start of the period max_per_period counts: the
+// plan period, or the UTC calendar month.
+func (m *model) reloadStart(now int64) int64 {
+	if start, _, ok := m.planPeriod(now); ok {
+		return start
+	}
+	tm := time.Unix(0, now).UTC()
+	return time.Date(tm.Year(), tm.Month(), 1, 0, 0, 0, 0, time.UTC).UnixNano()
+}
+
+func (m *model) reloadAllowed(acct string, now int64) bool {
+	r := m.reload
+	if r == nil || !r.Enabled || m.status != StatusActive || acct != r.Account+":"+r.Asset || m.pending != nil {
+		return false
+	}
+	return r.MaxPerPeriod == 0 || m.reloadPeriod != m.reloadStart(now) || m.reloadCount < r.MaxPerPeriod
+}
+
+// requestReload makes a request and reports whether its credits were granted.
+func (m *model) requestReload(now int64) bool {
+	r := m.reload
+	if p := m.reloadStart(now); p != m.reloadPeriod {
+		m.reloadPeriod, m.reloadCount = p, 0
+	}
+	m.reloadCount++
+	m.reloadSeq++
+	req := &mReload{id: "r_" + strconv.FormatUint(m.reloadSeq, 10), acct: r.Account + ":" + r.Asset, amount: r.Amount, await: r.Mode == ReloadAwaitPayment}
+	m.pending = req
+	granted := false
+	if req.await {
+		m.reloadMark(req, now)
+	} else {
+		granted = m.grantReload(req, now)
+	}
+	m.reloadFx = append(m.reloadFx, req.id+" pending")
+	m.note(NoteAutoReloadRequested, req.acct)
+	return granted
+}
+
+func (m *model) grantReload(req *mReload, now int64) bool {
+	var exp int64
+	if r := m.reload; r != nil && r.PeriodEnd {
+		if _, end, ok := m.planPeriod(now); ok {
+			exp = end
+		}
+	}
+	if _, code := m.grant(req.acct, req.amount, KindRecharge, 30, exp, now, req.id, EntryAutoReload); code != "" {
+		m.reloadMark(req, now)
+		return false
+	}
+	return true
+}
+
+// reloadMark is the 0 auto_reload entry of a request or an outcome that moves no credit.
+func (m *model) reloadMark(req *mReload, now int64) {
+	m.ensure(req.acct)
+	m.entry(EntryAutoReload, req.acct, 0, "", now)
+}
+
+func (m *model) resolveReload(id string, ok bool, now int64) string {
+	m.advance(now)
+	req := m.pending
+	if req == nil || req.id != id {
+		return CodeReloadNotPending
+	}
+	m.pending = nil
+	if ok {
+		if req.await {
+			m.grantReload(req, now)
+		} else {
+			m.reloadMark(req, now)
+		}
+		m.reloadFx = append(m.reloadFx, id+" completed")
+		m.note(NoteAutoReloadCompleted, req.acct)
+		return ""
+	}
+	m.reloadMark(req, now)
+	if m.reload != nil {
+		r := *m.reload
+		r.Enabled = false
+		m.reload = &r
+	}
+	if !req.await {
+		m.status = StatusPaused
+	}
+	m.reloadFx = append(m.reloadFx, id+" failed")
+	m.note(NoteAutoReloadFailed, req.acct)
+	return ""
+}
+
+// configure takes settings whose alert thresholds are given in tenths by alerts10.
+func (m *model) configure(s *Settings, alerts10 []int64, now int64) {
+	m.status, m.policy = s.Status, s.Policy
+	m.limits = map[string]int64{}
+	for _, l := range s.CreditLimits {
+		m.limits[l.Account] = l.Units
+	}
+	m.alerts10 = alerts10
+	m.reload = nil
+	if s.AutoReload != nil {
+		r := *s.AutoReload
+		m.reload = &r
+	}
+	m.plan = nil
+	if s.Plan != nil {
+		p := Plan{ID: s.Plan.ID, Allocations: slices.Clone(s.Plan.Allocations)}
+		m.plan = &p
+	}
+	if m.plan == nil {
+		m.planID, m.scheds = "", nil
+		return
+	}
+	// A new plan id starts every schedule afresh; under the same id an
+	// allocation keeps its schedule while its anchor and period stay.
+	fresh := m.planID != m.plan.ID
+	var scheds []mSched
+	for i, al := range m.plan.Allocations {
+		d := mLength(al.Period)
+		if !fresh && i < len(m.scheds) && m.scheds[i].anchor == al.Anchor && m.scheds[i].length == d {
+			scheds = append(scheds, m.scheds[i])
+			continue
+		}
+		m.serials++
+		scheds = append(scheds, mSched{serial: m.serials, anchor: al.Anchor, length: d, last: max(mFloorDiv(now-al.Anchor, d), 0) - 1, since: now})
+	}
+	m.planID, m.scheds = m.plan.ID, scheds
+}
+
+// begin starts a step: it forgets the expectations of the last one and
+// returns the available balances the alerts compare with.
+func (m *model) begin() map[string]int64 {
+	m.exp, m.notes, m.holdFx, m.reloadFx = m.exp[:0], m.notes[:0], m.holdFx[:0], m.reloadFx[:0]
+	before := map[string]int64{}
+	for id := range m.accts {
+		before[id] = m.avail(id)
+	}
+	return before
+}
+
+// alerts fires, at the end of an operation, balance.low for each threshold
+// crossed downwards, balance.depleted and balance.recovered.
+func (m *model) alerts(before map[string]int64) {
+	for _, id := range m.acctIDs() {
+		a, b := m.avail(id), before[id]
+		if a == b {
+			continue
+		}
+		if a < b {
+			for _, th := range m.alerts10 {
+				if a*10 < th && b*10 >= th {
+					m.note(NoteBalanceLow, id)
+				}
+			}
+		}
+		acct := m.accts[id]
+		if b > 0 && a <= 0 && !acct.depleted {
+			acct.depleted = true
+			m.note(NoteBalanceDepleted, id)
+		}
+		if a > 0 && acct.depleted {
+			acct.depleted = false
+			m.note(NoteBalanceRecovered, id)
+		}
+	}
+}
+
+// stepOut is what one operation returned.
+type stepOut struct {
+	entries []Entry
+	code    string
+	bucket  string         // TopUp
+	res     []ChargeResult // Charge
+	req     ReloadRequest  // ConfirmReload, FailReload
+	fx      Effects
+}
+
+// invariants are the checks that hold whatever the model says.
+type invariants struct {
+	sums     map[string]int64 // sum of every entry amount ever, by account
+	seq      uint64           // last entry seq
+	noteSeq  uint64           // last notification seq
+	grants   map[string]bool  // schedule serial + period start of every grant
+	pending  map[string]bool  // reload requests pending
+	period   int64            // the reload period of the last request
+	inPeriod int              // requests made in it
+	negFree  map[string]bool  // accounts whose held credits expired or were reversed
+	overDebt map[string]bool  // accounts whose debt is above their limit
+}
+
+var alertTable = []struct {
+	s      string
+	tenths int64
+}{{"0", 0}, {"100", 1000}, {"250.5", 2505}, {"500", 5000}, {"1000", 10000}}
 
 // propertyRun drives a wallet and the model with the same random commands
 // and compares them after every step.
@@ -338,13 +862,16 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 	now := t0
 	w := NewWallet("c_prop", Settings{}, now)
 	m := newModel()
-	sums := map[string]int64{}
-	var seq uint64
+	inv := &invariants{sums: map[string]int64{}, grants: map[string]bool{}, pending: map[string]bool{},
+		negFree: map[string]bool{}, overDebt: map[string]bool{}}
 	var out []Entry
 	var res []ChargeResult
 	accounts := [][2]string{{"default", "CREDITS"}, {"default", "USD"}, {"team:eu", "CREDITS"}}
 	type topUpRec struct{ bucket, id string }
 	var topUps []topUpRec
+	var ended []string // ids of holds that ended
+	var curPlan *Plan
+	var curReload *AutoReload
 	counts := map[string]int{}
 
 	pickAcct := func() (string, string) {
@@ -352,16 +879,18 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 		return a[0], a[1]
 	}
 	pickExpiry := func() int64 {
-		switch r := rng.IntN(10); {
-		case r < 4:
+		switch r := rng.IntN(20); {
+		case r < 8:
 			return 0
-		case r == 4:
+		case r < 10:
 			return now // expires at once
-		case r == 5 && len(m.buckets) > 0: // ties with an existing bucket
+		case r < 12 && len(m.buckets) > 0: // ties with an existing bucket
 			if e := m.buckets[rng.IntN(len(m.buckets))].exp; e > now {
 				return e
 			}
 			return 0
+		case r < 13:
+			return ExpiresPeriodEnd
 		default:
 			return now + 1 + rng.Int64N(5*day)
 		}
@@ -372,10 +901,32 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 		}
 		return 1 + rng.Int64N(1000)
 	}
+	randomPlan := func() *Plan {
+		p := &Plan{ID: "p" + strconv.Itoa(rng.IntN(3))}
+		for n := 1 + rng.IntN(2); n > 0; n-- {
+			name, asset := pickAcct()
+			al := Allocation{Account: name, Asset: asset, Amount: 1 + rng.Int64N(300), Period: PeriodDay,
+				Anchor: now - rng.Int64N(10*day) + rng.Int64N(3*day), Strategy: StrategyExpireAndReplace}
+			if rng.IntN(3) == 0 {
+				al.Period = PeriodWeek
+			}
+			if rng.IntN(2) == 0 {
+				al.Strategy = StrategyAccumulate
+				if rng.IntN(2) == 0 {
+					al.Cap = al.Amount * (1 + rng.Int64N(5))
+				}
+			}
+			if rng.IntN(4) == 0 {
+				al.Kind = KindPromotional
+			}
+			p.Allocations = append(p.Allocations, al)
+		}
+		return p
+	}
 
 	for step := 0; step < steps; step++ {
 		// Time moves forward: not at all, a little, a lot, or exactly to
-		// (or just before) the next expiry.
+		// (or just before) the next due instant.
 		switch r := rng.IntN(10); {
 		case r < 3:
 		case r < 6:
@@ -383,34 +934,37 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 		case r < 8:
 			now += rng.Int64N(6 * hour)
 		default:
-			if next := w.NextExpiry(); next > now {
+			if next := w.NextDue(); next > now {
 				now = next - rng.Int64N(2)
 			}
 		}
-		m.exp = m.exp[:0]
-		out = out[:0]
-		var gotCode, wantCode string
-		var op string
-		var charges []int64
-		snapshot := m.snapshotOrder()
+		before := m.begin()
+		snapshot, debtBefore, heldBefore := m.snapshotOrder()
+		var run func(w *Wallet, out []Entry, res []ChargeResult) stepOut
+		var wantCode, op string
+		var check func(o *stepOut)
+		debited := map[string]bool{} // accounts a successful debit must leave at or above their floor
 		switch r := rng.IntN(100); {
-		case r < 22:
+		case r < 15:
 			op = "topup"
 			name, asset := pickAcct()
 			id := "top_" + strconv.Itoa(step)
 			c := &TopUpCmd{ID: id, Account: name, Asset: asset, Amount: pickAmount(), Source: "custom_credits", ExpiresAt: pickExpiry()}
-			var bid, wantID string
-			var err *Error
-			bid, out, err = w.TopUp(c, now, out)
+			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
+				bid, out, err := w.TopUp(c, now, out)
+				return stepOut{entries: out, code: code(err), bucket: bid}
+			}
+			var wantID string
 			wantID, wantCode = m.topUp(c, now)
-			gotCode = code(err)
-			if bid != wantID {
-				t.Fatalf("seed %d step %d: top-up bucket %q, model %q", seed, step, bid, wantID)
+			check = func(o *stepOut) {
+				if o.bucket != wantID {
+					t.Fatalf("seed %d step %d: top-up bucket %q, model %q", seed, step, o.bucket, wantID)
+				}
+				if o.code == "" {
+					topUps = append(topUps, topUpRec{o.bucket, id})
+				}
 			}
-			if err == nil {
-				topUps = append(topUps, topUpRec{bid, id})
-			}
-		case r < 42:
+		case r < 29:
 			op = "adjust"
 			name, asset := pickAcct()
 			c := &AdjustCmd{TransactionID: "tx_" + strconv.Itoa(step), Account: name, Asset: asset, Kind: Kind(rng.IntN(4)), Priority: -1, ExpiresAt: pickExpiry()}
@@ -426,16 +980,35 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 			c.Amount = pickAmount()
 			if rng.IntN(2) == 0 {
 				c.Amount = -c.Amount
+				if c.Amount < 0 {
+					debited[name+":"+asset] = true
+				}
 			}
-			var err *Error
-			out, err = w.Adjust(c, now, out)
+			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
+				out, err := w.Adjust(c, now, out)
+				return stepOut{entries: out, code: code(err)}
+			}
 			wantCode = m.adjust(c, now)
-			gotCode = code(err)
-		case r < 80:
+		case r < 56:
 			op = "charge"
 			c := &UsageCmd{EventID: "evt_" + strconv.Itoa(step), OccurredAt: now - 5, PricingVersion: 7}
+			settle := ""
+			if len(m.holds) > 0 && rng.IntN(3) == 0 {
+				h := m.holds[rng.IntN(len(m.holds))]
+				c.HoldID, settle = h.id, h.acct
+				op = "charge+hold"
+			} else if rng.IntN(20) == 0 {
+				c.HoldID = "h_unknown"
+				if len(ended) > 0 && rng.IntN(2) == 0 {
+					c.HoldID = ended[rng.IntN(len(ended))]
+				}
+			}
 			for n := 1 + rng.IntN(2); n > 0; n-- {
 				name, asset := pickAcct()
+				if settle != "" && len(c.Charges) == 0 && rng.IntN(5) != 0 {
+					i := strings.LastIndexByte(settle, ':')
+					name, asset = settle[:i], settle[i+1:]
+				}
 				f := meter.Fine{Units: rng.Int64N(1200)}
 				switch rng.IntN(4) {
 				case 0:
@@ -452,99 +1025,286 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 				}
 				c.Charges = append(c.Charges, meter.Charge{Account: name + ":" + asset, Name: name, Asset: asset, Amount: f})
 			}
-			var err *Error
-			res, out, err = w.Charge(c, now, res[:0], out)
+			run = func(w *Wallet, out []Entry, res []ChargeResult) stepOut {
+				res, out, err := w.Charge(c, now, res, out)
+				return stepOut{entries: out, code: code(err), res: res}
+			}
+			var charges []int64
 			charges, wantCode = m.charge(c, now)
-			gotCode = code(err)
-			if err == nil {
-				if len(res) != len(c.Charges) {
-					t.Fatalf("seed %d step %d: %d results for %d charges", seed, step, len(res), len(c.Charges))
+			check = func(o *stepOut) {
+				if o.code != "" {
+					return
 				}
-				for i := range res {
+				if len(o.res) != len(c.Charges) {
+					t.Fatalf("seed %d step %d: %d results for %d charges", seed, step, len(o.res), len(c.Charges))
+				}
+				for i := range o.res {
 					var sum int64
-					for _, p := range res[i].Parts {
+					for _, p := range o.res[i].Parts {
 						sum += p.Amount
 					}
-					if res[i].Amount != charges[i] || sum != charges[i] || res[i].Account != c.Charges[i].Account {
-						t.Fatalf("seed %d step %d: result %+v, model units %d", seed, step, res[i], charges[i])
+					if o.res[i].Amount != charges[i] || sum != charges[i] || o.res[i].Account != c.Charges[i].Account {
+						t.Fatalf("seed %d step %d: result %+v, model units %d", seed, step, o.res[i], charges[i])
 					}
 				}
 			}
-		case r < 90:
+			// The settled hold's account may go into debt; the others
+			// keep the funds rule.
+			for i, ch := range c.Charges {
+				if ch.Account != settle && charges != nil && charges[i] > 0 {
+					debited[ch.Account] = true
+				}
+			}
+		case r < 62:
 			op = "reverse"
 			bucket, id := "b_"+strconv.Itoa(rng.IntN(int(m.bucketSeq)+3)), "top_x"
 			if len(topUps) > 0 && rng.IntN(4) != 0 {
 				rec := topUps[len(topUps)-1-rng.IntN(min(len(topUps), 5))]
 				bucket, id = rec.bucket, rec.id
 			}
-			var err *Error
-			out, err = w.ReverseTopUp(bucket, id, day, now, out)
+			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
+				out, err := w.ReverseTopUp(bucket, id, day, now, out)
+				return stepOut{entries: out, code: code(err)}
+			}
 			wantCode = m.reverse(bucket, id, day, now)
-			gotCode = code(err)
-		case r < 95:
+		case r < 68:
 			op = "configure"
 			s := Settings{Status: StatusActive, Policy: PolicyReject}
-			if rng.IntN(5) == 0 {
+			if rng.IntN(10) == 0 {
 				s.Status = StatusPaused
 			}
 			if rng.IntN(2) == 0 {
 				s.Policy = PolicyOverdraft
 			}
-			m.limits = map[string]int64{}
 			for _, a := range accounts {
 				if rng.IntN(2) == 0 {
-					l := rng.Int64N(500)
-					s.CreditLimits = append(s.CreditLimits, Limit{Account: a[0] + ":" + a[1], Units: l})
-					m.limits[a[0]+":"+a[1]] = l
+					s.CreditLimits = append(s.CreditLimits, Limit{Account: a[0] + ":" + a[1], Units: rng.Int64N(500)})
 				}
 			}
-			w.Configure(s, now)
-			m.status, m.policy = s.Status, s.Policy
+			var alerts10 []int64
+			for _, a := range alertTable {
+				if rng.IntN(3) == 0 {
+					s.BalanceAlerts = append(s.BalanceAlerts, a.s)
+					alerts10 = append(alerts10, a.tenths)
+				}
+			}
+			switch r := rng.IntN(8); {
+			case r == 0:
+				curPlan = nil
+			case r < 3 && curPlan != nil: // the same plan saved again
+				op = "configure same plan"
+			case r < 4 && curPlan != nil: // the same plan with other amounts
+				p := &Plan{ID: curPlan.ID, Allocations: slices.Clone(curPlan.Allocations)}
+				for i := range p.Allocations {
+					p.Allocations[i].Amount = 1 + rng.Int64N(300)
+				}
+				curPlan = p
+				op = "configure same plan"
+			default:
+				curPlan = randomPlan()
+			}
+			s.Plan = curPlan
+			switch rng.IntN(3) {
+			case 0:
+				curReload = nil
+			case 1:
+				if curReload != nil {
+					break
+				}
+				fallthrough
+			default:
+				name, asset := pickAcct()
+				curReload = &AutoReload{Enabled: rng.IntN(6) != 0, Account: name, Asset: asset, Threshold: rng.Int64N(800), Amount: 1 + rng.Int64N(1000),
+					Price: "9.00", Currency: "USD", SurchargePct: "30", Charge: "11.70", MaxPerPeriod: rng.IntN(4),
+					Mode: ReloadMode(rng.IntN(3)), PeriodEnd: rng.IntN(3) == 0}
+			}
+			s.AutoReload = curReload
+			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
+				w.Configure(s, now)
+				return stepOut{entries: out}
+			}
+			m.configure(&s, alerts10, now)
+		case r < 78:
+			op = "hold"
+			name, asset := pickAcct()
+			c := &HoldCmd{ID: "h_" + strconv.Itoa(step), Account: name + ":" + asset, Amount: 1 + rng.Int64N(max(m.avail(name+":"+asset), 0)+100),
+				ExpiresAt: now + 1 + rng.Int64N(2*day)}
+			switch rng.IntN(10) {
+			case 0:
+				c.ExpiresAt = now - rng.Int64N(2)
+			case 1:
+				if len(m.buckets) > 0 {
+					if e := m.buckets[rng.IntN(len(m.buckets))].exp; e > now {
+						c.ExpiresAt = e // ties with a bucket's expiry
+					}
+				}
+			case 2:
+				if len(m.holds) > 0 {
+					c.ID = m.holds[rng.IntN(len(m.holds))].id
+				} else if len(ended) > 0 {
+					c.ID = ended[rng.IntN(len(ended))] // an ended hold's id may be used again
+				}
+			}
+			if rng.IntN(40) == 0 {
+				c.Amount = 0
+			}
+			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
+				out, err := w.PlaceHold(c, now, out)
+				return stepOut{entries: out, code: code(err)}
+			}
+			wantCode = m.placeHold(c, now)
+		case r < 83:
+			op = "release"
+			id := "h_unknown"
+			if len(m.holds) > 0 && rng.IntN(5) != 0 {
+				id = m.holds[rng.IntN(len(m.holds))].id
+			} else if len(ended) > 0 && rng.IntN(2) == 0 {
+				id = ended[rng.IntN(len(ended))]
+			}
+			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
+				out, err := w.ReleaseHold(id, now, out)
+				return stepOut{entries: out, code: code(err)}
+			}
+			wantCode = m.releaseHold(id, now)
+		case r < 89:
+			confirm := rng.IntN(5) < 3
+			op = "reload fail"
+			if confirm {
+				op = "reload confirm"
+			}
+			id := "r_" + strconv.Itoa(rng.IntN(int(m.reloadSeq)+2))
+			if m.pending != nil && rng.IntN(5) != 0 {
+				id = m.pending.id
+			}
+			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
+				var req ReloadRequest
+				var err *Error
+				if confirm {
+					req, out, err = w.ConfirmReload(id, now, out)
+				} else {
+					req, out, err = w.FailReload(id, now, out)
+				}
+				return stepOut{entries: out, code: code(err), req: req}
+			}
+			wantCode = m.resolveReload(id, confirm, now)
+			check = func(o *stepOut) {
+				want := ReloadFailed
+				if confirm {
+					want = ReloadCompleted
+				}
+				if o.code == "" && (o.req.ID != id || o.req.Status != want || o.req.UpdatedAt != now) {
+					t.Fatalf("seed %d step %d: resolved request %+v", seed, step, o.req)
+				}
+			}
+		case r < 95:
+			op = "advance"
+			switch rng.IntN(4) {
+			case 0:
+				now += rng.Int64N(int64(time.Second))
+			case 1:
+				now += rng.Int64N(day)
+			case 2:
+				now += rng.Int64N(10 * day)
+			default:
+				now += rng.Int64N(60 * day) // many periods at once
+			}
+			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
+				return stepOut{entries: w.Advance(now, out)}
+			}
+			m.advance(now)
 		default:
 			op = "expire"
-			out = w.Expire(now, out)
-			m.expire(now)
+			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
+				return stepOut{entries: w.Expire(now, out)}
+			}
+			m.advance(now)
 		}
-		counts[op+" "+gotCode]++
-		if gotCode != wantCode {
-			t.Fatalf("seed %d step %d %s: code %q, model %q", seed, step, op, gotCode, wantCode)
+		if !strings.HasPrefix(op, "configure") {
+			m.alerts(before)
+		}
+
+		var o stepOut
+		if rng.IntN(40) == 0 {
+			// A decoded copy behaves exactly as the wallet: run the step
+			// on both and go on with the copy.
+			enc := AppendWallet(nil, w)
+			d, err := DecodeWallet(enc)
+			if err != nil {
+				t.Fatalf("seed %d step %d: %v", seed, step, err)
+			}
+			if !bytes.Equal(AppendWallet(nil, d), enc) {
+				t.Fatalf("seed %d step %d: a decoded wallet encodes differently", seed, step)
+			}
+			o = run(w, nil, nil)
+			o.fx = w.TakeEffects()
+			od := run(d, nil, nil)
+			od.fx = d.TakeEffects()
+			if !reflect.DeepEqual(o, od) {
+				t.Fatalf("seed %d step %d %s: the decoded copy did otherwise:\n%+v\n%+v", seed, step, op, o, od)
+			}
+			if !bytes.Equal(AppendWallet(nil, w), AppendWallet(nil, d)) {
+				t.Fatalf("seed %d step %d %s: the decoded copy ends in another state", seed, step, op)
+			}
+			w = d
+			counts["(decoded)"]++
+		} else {
+			o = run(w, out[:0], res[:0])
+			o.fx = w.TakeEffects()
+			out, res = o.entries, o.res
+		}
+		counts[op+" "+o.code]++
+		if o.code != wantCode {
+			t.Fatalf("seed %d step %d %s: code %q, model %q", seed, step, op, o.code, wantCode)
+		}
+		if check != nil {
+			check(&o)
 		}
 
 		// The entries are the model's, numbered in sequence, each with the
 		// running sum as its balance, and they respect consumption order.
-		if len(out) != len(m.exp) {
-			t.Fatalf("seed %d step %d %s: entries %+v, model %+v", seed, step, op, out, m.exp)
+		if len(o.entries) != len(m.exp) {
+			t.Fatalf("seed %d step %d %s: entries %s, model %+v", seed, step, op, fmtEntries(o.entries), m.exp)
 		}
-		for i := range out {
-			e, x := &out[i], m.exp[i]
-			seq++
-			if e.Type != x.typ || e.Account != x.acct || e.Amount != x.amount || e.BucketID != x.bucket || e.Seq != seq || e.RecordedAt != now {
-				t.Fatalf("seed %d step %d %s: entry %d %+v, model %+v", seed, step, op, i, e, x)
+		for i := range o.entries {
+			e, x := &o.entries[i], m.exp[i]
+			inv.seq++
+			if e.Type != x.typ || e.Account != x.acct || e.Amount != x.amount || e.BucketID != x.bucket || e.OccurredAt != x.at || e.Seq != inv.seq || e.RecordedAt != now {
+				t.Fatalf("seed %d step %d %s: entry %d %s, model %+v", seed, step, op, i, fmtEntries(o.entries[i:i+1]), x)
 			}
-			if e.BucketID == "" {
+			if e.BucketID == "" && e.Amount < 0 && e.Type != EntryHold {
 				counts["(debt parts)"]++
-			} else if e.Amount < 0 && e.Type != EntryExpiry && i > 0 && out[i-1].Type == e.Type && out[i-1].Amount < 0 && out[i-1].Account == e.Account {
+			} else if e.Amount < 0 && e.Type != EntryExpiry && i > 0 && o.entries[i-1].Type == e.Type && o.entries[i-1].Amount < 0 && o.entries[i-1].Account == e.Account {
 				counts["(multi-bucket debits)"]++
 			}
-			sums[e.Account] += e.Amount
-			if e.BalanceAfter != sums[e.Account] {
-				t.Fatalf("seed %d step %d: balance_after %d != sum of entries %d", seed, step, e.BalanceAfter, sums[e.Account])
+			counts["(entries "+e.Type.String()+")"]++
+			inv.sums[e.Account] += e.Amount
+			if e.BalanceAfter != inv.sums[e.Account] {
+				t.Fatalf("seed %d step %d: balance_after %d != sum of entries %d", seed, step, e.BalanceAfter, inv.sums[e.Account])
+			}
+			if e.Type == EntryGrant {
+				inv.checkGrant(t, m, e)
 			}
 		}
-		checkConsumptionOrder(t, snapshot, out)
+		checkConsumptionOrder(t, m, snapshot, debtBefore, heldBefore, o.entries)
+		checkEffects(t, seed, step, op, m, inv, &o.fx)
+		for _, h := range o.fx.Holds {
+			if h.Status != HoldActive {
+				ended = append(ended, h.ID)
+			}
+			counts["(hold "+h.Status.String()+")"]++
+		}
+		for _, n := range o.fx.Notes {
+			counts["(note "+n.Type+")"]++
+		}
 
 		if err := w.Check(); err != nil {
 			t.Fatalf("seed %d step %d %s: %v", seed, step, op, err)
 		}
-		compareModel(t, seed, step, w, m, sums)
-
-		if rng.IntN(50) == 0 { // continue on a decoded copy
-			d, err := DecodeWallet(AppendWallet(nil, w))
-			if err != nil {
-				t.Fatalf("seed %d step %d: %v", seed, step, err)
-			}
-			w = d
+		compareModel(t, seed, step, w, m, inv.sums)
+		if o.code != "" {
+			clear(debited) // refused: nothing was debited
 		}
+		inv.check(t, seed, step, op, w, m, now, o.entries, &o.fx, debited)
 	}
 	if testing.Verbose() {
 		keys := make([]string, 0, len(counts))
@@ -558,47 +1318,254 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 	}
 }
 
-// snapshotOrder returns each account's buckets (id, remaining) in
-// consumption order, as the model has them before a step.
-func (m *model) snapshotOrder() map[string][]mBucket {
-	s := map[string][]mBucket{}
-	for id := range m.accts {
+// checkGrant verifies that a plan grant names its allocation and period, and
+// that no schedule grants a period twice.
+func (inv *invariants) checkGrant(t *testing.T, m *model, e *Entry) {
+	t.Helper()
+	var md struct {
+		Allocation  int    `json:"allocation"`
+		PeriodStart string `json:"period_start"`
+		PeriodEnd   string `json:"period_end"`
+	}
+	if err := json.Unmarshal(e.Metadata, &md); err != nil || md.Allocation < 0 || md.Allocation >= len(m.scheds) {
+		t.Fatalf("grant metadata %s: %v", e.Metadata, err)
+	}
+	s := m.scheds[md.Allocation]
+	ms := func(ns int64) string { return time.Unix(0, ns).UTC().Format("2006-01-02T15:04:05.000Z07:00") }
+	start := s.anchor + mFloorDiv(e.OccurredAt-s.anchor, s.length)*s.length
+	if md.PeriodStart != ms(start) || md.PeriodEnd != ms(start+s.length) {
+		t.Fatalf("grant at %d: metadata %s is not the period of allocation %+v holding it", e.OccurredAt, e.Metadata, s)
+	}
+	key := strconv.Itoa(s.serial) + "/" + md.PeriodStart
+	if inv.grants[key] {
+		t.Fatalf("schedule %d granted period %s twice", s.serial, md.PeriodStart)
+	}
+	inv.grants[key] = true
+}
+
+// checkEffects compares a step's notifications, hold records and reload
+// records with the model's, and checks their numbering.
+func checkEffects(t *testing.T, seed uint64, step int, op string, m *model, inv *invariants, fx *Effects) {
+	t.Helper()
+	var notes, holds, reloads []string
+	for _, n := range fx.Notes {
+		inv.noteSeq++
+		if n.Seq != inv.noteSeq || n.Customer != "c_prop" || n.ID() != NotificationID("c_prop", n.Seq) {
+			t.Fatalf("seed %d step %d %s: notification seq %d, want %d", seed, step, op, n.Seq, inv.noteSeq)
+		}
+		notes = append(notes, n.Type+" "+noteAccount(&n))
+	}
+	for _, h := range fx.Holds {
+		holds = append(holds, h.ID+" "+h.Status.String())
+	}
+	for _, r := range fx.Reloads {
+		reloads = append(reloads, r.ID+" "+r.Status.String())
+		switch r.Status {
+		case ReloadPending:
+			inv.pending[r.ID] = true
+		default:
+			if !inv.pending[r.ID] {
+				t.Fatalf("seed %d step %d %s: request %s resolved while not pending", seed, step, op, r.ID)
+			}
+			delete(inv.pending, r.ID)
+		}
+	}
+	if !slices.Equal(notes, m.notes) || !slices.Equal(holds, m.holdFx) || !slices.Equal(reloads, m.reloadFx) {
+		t.Fatalf("seed %d step %d %s: effects\n notes %v\n holds %v\n reloads %v\nmodel\n notes %v\n holds %v\n reloads %v",
+			seed, step, op, notes, holds, reloads, m.notes, m.holdFx, m.reloadFx)
+	}
+	if len(inv.pending) > 1 {
+		t.Fatalf("seed %d step %d %s: %d reload requests pending", seed, step, op, len(inv.pending))
+	}
+}
+
+// check verifies the invariants that need no model after a step at now.
+func (inv *invariants) check(t *testing.T, seed uint64, step int, op string, w *Wallet, m *model, now int64, out []Entry, fx *Effects, debited map[string]bool) {
+	t.Helper()
+	fail := func(format string, args ...any) {
+		t.Helper()
+		t.Fatalf("seed %d step %d %s: %s", seed, step, op, fmt.Sprintf(format, args...))
+	}
+	// Nothing due survives an operation (Configure only sets settings: the
+	// next operation applies what is due).
+	configure := strings.HasPrefix(op, "configure")
+	for _, a := range w.Accounts {
+		if configure {
+			break
+		}
+		for _, b := range a.Buckets {
+			if b.ExpiresAt != 0 && b.ExpiresAt <= now {
+				fail("bucket %s expiring at %d survives at %d", b.ID, b.ExpiresAt, now)
+			}
+		}
+	}
+	if l := w.Life; l != nil {
+		for _, h := range l.Holds {
+			if h.ExpiresAt <= now && !configure {
+				fail("hold %s expiring at %d survives at %d", h.ID, h.ExpiresAt, now)
+			}
+		}
+		if (l.Pending != nil) != (len(inv.pending) == 1) || (l.Pending != nil && !inv.pending[l.Pending.ID]) {
+			fail("pending request %+v, records say %v", l.Pending, inv.pending)
+		}
+	}
+	if next := w.NextDue(); !configure && next != 0 && next <= now {
+		fail("next due %d is not after now %d", next, now)
+	}
+
+	// Requests per reload period: a new request counts in the period it
+	// was made in, at most max_per_period.
+	for _, r := range fx.Reloads {
+		if r.Status != ReloadPending {
+			continue
+		}
+		if r.CreatedAt != now || w.Life.ReloadPeriod > now {
+			fail("request %+v made at %d in the period starting %d", r, now, w.Life.ReloadPeriod)
+		}
+		if w.Life.ReloadPeriod != inv.period {
+			inv.period, inv.inPeriod = w.Life.ReloadPeriod, 0
+		}
+		inv.inPeriod++
+		if ar := w.Settings.AutoReload; ar == nil || (ar.MaxPerPeriod > 0 && inv.inPeriod > ar.MaxPerPeriod) {
+			fail("%d reload requests in the period starting %d, settings %+v", inv.inPeriod, inv.period, ar)
+		}
+		if int(w.Life.ReloadCount) != inv.inPeriod {
+			fail("reload count %d, %d requests seen", w.Life.ReloadCount, inv.inPeriod)
+		}
+	}
+
+	// The funds rule. A debit that went through leaves its account at or
+	// above its floor (0, or -credit limit under overdraft). Beyond that,
+	// split available into the credits no hold reserves (free = available +
+	// debt) and debt: free goes below zero only when credits a hold
+	// reserves expire or are reversed (the hold keeps its amount,
+	// docs/DESIGN.md; TestReverseTopUpOfHeldCredits), and debt goes above
+	// the credit limit (0 under reject) only by a settled hold's excess or
+	// by settings that lowered the limit. Each exception lasts until the
+	// account is back within its bound.
+	for _, a := range w.Accounts {
+		id, av := a.ID(), a.Available()
+		lim := int64(0)
+		if w.Settings.Policy == PolicyOverdraft {
+			lim = m.limits[id]
+		}
+		if debited[id] && av < -lim {
+			fail("account %s at %d after a debit that went through, below its floor %d", id, av, -lim)
+		}
+		settled, expired := false, false
+		for _, e := range out {
+			settled = settled || (e.Account == id && e.Type == EntryHoldRelease && e.EventID != "")
+			expired = expired || (e.Account == id && e.Type == EntryExpiry)
+		}
+		if free := av + a.Debt; free >= 0 {
+			inv.negFree[id] = false
+		} else if !inv.negFree[id] {
+			heldCredits := (expired && a.Held+heldReleased(out, id) > 0) || (op == "reverse" && a.Held > 0)
+			if !heldCredits {
+				fail("account %s: free credits %d below zero (available %d, debt %d, held %d): %s", id, free, av, a.Debt, a.Held, fmtEntries(out))
+			}
+			inv.negFree[id] = true
+		}
+		if a.Debt <= lim {
+			inv.overDebt[id] = false
+		} else if !inv.overDebt[id] {
+			if !(configure || settled) {
+				fail("account %s: debt %d above its limit %d: %s", id, a.Debt, lim, fmtEntries(out))
+			}
+			inv.overDebt[id] = true
+		}
+	}
+}
+
+// heldReleased returns what hold_release entries of an account gave back.
+func heldReleased(out []Entry, id string) int64 {
+	var n int64
+	for _, e := range out {
+		if e.Account == id && e.Type == EntryHoldRelease {
+			n += e.Amount
+		}
+	}
+	return n
+}
+
+// snapshotOrder returns each account's buckets in consumption order, its
+// debt and its held amount, as the model has them before a step.
+func (m *model) snapshotOrder() (map[string][]mBucket, map[string]int64, map[string]int64) {
+	s, debt, held := map[string][]mBucket{}, map[string]int64{}, map[string]int64{}
+	for id, a := range m.accts {
 		for _, i := range m.order(id) {
 			s[id] = append(s[id], m.buckets[i])
 		}
+		debt[id], held[id] = a.debt, a.held
 	}
-	return s
+	return s, debt, held
 }
 
-// checkConsumptionOrder verifies, from the entries alone, that no debit drew
-// from a bucket while a bucket earlier in consumption order still had
-// something left, and that debt was only taken once every bucket was empty.
-func checkConsumptionOrder(t *testing.T, before map[string][]mBucket, out []Entry) {
+// checkConsumptionOrder verifies, from the entries alone and the order keys
+// of the buckets, that no debit drew from a bucket while a bucket earlier in
+// consumption order still had something left, and that debt was only taken
+// once every bucket was empty (unless holds reserve some of them).
+func checkConsumptionOrder(t *testing.T, m *model, before map[string][]mBucket, debt, held map[string]int64, out []Entry) {
 	t.Helper()
 	left := map[string]int64{}
-	for _, bs := range before {
+	live := map[string][]string{}
+	for acct, bs := range before {
 		for _, b := range bs {
 			left[b.id] = b.rem
+			live[acct] = append(live[acct], b.id)
 		}
 	}
-	for _, e := range out {
-		if e.Type == EntryExpiry || e.Type == EntryTopUpReversal {
+	holds := map[string]bool{}
+	for acct, h := range held {
+		holds[acct] = h > 0
+	}
+	for i, e := range out {
+		switch {
+		case e.Type == EntryHold || e.Type == EntryHoldRelease:
+			holds[e.Account] = true
+			// A hold's end settles debt with freed credits: a bucket part
+			// (negative) then its debt part (positive, no bucket).
+			if e.BucketID != "" {
+				left[e.BucketID] += e.Amount
+			} else if i > 0 && out[i-1].Type == EntryHoldRelease && out[i-1].BucketID != "" {
+				debt[e.Account] -= e.Amount
+			}
+			continue
+		case e.Type == EntryExpiry || e.Type == EntryTopUpReversal:
 			left[e.BucketID] = 0
 			continue
-		}
-		if e.Amount >= 0 {
+		case e.Amount > 0: // a grant: debt is settled first
+			settle := min(debt[e.Account], e.Amount)
+			debt[e.Account] -= settle
+			if _, ok := left[e.BucketID]; !ok {
+				live[e.Account] = append(live[e.Account], e.BucketID)
+			}
+			left[e.BucketID] += e.Amount - settle
+			continue
+		case e.Amount == 0:
 			continue
 		}
-		for _, b := range before[e.Account] {
-			if b.id == e.BucketID {
-				break
+		if e.BucketID == "" {
+			debt[e.Account] -= e.Amount
+			if holds[e.Account] {
+				continue
 			}
-			if left[b.id] > 0 {
-				t.Fatalf("entry %d draws %d from %q while %q, earlier in consumption order, still has %d", e.Seq, -e.Amount, e.BucketID, b.id, left[b.id])
+			for _, id := range live[e.Account] {
+				if left[id] > 0 {
+					t.Fatalf("entry %d puts %d into debt while %q still has %d", e.Seq, -e.Amount, id, left[id])
+				}
+			}
+			continue
+		}
+		drawn := m.all[e.BucketID]
+		for _, id := range live[e.Account] {
+			if b := m.all[id]; id != e.BucketID && left[id] > 0 && mLess(&b, &drawn) {
+				t.Fatalf("entry %d draws %d from %q while %q, earlier in consumption order, still has %d", e.Seq, -e.Amount, e.BucketID, id, left[id])
 			}
 		}
-		if e.BucketID != "" {
-			left[e.BucketID] += e.Amount
+		left[e.BucketID] += e.Amount
+		if left[e.BucketID] < 0 {
+			t.Fatalf("entry %d draws %d from %q, more than it has", e.Seq, -e.Amount, e.BucketID)
 		}
 	}
 }
@@ -612,9 +1579,9 @@ func compareModel(t *testing.T, seed uint64, step int, w *Wallet, m *model, sums
 	for i, id := range ids {
 		a := w.Accounts[i]
 		ma := m.accts[id]
-		if a.ID() != id || a.Available() != m.avail(id) || a.Debt != ma.debt || a.Carry != ma.carry || sums[id] != a.Available() {
-			t.Fatalf("seed %d step %d: account %s available %d debt %d carry %d (entries sum %d); model %s %d %d %d",
-				seed, step, a.ID(), a.Available(), a.Debt, a.Carry, sums[id], id, m.avail(id), ma.debt, ma.carry)
+		if a.ID() != id || a.Available() != m.avail(id) || a.Debt != ma.debt || a.Carry != ma.carry || a.Held != ma.held || a.Depleted != ma.depleted || sums[id] != a.Available() {
+			t.Fatalf("seed %d step %d: account %s available %d debt %d carry %d held %d depleted %v (entries sum %d); model %s %d %+v",
+				seed, step, a.ID(), a.Available(), a.Debt, a.Carry, a.Held, a.Depleted, sums[id], id, m.avail(id), *ma)
 		}
 		order := m.order(id)
 		if len(order) != len(a.Buckets) {
@@ -623,13 +1590,46 @@ func compareModel(t *testing.T, seed uint64, step int, w *Wallet, m *model, sums
 		for j, k := range order {
 			b, mb := &a.Buckets[j], &m.buckets[k]
 			if b.ID != mb.id || b.Remaining != mb.rem || b.Amount != mb.amount || int(b.Priority) != mb.prio || b.Kind != mb.kind ||
-				b.ExpiresAt != mb.exp || b.EffectiveAt != mb.eff || b.Reference != mb.ref {
+				b.ExpiresAt != mb.exp || b.EffectiveAt != mb.eff || b.Reference != mb.ref || int(b.Alloc) != mb.alloc {
 				t.Fatalf("seed %d step %d: account %s bucket %d: %+v, model %+v", seed, step, id, j, *b, *mb)
 			}
 		}
 	}
 	if w.BucketSeq != m.bucketSeq {
 		t.Fatalf("seed %d step %d: bucket seq %d, model %d", seed, step, w.BucketSeq, m.bucketSeq)
+	}
+	if w.Settings.Status != m.status || (w.Settings.AutoReload == nil) != (m.reload == nil) ||
+		(m.reload != nil && w.Settings.AutoReload.Enabled != m.reload.Enabled) {
+		t.Fatalf("seed %d step %d: settings %+v, model status %v reload %+v", seed, step, w.Settings, m.status, m.reload)
+	}
+	l := w.Life
+	if l == nil {
+		if len(m.holds) > 0 || m.pending != nil || m.reloadSeq > 0 || len(m.scheds) > 0 {
+			t.Fatalf("seed %d step %d: no lifecycle state, model %+v %+v %d %+v", seed, step, m.holds, m.pending, m.reloadSeq, m.scheds)
+		}
+		return
+	}
+	var holds []mHold
+	for _, h := range l.Holds {
+		holds = append(holds, mHold{id: h.ID, acct: h.Account, amount: h.Amount, exp: h.ExpiresAt})
+	}
+	if !slices.Equal(holds, m.holds) {
+		t.Fatalf("seed %d step %d: holds %+v, model %+v", seed, step, holds, m.holds)
+	}
+	if (l.Pending == nil) != (m.pending == nil) || (l.Pending != nil && (l.Pending.ID != m.pending.id || l.Pending.Account != m.pending.acct ||
+		l.Pending.Amount != m.pending.amount || (l.Pending.Mode == ReloadAwaitPayment) != m.pending.await)) ||
+		l.ReloadSeq != m.reloadSeq || int(l.ReloadCount) != m.reloadCount || l.ReloadPeriod != m.reloadPeriod {
+		t.Fatalf("seed %d step %d: reload state %+v seq %d count %d period %d, model %+v %d %d %d", seed, step, l.Pending, l.ReloadSeq, l.ReloadCount,
+			l.ReloadPeriod, m.pending, m.reloadSeq, m.reloadCount, m.reloadPeriod)
+	}
+	if l.PlanID != m.planID || len(l.Allocs) != len(m.scheds) {
+		t.Fatalf("seed %d step %d: plan %q schedules %+v, model %q %+v", seed, step, l.PlanID, l.Allocs, m.planID, m.scheds)
+	}
+	for i, st := range l.Allocs {
+		s := m.scheds[i]
+		if st.Anchor != s.anchor || mLength(st.Period) != s.length || st.Last != s.last || st.Since != s.since {
+			t.Fatalf("seed %d step %d: schedule %d %+v, model %+v", seed, step, i, st, s)
+		}
 	}
 }
 

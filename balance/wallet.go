@@ -571,7 +571,7 @@ func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) 
 	var id string
 	if g.alloc != 0 && g.expiresAt == 0 {
 		for i := range a.Buckets {
-			if b := &a.Buckets[i]; b.Alloc == g.alloc && b.ExpiresAt == 0 && b.Amount <= CommandUnitsMax-g.amount {
+			if b := &a.Buckets[i]; b.Alloc == g.alloc && b.Reference == g.reference && b.ExpiresAt == 0 && b.Amount <= CommandUnitsMax-g.amount {
 				id = b.ID
 				b.Amount += g.amount
 				b.Remaining += rem
@@ -664,6 +664,9 @@ func (w *Wallet) ReverseTopUp(bucketID, topUpID string, window, now int64, out [
 			}
 			if now-b.EffectiveAt > window {
 				return out, errorf(CodeReversalWindowElapsed, "top-up %s is older than the reversal window", topUpID)
+			}
+			if b.Amount > a.Available() {
+				return out, errorf(CodeTopUpSpent, "top-up %s is reserved by a hold", topUpID)
 			}
 			amount, kind := b.Amount, b.Kind
 			a.removeBucket(i)
@@ -847,16 +850,17 @@ func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry)
 	}
 	hold := -1
 	holdAccount := ""
+	var holdAmount int64
 	if c.HoldID != "" {
 		if hold = w.findHold(c.HoldID); hold >= 0 {
-			holdAccount = w.Life.Holds[hold].Account
+			holdAccount, holdAmount = w.Life.Holds[hold].Account, w.Life.Holds[hold].Amount
 		}
 	}
 	var units [EventChargesMax]int64
 	var carry [EventChargesMax]uint64
 	var newAccounts int
 	for attempt := 0; ; attempt++ {
-		n, failed, err := w.chargeUnits(cs, holdAccount, &units, &carry)
+		n, failed, err := w.chargeUnits(cs, holdAccount, holdAmount, &units, &carry)
 		if err != nil {
 			return res, out, err
 		}
@@ -940,7 +944,7 @@ func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry)
 // and checks the funds rule, without changing anything. failed is the
 // index of the first charge that does not fit, or -1. Charges to
 // holdAccount are not checked: they settle a hold.
-func (w *Wallet) chargeUnits(cs []meter.Charge, holdAccount string, units *[EventChargesMax]int64, carry *[EventChargesMax]uint64) (newAccounts, failed int, err *Error) {
+func (w *Wallet) chargeUnits(cs []meter.Charge, holdAccount string, holdAmount int64, units *[EventChargesMax]int64, carry *[EventChargesMax]uint64) (newAccounts, failed int, err *Error) {
 	for i := range cs {
 		ch := &cs[i]
 		if ch.Amount.Units < 0 || ch.Amount.Units > CommandUnitsMax || ch.Amount.Sub >= meter.SubUnitsPerUnit {
@@ -969,7 +973,13 @@ func (w *Wallet) chargeUnits(cs []meter.Charge, holdAccount string, units *[Even
 		sum := c0 + ch.Amount.Sub // both < 1e18: no overflow in uint64
 		units[i] = ch.Amount.Units + int64(sum/meter.SubUnitsPerUnit)
 		carry[i] = sum % meter.SubUnitsPerUnit
-		if ch.Account != holdAccount && !w.fits(ch.Account, avail-spent, units[i]) {
+		if ch.Account == holdAccount {
+			// A settlement may go into debt whatever the policy, but debt
+			// stays within CommandUnitsMax, like every amount.
+			if avail-spent+holdAmount-units[i] < -CommandUnitsMax {
+				return newAccounts, i, nil
+			}
+		} else if !w.fits(ch.Account, avail-spent, units[i]) {
 			return newAccounts, i, nil
 		}
 	}
