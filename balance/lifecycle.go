@@ -695,6 +695,18 @@ func (w *Wallet) reloadMark(req *ReloadRequest, now int64, out []Entry) []Entry 
 	return w.post(out, a, &t, 0, "", 0, now)
 }
 
+// takePending ends the pending request id with status st.
+func (w *Wallet) takePending(id string, st ReloadStatus, now int64) (*ReloadRequest, *Error) {
+	l := w.Life
+	if l == nil || l.Pending == nil || l.Pending.ID != id {
+		return nil, errorf(CodeReloadNotPending, "auto-reload request %s is not pending", id)
+	}
+	req := l.Pending
+	l.Pending = nil
+	req.Status, req.UpdatedAt = st, now
+	return req, nil
+}
+
 // ConfirmReload records that billing collected the pending request id. In
 // await_payment mode its credits are granted now. It returns the request as
 // it now is.
@@ -703,13 +715,11 @@ func (w *Wallet) ConfirmReload(id string, now int64, out []Entry) (ReloadRequest
 	w.snapshot(&snap)
 	defer w.alertsSince(&snap, now)
 	out = w.advance(now, out)
-	l := w.Life
-	if l == nil || l.Pending == nil || l.Pending.ID != id {
-		return ReloadRequest{}, out, errorf(CodeReloadNotPending, "auto-reload request %s is not pending", id)
+	req, err := w.takePending(id, ReloadCompleted, now)
+	if err != nil {
+		return ReloadRequest{}, out, err
 	}
-	req := l.Pending
-	l.Pending = nil
-	req.Status, req.UpdatedAt = ReloadCompleted, now
+	l := w.Life
 	if req.Mode == ReloadAwaitPayment {
 		out, _ = w.grantReload(req, now, out)
 	} else {
@@ -729,13 +739,11 @@ func (w *Wallet) FailReload(id string, now int64, out []Entry) (ReloadRequest, [
 	w.snapshot(&snap)
 	defer w.alertsSince(&snap, now)
 	out = w.advance(now, out)
-	l := w.Life
-	if l == nil || l.Pending == nil || l.Pending.ID != id {
-		return ReloadRequest{}, out, errorf(CodeReloadNotPending, "auto-reload request %s is not pending", id)
+	req, err := w.takePending(id, ReloadFailed, now)
+	if err != nil {
+		return ReloadRequest{}, out, err
 	}
-	req := l.Pending
-	l.Pending = nil
-	req.Status, req.UpdatedAt = ReloadFailed, now
+	l := w.Life
 	out = w.reloadMark(req, now, out)
 	s := *w.Settings
 	if s.AutoReload != nil {

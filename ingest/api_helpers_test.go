@@ -8,6 +8,8 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -579,4 +581,22 @@ func (e *apiEnv) checkInvariants(customer string) {
 			t.Errorf("%s: ledger entry %s of account %s, which the wallet does not list", customer, en.ID, en.Account)
 		}
 	}
+}
+
+// threeKeys loads a keys file with ingestKey, readKey and adminKey (auth_test.go), each with its one scope.
+func threeKeys(t *testing.T) *Keys {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "keys.yaml")
+	yaml := "keys:\n" +
+		"  - name: ingest\n    key: \"" + ingestKey + "\"\n    scopes: [ingest]\n" +
+		"  - name: reader\n    key: \"" + readKey + "\"\n    scopes: [read]\n" +
+		"  - name: admin\n    key: \"" + adminKey + "\"\n    scopes: [admin]\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := LoadKeys(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
 }

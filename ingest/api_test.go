@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/big"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -795,19 +793,7 @@ func TestAPIReversal(t *testing.T) {
 
 // TestAPIAuth: scopes of API keys.
 func TestAPIAuth(t *testing.T) {
-	const ingestKey, readKey, adminKey = "ingest-key-0123456789", "read-key-0123456789ab", "admin-key-0123456789a"
-	path := filepath.Join(t.TempDir(), "keys.yaml")
-	yaml := "keys:\n" +
-		"  - name: ingest\n    key: \"" + ingestKey + "\"\n    scopes: [ingest]\n" +
-		"  - name: reader\n    key: \"" + readKey + "\"\n    scopes: [read]\n" +
-		"  - name: admin\n    key: \"" + adminKey + "\"\n    scopes: [admin]\n"
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	keys, err := LoadKeys(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := threeKeys(t)
 	e := newAPIEnv(t, apiEnvOpts{Keys: keys})
 	const c = "cust_auth"
 	j := "application/json"

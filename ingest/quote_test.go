@@ -1,8 +1,6 @@
 package ingest
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -86,19 +84,7 @@ func TestAPITopUpQuote(t *testing.T) {
 
 // TestAPITopUpQuoteAuth: a quote needs the read scope (admin implies it).
 func TestAPITopUpQuoteAuth(t *testing.T) {
-	const ingestKey, readKey, adminKey = "ingest-key-0123456789", "read-key-0123456789ab", "admin-key-0123456789a"
-	path := filepath.Join(t.TempDir(), "keys.yaml")
-	yaml := "keys:\n" +
-		"  - name: ingest\n    key: \"" + ingestKey + "\"\n    scopes: [ingest]\n" +
-		"  - name: reader\n    key: \"" + readKey + "\"\n    scopes: [read]\n" +
-		"  - name: admin\n    key: \"" + adminKey + "\"\n    scopes: [admin]\n"
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	keys, err := LoadKeys(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := threeKeys(t)
 	e := newAPIEnv(t, apiEnvOpts{Keys: keys})
 	if r := e.send("PUT", "/v1/pricing", "application/json", adminKey, []byte(apiContractPricing)); r.Status != 200 {
 		t.Fatalf("admin PUT /v1/pricing: %s", r)
