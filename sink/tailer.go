@@ -154,6 +154,12 @@ func (t *Tailer) Run(ctx context.Context) error {
 			continue
 		}
 		age := time.Since(time.Unix(0, oldest))
+		if age < 0 {
+			// The engine's clock is ahead of this one (a test clock set in
+			// the future): the record's age is unknown, so ship it now
+			// rather than wait for a time that is days away.
+			age = t.cfg.BatchAge
+		}
 		t.setLag(age.Seconds())
 		// A partial batch at the head of the outbox waits up to BatchAge
 		// from its oldest record for more rows.
