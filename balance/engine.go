@@ -224,19 +224,7 @@ func (e *Engine) shardOf(customer string) *shard {
 
 // do runs fn on the customer's shard and returns once its group is durable.
 func (e *Engine) do(customer string, fn func(s *shard, g *group)) error {
-	if e.closed.Load() {
-		return ErrOverloaded
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	o := &op{fn: fn, wg: &wg}
-	select {
-	case e.shardOf(customer).in <- o:
-	default:
-		return ErrOverloaded
-	}
-	wg.Wait()
-	return nil
+	return e.doShard(e.shardOf(customer), fn)
 }
 
 // customerOp runs fn with the customer's wallet on its shard and returns

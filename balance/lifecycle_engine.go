@@ -176,7 +176,8 @@ func (e *Engine) runTimers() {
 	}
 }
 
-// doShard is do for a shard rather than a customer.
+// doShard runs fn on shard s and returns once its group is durable; a full
+// queue is ErrOverloaded.
 func (e *Engine) doShard(s *shard, fn func(s *shard, g *group)) error {
 	if e.closed.Load() {
 		return ErrOverloaded

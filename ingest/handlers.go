@@ -762,23 +762,9 @@ func (s *Server) adjustCmd(body *adjustBody) (*balance.AdjustCmd, error) {
 func (s *Server) ledger(ctx *fasthttp.RequestCtx, customer string) {
 	q := ctx.QueryArgs()
 	account := string(q.Peek("account"))
-	limit := ledgerPageDefault
-	if v := q.Peek("limit"); len(v) > 0 {
-		n, err := strconv.Atoi(string(v))
-		if err != nil || n < 1 || n > ledgerPageMax {
-			writeError(ctx, fasthttp.StatusBadRequest, "invalid_limit", "limit must be an integer from 1 to 1000", "limit")
-			return
-		}
-		limit = n
-	}
-	var before uint64
-	if v := q.Peek("before"); len(v) > 0 {
-		n, err := strconv.ParseUint(string(v), 10, 64)
-		if err != nil || n == 0 {
-			writeError(ctx, fasthttp.StatusBadRequest, "invalid_cursor", "before must be a cursor returned as next by this endpoint", "before")
-			return
-		}
-		before = n
+	limit, before, ok := pageArgs(ctx)
+	if !ok {
+		return
 	}
 	page, err := s.e.Ledger(customer, account, before, limit)
 	if err != nil {
@@ -792,17 +778,8 @@ func (s *Server) ledger(ctx *fasthttp.RequestCtx, customer string) {
 		}
 		b = appendEntry(b, customer, &page.Entries[i])
 	}
-	b = append(b, `],"next":`...)
-	if page.Next == 0 {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, '"')
-		b = appendUint(b, page.Next)
-		b = append(b, '"')
-	}
-	b = append(b, '}')
 	ctx.SetContentType("application/json")
-	ctx.SetBody(b)
+	ctx.SetBody(appendNext(b, page.Next))
 }
 
 func appendOptString(b []byte, s string) []byte {

@@ -544,7 +544,7 @@ func appendReload(b []byte, r *balance.ReloadRequest) []byte {
 	return append(b, '}')
 }
 
-// pageArgs reads limit and before of a list endpoint.
+// pageArgs reads limit and before of a list endpoint (ledger, requests, notifications).
 func pageArgs(ctx *fasthttp.RequestCtx) (limit int, before uint64, ok bool) {
 	q := ctx.QueryArgs()
 	limit = ledgerPageDefault
@@ -567,6 +567,7 @@ func pageArgs(ctx *fasthttp.RequestCtx) (limit int, before uint64, ok bool) {
 	return limit, before, true
 }
 
+// appendNext closes a list's array and appends its next cursor (null at the end).
 func appendNext(b []byte, next uint64) []byte {
 	b = append(b, `],"next":`...)
 	if next == 0 {

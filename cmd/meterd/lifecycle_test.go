@@ -637,21 +637,6 @@ func whCheckOrder(errs *errLimiter, ds []whDelivery) {
 	}
 }
 
-// lcEntry is a ledger entry with everything the lifecycle checks read.
-type lcEntry struct {
-	Seq          uint64          `json:"seq"`
-	Type         string          `json:"type"`
-	Account      string          `json:"account"`
-	Amount       string          `json:"amount"`
-	BalanceAfter string          `json:"balance_after"`
-	BucketID     *string         `json:"bucket_id"`
-	EventID      *string         `json:"event_id"`
-	Reference    *string         `json:"reference"`
-	OccurredAt   string          `json:"occurred_at"`
-	RecordedAt   string          `json:"recorded_at"`
-	Metadata     json.RawMessage `json:"metadata"`
-}
-
 type lcWallet struct {
 	Accounts []struct {
 		ID        string `json:"id"`
@@ -785,8 +770,8 @@ type lcAccount struct {
 }
 
 type lcHoldEntries struct {
-	placed   []lcEntry
-	released []lcEntry
+	placed   []chEntry
+	released []chEntry
 }
 
 // lcCounts are totals over all customers, for the log.
@@ -803,7 +788,7 @@ type lcCounts struct {
 // and the acknowledged history; it returns the notifications.
 func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustomer, final time.Time, events map[string]*crashEvent, cnt *lcCounts) []lcNote {
 	c := cu.id
-	entries := readLedger[lcEntry](h, c)
+	entries := readLedger[chEntry](h, c)
 	for i := 1; i < len(entries); i++ {
 		if entries[i].Seq >= entries[i-1].Seq {
 			errs.Errorf("ledger of %s: seq %d follows seq %d: not strictly newest first", c, entries[i].Seq, entries[i-1].Seq)
@@ -851,7 +836,7 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 	topups := s.topups[c]
 
 	pairs := map[string]int{} // hold -> debt-settling pairs at its end
-	var debtPair *lcEntry     // the entry before, when it opened such a pair
+	var debtPair *chEntry     // the entry before, when it opened such a pair
 	for _, e := range entries {
 		pending := debtPair
 		debtPair = nil
