@@ -28,6 +28,8 @@ type apiEnvOpts struct {
 	Dir    string // engine directory; default t.TempDir()
 	Limits Limits // zero: DefaultLimits
 	Keys   *Keys  // nil: no auth
+	// BodyMemoryMax is Config.BodyMemoryMax (0: its default).
+	BodyMemoryMax int64
 	// Clock, when set, is the engine's test clock: /v1/test-clock is
 	// served (Config.TestClock) and the background timer is slowed to an
 	// hour, so that time moves only when a test moves it.
@@ -61,7 +63,8 @@ func newAPIEnv(t *testing.T, o apiEnvOpts) *apiEnv {
 	if err != nil {
 		t.Fatalf("balance.Open: %v", err)
 	}
-	srv := NewServer(Config{Engine: eng, Keys: o.Keys, Limits: o.Limits, RequestTimeout: 10 * time.Second, TestClock: o.Clock != nil})
+	srv := NewServer(Config{Engine: eng, Keys: o.Keys, Limits: o.Limits, RequestTimeout: 10 * time.Second, TestClock: o.Clock != nil,
+		BodyMemoryMax: o.BodyMemoryMax})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		eng.Close()

@@ -264,6 +264,13 @@ func (k *Keys) Authorize(authorization []byte, need Scope) (status int, code str
 	return 0, ""
 }
 
+// Known reports whether an Authorization header presents one of the keys,
+// whatever its scopes.
+func (k *Keys) Known(authorization []byte) bool {
+	_, ok := k.lookup(authorization)
+	return ok
+}
+
 // Name returns the name of the key presented in an Authorization header, for
 // logs; "" when it is not a known key or auth is off.
 func (k *Keys) Name(authorization []byte) string {

@@ -671,7 +671,15 @@ func (s *Server) testClock(ctx *fasthttp.RequestCtx, method string) {
 				writeError(ctx, fasthttp.StatusBadRequest, "invalid_request", "advance must be a non-negative Go duration such as \"36h\", at most 100 years", "advance")
 				return
 			}
-			to = s.e.Now() + int64(d)
+			// The bound every timestamp respects, checked before adding so
+			// that the sum cannot overflow.
+			now := s.e.Now()
+			if int64(d) >= expiryMax.UnixNano()-now {
+				writeError(ctx, fasthttp.StatusBadRequest, "invalid_timestamp",
+					"advance would move the test clock past "+expiryMax.Format(time.RFC3339)+", the bound of every time", "advance")
+				return
+			}
+			to = now + int64(d)
 		case body.Now != nil && body.Advance == nil:
 			t, err := parseTime(*body.Now, "now")
 			if err != nil {

@@ -8,13 +8,10 @@
 package ingest
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,6 +43,9 @@ type Config struct {
 	// TestClock serves /v1/test-clock (the engine must run on a
 	// balance.ManualClock); off, those endpoints answer 404.
 	TestClock bool
+	// BodyMemoryMax bounds the bytes held by request bodies being read,
+	// server-wide (see body.go); 0: 256 MiB.
+	BodyMemoryMax int64
 }
 
 // Server serves the HTTP API.
@@ -59,6 +59,7 @@ type Server struct {
 	prom    fasthttp.RequestHandler
 	ready   atomic.Bool
 	pool    sync.Pool // *eventsScratch
+	budget  bodyBudget
 	sinks   func() (bool, []byte)
 	admit   func() error
 
@@ -79,7 +80,11 @@ func NewServer(c Config) *Server {
 	if c.Gatherer == nil {
 		c.Gatherer = prometheus.DefaultGatherer
 	}
+	if c.BodyMemoryMax <= 0 {
+		c.BodyMemoryMax = bodyMemoryMaxDefault
+	}
 	s := &Server{e: c.Engine, keys: c.Keys, lim: c.Limits, log: c.Log, metrics: newHTTPMetrics(c.Registerer), sinks: c.Readiness, admit: c.Admit, testClockOn: c.TestClock}
+	s.budget.max = c.BodyMemoryMax
 	s.prom = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.Gatherer, promhttp.HandlerOpts{}))
 	s.srv = &fasthttp.Server{
 		Handler:            s.Handle,
@@ -91,6 +96,9 @@ func NewServer(c Config) *Server {
 		ReadBufferSize:     16 << 10,
 		ErrorHandler:       s.errorHandler,
 		Logger:             fasthttpLogger{c.Log},
+		// Bodies are read by the handler, after auth and within limits (body.go).
+		StreamRequestBody: true,
+		ExpectHandler:     s.expect,
 	}
 	s.ready.Store(true)
 	return s
@@ -147,7 +155,13 @@ func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
 // Handle routes one request.
 func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
-	route := s.route(ctx)
+	route := "bad_framing"
+	if badFraming(&ctx.Request.Header) {
+		refuseFraming(ctx)
+	} else {
+		route = s.route(ctx)
+	}
+	s.releaseBody(ctx)
 	s.metrics.observe(route, ctx.Response.StatusCode(), time.Since(start))
 }
 
@@ -181,7 +195,9 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 		ctx.SetBody(b)
 		return "readyz"
 	case "/metrics":
-		s.prom(ctx)
+		if s.readBody(ctx) {
+			s.prom(ctx)
+		}
 		return "metrics"
 	case "/v1/events":
 		if s.allow(ctx, method, "POST", ScopeIngest) {
@@ -309,14 +325,16 @@ func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) st
 	return "unknown"
 }
 
-// allow checks the method and the caller's scope, answering the request when it is refused.
+// allow checks the method and the caller's scope, then reads the request's
+// body (readBody), answering the request when either is refused: no byte of a
+// body is read before its key is known to be allowed.
 func (s *Server) allow(ctx *fasthttp.RequestCtx, method, want string, scope Scope) bool {
 	if method != want {
 		methodNotAllowed(ctx, want)
 		return false
 	}
 	if s.keys == nil || s.keys.Len() == 0 {
-		return true
+		return s.readBody(ctx)
 	}
 	status, code := s.keys.Authorize(ctx.Request.Header.Peek("Authorization"), scope)
 	if status != 0 {
@@ -327,7 +345,7 @@ func (s *Server) allow(ctx *fasthttp.RequestCtx, method, want string, scope Scop
 		writeError(ctx, status, code, msg, "")
 		return false
 	}
-	return true
+	return s.readBody(ctx)
 }
 
 // methodNotAllowed answers 405 with every method the endpoint serves.
@@ -351,26 +369,6 @@ func writeError(ctx *fasthttp.RequestCtx, status int, code, msg, field string) {
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
-}
-
-// statusOf maps an error code to its HTTP status.
-func statusOf(code string) int {
-	switch code {
-	case "unknown_customer", "not_found":
-		return fasthttp.StatusNotFound
-	case "idempotency_conflict", "insufficient_funds", "topup_spent", "reversal_window_elapsed", "account_paused",
-		"hold_not_active", "reload_not_pending", "clock_backwards", "limit_exceeded":
-		return fasthttp.StatusConflict
-	case "no_plan_period", "amount_out_of_range", "unknown_currency":
-		return fasthttp.StatusUnprocessableEntity
-	case "overloaded", "unavailable", "sink_backlog":
-		return fasthttp.StatusServiceUnavailable
-	case "unknown_asset", "invalid_pricing", "asset_immutable", "pricing_limit_exceeded", "unsupported_setting":
-		return fasthttp.StatusUnprocessableEntity
-	case "malformed_json", "invalid_request", "invalid_amount", "invalid_id", "invalid_timestamp", "invalid_number":
-		return fasthttp.StatusBadRequest
-	}
-	return fasthttp.StatusInternalServerError
 }
 
 // writeErr writes err with the status its code maps to.
@@ -411,55 +409,6 @@ func (e *apiError) MessageText() string { return e.Message }
 
 func badRequest(code, field, format string, args ...any) *apiError {
 	return &apiError{Code: code, Field: field, Message: fmt.Sprintf(format, args...)}
-}
-
-// decodeStrict decodes a JSON body into v, rejecting unknown fields by name.
-func decodeStrict(body []byte, v any) error {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return badRequest("malformed_json", "", "the request body is empty; a JSON object is expected")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	dec.UseNumber()
-	if err := dec.Decode(v); err != nil {
-		var te *json.UnmarshalTypeError
-		var se *json.SyntaxError
-		switch {
-		case errors.As(err, &te):
-			return badRequest("invalid_request", te.Field, "%s must be a JSON %s", orBody(te.Field), jsonKind(te.Type.String()))
-		case errors.As(err, &se):
-			return badRequest("malformed_json", "", "malformed JSON at byte %d: %v", se.Offset, se)
-		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			name, _ := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
-			return badRequest("invalid_request", name, "unknown field %q", name)
-		}
-		return badRequest("malformed_json", "", "malformed JSON: %v", err)
-	}
-	if dec.More() {
-		return badRequest("malformed_json", "", "unexpected data after the JSON object")
-	}
-	return nil
-}
-
-func orBody(field string) string {
-	if field == "" {
-		return "the body"
-	}
-	return field
-}
-
-func jsonKind(goType string) string {
-	switch {
-	case strings.HasPrefix(goType, "map"), strings.HasPrefix(goType, "struct"), strings.HasPrefix(goType, "ingest."):
-		return "object"
-	case strings.HasPrefix(goType, "[]"):
-		return "array"
-	case goType == "string", goType == "json.Number":
-		return "string"
-	case goType == "bool":
-		return "boolean"
-	}
-	return "value of type " + goType
 }
 
 // validID reports whether s is an identifier of the contract: 1-128 chars of [A-Za-z0-9._:-].
