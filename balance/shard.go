@@ -200,11 +200,11 @@ func (s *shard) writeEntries(g *group, w *Wallet, entries []Entry) {
 
 // lookup finds the idempotency record at key: in the cache (which holds
 // every record of groups not yet durable), else in the store. Records past
-// their window count as absent.
+// their window count as absent (RecordExpired, window.go).
 func (s *shard) lookup(g *group, key []byte) (*record, error) {
 	if r := s.cache.get(key); r != nil {
 		s.e.metrics.idemLookups.WithLabelValues("cache").Inc()
-		if r.ExpireAt <= g.now {
+		if RecordExpired(r.ExpireAt, g.now) {
 			return nil, nil
 		}
 		return r, nil
@@ -224,7 +224,7 @@ func (s *shard) lookup(g *group, key []byte) (*record, error) {
 	}
 	r.Data = nil
 	s.cache.put(string(key), r)
-	if r.ExpireAt <= g.now {
+	if RecordExpired(r.ExpireAt, g.now) {
 		return nil, nil
 	}
 	return r, nil
@@ -250,10 +250,12 @@ func (s *shard) written(g *group, w *Wallet, entries []Entry) {
 	s.effects(g, w)
 }
 
-// remember stores a new idempotency record in the group and the cache.
+// remember stores a new idempotency record in the group and the cache. It
+// is kept until RecordExpireAt (window.go): past the last instant its event
+// can be accepted.
 func (s *shard) remember(g *group, key []byte, r *record) {
 	r.RecordedAt = g.now
-	r.ExpireAt = g.now + int64(s.e.opts.DedupWindow) + int64(futureSkew)
+	r.ExpireAt = RecordExpireAt(g.now, r.OccurredAt, s.e.opts.DedupWindow)
 	s.val = r.append(s.val[:0])
 	s.set(g, key, s.val)
 	if s.outboxOn && r.Kind == idemEvent {
@@ -266,9 +268,8 @@ func (s *shard) remember(g *group, key []byte, r *record) {
 	s.cache.put(string(key), r)
 }
 
-// futureSkew is how far ahead of the engine's clock an event's occurred_at
-// may be; records are kept that much longer than the dedup window.
-const futureSkew = 5 * time.Minute
+// futureSkew is FutureSkewMax under its older, package-local name.
+const futureSkew = FutureSkewMax
 
 func (s *shard) applyEvent(g *group, in *EventIn) {
 	ev := in.Event
@@ -293,6 +294,15 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		res.Status = EventDuplicate
 		res.Charges = rec.Charges
 		res.PricingVersion = rec.PricingVersion
+		return
+	}
+	// The window again, on the shard's clock and after the look-up (a
+	// resend whose record is still kept answers duplicate): the caller's
+	// clock may be behind this one, and a record may be gone once its
+	// event is older than the window. OccurredAt 0 is an event without an
+	// occurred_at: it occurs now.
+	if ev.OccurredAt != 0 && OccurredTooOld(ev.OccurredAt, g.now, s.e.opts.DedupWindow) {
+		res.reject(CodeOutOfWindow, "occurred_at is older than the dedup window when the event is applied", "occurred_at")
 		return
 	}
 	if ev.HoldID != "" {

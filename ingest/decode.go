@@ -57,6 +57,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,6 +67,7 @@ import (
 
 	"github.com/valyala/fastjson"
 
+	"github.com/meterd/meterd/balance"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -100,7 +102,7 @@ func DefaultLimits() Limits {
 		DataDepthMax:    8,
 		DataKeysMax:     256,
 		DataKeyLenMax:   128,
-		FutureSkewMax:   5 * time.Minute,
+		FutureSkewMax:   balance.FutureSkewMax,
 		PastWindowMax:   35 * 24 * time.Hour,
 	}
 }
@@ -191,7 +193,7 @@ func (e *EventError) Error() string {
 // Per-event codes produced by the decoder.
 const (
 	CodeInvalidEvent = "invalid_event"
-	CodeOutOfWindow  = "out_of_window"
+	CodeOutOfWindow  = balance.CodeOutOfWindow
 )
 
 // Per-event reasons. All have Code CodeInvalidEvent except the two
@@ -670,13 +672,15 @@ func (d *Decoder) event(v *fastjson.Value, idx int, def *defCustomer, out *Decod
 		}
 	}
 
-	// The window, last.
-	if occurred.After(d.now.Add(d.lim.FutureSkewMax)) {
+	// The window, last. The rule is balance's (window.go): the shard checks
+	// it again on its own clock when it applies the event.
+	occurredNs, nowNs := unixNanoSat(occurred), d.now.UnixNano()
+	if balance.OccurredInFuture(occurredNs, nowNs, d.lim.FutureSkewMax) {
 		reject(&EventError{Code: CodeOutOfWindow, Reason: ReasonOccurredAtInFuture, Field: pathMember(idx, "occurred_at"),
 			Message: "occurred_at is more than " + d.lim.FutureSkewMax.String() + " ahead of the server's clock"})
 		return
 	}
-	if occurred.Before(d.now.Add(-d.lim.PastWindowMax)) {
+	if balance.OccurredTooOld(occurredNs, nowNs, d.lim.PastWindowMax) {
 		reject(&EventError{Code: CodeOutOfWindow, Reason: ReasonOccurredAtTooOld, Field: pathMember(idx, "occurred_at"),
 			Message: "occurred_at is older than the dedup window (" + d.lim.PastWindowMax.String() + ")"})
 		return
@@ -699,7 +703,7 @@ func (d *Decoder) event(v *fastjson.Value, idx int, def *defCustomer, out *Decod
 	ev.EventType = view(buf, sType)
 	ev.Subject = view(buf, sSubject)
 	ev.HoldID = view(buf, sHold)
-	ev.OccurredAt = occurred.UnixNano()
+	ev.OccurredAt = occurredNs
 	ev.DataJSON = buf[len(d.str):len(buf):len(buf)]
 	if len(d.fields) > 0 {
 		fs := make([]meter.Field, len(d.fields))
@@ -1045,6 +1049,21 @@ func appendCanonStr(dst, b []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(b)))
 	return append(dst, b...)
 }
+
+// unixNanoSat is t in unix nanoseconds, saturated at the ends of int64 for
+// the times RFC 3339 can write and int64 cannot (before 1678, after 2262),
+// where UnixNano is undefined.
+func unixNanoSat(t time.Time) int64 {
+	switch {
+	case t.Before(unixNanoMin):
+		return math.MinInt64
+	case t.After(unixNanoMax):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+var unixNanoMin, unixNanoMax = time.Unix(0, math.MinInt64), time.Unix(0, math.MaxInt64)
 
 // parseRFC3339 parses an RFC 3339 date-time: YYYY-MM-DD "T" hh:mm:ss, an
 // optional fraction of 1 to 9 digits, then "Z" or ±hh:mm ("t" and "z" are
