@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/meterd/meterd/meter"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -32,6 +33,8 @@ type Options struct {
 	CommitEventsMax int           // usage events per commit group; default 8192
 	IdemCacheMax    int           // idempotency records cached per shard; default 262144
 	CacheBytes      int64         // Pebble block cache; default 256 MiB
+	FilesOpenMax    int           // Pebble's MaxOpenFiles, a soft bound on its open files; default 1000
+	ReserveBytes    int64         // disk space kept in reserve in Dir for a full disk, and the free space below which writes are refused (disk.go); default 64 MiB
 	DedupWindow     time.Duration // how long idempotency records are kept; default 35 days
 	ReversalWindow  time.Duration // how long a top-up can be reversed; default 24h
 	JanitorInterval time.Duration // how often expired idempotency records are dropped; default 1 minute
@@ -41,6 +44,12 @@ type Options struct {
 	Clock           Clock         // default WallClock
 	Log             *slog.Logger  // default slog.Default()
 	Registerer      prometheus.Registerer
+
+	// Test hooks: the file system under Pebble's, the free space of Dir's
+	// disk, and os.Exit.
+	fs        vfs.FS
+	diskAvail func() (uint64, error)
+	exit      func(int)
 }
 
 func (o *Options) setDefaults() error {
@@ -61,6 +70,12 @@ func (o *Options) setDefaults() error {
 	}
 	if o.CacheBytes <= 0 {
 		o.CacheBytes = 256 << 20
+	}
+	if o.FilesOpenMax <= 0 {
+		o.FilesOpenMax = 1000
+	}
+	if o.ReserveBytes <= 0 {
+		o.ReserveBytes = reserveBytesDefault
 	}
 	if o.DedupWindow <= 0 {
 		o.DedupWindow = 35 * 24 * time.Hour
@@ -102,6 +117,7 @@ type Engine struct {
 	pricing   atomic.Pointer[meter.Pricing]
 	pricingMu sync.Mutex
 	metrics   *metrics
+	disk      *diskGuard
 	closed    atomic.Bool
 	stop      chan struct{}
 	janitor   sync.WaitGroup
@@ -133,12 +149,17 @@ func Open(opts Options) (*Engine, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	st, err := openStore(opts.Dir, opts.CacheBytes, opts.Log)
+	disk := newDiskGuard(&opts)
+	if err := disk.prepare(); err != nil {
+		return nil, err
+	}
+	st, err := openStore(opts.Dir, opts.CacheBytes, opts.FilesOpenMax, opts.Log, disk)
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{opts: opts, log: opts.Log, clock: opts.Clock, st: st, metrics: newMetrics(opts.Registerer), stop: make(chan struct{}),
-		holdClaims: make(map[string]bool)}
+	disk.begin()
+	e := &Engine{opts: opts, log: opts.Log, clock: opts.Clock, st: st, metrics: newMetrics(opts.Registerer), disk: disk,
+		stop: make(chan struct{}), holdClaims: make(map[string]bool)}
 	p, err := st.loadPricing()
 	if err != nil {
 		st.close()
@@ -157,6 +178,11 @@ func Open(opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("instance id: %w", err)
 	}
 	if p.Version == 0 && len(opts.DefaultPricing) > 0 {
+		if !disk.writable() {
+			st.close()
+			avail, _ := disk.avail()
+			return nil, &DiskFullError{Dir: opts.Dir, NeedBytes: disk.resumeNeeds(), AvailBytes: avail}
+		}
 		if _, err := e.SetPricing(opts.DefaultPricing); err != nil {
 			st.close()
 			return nil, fmt.Errorf("default pricing: %w", err)
@@ -182,6 +208,7 @@ func Open(opts Options) (*Engine, error) {
 	e.janitor.Add(2)
 	go e.runJanitor()
 	go e.runTimers()
+	disk.run()
 	return e, nil
 }
 
@@ -198,7 +225,19 @@ func (e *Engine) Close() error {
 	for _, s := range e.shards {
 		<-s.done
 	}
+	e.disk.halt()
 	return e.st.close()
+}
+
+// Storage reports the state of the store, for /readyz: StorageOpen, or
+// StorageDiskFull while writes are refused (ErrStorageFull) for lack of disk
+// space; reads are served in both. Writes resume by themselves when space is
+// freed (disk.go).
+func (e *Engine) Storage() (state string, writable bool) {
+	if e.disk.writable() {
+		return StorageOpen, true
+	}
+	return StorageDiskFull, false
 }
 
 // InstanceID is a random id made once per data directory. Sinks store it
@@ -229,10 +268,21 @@ func (e *Engine) do(customer string, fn func(s *shard, g *group)) error {
 
 // customerOp runs fn with the customer's wallet on its shard and returns
 // once the group is durable; a customer that does not exist is
-// unknown_customer. fn's refusal is returned as the error.
+// unknown_customer. fn's refusal is returned as the error. It is a write:
+// refused with ErrStorageFull while the disk is full.
 func (e *Engine) customerOp(customer string, fn func(sh *shard, g *group, w *Wallet) *Error) error {
+	return e.onCustomer(customer, e.doShard, fn)
+}
+
+// customerRead is customerOp for a read: it runs while the disk is full, and
+// fn writes only when sh.writable() says so.
+func (e *Engine) customerRead(customer string, fn func(sh *shard, g *group, w *Wallet) *Error) error {
+	return e.onCustomer(customer, e.readShard, fn)
+}
+
+func (e *Engine) onCustomer(customer string, run func(*shard, func(*shard, *group)) error, fn func(sh *shard, g *group, w *Wallet) *Error) error {
 	var ferr *Error
-	err := e.do(customer, func(sh *shard, g *group) {
+	err := run(e.shardOf(customer), func(sh *shard, g *group) {
 		w := sh.wallets[customer]
 		if w == nil {
 			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
@@ -254,6 +304,9 @@ func (e *Engine) Pricing() *meter.Pricing { return e.pricing.Load() }
 
 // SetPricing validates a pricing document and makes it the next version, durably.
 func (e *Engine) SetPricing(doc []byte) (*meter.Pricing, error) {
+	if !e.disk.writable() {
+		return nil, ErrStorageFull
+	}
 	e.pricingMu.Lock()
 	defer e.pricingMu.Unlock()
 	d, err := meter.ParseDocument(doc)
@@ -315,6 +368,9 @@ func (e *Engine) Events(evs []*EventIn) error {
 	if e.closed.Load() {
 		return ErrOverloaded
 	}
+	if !e.disk.writable() {
+		return ErrStorageFull
+	}
 	per := make([][]*EventIn, len(e.shards))
 	for _, in := range evs {
 		s := e.shardOf(in.Event.CustomerID)
@@ -358,12 +414,19 @@ func (e *Engine) PutCustomer(customer string, s Settings) (created bool, err err
 	return created, err
 }
 
-// Wallet returns a copy of the customer's wallet as of now (expiring what is due, durably).
+// Wallet returns a copy of the customer's wallet as of now (expiring what is
+// due, durably). While the disk is full, what came due is applied to the copy
+// only: the answer is as exact, and nothing is written.
 func (e *Engine) Wallet(customer string) (*Wallet, error) {
 	var out *Wallet
-	err := e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
-		sh.expire(g, w)
+	err := e.customerRead(customer, func(sh *shard, g *group, w *Wallet) *Error {
+		if sh.writable() {
+			sh.expire(g, w)
+			out = w.clone()
+			return nil
+		}
 		out = w.clone()
+		out.Advance(g.now, nil)
 		return nil
 	})
 	return out, err
@@ -371,10 +434,13 @@ func (e *Engine) Wallet(customer string) (*Wallet, error) {
 
 // advanceCustomer applies what came due to a customer's wallet, durably, so
 // that a read of its stored records (ledger, notifications) is exact as of
-// now without waiting for the timers.
+// now without waiting for the timers. While the disk is full it writes
+// nothing: the read shows what is stored.
 func (e *Engine) advanceCustomer(customer string) error {
-	return e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
-		sh.expire(g, w)
+	return e.customerRead(customer, func(sh *shard, g *group, w *Wallet) *Error {
+		if sh.writable() {
+			sh.expire(g, w)
+		}
 		return nil
 	})
 }
@@ -590,6 +656,9 @@ func (e *Engine) runJanitor() {
 		case <-e.stop:
 			return
 		case <-t.C:
+			if !e.disk.writable() {
+				continue // writes are refused: the next pass drops what this one would have
+			}
 			if err := e.DropExpired(); err != nil {
 				e.log.Error("dropping expired idempotency records", "err", err)
 			}

@@ -177,8 +177,20 @@ func (e *Engine) runTimers() {
 }
 
 // doShard runs fn on shard s and returns once its group is durable; a full
-// queue is ErrOverloaded.
+// queue is ErrOverloaded. fn may write: it is refused with ErrStorageFull,
+// before it runs, while the disk is full.
 func (e *Engine) doShard(s *shard, fn func(s *shard, g *group)) error {
+	if !e.disk.writable() && !e.closed.Load() {
+		return ErrStorageFull
+	}
+	return e.readShard(s, fn)
+}
+
+// readShard is doShard for a read: it runs while the disk is full, and fn
+// writes only when s.writable() says so (checked on the shard, so that a
+// write it decides on is in a group handed to the WAL with the reserve
+// still there to take it).
+func (e *Engine) readShard(s *shard, fn func(s *shard, g *group)) error {
 	if e.closed.Load() {
 		return ErrOverloaded
 	}

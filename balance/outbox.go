@@ -247,8 +247,13 @@ func (e *Engine) Cursor(name string) (uint64, error) {
 	return binary.BigEndian.Uint64(v), nil
 }
 
-// SetCursor durably records that the named sink shipped every outbox record up to seq.
+// SetCursor durably records that the named sink shipped every outbox record
+// up to seq. It is refused with ErrStorageFull while the disk is full (the
+// sink retries; what it ships again is deduplicated downstream).
 func (e *Engine) SetCursor(name string, seq uint64) error {
+	if !e.disk.writable() {
+		return ErrStorageFull
+	}
 	return e.st.db.Set(cursorKey(name), binary.BigEndian.AppendUint64(nil, seq), pebble.Sync)
 }
 
@@ -265,7 +270,7 @@ func (e *Engine) dropShipped() error {
 		}
 		shipped = min(shipped, c)
 	}
-	if shipped == 0 || shipped <= e.outboxDropped {
+	if shipped == 0 || shipped <= e.outboxDropped || !e.disk.writable() {
 		return nil
 	}
 	if err := e.st.db.DeleteRange(outboxKey(0), outboxKey(shipped+1), pebble.NoSync); err != nil {
@@ -319,4 +324,10 @@ func (e *Engine) OutboxBytes(after uint64) (uint64, error) {
 
 // Flush writes the memtables to tables on disk (OutboxBytes counts only
 // those): for tests and for operators before a file-level backup.
-func (e *Engine) Flush() error { return e.st.db.Flush() }
+// Refused with ErrStorageFull while the disk is full.
+func (e *Engine) Flush() error {
+	if !e.disk.writable() {
+		return ErrStorageFull
+	}
+	return e.st.db.Flush()
+}

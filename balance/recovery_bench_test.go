@@ -31,7 +31,7 @@ func BenchmarkRecovery(b *testing.B) {
 	n := benchWallets(b)
 	dir := b.TempDir()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := openStore(dir, 64<<20, log)
+	st, err := openStore(dir, 64<<20, 1000, log, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

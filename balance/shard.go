@@ -117,7 +117,7 @@ func (s *shard) run() {
 		// of this shard and of the others. The WAL keeps this shard's groups
 		// in the order they were applied.
 		g.start = time.Now()
-		if err := s.e.st.db.ApplyNoSyncWait(g.batch, pebble.Sync); err != nil {
+		if err := s.handToWAL(g.batch); err != nil {
 			s.commitFailed(err)
 		}
 		s.commitQ <- g
@@ -166,13 +166,33 @@ func (s *shard) commit() {
 	}
 }
 
-// commitFailed stops the process: the in-memory state is ahead of the disk
-// and cannot be trusted, so no answer may come from it. Recovery on the next
-// start rebuilds the state from what is durable.
-func (s *shard) commitFailed(err error) {
-	s.e.log.Error("commit failed: stopping", "shard", s.id, "err", err)
-	panic(fmt.Sprintf("meterd: shard %d: pebble commit: %v", s.id, err))
+// handToWAL hands a group's batch to the WAL. Pebble panics when the WAL
+// failed before (it holds its commit lock then): that is a failed commit too.
+func (s *shard) handToWAL(b *pebble.Batch) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if rerr, ok := r.(error); ok {
+				err = fmt.Errorf("pebble panicked: %w", rerr)
+			} else {
+				err = fmt.Errorf("pebble panicked: %v", r)
+			}
+		}
+	}()
+	return s.e.st.db.ApplyNoSyncWait(b, pebble.Sync)
 }
+
+// commitFailed stops the process (cleanly, with how much free space a
+// restart needs: disk.go): the in-memory state is ahead of the disk and
+// cannot be trusted, so no answer may come from it, and Pebble cannot take
+// another write. Recovery on the next start rebuilds the state from what is
+// durable. It does not return.
+func (s *shard) commitFailed(err error) {
+	s.e.disk.fatal(fmt.Errorf("shard %d: pebble commit: %w", s.id, err))
+}
+
+// writable reports whether an op that may write (an expiry found by a read)
+// writes now: not while the disk is full (disk.go).
+func (s *shard) writable() bool { return s.e.disk.writable() }
 
 func (s *shard) set(g *group, key, val []byte) {
 	if err := g.batch.Set(key, val, nil); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -18,7 +19,10 @@ type store struct {
 	db *pebble.DB
 }
 
-func openStore(dir string, cacheBytes int64, log *slog.Logger) (*store, error) {
+// openStore opens the Pebble store in dir. With a guard (disk.go), Pebble
+// writes through it, its background errors and log lines are rate-limited,
+// and opening gives up on a full disk instead of retrying without end.
+func openStore(dir string, cacheBytes int64, filesOpenMax int, log *slog.Logger, guard *diskGuard) (*store, error) {
 	// Every new event id is looked up, and almost always missed: the index
 	// and bloom-filter blocks of every table must stay cached, or each miss
 	// reads and decompresses blocks again. Pebble's default cache is 8 MiB.
@@ -32,14 +36,32 @@ func openStore(dir string, cacheBytes int64, log *slog.Logger) (*store, error) {
 		// delayed to batch more (group commit comes from concurrent commits).
 		WALMinSyncInterval:    nil,
 		L0CompactionThreshold: 4,
-		Logger:                pebbleLogger{log},
+		Logger:                pebbleLogger{log: log},
+		// A soft bound on the tables kept open (the file cache holds
+		// filesOpenMax-10, at least 64); meterd derives it from RLIMIT_NOFILE
+		// with the HTTP connection bounds, so that the two cannot together
+		// exhaust the descriptors.
+		MaxOpenFiles: filesOpenMax,
 	}
 	for i := range opts.Levels {
 		// Bloom filters make the idempotency look-up of a new event id (a
 		// miss) cheap at every level.
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
-	db, err := pebble.Open(dir, opts)
+	open := func() (*pebble.DB, error) { return pebble.Open(dir, opts) }
+	if guard != nil {
+		opts.FS = guard.fs()
+		opts.Logger = pebbleLogger{log: log, limit: &guard.pebbleLog, fatal: guard.fatal}
+		opts.EventListener = &pebble.EventListener{BackgroundError: guard.backgroundError}
+		open = func() (*pebble.DB, error) {
+			return guard.open(func() (*pebble.DB, error) { return pebble.Open(dir, opts) })
+		}
+	}
+	db, err := open()
+	var full *DiskFullError
+	if errors.As(err, &full) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open pebble store in %s: %w", dir, err)
 	}
@@ -101,17 +123,47 @@ func (s *store) loadWallets(fn func(*Wallet)) error {
 	return it.Error()
 }
 
-type pebbleLogger struct{ log *slog.Logger }
+// pebbleLogger is Pebble's logger. Its errors are rate-limited when limit
+// is set (a condition Pebble retries without end repeats its line); Fatalf,
+// which Pebble calls on what it cannot survive (a failed commit or MANIFEST
+// write), goes to fatal when set: a clean exit, not a panic.
+type pebbleLogger struct {
+	log   *slog.Logger
+	limit *logLimiter
+	fatal func(error)
+}
 
 func (l pebbleLogger) Infof(format string, args ...any) {
 	l.log.Debug(fmt.Sprintf(format, args...), "component", "pebble")
 }
 func (l pebbleLogger) Errorf(format string, args ...any) {
+	skipped := 0
+	if l.limit != nil {
+		var ok bool
+		if skipped, ok = l.limit.allow(time.Now()); !ok {
+			return
+		}
+	}
+	if skipped > 0 {
+		l.log.Error(fmt.Sprintf(format, args...), "component", "pebble", "held_back", skipped)
+		return
+	}
 	l.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
 }
 func (l pebbleLogger) Fatalf(format string, args ...any) {
-	l.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
-	panic(fmt.Sprintf(format, args...))
+	msg := fmt.Sprintf(format, args...)
+	if l.fatal != nil {
+		err := errors.New(msg)
+		for _, a := range args {
+			if e, ok := a.(error); ok {
+				err = fmt.Errorf("%s: %w", msg, e) // keeps ENOSPC visible to errors.Is
+				break
+			}
+		}
+		l.fatal(err)
+	}
+	l.log.Error(msg, "component", "pebble")
+	panic(msg)
 }
 
 // instanceKey holds the data directory's instance id.

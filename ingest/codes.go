@@ -71,6 +71,7 @@ var codeStatus = map[string]int{
 	"overloaded":   fasthttp.StatusServiceUnavailable,
 	"unavailable":  fasthttp.StatusServiceUnavailable,
 	"sink_backlog": fasthttp.StatusServiceUnavailable,
+	"storage_full": fasthttp.StatusServiceUnavailable,
 	// 500: a fault of the server, logged.
 	"internal_error": fasthttp.StatusInternalServerError,
 	"corrupt":        fasthttp.StatusInternalServerError,

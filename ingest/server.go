@@ -181,17 +181,20 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 			ctx.SetBodyString(`{"status":"stopping"}`)
 			return "readyz"
 		}
-		b := []byte(`{"status":"ready","storage":"open","recovered":true,"sinks":`)
 		ok, sinks := true, []byte("[]")
 		if s.sinks != nil {
 			ok, sinks = s.sinks()
 		}
-		b = append(append(b, sinks...), '}')
-		if !ok {
-			b = append([]byte(`{"status":"not_ready","storage":"open","recovered":true,"sinks":`), sinks...)
-			b = append(b, '}')
+		// storage is "open", or "disk_full" while writes are refused (reads
+		// are served; writes resume by themselves when space is freed).
+		storage, writable := s.e.Storage()
+		b := []byte(`{"status":"ready","storage":`)
+		if !ok || !writable {
+			b = []byte(`{"status":"not_ready","storage":`)
 			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		}
+		b = appendString(b, storage)
+		b = append(append(append(b, `,"recovered":true,"sinks":`...), sinks...), '}')
 		ctx.SetBody(b)
 		return "readyz"
 	case "/metrics":

@@ -56,10 +56,14 @@ type Config struct {
 	ReversalWindow      time.Duration // --reversal-window DURATION
 	BodyBytesMax        int           // --body-bytes-max N
 	EventsPerRequestMax int           // --events-per-request-max N
+	BodyMemoryMax       int           // --http-body-memory-max N: bytes of request bodies being read, server-wide
+	HTTPConnsMax        int           // --http-conns-max N: open HTTP connections, 0 = derived from RLIMIT_NOFILE (see planDescriptors)
+	HTTPConnsPerIPMax   int           // --http-conns-per-ip-max N: from one client address, 0 = derived
 	ShardQueueMax       int           // --shard-queue-max N: requests waiting per shard before 503
 	CommitEventsMax     int           // --commit-events-max N: events per commit group
 	IdemCacheMax        int           // --idem-cache-max N: idempotency records cached per shard
 	CacheBytes          int           // --cache-bytes N: Pebble block cache
+	DiskReserveBytes    int           // --disk-reserve-bytes N: kept in reserve for a full disk
 	LogLevel            string        // --log-level debug|info|warn|error
 	Config              string        // --config FILE (YAML); not itself a YAML key
 }
@@ -77,6 +81,8 @@ const (
 	commitEventsMaxMax         = 1 << 20
 	idemCacheMaxMax            = 1 << 26
 	cacheBytesMax              = 1 << 40
+	diskReserveBytesMin        = 1 << 20
+	httpConnsMaxMax            = 1 << 20
 	clickHouseDatabaseBytesMax = 64
 	kafkaNameBytesMax          = 249 // Kafka's own limit on topic names
 )
@@ -152,6 +158,15 @@ func settings(c *Config) []setting {
 			usage: "largest request body in bytes (larger: 413)"},
 		{name: "events-per-request-max", arg: "N", def: "10000", ptr: &c.EventsPerRequestMax,
 			usage: "most events in one request (more: 413)"},
+		{name: "http-body-memory-max", arg: "N", def: "268435456", ptr: &c.BodyMemoryMax,
+			usage: "most bytes held by request bodies being read or handled, server-wide; a body that would cross it is answered 503 " +
+				"before it is read (at least --body-bytes-max)"},
+		{name: "http-conns-max", arg: "N", def: "0", ptr: &c.HTTPConnsMax,
+			usage: "most open HTTP connections; more are answered 503 and closed at once. 0 = derived from the open-files limit (RLIMIT_NOFILE) at start; " +
+				"a value the limit cannot hold beside Pebble's files is refused at start"},
+		{name: "http-conns-per-ip-max", arg: "N", def: "0", ptr: &c.HTTPConnsPerIPMax,
+			usage: "most open HTTP connections from one client address (IPv4, or IPv6 /64), at most --http-conns-max; 0 = an eighth of --http-conns-max. " +
+				"Behind a proxy every client has the proxy's address: raise it to --http-conns-max there"},
 		{name: "shard-queue-max", arg: "N", def: "4096", ptr: &c.ShardQueueMax,
 			usage: "requests waiting per shard before answering 503"},
 		{name: "commit-events-max", arg: "N", def: "8192", ptr: &c.CommitEventsMax,
@@ -160,6 +175,10 @@ func settings(c *Config) []setting {
 			usage: "idempotency records cached in memory per shard"},
 		{name: "cache-bytes", arg: "N", def: "268435456", ptr: &c.CacheBytes,
 			usage: "Pebble block cache in bytes: keeps index and bloom-filter blocks in memory for id look-ups"},
+		{name: "disk-reserve-bytes", arg: "N", def: "67108864", ptr: &c.DiskReserveBytes,
+			usage: "space kept in reserve for a full disk: a file of this size in the data directory, given up when a write meets ENOSPC so that " +
+				"what is in flight is still made durable; writes are refused (503 storage_full) while less than this is free beside it, " +
+				"and resume by themselves at 1.5 times it"},
 		{name: "log-level", arg: "LEVEL", def: "info", ptr: &c.LogLevel,
 			usage: "debug, info, warn or error"},
 		{name: "config", arg: "FILE", def: "", ptr: &c.Config, noFile: true,
@@ -497,6 +516,7 @@ func (c *Config) validate() error {
 		v, max int
 	}{
 		{"body-bytes-max", c.BodyBytesMax, bodyBytesMaxMax},
+		{"http-body-memory-max", c.BodyMemoryMax, cacheBytesMax},
 		{"events-per-request-max", c.EventsPerRequestMax, eventsPerRequestMaxMax},
 		{"shard-queue-max", c.ShardQueueMax, shardQueueMaxMax},
 		{"commit-events-max", c.CommitEventsMax, commitEventsMaxMax},
@@ -506,6 +526,21 @@ func (c *Config) validate() error {
 		if l.v < 1 || l.v > l.max {
 			return invalid(l.name, "%d is outside 1..%d", l.v, l.max)
 		}
+	}
+	if c.BodyMemoryMax < c.BodyBytesMax {
+		return invalid("http-body-memory-max", "%d is less than --body-bytes-max %d: the largest body could never be read", c.BodyMemoryMax, c.BodyBytesMax)
+	}
+	if c.DiskReserveBytes < diskReserveBytesMin || c.DiskReserveBytes > cacheBytesMax {
+		return invalid("disk-reserve-bytes", "%d is outside %d..%d", c.DiskReserveBytes, diskReserveBytesMin, cacheBytesMax)
+	}
+	if c.HTTPConnsMax < 0 || c.HTTPConnsMax > httpConnsMaxMax {
+		return invalid("http-conns-max", "%d is outside 0..%d (0 = derived from the open-files limit)", c.HTTPConnsMax, httpConnsMaxMax)
+	}
+	if c.HTTPConnsPerIPMax < 0 || c.HTTPConnsPerIPMax > httpConnsMaxMax {
+		return invalid("http-conns-per-ip-max", "%d is outside 0..%d (0 = derived)", c.HTTPConnsPerIPMax, httpConnsMaxMax)
+	}
+	if c.HTTPConnsMax > 0 && c.HTTPConnsPerIPMax > c.HTTPConnsMax {
+		return invalid("http-conns-per-ip-max", "%d is more than --http-conns-max %d", c.HTTPConnsPerIPMax, c.HTTPConnsMax)
 	}
 	if c.SinkBatchRows < 1 || c.SinkBatchRows > 1_000_000 {
 		return invalid("sink-batch-rows", "%d is outside 1..1000000 (one insert must stay one ClickHouse block)", c.SinkBatchRows)
@@ -530,6 +565,89 @@ func (c *Config) validate() error {
 		return invalid("log-level", "%q: want debug, info, warn or error", c.LogLevel)
 	}
 	return nil
+}
+
+// The descriptor budget. RLIMIT_NOFILE bounds every descriptor of the
+// process, and running out is not a local failure: accept fails with EMFILE,
+// and so would a Pebble flush creating its table, a WAL rotation, or a sink
+// dialing its destination. planDescriptors shares the limit out so that the
+// parts that grow with load cannot take the room of the others:
+//
+//   - fdReserved for the parts of fixed size: stdin/out/err, the runtime's
+//     epoll and its wakeup, the listener; Pebble's files outside its table
+//     cache (WAL and a recycled one, MANIFEST, OPTIONS, LOCK, the directory,
+//     tables being written by a flush and compactions: about 10-20); the
+//     sinks' connections (ClickHouse at most 4, the webhook 1-2, the Kafka
+//     writer one per broker); the Kafka consumer's connections (one per
+//     broker plus the group coordinator); /proc and cgroup files read by the
+//     runtime and the process collector. These come to about 50 with every
+//     sink and a small Kafka cluster (an idle meterd without them holds 18);
+//     the rest is margin;
+//   - Pebble's tables: a quarter of the limit, within pebbleFilesMin and
+//     Pebble's own default pebbleFilesMax (its bound is soft: a table in use
+//     stays open past it, which the margin above absorbs);
+//   - HTTP connections: the rest, at most httpConnsDerivedMax when derived
+//     (measured resident memory: about 10 KiB per idle connection, 13 KiB
+//     with part of a header, 22 KiB with 1 KB of a body read: 16384 of them
+//     are 160-350 MiB, before request bodies); from one client address an
+//     eighth of them, so that it takes at least 8 addresses to fill them.
+//
+// Under ulimit -n 1024: 256 for Pebble, 640 connections, 80 per address.
+// Under 65536 or more: 1000 for Pebble, 16384 connections, 2048 per address.
+const (
+	fdReserved          = 128
+	pebbleFilesMin      = 100 // Pebble's file cache never holds fewer than 64 tables, plus 10 other files
+	pebbleFilesMax      = 1000
+	httpConnsMin        = 32
+	httpConnsDerivedMax = 16384
+	httpConnsPerIPShare = 8
+	nofileConsidered    = 1 << 24 // past any real limit (Linux's nr_open is at most 2^30, default 2^20); RLIM_INFINITY is read as this
+)
+
+// fdPlan is how the open-files limit is shared out.
+type fdPlan struct {
+	nofile            int  // RLIMIT_NOFILE (soft), at most nofileConsidered
+	pebbleFilesMax    int  // balance.Options.FilesOpenMax
+	httpConnsMax      int  // ingest.ListenerConfig.ConnsMax
+	httpConnsPerIPMax int  // ingest.ListenerConfig.ConnsPerIPMax
+	connsDerived      bool // httpConnsMax was derived, not configured
+	connsPerIPDerived bool
+	httpConnsRoom     int // the most connections the limit allows
+}
+
+// planDescriptors shares out the open-files limit nofile (see fdReserved)
+// and checks the configured connection bounds (0 = derive) against it. A
+// limit too low for meterd, or a bound it cannot hold, is an error that says
+// what to raise or lower.
+func planDescriptors(nofile uint64, connsMax, connsPerIPMax int) (fdPlan, error) {
+	n := int(min(nofile, nofileConsidered))
+	p := fdPlan{nofile: n, pebbleFilesMax: min(max(n/4, pebbleFilesMin), pebbleFilesMax)}
+	p.httpConnsRoom = n - fdReserved - p.pebbleFilesMax
+	if p.httpConnsRoom < httpConnsMin {
+		return fdPlan{}, fmt.Errorf("the open-files limit (RLIMIT_NOFILE) is %d: meterd needs at least %d "+
+			"(%d for itself, its sinks and Kafka, %d for Pebble's files, %d for HTTP connections); raise it (ulimit -n, systemd LimitNOFILE=)",
+			n, fdReserved+pebbleFilesMin+httpConnsMin, fdReserved, pebbleFilesMin, httpConnsMin)
+	}
+	switch {
+	case connsMax == 0:
+		p.httpConnsMax, p.connsDerived = min(p.httpConnsRoom, httpConnsDerivedMax), true
+	case connsMax > p.httpConnsRoom:
+		return fdPlan{}, fmt.Errorf("http-conns-max: %d connections do not fit the open-files limit (RLIMIT_NOFILE) %d, which leaves room for at most %d "+
+			"(%d minus %d for meterd itself, its sinks and Kafka, minus %d for Pebble's files); raise the limit (ulimit -n) or lower the setting",
+			connsMax, n, p.httpConnsRoom, n, fdReserved, p.pebbleFilesMax)
+	default:
+		p.httpConnsMax = connsMax
+	}
+	switch {
+	case connsPerIPMax == 0:
+		p.httpConnsPerIPMax, p.connsPerIPDerived = max(p.httpConnsMax/httpConnsPerIPShare, 1), true
+	case connsPerIPMax > p.httpConnsMax:
+		return fdPlan{}, fmt.Errorf("http-conns-per-ip-max: %d is more than the %d connections of --http-conns-max (derived from the open-files limit %d when 0)",
+			connsPerIPMax, p.httpConnsMax, n)
+	default:
+		p.httpConnsPerIPMax = connsPerIPMax
+	}
+	return p, nil
 }
 
 // KafkaBrokerList returns the brokers of --kafka-brokers, trimmed, without

@@ -72,10 +72,12 @@ func TestDefaults(t *testing.T) {
 		ReversalWindow:      24 * time.Hour,
 		BodyBytesMax:        8 << 20,
 		EventsPerRequestMax: 10000,
+		BodyMemoryMax:       256 << 20,
 		ShardQueueMax:       4096,
 		CommitEventsMax:     8192,
 		IdemCacheMax:        262144,
 		CacheBytes:          268435456,
+		DiskReserveBytes:    64 << 20,
 		LogLevel:            "info",
 	}
 	if got != want {
@@ -285,6 +287,7 @@ func TestBadValues(t *testing.T) {
 		{[]string{"--commit-events-max", "0"}, nil, []string{"commit-events-max"}},
 		{[]string{"--idem-cache-max", "0"}, nil, []string{"idem-cache-max"}},
 		{[]string{"--idem-cache-max", "999999999999"}, nil, []string{"idem-cache-max", "outside"}},
+		{[]string{"--disk-reserve-bytes", "1048575"}, nil, []string{"disk-reserve-bytes", "outside 1048576.."}},
 		{[]string{"--listen", "8080"}, nil, []string{"listen", "HOST:PORT"}},
 		{[]string{"--listen", ":8080"}, nil, []string{"listen", "loopback", "--api-keys"}},
 		{[]string{"--listen", "10.0.0.1:8080"}, nil, []string{"listen", "loopback"}},

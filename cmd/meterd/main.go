@@ -45,19 +45,42 @@ func main() {
 		fmt.Fprintln(os.Stderr, "meterd:", err)
 		os.Exit(2)
 	}
-	if err := run(cfg); err != nil {
+	nofile, err := nofileLimit()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "meterd:", err)
+		os.Exit(1)
+	}
+	fds, err := planDescriptors(nofile, cfg.HTTPConnsMax, cfg.HTTPConnsPerIPMax)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "meterd:", err)
+		os.Exit(2)
+	}
+	if err := run(cfg, fds); err != nil {
 		fmt.Fprintln(os.Stderr, "meterd:", err)
 		os.Exit(1)
 	}
 }
 
-func run(cfg Config) error {
+// nofileLimit returns the soft RLIMIT_NOFILE, which the Go runtime has
+// already raised to the hard limit at start.
+func nofileLimit() (uint64, error) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, fmt.Errorf("reading the open-files limit (RLIMIT_NOFILE): %w", err)
+	}
+	return rl.Cur, nil
+}
+
+func run(cfg Config, fds fdPlan) error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
+	log.Info("descriptor budget", "nofile", fds.nofile, "reserved", fdReserved, "pebble_files_max", fds.pebbleFilesMax,
+		"http_conns_max", fds.httpConnsMax, "http_conns_max_derived", fds.connsDerived,
+		"http_conns_per_ip_max", fds.httpConnsPerIPMax, "http_conns_per_ip_max_derived", fds.connsPerIPDerived)
 
 	var clock balance.Clock = balance.WallClock{}
 	if cfg.TestClock {
@@ -116,6 +139,8 @@ func run(cfg Config) error {
 		CommitEventsMax: cfg.CommitEventsMax,
 		IdemCacheMax:    cfg.IdemCacheMax,
 		CacheBytes:      int64(cfg.CacheBytes),
+		FilesOpenMax:    fds.pebbleFilesMax,
+		ReserveBytes:    int64(cfg.DiskReserveBytes),
 		DedupWindow:     cfg.DedupWindow,
 		ReversalWindow:  cfg.ReversalWindow,
 		DefaultPricing:  defaultPricing,
@@ -234,7 +259,8 @@ func run(cfg Config) error {
 		}()
 	}
 
-	scfg := ingest.Config{Engine: eng, Keys: keys, Limits: lim, Log: log, Registerer: reg, Gatherer: reg, TestClock: cfg.TestClock}
+	scfg := ingest.Config{Engine: eng, Keys: keys, Limits: lim, Log: log, Registerer: reg, Gatherer: reg, TestClock: cfg.TestClock,
+		BodyMemoryMax: int64(cfg.BodyMemoryMax)}
 	if gate != nil {
 		scfg.Readiness, scfg.Admit = gate.Readiness, gate.Admit
 	}
@@ -247,8 +273,17 @@ func run(cfg Config) error {
 		sinksDone.Wait()
 		eng.Close()
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	tcpLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
+		stop()
+		return err
+	}
+	// Accept errors (EMFILE) are retried, and connections are bounded below
+	// the descriptor limit, overall and per client address.
+	ln, err := ingest.NewListener(tcpLn, ingest.ListenerConfig{ConnsMax: fds.httpConnsMax,
+		ConnsPerIPMax: fds.httpConnsPerIPMax, Log: log, Registerer: reg})
+	if err != nil {
+		tcpLn.Close()
 		stop()
 		return err
 	}
