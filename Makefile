@@ -7,6 +7,7 @@
 
 GO                  ?= go
 FUZZTIME            ?= 30s
+FUZZTIME_TEST       ?= 3s
 STATICCHECK_VERSION ?= v0.8.2
 
 # -mod=readonly: a build never edits go.mod or go.sum behind your back; a
@@ -25,10 +26,13 @@ SHELL := bash
 build:
 	$(GO) build -trimpath -o bin/ ./cmd/...
 
-## test: install test dependencies, then go vet and all tests
+## test: install test dependencies, then go vet, all tests, then every Fuzz
+## target for FUZZTIME_TEST beyond its seed corpus (default 3s each: about
+## 95 s for 13 targets on 2 cores, build cache warm; FUZZTIME_TEST=0 skips)
 test: test-deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
+	@if [ "$(FUZZTIME_TEST)" != 0 ]; then $(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST); fi
 
 ## test-deps: what the tests need besides the source: Go, and ClickHouse's
 ## clickhouse-server and clickhouse-client (Debian's packages, 18.16; the tests

@@ -5,6 +5,12 @@ go 1.26.8
 require (
 	github.com/ClickHouse/clickhouse-go/v2 v2.50.0
 	github.com/cockroachdb/pebble/v2 v2.1.7
+	// Strict decoding of request bodies (meter/strictjson): the upstream
+	// of encoding/json/v2, by the Go team. Names matched case-sensitively,
+	// duplicate keys and invalid UTF-8 refused at every depth, unknown members
+	// refused; Go 1.26's own encoding/json/v2 needs GOEXPERIMENT=jsonv2.
+	// Built with that experiment on, this module aliases the standard one.
+	github.com/go-json-experiment/json v1.27.2
 	github.com/prometheus/client_golang v1.25.0
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/shopspring/decimal v1.6.0

@@ -283,6 +283,11 @@ func metadata(raw json.RawMessage, field string) ([]byte, error) {
 	if len(t) > 4*metadataBytesMax {
 		return nil, badRequest("metadata_too_large", field, "%s is larger than %d bytes", field, metadataBytesMax)
 	}
+	// Strict first (a key twice at any depth, invalid UTF-8): decoding into
+	// a map below would keep the last of two keys and mangle bad text.
+	if err := checkStrictAt(field, t); err != nil {
+		return nil, err
+	}
 	// Canonical form: keys sorted (encoding/json sorts map keys), numbers
 	// kept as written, so that a resent write whose metadata lists the same
 	// members in another order is the same write, not a conflict.

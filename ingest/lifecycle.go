@@ -60,8 +60,8 @@ func prefixed(err error, prefix string) error {
 // plan parses a customer's plan.
 func (s *Server) plan(raw json.RawMessage) (*balance.Plan, error) {
 	var body planBody
-	if err := decodeStrict(raw, &body); err != nil {
-		return nil, prefixed(err, "plan")
+	if err := decodeStrictAt("plan", raw, &body); err != nil {
+		return nil, err
 	}
 	if !validID(body.ID) {
 		return nil, badRequest("invalid_id", "plan.id", "plan.id must be 1-128 characters of [A-Za-z0-9._:-]")
@@ -155,8 +155,8 @@ func parseTime(v, field string) (int64, error) {
 // autoReload parses a customer's auto-reload settings.
 func (s *Server) autoReload(raw json.RawMessage, plan *balance.Plan) (*balance.AutoReload, error) {
 	var body autoReloadBody
-	if err := decodeStrict(raw, &body); err != nil {
-		return nil, prefixed(err, "auto_reload")
+	if err := decodeStrictAt("auto_reload", raw, &body); err != nil {
+		return nil, err
 	}
 	const f = "auto_reload"
 	r := &balance.AutoReload{Enabled: true, Account: defaultAccountName, Asset: body.Asset, Mode: balance.ReloadGrantImmediately}
@@ -394,49 +394,12 @@ func (s *Server) placeHold(ctx *fasthttp.RequestCtx) {
 		s.writeErr(ctx, err)
 		return
 	}
-	if !validID(body.ID) {
-		writeError(ctx, fasthttp.StatusBadRequest, "invalid_id", "id must be 1-128 characters of [A-Za-z0-9._:-]", "id")
-		return
-	}
-	if !validID(body.CustomerID) {
-		writeError(ctx, fasthttp.StatusBadRequest, "invalid_id", "customer_id must be 1-128 characters of [A-Za-z0-9._:-]", "customer_id")
-		return
-	}
-	asset, err := accountAsset(s.e.Pricing(), body.Account, "account")
+	cmd, err := s.holdCmd(&body)
 	if err != nil {
 		s.writeErr(ctx, err)
 		return
 	}
-	amount, err := parseAmount(body.Amount, asset.Scale, "amount")
-	if err != nil {
-		s.writeErr(ctx, err)
-		return
-	}
-	if amount <= 0 {
-		writeError(ctx, fasthttp.StatusBadRequest, "invalid_amount", "a hold's amount must be positive", "amount")
-		return
-	}
-	now := s.e.Now()
-	expires := now + int64(holdTTLDefault)
-	expText := ""
-	if body.ExpiresAt != nil {
-		expText = *body.ExpiresAt
-		if expires, err = parseExpiry(body.ExpiresAt, "expires_at"); err != nil {
-			s.writeErr(ctx, err)
-			return
-		}
-		if expires == balance.ExpiresPeriodEnd {
-			writeError(ctx, fasthttp.StatusBadRequest, "invalid_timestamp", "a hold's expires_at must be a time", "expires_at")
-			return
-		}
-		if expires-now > int64(holdTTLMax) {
-			writeError(ctx, fasthttp.StatusBadRequest, "invalid_timestamp", "a hold lives at most 31 days", "expires_at")
-			return
-		}
-	}
-	var h hasher
-	hash := h.str(body.CustomerID).str(body.Account).int(amount).str(expText).sum()
-	rec, replayed, err := s.e.PlaceHold(body.CustomerID, &balance.HoldCmd{ID: body.ID, Account: body.Account, Amount: amount, ExpiresAt: expires, Hash: hash})
+	rec, replayed, err := s.e.PlaceHold(body.CustomerID, cmd)
 	if be, ok := err.(*balance.Error); ok && be.Code == balance.CodeInsufficientFunds {
 		// The contract's status for a hold that does not fit: 402.
 		writeError(ctx, fasthttp.StatusPaymentRequired, be.Code, "the hold is larger than what the account has available", "amount")
@@ -450,6 +413,46 @@ func (s *Server) placeHold(ctx *fasthttp.RequestCtx) {
 		ctx.SetStatusCode(fasthttp.StatusCreated)
 	}
 	writeHold(ctx, &rec)
+}
+
+// holdCmd checks a decoded hold request and returns the command for
+// body.CustomerID; the content hash covers expires_at as given.
+func (s *Server) holdCmd(body *holdBody) (*balance.HoldCmd, error) {
+	if !validID(body.ID) {
+		return nil, badRequest("invalid_id", "id", "id must be 1-128 characters of [A-Za-z0-9._:-]")
+	}
+	if !validID(body.CustomerID) {
+		return nil, badRequest("invalid_id", "customer_id", "customer_id must be 1-128 characters of [A-Za-z0-9._:-]")
+	}
+	asset, err := accountAsset(s.e.Pricing(), body.Account, "account")
+	if err != nil {
+		return nil, err
+	}
+	amount, err := parseAmount(body.Amount, asset.Scale, "amount")
+	if err != nil {
+		return nil, err
+	}
+	if amount <= 0 {
+		return nil, badRequest("invalid_amount", "amount", "a hold's amount must be positive")
+	}
+	now := s.e.Now()
+	expires := now + int64(holdTTLDefault)
+	expText := ""
+	if body.ExpiresAt != nil {
+		expText = *body.ExpiresAt
+		if expires, err = parseExpiry(body.ExpiresAt, "expires_at"); err != nil {
+			return nil, err
+		}
+		if expires == balance.ExpiresPeriodEnd {
+			return nil, badRequest("invalid_timestamp", "expires_at", "a hold's expires_at must be a time")
+		}
+		if expires-now > int64(holdTTLMax) {
+			return nil, badRequest("invalid_timestamp", "expires_at", "a hold lives at most 31 days")
+		}
+	}
+	var h hasher
+	hash := h.str(body.CustomerID).str(body.Account).int(amount).str(expText).sum()
+	return &balance.HoldCmd{ID: body.ID, Account: body.Account, Amount: amount, ExpiresAt: expires, Hash: hash}, nil
 }
 
 func writeHold(ctx *fasthttp.RequestCtx, h *balance.HoldRecord) {

@@ -1,9 +1,12 @@
 package meter
 
 import (
+	"fmt"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
+	"github.com/meterd/meterd/meter/strictjson"
 	"github.com/valyala/fastjson"
 )
 
@@ -75,11 +78,13 @@ type Tier struct {
 	CreditsPerUnit *Dec `json:"credits_per_unit"`
 }
 
-// ParseDocument reads a pricing document. The JSON must be strict: valid
-// UTF-8, no trailing data, no duplicate members, and no member unknown to the
-// contract. Errors are *Error: code "malformed_json" when the text is not
-// JSON; "invalid_request" with the member's path for unknown members
-// ("prices[0].componets") and wrong JSON types; "invalid_pricing" for
+// ParseDocument reads a pricing document. The JSON must be strict, as every
+// request body of the contract: valid UTF-8 without unpaired UTF-16
+// surrogate escapes, no trailing data, no key twice in any object, and no
+// member unknown to the contract, names matched case-sensitively. Errors are
+// *Error: code "malformed_json" when the text is not JSON; "invalid_request"
+// with the member's path for a key given twice, invalid text, unknown
+// members ("prices[0].componets", "Prices") and wrong JSON types; "invalid_pricing" for
 // values that cannot be represented (a decimal string that is not a number,
 // a scale out of 0-9, an empty field name). Decimals may be JSON strings or
 // JSON integers, never JSON numbers with a fraction or exponent. Semantic
@@ -88,11 +93,10 @@ func ParseDocument(b []byte) (*Document, error) {
 	if len(b) > documentBytesMax {
 		return nil, errf("pricing_limit_exceeded", "", "pricing document is larger than 8 MiB")
 	}
-	if !utf8.Valid(b) {
-		return nil, errf("malformed_json", "", "pricing document is not valid UTF-8")
-	}
-	if err := fastjson.ValidateBytes(b); err != nil {
-		return nil, errf("malformed_json", "", err.Error())
+	// fastjson alone would keep an unpaired surrogate escape as its six
+	// characters of text or turn it into U+FFFD, and does not check UTF-8.
+	if err := strictjson.Valid(b); err != nil {
+		return nil, strictError(b, err)
 	}
 	var p fastjson.Parser
 	v, err := p.ParseBytes(b)
@@ -105,6 +109,22 @@ func ParseDocument(b []byte) (*Document, error) {
 		return nil, d.err
 	}
 	return doc, nil
+}
+
+// strictError is the *Error of a strictjson error on the document b.
+func strictError(b []byte, err error) *Error {
+	p := strictjson.Explain(b, err)
+	switch p.Kind {
+	case strictjson.Duplicate:
+		return errf("invalid_request", p.Path, fmt.Sprintf("duplicate key: %q is given more than once", p.Path))
+	case strictjson.InvalidText:
+		what := "the pricing document"
+		if p.Path != "" {
+			what = p.Path
+		}
+		return errf("invalid_request", p.Path, what+" is not valid UTF-8 (or holds an unpaired UTF-16 surrogate escape)")
+	}
+	return errf("malformed_json", "", fmt.Sprintf("malformed JSON at byte %d: %v", p.Offset, p.Err))
 }
 
 // decoder turns a parsed JSON value into a Document, keeping the first error.
@@ -147,7 +167,7 @@ func (d *decoder) object(v *fastjson.Value, path string, member func(key string,
 		key := string(k)
 		p := join(path, key)
 		if _, dup := seen[key]; dup {
-			d.fail("invalid_request", p, "duplicate member")
+			d.fail("invalid_request", p, fmt.Sprintf("duplicate key: %q is given more than once", p))
 			return
 		}
 		seen[key] = struct{}{}
@@ -158,7 +178,17 @@ func (d *decoder) object(v *fastjson.Value, path string, member func(key string,
 	})
 }
 
-func (d *decoder) unknown(path string) { d.fail("invalid_request", path, "unknown field") }
+// unknown fails on the member at path, whose key is none of known. Names
+// are case-sensitive; one that differs only in case is pointed out.
+func (d *decoder) unknown(path, key string, known ...string) {
+	for _, k := range known {
+		if strings.EqualFold(k, key) {
+			d.fail("invalid_request", path, fmt.Sprintf("unknown field %q: field names are case-sensitive; did you mean %q?", path, k))
+			return
+		}
+	}
+	d.fail("invalid_request", path, fmt.Sprintf("unknown field %q", path))
+}
 
 func (d *decoder) array(v *fastjson.Value, path string) []*fastjson.Value {
 	a, err := v.Array()
@@ -223,7 +253,7 @@ func (d *decoder) document(v *fastjson.Value) *Document {
 				doc.TopupOffers = append(doc.TopupOffers, d.offer(e, index(path, i)))
 			}
 		default:
-			d.unknown(path)
+			d.unknown(path, key, "assets", "prices", "topup_offers")
 		}
 	})
 	return doc
@@ -248,7 +278,7 @@ func (d *decoder) asset(v *fastjson.Value, path string) Asset {
 			}
 			a.Scale = uint8(n)
 		default:
-			d.unknown(path)
+			d.unknown(path, key, "code", "scale")
 		}
 	})
 	return a
@@ -282,7 +312,7 @@ func (d *decoder) price(v *fastjson.Value, path string) Price {
 				p.Components = append(p.Components, d.component(e, index(path, i)))
 			}
 		default:
-			d.unknown(path)
+			d.unknown(path, key, "event_type", "account", "dimensions", "unit_price", "components")
 		}
 	})
 	return p
@@ -302,7 +332,7 @@ func (d *decoder) component(v *fastjson.Value, path string) Component {
 		case "unit_price":
 			c.UnitPrice = d.unitPrice(v, path)
 		default:
-			d.unknown(path)
+			d.unknown(path, key, "field", "package_size", "unit_price")
 		}
 	})
 	return c
@@ -344,7 +374,7 @@ func (d *decoder) offer(v *fastjson.Value, path string) TopupOffer {
 				o.Tiers = append(o.Tiers, d.tier(e, index(path, i)))
 			}
 		default:
-			d.unknown(path)
+			d.unknown(path, key, "currency", "account", "min", "max", "tiers")
 		}
 	})
 	return o
@@ -359,7 +389,7 @@ func (d *decoder) tier(v *fastjson.Value, path string) Tier {
 		case "credits_per_unit":
 			t.CreditsPerUnit = d.dec(v, path)
 		default:
-			d.unknown(path)
+			d.unknown(path, key, "from", "credits_per_unit")
 		}
 	})
 	return t

@@ -18,4 +18,12 @@ func (e *Error) Error() string {
 // ErrorCode returns the stable code of the error.
 func (e *Error) ErrorCode() string { return e.Code }
 
+// FieldPath returns the path of the offending field, "" for none: the
+// "field" of the contract's error body.
+func (e *Error) FieldPath() string { return e.Field }
+
+// MessageText returns the human sentence alone: the "message" of the
+// contract's error body.
+func (e *Error) MessageText() string { return e.Message }
+
 func errf(code, field, msg string) *Error { return &Error{Code: code, Field: field, Message: msg} }

@@ -117,7 +117,7 @@ func TestParseDocumentErrors(t *testing.T) {
 		{`{"assets":[`, "malformed_json", "", ""},
 		{`{"assets":[]} x`, "malformed_json", "", ""},
 		{`{"assets":[{"code":"USD","scale":6,}]}`, "malformed_json", "", ""},
-		{"{\"assets\":[{\"code\":\"\xff\",\"scale\":6}]}", "malformed_json", "", "UTF-8"},
+		{"{\"assets\":[{\"code\":\"\xff\",\"scale\":6}]}", "invalid_request", "assets[0].code", "UTF-8"},
 		{`{"assets":[{"code":"US` + "\x01" + `D","scale":6}]}`, "malformed_json", "", ""},
 		{`{"prices":[NaN]}`, "malformed_json", "", ""},
 		{``, "malformed_json", "", ""},
