@@ -256,6 +256,10 @@ func DecodeWallet(b []byte) (*Wallet, error) {
 	s := &Settings{}
 	s.Status = Status(d.byte1())
 	s.Policy = Policy(d.byte1())
+	if s.Status > StatusPaused || s.Policy > PolicyOverdraft {
+		// normalizeSettings panics on these: from a record they are corruption.
+		d.fail(fmt.Errorf("settings: status %d, policy %d out of range", s.Status, s.Policy))
+	}
 	if n := d.count(WalletAccountsMax, 2); n > 0 {
 		s.CreditLimits = make([]Limit, n)
 		for i := range s.CreditLimits {
