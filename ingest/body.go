@@ -111,7 +111,7 @@ func badFraming(h *fasthttp.RequestHeader) bool {
 // refuseFraming answers a request with bad framing.
 func refuseFraming(ctx *fasthttp.RequestCtx) {
 	ctx.SetConnectionClose()
-	writeError(ctx, fasthttp.StatusBadRequest, "bad_framing",
+	writeError(ctx, "bad_framing",
 		"the request has both Content-Length and Transfer-Encoding; send one of them", "")
 }
 
@@ -127,7 +127,7 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx) bool {
 	n := ctx.Request.Header.ContentLength()
 	if n > limit {
 		ctx.SetConnectionClose()
-		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, tooLarge,
+		writeError(ctx, tooLarge,
 			"the request body is "+strconv.Itoa(n)+" bytes; this endpoint takes at most "+strconv.Itoa(limit), "")
 		return false
 	}
@@ -169,7 +169,7 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx) bool {
 			if len(buf) > limit {
 				hb.b = buf
 				ctx.SetConnectionClose()
-				writeError(ctx, fasthttp.StatusRequestEntityTooLarge, tooLarge,
+				writeError(ctx, tooLarge,
 					"the request body is larger than "+strconv.Itoa(limit)+" bytes, the most this endpoint takes", "")
 				return false
 			}
@@ -199,8 +199,7 @@ func grow(buf []byte, n int) []byte {
 
 func (s *Server) overloadedBody(ctx *fasthttp.RequestCtx) {
 	ctx.SetConnectionClose()
-	ctx.Response.Header.Set("Retry-After", "1")
-	writeError(ctx, fasthttp.StatusServiceUnavailable, "overloaded",
+	writeError(ctx, "overloaded",
 		"too many request bodies are being read at once; retry with the same ids", "")
 }
 
@@ -208,10 +207,10 @@ func (s *Server) bodyReadFailed(ctx *fasthttp.RequestCtx, err error) bool {
 	ctx.SetConnectionClose()
 	var nerr interface{ Timeout() bool }
 	if errors.As(err, &nerr) && nerr.Timeout() {
-		writeError(ctx, fasthttp.StatusRequestTimeout, "request_timeout", "the request body did not arrive in time", "")
+		writeError(ctx, "request_timeout", "the request body did not arrive in time", "")
 		return false
 	}
-	writeError(ctx, fasthttp.StatusBadRequest, "malformed_request", "the request body could not be read: "+err.Error(), "")
+	writeError(ctx, "malformed_request", "the request body could not be read: "+err.Error(), "")
 	return false
 }
 
@@ -244,12 +243,12 @@ func (s *Server) expect(ctx *fasthttp.RequestCtx) int {
 		return fasthttp.StatusBadRequest
 	}
 	if limit, tooLarge := s.bodyLimit(ctx.Path(), ctx.Method()); h.ContentLength() > limit {
-		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, tooLarge,
+		writeError(ctx, tooLarge,
 			"the request body is "+strconv.Itoa(h.ContentLength())+" bytes; this endpoint takes at most "+strconv.Itoa(limit), "")
 		return fasthttp.StatusRequestEntityTooLarge
 	}
 	if s.keys.Len() > 0 && !s.keys.Known(h.Peek("Authorization")) {
-		writeError(ctx, fasthttp.StatusUnauthorized, "unauthorized", "a valid API key is required: Authorization: Bearer <key>", "")
+		writeError(ctx, "unauthorized", "a valid API key is required: Authorization: Bearer <key>", "")
 		return fasthttp.StatusUnauthorized
 	}
 	return fasthttp.StatusContinue

@@ -15,11 +15,12 @@ import (
 // codeArgs names the functions that take an error code, and which argument
 // it is, across the packages whose errors reach an HTTP answer.
 var codeArgs = map[string]int{
-	"errf":       0, // meter
-	"errorf":     0, // balance
-	"badRequest": 0, // ingest
-	"reqErr":     1, // ingest decoder
-	"writeError": 2, // ingest
+	"errf":             0, // meter
+	"errorf":           0, // balance
+	"badRequest":       0, // ingest
+	"reqErr":           1, // ingest decoder
+	"writeError":       1, // ingest
+	"writeErrorStatus": 2, // ingest
 }
 
 // sourceCodes returns every error code written in the non-test Go files of

@@ -40,12 +40,12 @@ func (s *Server) decodeEvents(ctx *fasthttp.RequestCtx, sc *eventsScratch, now t
 	case bytes.EqualFold(ct, []byte("application/x-ndjson")):
 		sc.decoded, rerr = sc.dec.DecodeNDJSON(ctx.PostBody(), now, &s.lim, sc.decoded[:0])
 	default:
-		writeError(ctx, fasthttp.StatusUnsupportedMediaType, "unsupported_media_type",
+		writeError(ctx, "unsupported_media_type",
 			"Content-Type must be application/json or application/x-ndjson", "")
 		return false
 	}
 	if rerr != nil {
-		writeError(ctx, rerr.Status, rerr.Code, rerr.Message, rerr.Field)
+		writeError(ctx, rerr.Code, rerr.Message, rerr.Field)
 		return false
 	}
 	return true

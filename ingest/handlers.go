@@ -36,7 +36,7 @@ func (s *Server) getPricing(ctx *fasthttp.RequestCtx) {
 	if v := ctx.QueryArgs().Peek("version"); len(v) > 0 {
 		n, err := strconv.ParseUint(string(v), 10, 32)
 		if err != nil || n == 0 {
-			writeError(ctx, fasthttp.StatusBadRequest, "invalid_request", "version must be a positive integer", "version")
+			writeError(ctx, "invalid_request", "version must be a positive integer", "version")
 			return
 		}
 		doc, err := s.e.PricingVersion(uint32(n))
@@ -45,7 +45,7 @@ func (s *Server) getPricing(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		if doc == nil {
-			writeError(ctx, fasthttp.StatusNotFound, "not_found", "no pricing version "+string(v), "version")
+			writeError(ctx, "not_found", "no pricing version "+string(v), "version")
 			return
 		}
 		writePricing(ctx, uint32(n), doc)
@@ -66,7 +66,7 @@ func writePricing(ctx *fasthttp.RequestCtx, version uint32, doc []byte) {
 func (s *Server) putPricing(ctx *fasthttp.RequestCtx) {
 	body := ctx.PostBody()
 	if len(body) > pricingDocBytesMax {
-		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "pricing_too_large", "a pricing document is at most 1 MiB", "")
+		writeError(ctx, "pricing_too_large", "a pricing document is at most 1 MiB", "")
 		return
 	}
 	p, err := s.e.SetPricing(body)
@@ -636,7 +636,7 @@ func validCode(s string) bool {
 
 func (s *Server) reverse(ctx *fasthttp.RequestCtx, customer, id string) {
 	if !validID(id) {
-		writeError(ctx, fasthttp.StatusBadRequest, "invalid_id", "top-up id must be 1-128 characters of [A-Za-z0-9._:-]", "id")
+		writeError(ctx, "invalid_id", "top-up id must be 1-128 characters of [A-Za-z0-9._:-]", "id")
 		return
 	}
 	res, err := s.e.ReverseTopUp(customer, id)

@@ -402,7 +402,7 @@ func (s *Server) placeHold(ctx *fasthttp.RequestCtx) {
 	rec, replayed, err := s.e.PlaceHold(body.CustomerID, cmd)
 	if be, ok := err.(*balance.Error); ok && be.Code == balance.CodeInsufficientFunds {
 		// The contract's status for a hold that does not fit: 402.
-		writeError(ctx, fasthttp.StatusPaymentRequired, be.Code, "the hold is larger than what the account has available", "amount")
+		writeErrorStatus(ctx, fasthttp.StatusPaymentRequired, be.Code, "the hold is larger than what the account has available", "amount")
 		return
 	}
 	if err != nil {
@@ -488,7 +488,7 @@ func writeHold(ctx *fasthttp.RequestCtx, h *balance.HoldRecord) {
 func (s *Server) holdRoute(ctx *fasthttp.RequestCtx, method, rest string) string {
 	id, action, _ := strings.Cut(rest, "/")
 	if !validID(id) {
-		writeError(ctx, fasthttp.StatusBadRequest, "invalid_id", "hold id must be 1-128 characters of [A-Za-z0-9._:-]", "id")
+		writeError(ctx, "invalid_id", "hold id must be 1-128 characters of [A-Za-z0-9._:-]", "id")
 		return "hold"
 	}
 	switch action {
@@ -513,7 +513,7 @@ func (s *Server) holdRoute(ctx *fasthttp.RequestCtx, method, rest string) string
 		}
 		return "hold_release"
 	}
-	writeError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+method+" /v1/holds/"+rest, "")
+	writeError(ctx, "not_found", "no such endpoint: "+method+" /v1/holds/"+rest, "")
 	return "unknown"
 }
 
@@ -554,7 +554,7 @@ func pageArgs(ctx *fasthttp.RequestCtx) (limit int, before uint64, ok bool) {
 	if v := q.Peek("limit"); len(v) > 0 {
 		n, err := strconv.Atoi(string(v))
 		if err != nil || n < 1 || n > ledgerPageMax {
-			writeError(ctx, fasthttp.StatusBadRequest, "invalid_limit", "limit must be an integer from 1 to 1000", "limit")
+			writeError(ctx, "invalid_limit", "limit must be an integer from 1 to 1000", "limit")
 			return 0, 0, false
 		}
 		limit = n
@@ -562,7 +562,7 @@ func pageArgs(ctx *fasthttp.RequestCtx) (limit int, before uint64, ok bool) {
 	if v := q.Peek("before"); len(v) > 0 {
 		n, err := strconv.ParseUint(string(v), 10, 64)
 		if err != nil || n == 0 {
-			writeError(ctx, fasthttp.StatusBadRequest, "invalid_cursor", "before must be a cursor returned as next by this endpoint", "before")
+			writeError(ctx, "invalid_cursor", "before must be a cursor returned as next by this endpoint", "before")
 			return 0, 0, false
 		}
 		before = n
@@ -649,7 +649,7 @@ const testClockAdvanceMax = 100 * 366 * 24 * time.Hour
 
 func (s *Server) testClock(ctx *fasthttp.RequestCtx, method string) {
 	if !s.testClockOn {
-		writeError(ctx, fasthttp.StatusNotFound, "not_found", "the test clock is off: start meterd with --test-clock", "")
+		writeError(ctx, "not_found", "the test clock is off: start meterd with --test-clock", "")
 		return
 	}
 	switch method {
@@ -671,14 +671,14 @@ func (s *Server) testClock(ctx *fasthttp.RequestCtx, method string) {
 		case body.Advance != nil && body.Now == nil:
 			d, err := time.ParseDuration(*body.Advance)
 			if err != nil || d < 0 || d > testClockAdvanceMax {
-				writeError(ctx, fasthttp.StatusBadRequest, "invalid_request", "advance must be a non-negative Go duration such as \"36h\", at most 100 years", "advance")
+				writeError(ctx, "invalid_request", "advance must be a non-negative Go duration such as \"36h\", at most 100 years", "advance")
 				return
 			}
 			// The bound every timestamp respects, checked before adding so
 			// that the sum cannot overflow.
 			now := s.e.Now()
 			if int64(d) >= expiryMax.UnixNano()-now {
-				writeError(ctx, fasthttp.StatusBadRequest, "invalid_timestamp",
+				writeError(ctx, "invalid_timestamp",
 					"advance would move the test clock past "+expiryMax.Format(time.RFC3339)+", the bound of every time", "advance")
 				return
 			}
@@ -691,7 +691,7 @@ func (s *Server) testClock(ctx *fasthttp.RequestCtx, method string) {
 			}
 			to = t
 		default:
-			writeError(ctx, fasthttp.StatusBadRequest, "invalid_request", "give exactly one of advance and now", "")
+			writeError(ctx, "invalid_request", "give exactly one of advance and now", "")
 			return
 		}
 		if err := s.e.SetClock(to); err != nil {

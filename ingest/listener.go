@@ -191,11 +191,11 @@ func (l *Listener) refuse(c net.Conn, reason string, key netip.Addr) {
 	if reason == refusedLimitIP {
 		answer = refusedIPAnswer
 	}
+	l.metrics.refused.WithLabelValues(reason).Inc() // counted before the client can see the close
 	if c.SetWriteDeadline(time.Now().Add(refuseWriteMax)) == nil {
 		c.Write(answer) // best effort: a client that is gone or slow misses it
 	}
 	c.Close()
-	l.metrics.refused.WithLabelValues(reason).Inc()
 	if n, ok := l.refuseLog.allow(time.Now()); ok {
 		limit := l.connsMax
 		if reason == refusedLimitIP {

@@ -50,7 +50,7 @@ func (s *Server) topUpQuote(ctx *fasthttp.RequestCtx) {
 		bad = badRequest("invalid_request", "currency", "currency is required, e.g. ?amount=120&currency=USD")
 	}
 	if bad != nil {
-		writeError(ctx, fasthttp.StatusBadRequest, bad.Code, bad.Message, bad.Field)
+		writeError(ctx, bad.Code, bad.Message, bad.Field)
 		return
 	}
 	p := s.e.Pricing()
@@ -61,7 +61,7 @@ func (s *Server) topUpQuote(ctx *fasthttp.RequestCtx) {
 			s.writeErr(ctx, err)
 			return
 		}
-		writeError(ctx, quoteStatus(me.Code), me.Code, me.Message, me.Field)
+		writeError(ctx, me.Code, me.Message, me.Field)
 		return
 	}
 	b := make([]byte, 0, 256)
@@ -92,13 +92,4 @@ func (s *Server) topUpQuote(ctx *fasthttp.RequestCtx) {
 	b = append(b, '}')
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
-}
-
-// quoteStatus maps the error codes of meter.Pricing.Quote to HTTP statuses.
-func quoteStatus(code string) int {
-	switch code {
-	case "amount_out_of_range", "unknown_currency":
-		return fasthttp.StatusUnprocessableEntity
-	}
-	return statusOf(code)
 }

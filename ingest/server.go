@@ -135,7 +135,7 @@ func CheckListen(addr string, authEnabled bool) error {
 
 func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, "body_too_large",
+		writeError(ctx, "body_too_large",
 			fmt.Sprintf("the request body is larger than %d bytes", s.lim.BodyBytesMax), "")
 		return
 	}
@@ -143,12 +143,12 @@ func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
 	var nerr net.Error
 	switch {
 	case errors.As(err, &small):
-		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "headers_too_large", "the request headers are too large", "")
+		writeError(ctx, "headers_too_large", "the request headers are too large", "")
 	case errors.As(err, &nerr) && nerr.Timeout():
 		ctx.SetConnectionClose()
-		writeError(ctx, fasthttp.StatusRequestTimeout, "request_timeout", "no complete request arrived in time", "")
+		writeError(ctx, "request_timeout", "no complete request arrived in time", "")
 	default:
-		writeError(ctx, fasthttp.StatusBadRequest, "malformed_request", "the HTTP request could not be read: "+err.Error(), "")
+		writeError(ctx, "malformed_request", "the HTTP request could not be read: "+err.Error(), "")
 	}
 }
 
@@ -252,7 +252,7 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 	if rest, ok := strings.CutPrefix(path, "/v1/customers/"); ok {
 		return s.customerRoute(ctx, method, rest)
 	}
-	writeError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+method+" "+path, "")
+	writeError(ctx, "not_found", "no such endpoint: "+method+" "+path, "")
 	return "unknown"
 }
 
@@ -260,7 +260,7 @@ func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) st
 	parts := strings.Split(rest, "/")
 	id := parts[0]
 	if !validID(id) {
-		writeError(ctx, fasthttp.StatusBadRequest, "invalid_id", "customer id must be 1-128 characters of [A-Za-z0-9._:-]", "customer_id")
+		writeError(ctx, "invalid_id", "customer id must be 1-128 characters of [A-Za-z0-9._:-]", "customer_id")
 		return "customer"
 	}
 	switch {
@@ -324,7 +324,7 @@ func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) st
 		}
 		return "ledger"
 	}
-	writeError(ctx, fasthttp.StatusNotFound, "not_found", "no such endpoint: "+method+" /v1/customers/"+rest, "")
+	writeError(ctx, "not_found", "no such endpoint: "+method+" /v1/customers/"+rest, "")
 	return "unknown"
 }
 
@@ -345,7 +345,7 @@ func (s *Server) allow(ctx *fasthttp.RequestCtx, method, want string, scope Scop
 		if status == fasthttp.StatusForbidden {
 			msg = "this API key does not have the scope this endpoint needs"
 		}
-		writeError(ctx, status, code, msg, "")
+		writeError(ctx, code, msg, "")
 		return false
 	}
 	return s.readBody(ctx)
@@ -354,11 +354,18 @@ func (s *Server) allow(ctx *fasthttp.RequestCtx, method, want string, scope Scop
 // methodNotAllowed answers 405 with every method the endpoint serves.
 func methodNotAllowed(ctx *fasthttp.RequestCtx, allowed string) {
 	ctx.Response.Header.Set("Allow", allowed)
-	writeError(ctx, fasthttp.StatusMethodNotAllowed, "method_not_allowed", "this endpoint serves "+allowed, "")
+	writeError(ctx, "method_not_allowed", "this endpoint serves "+allowed, "")
 }
 
-// writeError writes the contract's error body.
-func writeError(ctx *fasthttp.RequestCtx, status int, code, msg, field string) {
+// writeError writes the contract's error body, with the status of code in
+// the one table (codes.go). A 503 says when to retry.
+func writeError(ctx *fasthttp.RequestCtx, code, msg, field string) {
+	writeErrorStatus(ctx, statusOf(code), code, msg, field)
+}
+
+// writeErrorStatus is writeError with a status the contract gives one
+// endpoint in place of the table's (402 for a hold that does not fit).
+func writeErrorStatus(ctx *fasthttp.RequestCtx, status int, code, msg, field string) {
 	b := make([]byte, 0, 128+len(msg))
 	b = append(b, `{"error":{"code":`...)
 	b = appendString(b, code)
@@ -369,6 +376,9 @@ func writeError(ctx *fasthttp.RequestCtx, status int, code, msg, field string) {
 		b = appendString(b, field)
 	}
 	b = append(b, "}}"...)
+	if status == fasthttp.StatusServiceUnavailable && len(ctx.Response.Header.Peek("Retry-After")) == 0 {
+		ctx.Response.Header.Set("Retry-After", "1")
+	}
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
@@ -393,11 +403,11 @@ func (s *Server) writeErr(ctx *fasthttp.RequestCtx, err error) {
 		if me, ok := err.(interface{ MessageText() string }); ok {
 			msg = me.MessageText()
 		}
-		writeError(ctx, statusOf(coded.ErrorCode()), coded.ErrorCode(), msg, field)
+		writeError(ctx, coded.ErrorCode(), msg, field)
 		return
 	}
 	s.log.Error("request failed", "path", string(ctx.Path()), "err", err)
-	writeError(ctx, fasthttp.StatusInternalServerError, "internal_error", "internal error; it has been logged", "")
+	writeError(ctx, "internal_error", "internal error; it has been logged", "")
 }
 
 // apiError is a request validation error of this package.
