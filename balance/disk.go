@@ -138,7 +138,7 @@ type diskGuard struct {
 	stop, done chan struct{}
 	stopOnce   sync.Once
 
-	stateLog, errLog, pebbleLog logLimiter
+	stateLog, errLog, pebbleLog LogLimiter
 	availGauge, writableGauge   prometheus.Gauge
 }
 
@@ -154,7 +154,7 @@ func newDiskGuard(o *Options) *diskGuard {
 		openNoSpace:  make(chan error, 1),
 		stop:         make(chan struct{}),
 		done:         make(chan struct{}),
-		stateLog:     logLimiter{every: time.Second},
+		stateLog:     LogLimiter{Every: time.Second},
 		availGauge: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meterd_disk_available_bytes",
 			Help: "Free bytes on the disk of the data directory, besides the reserve file.",
@@ -377,7 +377,7 @@ func (g *diskGuard) setRefusing(refuse bool, why string, avail uint64) {
 	if !g.started.Load() {
 		return // begin logs the state it starts in
 	}
-	skipped, ok := g.stateLog.allow(time.Now())
+	skipped, ok := g.stateLog.Allow(time.Now())
 	if !ok {
 		return
 	}
@@ -501,7 +501,7 @@ func (g *diskGuard) backgroundError(err error) {
 }
 
 func (g *diskGuard) logError(msg string, err error) {
-	if skipped, ok := g.errLog.allow(time.Now()); ok {
+	if skipped, ok := g.errLog.Allow(time.Now()); ok {
 		g.log.Error(msg, "err", err, "held_back", skipped, "component", "pebble")
 	}
 }

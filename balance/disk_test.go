@@ -382,17 +382,17 @@ func TestStorageLogsAreRateLimited(t *testing.T) {
 		t.Fatal("writes are accepted after ENOSPC")
 	}
 
-	l := logLimiter{every: 10 * time.Millisecond}
+	l := LogLimiter{Every: 10 * time.Millisecond}
 	now := time.Now()
-	if _, ok := l.allow(now); !ok {
+	if _, ok := l.Allow(now); !ok {
 		t.Fatal("the first line is held back")
 	}
 	for range 5 {
-		if _, ok := l.allow(now.Add(time.Millisecond)); ok {
+		if _, ok := l.Allow(now.Add(time.Millisecond)); ok {
 			t.Fatal("a line within the interval got through")
 		}
 	}
-	if skipped, ok := l.allow(now.Add(20 * time.Millisecond)); !ok || skipped != 5 {
+	if skipped, ok := l.Allow(now.Add(20 * time.Millisecond)); !ok || skipped != 5 {
 		t.Fatalf("after the interval: ok %v, held back %d; want true, 5", ok, skipped)
 	}
 }

@@ -129,7 +129,7 @@ func (s *store) loadWallets(fn func(*Wallet)) error {
 // write), goes to fatal when set: a clean exit, not a panic.
 type pebbleLogger struct {
 	log   *slog.Logger
-	limit *logLimiter
+	limit *LogLimiter
 	fatal func(error)
 }
 
@@ -140,7 +140,7 @@ func (l pebbleLogger) Errorf(format string, args ...any) {
 	skipped := 0
 	if l.limit != nil {
 		var ok bool
-		if skipped, ok = l.limit.allow(time.Now()); !ok {
+		if skipped, ok = l.limit.Allow(time.Now()); !ok {
 			return
 		}
 	}

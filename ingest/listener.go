@@ -50,8 +50,8 @@ type Listener struct {
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
 
-	acceptLog logLimiter
-	refuseLog logLimiter
+	acceptLog balance.LogLimiter
+	refuseLog balance.LogLimiter
 }
 
 // ListenerConfig configures a Listener.
@@ -116,6 +116,8 @@ func NewListener(ln net.Listener, c ListenerConfig) (*Listener, error) {
 		ln:            ln,
 		connsMax:      c.ConnsMax,
 		connsPerIPMax: c.ConnsPerIPMax,
+		acceptLog:     balance.LogLimiter{Every: acceptLogEvery},
+		refuseLog:     balance.LogLimiter{Every: acceptLogEvery},
 		log:           c.Log,
 		metrics:       newListenerMetrics(c.Registerer),
 		perIP:         make(map[netip.Addr]uint32),
@@ -142,7 +144,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			}
 			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
 			l.metrics.acceptErrors.Inc()
-			if n, ok := l.acceptLog.allow(time.Now()); ok {
+			if n, ok := l.acceptLog.Allow(time.Now()); ok {
 				l.log.Warn("accepting a connection failed; retrying", "component", "http", "err", err,
 					"retry_in", backoff.String(), "errors_since_last_log", n)
 			}
@@ -196,7 +198,7 @@ func (l *Listener) refuse(c net.Conn, reason string, key netip.Addr) {
 		c.Write(answer) // best effort: a client that is gone or slow misses it
 	}
 	c.Close()
-	if n, ok := l.refuseLog.allow(time.Now()); ok {
+	if n, ok := l.refuseLog.Allow(time.Now()); ok {
 		limit := l.connsMax
 		if reason == refusedLimitIP {
 			limit = l.connsPerIPMax
@@ -294,27 +296,6 @@ func clientKey(a net.Addr) netip.Addr {
 		}
 	}
 	return ip
-}
-
-// logLimiter lets one log line through per acceptLogEvery and counts the
-// ones it held back.
-type logLimiter struct {
-	mu      sync.Mutex
-	last    time.Time
-	skipped int
-}
-
-// allow reports whether to log now, and how many lines were held back
-// since the last one logged.
-func (r *logLimiter) allow(now time.Time) (skipped int, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.last.IsZero() && now.Sub(r.last) < acceptLogEvery {
-		r.skipped++
-		return 0, false
-	}
-	skipped, r.skipped, r.last = r.skipped, 0, now
-	return skipped, true
 }
 
 // listenerMetrics are the Listener's Prometheus metrics.
