@@ -12,8 +12,9 @@ import (
 )
 
 // Request bodies are read by the handler, never by fasthttp ahead of it
-// (fasthttp.Server.StreamRequestBody: it reads the headers and at most 8 KiB
-// of body before calling Handle). So a body is read only
+// (fasthttp.Server.StreamRequestBody, with a look-ahead of one byte set by
+// HeaderReceived: fasthttp reads the headers and at most one byte of body
+// before calling Handle). So a body is read only
 //
 //   - after the request's framing is checked (badFraming),
 //   - after its key is authorized for the endpoint (allow),

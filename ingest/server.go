@@ -96,9 +96,14 @@ func NewServer(c Config) *Server {
 		ReadBufferSize:     16 << 10,
 		ErrorHandler:       s.errorHandler,
 		Logger:             fasthttpLogger{c.Log},
-		// Bodies are read by the handler, after auth and within limits (body.go).
+		// Bodies are read by the handler, after auth and within limits
+		// (body.go): fasthttp calls it once the headers and at most one
+		// byte of body have arrived.
 		StreamRequestBody: true,
-		ExpectHandler:     s.expect,
+		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+			return fasthttp.RequestConfig{MaxRequestBodySize: 1}
+		},
+		ExpectHandler: s.expect,
 	}
 	s.ready.Store(true)
 	return s
