@@ -177,7 +177,7 @@ func (m *chMeterd) wallet(c string) chWallet {
 }
 
 // buildMeterd builds the meterd binary of this package into a temporary directory.
-func buildMeterd(t *testing.T) string {
+func buildMeterd(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "meterd")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {

@@ -205,7 +205,7 @@ func (p *crashProc) running() bool {
 
 // crashHarness starts, kills and stops meterd on one data directory.
 type crashHarness struct {
-	t      *testing.T
+	t      testing.TB
 	bin    string
 	dir    string
 	args   []string // flags beyond --data-dir and --listen
@@ -215,7 +215,7 @@ type crashHarness struct {
 	tr     *http.Transport
 }
 
-func freeLoopbackAddr(t *testing.T) string {
+func freeLoopbackAddr(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("finding a free port: %v", err)

@@ -13,8 +13,8 @@ package main
 //     the process never comes near its descriptor limit (no accept error),
 //     and once the attackers close, the open count is back to the normal
 //     client's one connection, and meterd stops cleanly.
-//   - TestDescriptorAttackLatency (opt-in: FDLIMIT_LATENCY=1) measures the
-//     normal client's latency unloaded and under the attack.
+//   - BenchmarkAttackedClient (attack_bench_test.go) measures the normal
+//     client's latency unloaded and under the attack.
 //   - TestPlanDescriptors: how the limit is shared out, and what is refused.
 //
 // The process harness is crash_test.go's, started through a /bin/sh wrapper
@@ -51,7 +51,7 @@ const (
 )
 
 // nofileWrapper writes a script that runs bin under ulimit -n nofile.
-func nofileWrapper(t *testing.T, bin string, nofile int) string {
+func nofileWrapper(t testing.TB, bin string, nofile int) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "meterd-nofile")
 	script := fmt.Sprintf("#!/bin/sh\nulimit -n %d || exit 97\nexec '%s' \"$@\"\n", nofile, bin)
@@ -64,7 +64,7 @@ func nofileWrapper(t *testing.T, bin string, nofile int) string {
 // fdAttack is one meterd under a lowered descriptor limit, its normal
 // client, and the attacker's connections.
 type fdAttack struct {
-	t        *testing.T
+	t        testing.TB
 	h        *crashHarness
 	normal   *http.Client // keeps one connection alive from 127.0.0.1
 	fresh    *http.Client // a new connection from 127.0.0.1 per request
@@ -72,7 +72,14 @@ type fdAttack struct {
 	fdsPeak  int
 }
 
-func startFDAttack(t *testing.T) *fdAttack {
+func startFDAttack(t testing.TB) *fdAttack {
+	t.Helper()
+	return startFDAttackWith(t, buildMeterd(t), "")
+}
+
+// startFDAttackWith starts bin (meterd) with args under the lowered limit;
+// the normal client sends key as its bearer token ("": none).
+func startFDAttackWith(t testing.TB, bin, key string, args ...string) *fdAttack {
 	t.Helper()
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur < 4*fdAttackConns {
@@ -81,7 +88,7 @@ func startFDAttack(t *testing.T) *fdAttack {
 	if _, err := os.Stat("/proc/self/fd"); err != nil {
 		t.Skip("needs /proc (Linux)")
 	}
-	h := &crashHarness{t: t, bin: nofileWrapper(t, buildMeterd(t), fdAttackNofile), dir: t.TempDir()}
+	h := &crashHarness{t: t, bin: nofileWrapper(t, bin, fdAttackNofile), dir: t.TempDir(), args: args}
 	h.start()
 	t.Cleanup(func() {
 		if h.proc.running() {
@@ -98,12 +105,32 @@ func startFDAttack(t *testing.T) *fdAttack {
 		t.Fatalf("meterd does not run under ulimit -n %d:\n%s", fdAttackNofile, limits)
 	}
 	a := &fdAttack{t: t, h: h,
-		normal: &http.Client{Timeout: crashRequestTimeout, Transport: &http.Transport{MaxConnsPerHost: 1, IdleConnTimeout: time.Minute}},
-		fresh:  &http.Client{Timeout: crashRequestTimeout, Transport: &http.Transport{DisableKeepAlives: true}},
+		normal: &http.Client{Timeout: crashRequestTimeout, Transport: withBearer(key, &http.Transport{MaxConnsPerHost: 1, IdleConnTimeout: time.Minute})},
+		fresh:  &http.Client{Timeout: crashRequestTimeout, Transport: withBearer(key, &http.Transport{DisableKeepAlives: true})},
 	}
 	t.Cleanup(a.closeAttacker)
 	a.mustAnswer(a.normal, "PUT", "/v1/customers/c1", `{"insufficient_funds":"reject"}`, 200, 201)
 	return a
+}
+
+// bearer adds an API key to every request it carries.
+type bearer struct {
+	key  string
+	next http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.key)
+	return b.next.RoundTrip(r)
+}
+
+// withBearer is tr sending key, or tr itself when key is "".
+func withBearer(key string, tr http.RoundTripper) http.RoundTripper {
+	if key == "" {
+		return tr
+	}
+	return bearer{key: key, next: tr}
 }
 
 // dial opens n idle connections from the loopback address src.
@@ -320,105 +347,6 @@ func TestDescriptorAttack(t *testing.T) {
 	a.mustAnswer(a.fresh, "GET", "/healthz", "", 200)
 	a.event(a.fresh, "after")
 	a.h.stop()
-}
-
-// latency sends n sequential single-event POST /v1/events through c and
-// returns the 50th and 99th percentiles and the slowest.
-func (a *fdAttack) latency(c *http.Client, n int, idPrefix string) (p50, p99, most time.Duration) {
-	a.t.Helper()
-	took := make([]time.Duration, n)
-	for i := range took {
-		start := time.Now()
-		a.event(c, idPrefix+strconv.Itoa(i))
-		took[i] = time.Since(start)
-	}
-	slices.Sort(took)
-	return took[n/2], took[n*99/100], took[n-1]
-}
-
-// TestDescriptorAttackLatency measures what the attack costs the normal
-// client: FDLIMIT_LATENCY=1 go test -run TestDescriptorAttackLatency -v
-// ./cmd/meterd/ (FDLIMIT_LATENCY_N requests per state, default 2000). The
-// states: unloaded; 1,100 idle connections from 127.0.0.2 (80 held, the
-// rest refused); the same while the attacker reconnects in a loop (a
-// refusal storm); the overall bound filled from ten more addresses (only
-// the kept-alive connection is measured: new ones are refused). Each state
-// is measured on the kept-alive connection and on a new connection per
-// request (through accept and the bounds).
-func TestDescriptorAttackLatency(t *testing.T) {
-	if os.Getenv("FDLIMIT_LATENCY") == "" {
-		t.Skip("a measurement, not a check: set FDLIMIT_LATENCY=1 to run it")
-	}
-	n := 2000
-	if v, err := strconv.Atoi(os.Getenv("FDLIMIT_LATENCY_N")); err == nil && v > 0 {
-		n = v
-	}
-	a := startFDAttack(t)
-	ids := 0
-	report := func(state string, fresh bool) {
-		c, mode := a.normal, "kept-alive"
-		if fresh {
-			c, mode = a.fresh, "new-conn"
-		}
-		ids++
-		p50, p99, most := a.latency(c, n, "s"+strconv.Itoa(ids)+"-")
-		t.Logf("%-28s %-10s: p50 %8v  p99 %8v  max %8v  (%d requests)", state, mode, p50.Round(time.Microsecond),
-			p99.Round(time.Microsecond), most.Round(time.Microsecond), n)
-	}
-	rss := func() float64 { return a.metrics()["process_resident_memory_bytes"] }
-
-	report("unloaded", false)
-	report("unloaded", true)
-
-	a.dial("127.0.0.2", fdAttackConns)
-	a.settle()
-	report("1100 idle from one address", false)
-	report("1100 idle from one address", true)
-
-	stop := make(chan struct{})
-	var storm sync.WaitGroup
-	var redials atomic.Int64
-	for range 2 {
-		storm.Add(1)
-		go func() {
-			defer storm.Done()
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: time.Second}
-			buf := make([]byte, 256)
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				c, err := d.Dial("tcp", a.h.proc.addr)
-				if err != nil {
-					continue
-				}
-				c.SetReadDeadline(time.Now().Add(time.Second))
-				c.Read(buf) // the 503, then the end
-				c.Close()
-				redials.Add(1)
-			}
-		}()
-	}
-	start := time.Now()
-	report("+ reconnect storm", false)
-	report("+ reconnect storm", true)
-	close(stop)
-	storm.Wait()
-	t.Logf("reconnect storm: %d refused connections, %.0f/s", redials.Load(), float64(redials.Load())/time.Since(start).Seconds())
-
-	before := rss()
-	open := a.metrics()[mOpen]
-	for i := range fdAttackAddrs {
-		a.dial("127.0.0."+strconv.Itoa(10+i), fdAttackPerAddr)
-	}
-	m := a.settle()
-	t.Logf("resident memory: %.1f MiB with %v open connections, %.1f MiB with %v: %.1f KiB per idle connection",
-		before/(1<<20), open, m["process_resident_memory_bytes"]/(1<<20), m[mOpen],
-		(m["process_resident_memory_bytes"]-before)/(m[mOpen]-open)/1024)
-	report("overall bound filled", false)
-	a.alive("after the measurements")
 }
 
 func TestPlanDescriptors(t *testing.T) {

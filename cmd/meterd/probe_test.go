@@ -27,8 +27,9 @@ const (
 	probeIngestKey = "mk_probe_ingest_012345678"
 )
 
-// probeMeterd starts meterd with an admin and an ingest key on a test clock.
-func probeMeterd(t *testing.T) *crashHarness {
+// probeKeys writes a key file with an admin and an ingest key and returns
+// its path.
+func probeKeys(t testing.TB) string {
 	t.Helper()
 	keys := filepath.Join(t.TempDir(), "keys.yaml")
 	yaml := "keys:\n  - name: admin\n    key: \"" + probeAdminKey + "\"\n    scopes: [admin]\n" +
@@ -36,8 +37,14 @@ func probeMeterd(t *testing.T) *crashHarness {
 	if err := os.WriteFile(keys, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return keys
+}
+
+// probeMeterd starts meterd with an admin and an ingest key on a test clock.
+func probeMeterd(t *testing.T) *crashHarness {
+	t.Helper()
 	h := &crashHarness{t: t, bin: buildMeterd(t), dir: filepath.Join(t.TempDir(), "data"),
-		args: []string{"--api-keys", keys, "--test-clock", "--test-clock-start", "2026-06-01T00:00:00Z"}}
+		args: []string{"--api-keys", probeKeys(t), "--test-clock", "--test-clock-start", "2026-06-01T00:00:00Z"}}
 	h.start()
 	t.Cleanup(func() {
 		if h.proc.running() {
