@@ -25,9 +25,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unicode"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/meter/strictjson"
 	"github.com/valyala/fastjson"
 )
 
@@ -268,56 +268,13 @@ func checkStrictTree(t *testing.T, body []byte, sh *shape) {
 // or given a value that is not valid Unicode.
 func checkMutations(t *testing.T, body []byte, decode adminDecoder) {
 	t.Helper()
-	var p fastjson.Parser
-	v, err := p.ParseBytes(body)
-	if err != nil {
-		return
-	}
-	o, err := v.Object()
-	if err != nil || o.Len() == 0 {
-		return
-	}
-	var key string
-	var val []byte
-	o.Visit(func(k []byte, mv *fastjson.Value) {
-		if val == nil {
-			key, val = string(k), mv.MarshalTo(nil)
-		}
-	})
-	rest := body[bytes.IndexByte(body, '{')+1:]
-	member := func(k string, v []byte) []byte {
-		b := append([]byte{'{'}, appendString(nil, k)...)
-		b = append(append(b, ':'), v...)
-		return append(append(b, ','), rest...)
-	}
-	want := func(what string, mutated []byte, field string) {
-		t.Helper()
-		_, err := decode(mutated)
+	for _, m := range strictjson.Mutations(body) {
+		_, err := decode(m.Body)
 		ae, ok := err.(*apiError)
-		if !ok || ae.Code != "invalid_request" || ae.Field != field {
-			t.Fatalf("%s: %q answered %v, want invalid_request naming %q", what, mutated, err, field)
+		if !ok || ae.Code != "invalid_request" || ae.Field != m.Field {
+			t.Fatalf("%s: %q answered %v, want invalid_request naming %q", m.What, m.Body, err, m.Field)
 		}
 	}
-	want("first key twice", member(key, val), key)
-	if variant := otherCase(key); variant != "" {
-		want("first key in another case", member(variant, val), variant)
-	}
-	want("invalid UTF-8", member(key, []byte("\"\xff\"")), key)
-	want("unpaired surrogate", member(key, []byte(`"\udc00"`)), key)
-}
-
-// otherCase returns key with the case of its first cased letter changed, or
-// "" when it has none.
-func otherCase(key string) string {
-	for i, r := range key {
-		if u := unicode.ToUpper(r); u != r {
-			return key[:i] + string(u) + key[i+len(string(r)):]
-		}
-		if l := unicode.ToLower(r); l != r {
-			return key[:i] + string(l) + key[i+len(string(r)):]
-		}
-	}
-	return ""
 }
 
 func timeText(ns int64) any {

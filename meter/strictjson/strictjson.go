@@ -19,6 +19,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/go-json-experiment/json"
@@ -196,4 +197,55 @@ func step(dec *jsontext.Decoder, tok string) (index, found bool) {
 		return true, dec.PeekKind() != ']'
 	}
 	return false, false
+}
+
+// Mutation is a body changed in one way the contract refuses, and the field
+// a strict decoder must name when it refuses it.
+type Mutation struct {
+	What  string
+	Body  []byte
+	Field string
+}
+
+// Mutations returns, for a JSON object body, the changes of its first member
+// that every strict decoder must refuse naming that member's key: the key
+// given twice, in another case, and with a value that is invalid UTF-8 or an
+// unpaired surrogate escape. It returns nil when body is not an object with
+// a member. It serves the decoders' fuzz tests, as their oracle.
+func Mutations(body []byte) []Mutation {
+	dec := jsontext.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' || dec.PeekKind() != '"' {
+		return nil
+	}
+	name, err := dec.ReadToken()
+	if err != nil {
+		return nil
+	}
+	key := name.String() // before the next read voids the token
+	val, err := dec.ReadValue()
+	if err != nil {
+		return nil
+	}
+	val = bytes.Clone(val)
+	rest := body[bytes.IndexByte(body, '{')+1:]
+	member := func(k string, v []byte) []byte {
+		b, _ := jsontext.AppendQuote([]byte{'{'}, k)
+		b = append(append(b, ':'), v...)
+		return append(append(b, ','), rest...)
+	}
+	out := []Mutation{{"first key twice", member(key, val), key}}
+	for i, r := range key {
+		c := unicode.ToUpper(r)
+		if c == r {
+			c = unicode.ToLower(r)
+		}
+		if c != r {
+			variant := key[:i] + string(c) + key[i+utf8.RuneLen(r):]
+			out = append(out, Mutation{"first key in another case", member(variant, val), variant})
+			break
+		}
+	}
+	return append(out,
+		Mutation{"invalid UTF-8", member(key, []byte("\"\xff\"")), key},
+		Mutation{"unpaired surrogate", member(key, []byte(`"\udc00"`)), key})
 }
