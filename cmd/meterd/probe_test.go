@@ -2,7 +2,8 @@ package main
 
 // TestHTTPProbes runs the real binary, with API keys and a test clock, and
 // sends it what an attacker or a careless client would: a smuggled request,
-// bodies without keys, client errors that once answered 500, Expect:
+// duplicate and case-variant keys, invalid UTF-8, bodies without keys,
+// client errors that once answered 500, Expect:
 // 100-continue with a body over the limit, and test-clock moves past the
 // bound of every time.
 
@@ -153,6 +154,25 @@ func TestHTTPProbes(t *testing.T) {
 			}
 			st, b := probeDo(t, h, probeAdminKey, method, tc.path, tc.body)
 			probeWant(t, tc.what, st, b, 400, tc.code, tc.field)
+		}
+	})
+
+	t.Run("duplicate and case-variant keys", func(t *testing.T) {
+		for _, tc := range []struct{ what, method, path, body, field string }{
+			{"amount twice", "POST", "/v1/customers/c1/adjustments",
+				`{"transaction_id":"a","asset":"CREDITS","amount":"5","amount":"-999999"}`, "amount"},
+			{"keys in another case", "POST", "/v1/customers/c1/topups", `{"ID":"t","Amount":"7","ASSET":"CREDITS"}`, "ID"},
+			{"insufficient_funds twice", "PUT", "/v1/customers/c1",
+				`{"insufficient_funds":"reject","insufficient_funds":"overdraft"}`, "insufficient_funds"},
+			{"invalid UTF-8 in source", "POST", "/v1/customers/c1/topups",
+				"{\"id\":\"t8\",\"asset\":\"CREDITS\",\"amount\":\"8\",\"source\":\"a\xffb\"}", "source"},
+		} {
+			st, b := probeDo(t, h, probeAdminKey, tc.method, tc.path, tc.body)
+			probeWant(t, tc.what, st, b, 400, "invalid_request", tc.field)
+		}
+		st, c := probeDo(t, h, probeAdminKey, "GET", "/v1/customers/c1", "")
+		if st != 200 || !bytes.Contains(c, []byte(`"insufficient_funds":"reject"`)) || bytes.Contains(c, []byte(`"buckets":[{`)) {
+			t.Errorf("a refused write was applied: %d %s", st, c)
 		}
 	})
 
