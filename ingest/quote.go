@@ -23,9 +23,9 @@ func (s *Server) topUpQuote(ctx *fasthttp.RequestCtx) {
 	var amount, currency []byte
 	var haveAmount, haveCurrency bool
 	var bad *apiError
-	ctx.QueryArgs().VisitAll(func(k, v []byte) {
+	for k, v := range ctx.QueryArgs().All() {
 		if bad != nil {
-			return
+			break
 		}
 		switch string(k) {
 		case "amount":
@@ -41,7 +41,7 @@ func (s *Server) topUpQuote(ctx *fasthttp.RequestCtx) {
 		default:
 			bad = badRequest("invalid_request", string(k), "unknown query parameter %q: this endpoint takes amount and currency", k)
 		}
-	})
+	}
 	switch {
 	case bad != nil:
 	case !haveAmount:
