@@ -34,21 +34,25 @@ test: test-deps
 	$(GO) test -count=1 -timeout 20m ./...
 	@if [ "$(FUZZTIME_TEST)" != 0 ]; then $(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST); fi
 
-## test-deps: what the tests need besides the source: Go, and ClickHouse's
-## clickhouse-server and clickhouse-client (Debian's packages, 18.16; the tests
-## start private servers as plain processes, never the system service).
+## test-deps: what the tests need besides the source: Go; ClickHouse's
+## clickhouse-server and clickhouse-client (Debian's packages, 18.16); and, for
+## the baselines of bench/, redis-server and postgresql. The tests start
+## private servers of each as plain processes, never the system services.
 ## Missing packages are installed with apt-get, as root or through sudo.
 ## With METERD_TEST_CLICKHOUSE=host:port (a server of your own), only
 ## clickhouse-client is needed. Quiet when everything is present. (A user's
-## PATH often lacks /usr/sbin, where Debian puts clickhouse-server.)
-CLICKHOUSE_PACKAGES ?= clickhouse-server clickhouse-client
+## PATH often lacks /usr/sbin, where Debian puts clickhouse-server; Debian
+## keeps PostgreSQL's server binaries under /usr/lib/postgresql/VERSION/bin.)
+TEST_PACKAGES ?= clickhouse-server clickhouse-client redis-server postgresql
 test-deps:
 	@command -v $(GO) >/dev/null || { \
 	  echo "make test-deps: '$(GO)' not found; install Go $$(sed -n 's/^go //p' go.mod) or newer (https://go.dev/doc/install)" >&2; \
 	  exit 1; }
-	@has() { PATH="$$PATH:/usr/sbin:/usr/bin" command -v "$$1" >/dev/null; }; \
+	@has() { case "$$1" in \
+	  postgresql) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ;; \
+	  *) PATH="$$PATH:/usr/sbin:/usr/bin" command -v "$$1" >/dev/null ;; esac; }; \
 	missing=; \
-	for pkg in $(CLICKHOUSE_PACKAGES); do \
+	for pkg in $(TEST_PACKAGES); do \
 	  if [ "$$pkg" = clickhouse-server ] && [ -n "$${METERD_TEST_CLICKHOUSE:-}" ]; then continue; fi; \
 	  has "$$pkg" || missing="$$missing $$pkg"; \
 	done; \
