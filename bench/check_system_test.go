@@ -79,3 +79,13 @@ func TestCheckRedis(t *testing.T) {
 	s := startRedisT(t, t.TempDir(), "always")
 	checkSystemRun(t, newRedisWalletT(t, s, 8))
 }
+
+func TestCheckPostgres(t *testing.T) {
+	s := startPostgresT(t)
+	for _, mode := range []string{"plain", "strong"} {
+		t.Run(mode, func(t *testing.T) {
+			w, _ := newPostgresWalletT(t, s, mode, 8)
+			checkSystemRun(t, w)
+		})
+	}
+}
