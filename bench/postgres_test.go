@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -96,7 +95,10 @@ func TestPostgres(t *testing.T) {
 	}
 	t.Run("bounds", func(t *testing.T) { testPostgresRefusesOutOfBounds(t, s) })
 	for _, mode := range postgresModes {
-		t.Run("concurrent/"+mode, func(t *testing.T) { testPostgresConcurrentApply(t, s, mode) })
+		t.Run("concurrent/"+mode, func(t *testing.T) {
+			w, _ := newPostgresWalletT(t, s, mode, 8)
+			checkSystemRun(t, w)
+		})
 	}
 	t.Run("kill", func(t *testing.T) { testPostgresKillKeepsAnsweredCharges(t, s) })
 }
@@ -175,22 +177,6 @@ func testPostgresSemantics(t *testing.T, s *PostgresServer, mode string) {
 	}
 }
 
-// checkWallet checks a customer's balance and ledger.
-func checkWallet(t *testing.T, w System, customer string, balance int64, ledger []LedgerRow) {
-	t.Helper()
-	ctx := context.Background()
-	if b, err := w.Balance(ctx, customer); err != nil || b != balance {
-		t.Errorf("balance of %s: %d %v, want %d", customer, b, err, balance)
-	}
-	rows, err := w.Ledger(ctx, customer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fmt.Sprint(rows) != fmt.Sprint(ledger) {
-		t.Errorf("ledger of %s: %v, want %v", customer, rows, ledger)
-	}
-}
-
 func testPostgresRefusesOutOfBounds(t *testing.T, s *PostgresServer) {
 	w, _ := newPostgresWalletT(t, s, PostgresStrong, 1)
 	ctx := context.Background()
@@ -248,138 +234,6 @@ func TestStartPostgresRefuses(t *testing.T) {
 	if _, err := StartPostgres(filepath.Join(closed, "pg")); err == nil || !strings.Contains(err.Error(), closed) {
 		t.Errorf("a cluster under a directory the server cannot reach: %v, want an error naming %s", err, closed)
 	}
-}
-
-// testPostgresConcurrentApply races 8 goroutines on the same customers, with
-// ids drawn from a shared set (so the same id arrives concurrently), requests
-// that touch several customers in every order (so a careless lock order
-// would deadlock), and balances too small for every event (so some are
-// rejected). No request may fail; each (customer, id) is charged at most
-// once, a duplicate answers the charge that was taken, and each balance is
-// its start less the charges, which are exactly its ledger.
-func testPostgresConcurrentApply(t *testing.T, s *PostgresServer, mode string) {
-	const (
-		goroutines  = 8
-		requests    = 20 // per goroutine
-		eventsPer   = 10 // per request
-		customers   = 4
-		ids         = 400 // distinct event ids, shared by the goroutines
-		startingBal = 30_000
-	)
-	w, _ := newPostgresWalletT(t, s, mode, goroutines)
-	ctx := context.Background()
-	names := make([]string, customers)
-	for i := range names {
-		names[i] = "c" + strconv.Itoa(i)
-	}
-	if err := w.Setup(ctx, names, startingBal); err != nil {
-		t.Fatal(err)
-	}
-	// The event of id k: its customer and charge are functions of k, so
-	// every sender of k sends the same event.
-	event := func(k int) Event {
-		return Event{ID: "e" + strconv.Itoa(k), Customer: names[k%customers], Charge: 100 + int64(k%7)*150}
-	}
-
-	var mu sync.Mutex
-	answers := map[string][]Result{} // customer/id -> every answer for it
-	var wg sync.WaitGroup
-	errs := make(chan error, goroutines)
-	for g := range goroutines {
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(g), 2))
-			evs := make([]Event, eventsPer)
-			res := make([]Result, eventsPer)
-			for range requests {
-				for i := range evs {
-					evs[i] = event(rng.IntN(ids))
-				}
-				if err := w.Apply(ctx, evs, res); err != nil {
-					errs <- err // a deadlock (40P01) lands here
-					return
-				}
-				mu.Lock()
-				for i, e := range evs {
-					k := e.Customer + "/" + e.ID
-					answers[k] = append(answers[k], res[i])
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-
-	charged := map[string]int64{} // customer -> sum charged
-	chargedIDs := map[string]int64{}
-	var rejected, duplicates int
-	for k, rs := range answers {
-		customer, id, _ := strings.Cut(k, "/")
-		n, _ := strconv.Atoi(strings.TrimPrefix(id, "e"))
-		want := event(n).Charge
-		var c int
-		for _, r := range rs {
-			switch r.Status {
-			case StatusCharged:
-				c++
-				if r.Charge != want {
-					t.Errorf("%s charged %d, want %d", k, r.Charge, want)
-				}
-			case StatusDuplicate:
-				duplicates++
-				if r.Charge != want {
-					t.Errorf("%s duplicate answered %d, want the original %d", k, r.Charge, want)
-				}
-			case StatusRejected:
-				rejected++
-			default:
-				t.Errorf("%s: %v", k, r)
-			}
-		}
-		if c > 1 {
-			t.Errorf("%s charged %d times", k, c)
-		}
-		hasDup := slices.ContainsFunc(rs, func(r Result) bool { return r.Status == StatusDuplicate })
-		if hasDup && c != 1 {
-			t.Errorf("%s answered duplicate but was charged %d times", k, c)
-		}
-		if c == 1 {
-			charged[customer] += want
-			chargedIDs[k] = want
-		}
-	}
-	if rejected == 0 || duplicates == 0 {
-		t.Errorf("%d rejected, %d duplicates: the test wants both to happen", rejected, duplicates)
-	}
-	for _, c := range names {
-		if b, err := w.Balance(ctx, c); err != nil || b != startingBal-charged[c] {
-			t.Errorf("balance of %s: %d %v, want %d - %d", c, b, err, startingBal, charged[c])
-		}
-		rows, err := w.Ledger(ctx, c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seen := map[string]bool{}
-		for _, r := range rows {
-			k := c + "/" + r.EventID
-			if seen[k] {
-				t.Errorf("ledger of %s: %s twice", c, r.EventID)
-			}
-			seen[k] = true
-			if amount, ok := chargedIDs[k]; !ok || amount != r.Amount {
-				t.Errorf("ledger of %s: row %v, but the answers charged %v %d", c, r, ok, amount)
-			}
-		}
-		for k := range chargedIDs {
-			if strings.HasPrefix(k, c+"/") && !seen[k] {
-				t.Errorf("ledger of %s lacks the charged %s", c, k)
-			}
-		}
-	}
-	t.Logf("%d ids answered: %d charged, %d duplicate answers, %d rejected answers", len(answers), len(chargedIDs), duplicates, rejected)
 }
 
 // testPostgresKillKeepsAnsweredCharges kills the cluster (SIGKILL to the

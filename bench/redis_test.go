@@ -3,8 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,15 +85,15 @@ func TestRedisSemantics(t *testing.T) {
 		t.Errorf("second request: %+v, want [{duplicate 6000} {rejected 0}]", res)
 	}
 
-	checkRedisWallet(t, w, "c1", 990_000, []LedgerRow{{"e1", 6000}, {"id with spaces", 4000}})
-	checkRedisWallet(t, w, "c2", 0, []LedgerRow{{"e2", 1_000_000}, {"e1", 0}})
+	checkWallet(t, w, "c1", 990_000, []LedgerRow{{"e1", 6000}, {"id with spaces", 4000}})
+	checkWallet(t, w, "c2", 0, []LedgerRow{{"e2", 1_000_000}, {"e1", 0}})
 
 	// Setup again leaves existing wallets alone.
 	if err := w.Setup(ctx, []string{"c1", "c3"}, 5); err != nil {
 		t.Fatal(err)
 	}
-	checkRedisWallet(t, w, "c1", 990_000, []LedgerRow{{"e1", 6000}, {"id with spaces", 4000}})
-	checkRedisWallet(t, w, "c3", 5, nil)
+	checkWallet(t, w, "c1", 990_000, []LedgerRow{{"e1", 6000}, {"id with spaces", 4000}})
+	checkWallet(t, w, "c3", 5, nil)
 
 	// A customer without a wallet is the request's error.
 	if err := w.Apply(ctx, []Event{{ID: "x", Customer: "nobody", Charge: 1}}, res[:1]); err == nil ||
@@ -104,22 +102,6 @@ func TestRedisSemantics(t *testing.T) {
 	}
 	if _, err := w.Balance(ctx, "nobody"); err == nil {
 		t.Error("Balance of a customer without a wallet: no error")
-	}
-}
-
-// checkRedisWallet checks a customer's balance and ledger.
-func checkRedisWallet(t *testing.T, w *RedisWallet, customer string, balance int64, ledger []LedgerRow) {
-	t.Helper()
-	ctx := context.Background()
-	if b, err := w.Balance(ctx, customer); err != nil || b != balance {
-		t.Errorf("balance of %s: %d %v, want %d", customer, b, err, balance)
-	}
-	rows, err := w.Ledger(ctx, customer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fmt.Sprint(rows) != fmt.Sprint(ledger) {
-		t.Errorf("ledger of %s: %v, want %v", customer, rows, ledger)
 	}
 }
 
@@ -151,7 +133,7 @@ func TestRedisRefusesOutOfBounds(t *testing.T) {
 	if err := w.Apply(ctx, []Event{{ID: "e", Customer: "c", Charge: 1}}, nil); err == nil {
 		t.Error("no room for the results: no error")
 	}
-	checkRedisWallet(t, w, "c", 100, nil) // nothing was sent
+	checkWallet(t, w, "c", 100, nil) // nothing was sent
 }
 
 func TestStartRedisRefuses(t *testing.T) {
@@ -162,137 +144,6 @@ func TestStartRedisRefuses(t *testing.T) {
 	if _, err := StartRedis(t.TempDir(), "no"); err == nil {
 		t.Error(`StartRedis with appendfsync "no": no error`)
 	}
-}
-
-// TestRedisConcurrentApply races 8 goroutines on the same customers, with ids
-// drawn from a shared set (so the same id arrives concurrently) and balances
-// too small for every event (so some are rejected). Each (customer, id) is
-// charged at most once, a duplicate answers the charge that was taken, and
-// each balance is its start less the charges, which are exactly its ledger.
-func TestRedisConcurrentApply(t *testing.T) {
-	const (
-		goroutines  = 8
-		requests    = 20 // per goroutine
-		eventsPer   = 10 // per request
-		customers   = 4
-		ids         = 400 // distinct event ids, shared by the goroutines
-		startingBal = 30_000
-	)
-	s := startRedisT(t, t.TempDir(), RedisFsyncAlways)
-	w := newRedisWalletT(t, s, goroutines)
-	ctx := context.Background()
-	names := make([]string, customers)
-	for i := range names {
-		names[i] = "c" + strconv.Itoa(i)
-	}
-	if err := w.Setup(ctx, names, startingBal); err != nil {
-		t.Fatal(err)
-	}
-	// The event of id k: its customer and charge are functions of k, so
-	// every sender of k sends the same event.
-	event := func(k int) Event {
-		return Event{ID: "e" + strconv.Itoa(k), Customer: names[k%customers], Charge: 100 + int64(k%7)*150}
-	}
-
-	var mu sync.Mutex
-	answers := map[string][]Result{} // customer/id -> every answer for it
-	var wg sync.WaitGroup
-	errs := make(chan error, goroutines)
-	for g := range goroutines {
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(g), 1))
-			evs := make([]Event, eventsPer)
-			res := make([]Result, eventsPer)
-			for range requests {
-				for i := range evs {
-					evs[i] = event(rng.IntN(ids))
-				}
-				if err := w.Apply(ctx, evs, res); err != nil {
-					errs <- err
-					return
-				}
-				mu.Lock()
-				for i, e := range evs {
-					k := e.Customer + "/" + e.ID
-					answers[k] = append(answers[k], res[i])
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-
-	charged := map[string]int64{} // customer -> sum charged
-	chargedIDs := map[string]int64{}
-	var rejected, duplicates int
-	for k, rs := range answers {
-		customer, id, _ := strings.Cut(k, "/")
-		n, _ := strconv.Atoi(strings.TrimPrefix(id, "e"))
-		want := event(n).Charge
-		var c int
-		for _, r := range rs {
-			switch r.Status {
-			case StatusCharged:
-				c++
-				if r.Charge != want {
-					t.Errorf("%s charged %d, want %d", k, r.Charge, want)
-				}
-			case StatusDuplicate:
-				duplicates++
-				if r.Charge != want {
-					t.Errorf("%s duplicate answered %d, want the original %d", k, r.Charge, want)
-				}
-			case StatusRejected:
-				rejected++
-			default:
-				t.Errorf("%s: %v", k, r)
-			}
-		}
-		if c > 1 {
-			t.Errorf("%s charged %d times", k, c)
-		}
-		hasDup := slices.ContainsFunc(rs, func(r Result) bool { return r.Status == StatusDuplicate })
-		if hasDup && c != 1 {
-			t.Errorf("%s answered duplicate but was charged %d times", k, c)
-		}
-		if c == 1 {
-			charged[customer] += want
-			chargedIDs[k] = want
-		}
-	}
-	if rejected == 0 || duplicates == 0 {
-		t.Errorf("%d rejected, %d duplicates: the test wants both to happen", rejected, duplicates)
-	}
-	for _, c := range names {
-		if b, err := w.Balance(ctx, c); err != nil || b != startingBal-charged[c] {
-			t.Errorf("balance of %s: %d %v, want %d - %d", c, b, err, startingBal, charged[c])
-		}
-		rows, err := w.Ledger(ctx, c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seen := map[string]bool{}
-		for _, r := range rows {
-			k := c + "/" + r.EventID
-			if seen[k] {
-				t.Errorf("ledger of %s: %s twice", c, r.EventID)
-			}
-			seen[k] = true
-			if amount, ok := chargedIDs[k]; !ok || amount != r.Amount {
-				t.Errorf("ledger of %s: row %v, but the answers charged %v %d", c, r, ok, amount)
-			}
-		}
-		for k := range chargedIDs {
-			if strings.HasPrefix(k, c+"/") && !seen[k] {
-				t.Errorf("ledger of %s lacks the charged %s", c, k)
-			}
-		}
-	}
-	t.Logf("%d ids answered: %d charged, %d duplicate answers, %d rejected answers", len(answers), len(chargedIDs), duplicates, rejected)
 }
 
 // TestRedisKillKeepsAnsweredCharges kills redis-server (SIGKILL) while
