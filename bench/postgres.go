@@ -163,13 +163,9 @@ const (
 // PostgresServer is a private PostgreSQL cluster: its own directory and
 // loopback port, started by StartPostgres and stopped by its owner.
 type PostgresServer struct {
-	dir  string
-	port int
-	cmd  *exec.Cmd     // the postmaster
-	done chan struct{} // closed once the postmaster is reaped
-
-	mu      sync.Mutex
-	stopped bool
+	dir        string
+	port       int
+	serverProc // the postmaster
 }
 
 // StartPostgres starts a PostgreSQL cluster on dir: it runs initdb there
@@ -402,8 +398,8 @@ func launchPostgres(bin, dir string, pu *postgresUser) (*PostgresServer, error) 
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("postgres: starting %s: %w", cmd.Path, err)
 	}
-	s := &PostgresServer{dir: dir, port: port, cmd: cmd, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(s.done) }()
+	s := &PostgresServer{dir: dir, port: port}
+	s.startReaping("postgres", cmd)
 	if err := s.waitReady(); err != nil {
 		_ = s.Kill()
 		log := postgresLogTail(logPath, logStart)
@@ -519,9 +515,6 @@ func isPostgresName(name string) bool {
 // Dir returns the cluster's directory: its data and its log.
 func (s *PostgresServer) Dir() string { return s.dir }
 
-// PID returns the postmaster's process id.
-func (s *PostgresServer) PID() int { return s.cmd.Process.Pid }
-
 // PIDs returns the postmaster and its children now: a backend per
 // connection, the checkpointer, the WAL writer and the other helpers. The
 // CPU of a child that has exited is in the postmaster's cutime once it is
@@ -575,43 +568,13 @@ func procState(pid int) (state byte, ppid int, ok bool) {
 // are rolled back, a checkpoint is written, every process exits), and kills
 // it if the postmaster has not exited within postgresStopWaitMax. Stopping a
 // stopped server does nothing.
-func (s *PostgresServer) Stop() error {
-	if !s.markStopped() {
-		return nil
-	}
-	if err := s.cmd.Process.Signal(syscall.SIGINT); err != nil {
-		return s.kill()
-	}
-	select {
-	case <-s.done:
-		return nil
-	case <-time.After(postgresStopWaitMax):
-		if err := s.kill(); err != nil {
-			return err
-		}
-		return fmt.Errorf("postgres pid %d did not exit within %v of SIGINT (postgresStopWaitMax); killed", s.PID(), postgresStopWaitMax)
-	}
-}
+func (s *PostgresServer) Stop() error { return s.stopOnce(syscall.SIGINT, postgresStopWaitMax, s.kill) }
 
 // Kill kills the cluster as a crash would: SIGKILL to the postmaster and to
 // each of its children, with no shutdown, no checkpoint, no flush; it returns
 // once they are all gone, so that a restart on the same directory finds the
 // shared memory free. Killing a stopped server does nothing.
-func (s *PostgresServer) Kill() error {
-	if !s.markStopped() {
-		return nil
-	}
-	return s.kill()
-}
-
-// markStopped reports whether this call is the one that stops the server.
-func (s *PostgresServer) markStopped() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	was := s.stopped
-	s.stopped = true
-	return !was
-}
+func (s *PostgresServer) Kill() error { return s.killOnce(s.kill) }
 
 // kill stops the postmaster first (SIGSTOP: it forks no new child while
 // its children are listed), then kills the children and the postmaster.

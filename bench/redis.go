@@ -76,7 +76,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -119,11 +118,7 @@ type RedisServer struct {
 	addr  string
 	dir   string
 	fsync string
-	cmd   *exec.Cmd
-	done  chan struct{} // closed once the process is reaped
-
-	mu      sync.Mutex
-	stopped bool
+	serverProc
 }
 
 // StartRedis starts redis-server on dir (created if missing) with the AOF on
@@ -212,10 +207,8 @@ func launchRedis(bin, dir, fsync string) (*RedisServer, error) {
 		addr:  net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
 		dir:   dir,
 		fsync: fsync,
-		cmd:   cmd,
-		done:  make(chan struct{}),
 	}
-	go func() { _ = cmd.Wait(); close(s.done) }()
+	s.startReaping("redis-server", cmd)
 	if err := s.waitReady(); err != nil {
 		_ = s.Kill()
 		log := redisLogTail(logPath, logStart)
@@ -307,47 +300,14 @@ func (s *RedisServer) Dir() string { return s.dir }
 // Fsync returns the server's appendfsync policy.
 func (s *RedisServer) Fsync() string { return s.fsync }
 
-// PID returns the server's process id.
-func (s *RedisServer) PID() int { return s.cmd.Process.Pid }
-
 // Stop shuts the server down as SHUTDOWN would (SIGTERM: the AOF is flushed
 // and fsynced, then it exits), and kills it if it has not exited within
 // redisStopWaitMax. Stopping a stopped server does nothing.
-func (s *RedisServer) Stop() error {
-	if !s.markStopped() {
-		return nil
-	}
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return s.kill()
-	}
-	select {
-	case <-s.done:
-		return nil
-	case <-time.After(redisStopWaitMax):
-		if err := s.kill(); err != nil {
-			return err
-		}
-		return fmt.Errorf("redis-server pid %d did not exit within %v of SIGTERM (redisStopWaitMax); killed", s.PID(), redisStopWaitMax)
-	}
-}
+func (s *RedisServer) Stop() error { return s.stopOnce(syscall.SIGTERM, redisStopWaitMax, s.kill) }
 
 // Kill kills the server with SIGKILL, as a crash would, and waits until it
 // is gone. Killing a stopped server does nothing.
-func (s *RedisServer) Kill() error {
-	if !s.markStopped() {
-		return nil
-	}
-	return s.kill()
-}
-
-// markStopped reports whether this call is the one that stops the server.
-func (s *RedisServer) markStopped() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	was := s.stopped
-	s.stopped = true
-	return !was
-}
+func (s *RedisServer) Kill() error { return s.killOnce(s.kill) }
 
 func (s *RedisServer) kill() error {
 	select {
