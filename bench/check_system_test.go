@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -111,4 +113,29 @@ func checkWallet(t *testing.T, w System, customer string, balance int64, ledger 
 	if fmt.Sprint(rows) != fmt.Sprint(ledger) {
 		t.Errorf("ledger of %s: %v, want %v", customer, rows, ledger)
 	}
+}
+
+// benchApply applies requests of eventsPer events of 6000 micro-USD each,
+// spread over customers, from parallel goroutines per GOMAXPROCS, and reports
+// events/s; next numbers the events across rounds.
+func benchApply(b *testing.B, w System, customers []string, eventsPer, parallel int, next *atomic.Int64) {
+	first := next.Load()
+	b.SetParallelism(parallel)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		evs := make([]Event, eventsPer)
+		res := make([]Result, eventsPer)
+		for pb.Next() {
+			base := next.Add(int64(eventsPer)) - int64(eventsPer)
+			for i := range evs {
+				k := base + int64(i)
+				evs[i] = Event{ID: "e" + strconv.FormatInt(k, 10), Customer: customers[k%int64(len(customers))], Charge: 6000}
+			}
+			if err := w.Apply(context.Background(), evs, res); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(next.Load()-first)/b.Elapsed().Seconds(), "events/s")
 }

@@ -278,26 +278,6 @@ func BenchmarkRedisApply(b *testing.B) {
 			b.Fatal(err)
 		}
 		var next atomic.Int64 // event ids, unique across rounds
-		b.Run(fsync, func(b *testing.B) {
-			first := next.Load()
-			b.SetParallelism(parallel)
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				evs := make([]Event, eventsPer)
-				res := make([]Result, eventsPer)
-				for pb.Next() {
-					base := next.Add(eventsPer) - eventsPer
-					for i := range evs {
-						k := base + int64(i)
-						evs[i] = Event{ID: "e" + strconv.FormatInt(k, 10), Customer: names[k%customers], Charge: 6000}
-					}
-					if err := w.Apply(context.Background(), evs, res); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			b.ReportMetric(float64(next.Load()-first)/b.Elapsed().Seconds(), "events/s")
-		})
+		b.Run(fsync, func(b *testing.B) { benchApply(b, w, names, eventsPer, parallel, &next) })
 	}
 }
