@@ -20,7 +20,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := build
 
-.PHONY: build test test-deps race bench fuzz lint clean
+.PHONY: build test test-deps race bench bench-quick bench-go fuzz lint clean
 
 ## build: the binaries of cmd/... into bin/
 build:
@@ -74,8 +74,26 @@ test-deps:
 race: test-deps
 	$(GO) test -count=1 -race -timeout 40m ./...
 
-## bench: every benchmark, with allocations
-bench:
+## bench: the standard suite (cmd/meterbench): meterd, the no-op floor, and
+## the Redis and PostgreSQL wallets, one at a time, in modes batch, single,
+## hot and open, 20 s each (about 15 minutes). Writes bench/results/<date>/
+## (JSON, table, plots), puts the table at the top of BENCHMARKS.md and the
+## plot in bench/results/standard.{png,svg}. Installs redis-server and
+## postgresql with apt-get when missing. MB_FLAGS adds meterbench flags.
+MB_FLAGS ?=
+bench: build
+	@$(MAKE) --no-print-directory test-deps TEST_PACKAGES="redis-server postgresql"
+	bin/meterbench --publish $(MB_FLAGS)
+
+## bench-quick: the same suite in about two minutes (3 s per run, 1,000
+## customers), into bench/results/<date>-quick/; BENCHMARKS.md is left as it
+## is (MB_FLAGS=--publish to update it anyway)
+bench-quick: build
+	@$(MAKE) --no-print-directory test-deps TEST_PACKAGES="redis-server postgresql"
+	bin/meterbench --suite quick $(MB_FLAGS)
+
+## bench-go: every Go benchmark (go test -bench), with allocations
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 ## fuzz: each Fuzz target for FUZZTIME (default 30s); corpora of failures

@@ -90,3 +90,12 @@ type System interface {
 	// Close releases the client side; servers are stopped by their owner.
 	Close() error
 }
+
+// Preparer is a System that encodes a run's requests before the run, so that
+// the load loop sends ready bytes and the generator's encoding is not what
+// it measures. Prepare returns the apply of request i of reqs, with Apply's
+// contract; Run calls it instead of Apply.
+type Preparer interface {
+	System
+	Prepare(reqs [][]Event) (apply func(ctx context.Context, i int, results []Result) error, err error)
+}

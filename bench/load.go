@@ -117,20 +117,53 @@ func (r *RunResult) EventsPerSecond() float64 {
 // resent. On a cancelled ctx, the run stops taking requests and returns
 // what it measured with ctx's error.
 func Run(ctx context.Context, sys System, reqs [][]Event, loop Loop, acks *Acks) (*RunResult, error) {
+	p, err := Prepare(sys, reqs)
+	if err != nil {
+		return nil, err
+	}
+	return p.Run(ctx, loop, acks)
+}
+
+// Prepared is a run's requests, checked, and encoded when the system is a
+// Preparer: what is left to do is to send them.
+type Prepared struct {
+	sys      System
+	reqs     [][]Event
+	batchMax int
+	apply    func(ctx context.Context, i int, results []Result) error
+}
+
+// Prepare checks reqs and encodes them for sys (Preparer), so that a
+// caller can measure the run alone (Prepared.Run).
+func Prepare(sys System, reqs [][]Event) (*Prepared, error) {
+	p := &Prepared{sys: sys, reqs: reqs}
+	for i, r := range reqs {
+		if len(r) == 0 || len(r) > batchEventsMax {
+			return nil, fmt.Errorf("run: request %d has %d events, want 1..%d", i, len(r), batchEventsMax)
+		}
+		p.batchMax = max(p.batchMax, len(r))
+	}
+	p.apply = func(ctx context.Context, i int, results []Result) error { return sys.Apply(ctx, reqs[i], results) }
+	if pr, ok := sys.(Preparer); ok {
+		apply, err := pr.Prepare(reqs)
+		if err != nil {
+			return nil, fmt.Errorf("run: prepare: %w", err)
+		}
+		p.apply = apply
+	}
+	return p, nil
+}
+
+// Run is Run of the prepared requests.
+func (p *Prepared) Run(ctx context.Context, loop Loop, acks *Acks) (*RunResult, error) {
 	if err := loop.validate(); err != nil {
 		return nil, err
 	}
 	if acks == nil {
 		return nil, errors.New("run: acks is nil")
 	}
-	batchMax := 0
-	for i, r := range reqs {
-		if len(r) == 0 || len(r) > batchEventsMax {
-			return nil, fmt.Errorf("run: request %d has %d events, want 1..%d", i, len(r), batchEventsMax)
-		}
-		batchMax = max(batchMax, len(r))
-	}
-	r := newRunner(sys, reqs, loop, acks, batchMax)
+	r := newRunner(p.sys, p.reqs, loop, acks, p.batchMax)
+	r.apply = p.apply
 	stopProgress := r.progress()
 	var wg sync.WaitGroup
 	clients := make([]*client, loop.Clients)
@@ -157,6 +190,8 @@ type runner struct {
 	end          time.Time       // no request is sent at or after it; zero: none
 	due          []time.Duration // open loop: request i's intended send time from start
 	next         atomic.Int64
+	// apply sends request i (Prepared.apply).
+	apply func(ctx context.Context, i int, results []Result) error
 
 	mu      sync.Mutex
 	seconds []*secondStats // by second of the measured part, filled as clients flush
@@ -323,16 +358,17 @@ func (c *client) run(ctx context.Context) {
 		if d := time.Until(at); d > 0 {
 			time.Sleep(d)
 		}
-		c.apply(ctx, c.r.reqs[i], at)
+		c.apply(ctx, i, at)
 	}
 }
 
-// apply sends one request intended at at, acknowledges its answer and,
+// apply sends request i, intended at at, acknowledges its answer and,
 // past the warmup, measures it.
-func (c *client) apply(ctx context.Context, events []Event, at time.Time) {
+func (c *client) apply(ctx context.Context, i int, at time.Time) {
+	events := c.r.reqs[i]
 	results := c.results[:len(events)]
 	clear(results)
-	err := c.r.sys.Apply(ctx, events, results)
+	err := c.r.apply(ctx, i, results)
 	done := time.Now()
 	if err != nil {
 		c.r.acks.Unanswered(events)

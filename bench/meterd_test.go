@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -83,5 +84,34 @@ func TestMeterdSemantics(t *testing.T) {
 	rows, err := m.Ledger(ctx, "c1")
 	if err != nil || len(rows) != 1 || rows[0] != (LedgerRow{"e1", 6000}) {
 		t.Errorf("ledger of c1: %+v %v", rows, err)
+	}
+}
+
+// TestMeterdPrepared runs a short closed loop of prepared requests against
+// meterd, as JSON batches and as NDJSON, and checks both.
+func TestMeterdPrepared(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs meterd")
+	}
+	m := startMeterd(t)
+	ctx := context.Background()
+	for i, opts := range [][]MeterdOption{nil, {MeterdNDJSON()}} {
+		sys, err := NewMeterd(m.base, "", m.pid, 4, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := Scenario{Name: "p", Customers: 20, Dist: DistZipf, Batch: 10, Seed: uint64(i), Prefix: fmt.Sprintf("p%d-", i)}
+		customers := sc.CustomerIDs()
+		if err := sys.Setup(ctx, customers, 1_000_000_000); err != nil {
+			t.Fatal(err)
+		}
+		acks := NewAcks(16)
+		res, err := Run(ctx, sys, sc.Requests(fmt.Sprintf("p%d", i), 30), Loop{Clients: 4}, acks)
+		if err != nil || res.Requests != 30 || res.Errors != 0 || res.ByStatus[StatusCharged] != 300 {
+			t.Fatalf("run %d: %+v %v", i, res, err)
+		}
+		if rep := Check(ctx, sys, acks, customers, 1_000_000_000); !rep.OK() || rep.EventsApplied != 300 {
+			t.Errorf("check %d: %s", i, rep.String())
+		}
 	}
 }

@@ -338,7 +338,7 @@ func initPostgres(bin, dir string, pu *postgresUser) error {
 	cmd.SysProcAttr = postgresSysProcAttr(pu)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("postgres: initdb -D %s: %w\n%s", dir, err, postgresTail(out, postgresLogTailBytesMax))
+		return fmt.Errorf("postgres: initdb -D %s: %w\n%s", dir, err, textTail(out, postgresLogTailBytesMax))
 	}
 	return nil
 }
@@ -402,7 +402,7 @@ func launchPostgres(bin, dir string, pu *postgresUser) (*PostgresServer, error) 
 	s.startReaping("postgres", cmd)
 	if err := s.waitReady(); err != nil {
 		_ = s.Kill()
-		log := postgresLogTail(logPath, logStart)
+		log := logTail(logPath, logStart, postgresLogTailBytesMax)
 		if strings.Contains(log, "could not bind") || strings.Contains(log, "Address already in use") {
 			err = fmt.Errorf("%w: %v", errPostgresPortTaken, err)
 		}
@@ -450,26 +450,6 @@ func probePostgres(ctx context.Context, dsn string) (string, error) {
 	var dataDir string
 	err = c.QueryRow(ctx, "SELECT current_setting('data_directory')").Scan(&dataDir)
 	return dataDir, err
-}
-
-// postgresLogTail returns the end of what the server logged from offset on.
-func postgresLogTail(path string, offset int64) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	if offset >= 0 && offset <= int64(len(b)) {
-		b = b[offset:]
-	}
-	return postgresTail(b, postgresLogTailBytesMax)
-}
-
-// postgresTail returns the last n bytes of b, trimmed, as text.
-func postgresTail(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return strings.TrimSpace(string(b))
 }
 
 // DSN returns the connection string of the cluster's postgres database, as

@@ -2,7 +2,9 @@ package bench
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -66,4 +68,25 @@ func (p *serverProc) killOnce(kill func() error) error {
 		return nil
 	}
 	return kill()
+}
+
+// logTail returns the last n bytes of what a server logged to path from
+// offset on, trimmed, as text (an error's text if it cannot be read).
+func logTail(path string, offset int64, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	if offset >= 0 && offset <= int64(len(b)) {
+		b = b[offset:]
+	}
+	return textTail(b, n)
+}
+
+// textTail returns the last n bytes of b, trimmed, as text.
+func textTail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return strings.TrimSpace(string(b))
 }

@@ -64,7 +64,6 @@ package bench
 // cross the wire, and come back, as decimal text.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -211,7 +210,7 @@ func launchRedis(bin, dir, fsync string) (*RedisServer, error) {
 	s.startReaping("redis-server", cmd)
 	if err := s.waitReady(); err != nil {
 		_ = s.Kill()
-		log := redisLogTail(logPath, logStart)
+		log := logTail(logPath, logStart, redisLogTailBytesMax)
 		if strings.Contains(log, "Address already in use") {
 			err = fmt.Errorf("%w: %v", errRedisPortTaken, err)
 		}
@@ -273,21 +272,6 @@ func redisInfoField(info, name string) string {
 		}
 	}
 	return ""
-}
-
-// redisLogTail returns the end of what the server logged from offset on.
-func redisLogTail(path string, offset int64) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	if offset >= 0 && offset <= int64(len(b)) {
-		b = b[offset:]
-	}
-	if len(b) > redisLogTailBytesMax {
-		b = b[len(b)-redisLogTailBytesMax:]
-	}
-	return string(bytes.TrimSpace(b))
 }
 
 // Addr returns the server's host:port.

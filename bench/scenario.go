@@ -37,6 +37,10 @@ type Scenario struct {
 	Dist      string // DistUniform, DistZipf or DistHot
 	Batch     int    // events per request
 	Seed      uint64 // the events are a function of the seed (and the run id)
+	// Prefix of the customer ids; "" is "bc-" (CustomerIDs). A run against
+	// a server that outlives it gives each run its own, so that every run
+	// starts from fresh wallets.
+	Prefix string
 }
 
 // Validate says whether the scenario can generate n requests.
@@ -54,11 +58,21 @@ func (s Scenario) Validate(n int) error {
 	return nil
 }
 
-// CustomerIDs returns the ids of a scenario's n customers: "bc-0" .. "bc-<n-1>".
-func CustomerIDs(n int) []string {
+// CustomerIDs returns the ids of n customers: "bc-0" .. "bc-<n-1>".
+func CustomerIDs(n int) []string { return customerIDs("bc-", n) }
+
+// CustomerIDs returns the ids of the scenario's customers.
+func (s Scenario) CustomerIDs() []string {
+	if s.Prefix == "" {
+		return CustomerIDs(s.Customers)
+	}
+	return customerIDs(s.Prefix, s.Customers)
+}
+
+func customerIDs(prefix string, n int) []string {
 	ids := make([]string, max(0, n))
 	for i := range ids {
-		ids[i] = "bc-" + strconv.Itoa(i)
+		ids[i] = prefix + strconv.Itoa(i)
 	}
 	return ids
 }
@@ -76,7 +90,7 @@ func (s Scenario) Requests(runID string, n int) [][]Event {
 		panic(err)
 	}
 	total := n * s.Batch
-	customers := CustomerIDs(s.Customers)
+	customers := s.CustomerIDs()
 	rng := rand.New(rand.NewPCG(s.Seed, 0x6d65746572642d62)) // "meterd-b"
 	pick := s.picker(rng)
 

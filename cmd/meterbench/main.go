@@ -1,24 +1,34 @@
-// Command meterbench is the load generator and benchmark runner of meterd.
+// Command meterbench is meterd's benchmark: the same usage events applied to
+// meterd and to the wallets a team would build instead (PostgreSQL and
+// Redis, each durable before it answers), one system at a time on this
+// machine, each run ending with a correctness check. It is the command line
+// of package bench, which holds the systems, the load loops and the checker.
 //
-// It drives a running meterd over HTTP: it sets up pricing and customers
-// (unless --setup=false), then runs --concurrency clients that each post
-// batches of --batch usage events to /v1/events in a loop for --duration
-// (or --requests requests) after a --warmup that is not counted, and prints
-// a report: throughput, per-event results, HTTP statuses, latency
-// percentiles, and the server's commit-group size and commit time over the
-// run, read from its /metrics.
+//	meterbench                        the standard suite (make bench)
+//	meterbench --suite quick          the same in about two minutes (make bench-quick)
+//	meterbench --modes zipf,ndjson    other modes; --systems picks the systems
+//	meterbench --target URL ...       one custom mode against a meterd already running
+//	meterbench compare A.json B.json  each meterd/X ratio of two suites, side by side
+//	meterbench noop-server --listen A the no-op endpoint (meterbench starts it itself)
 //
-// meterbench only talks to loopback (127.0.0.0/8, ::1, localhost): it is a
-// benchmark of the engine, never a load test against someone else's host.
+// A suite writes --out (default bench/results/<date>[-quick]): suite.json
+// (every run, its per-second series, CPU and check), runs/<mode>-<system>.json
+// (one run each), table.md (the same-run table with ratios), suite.png and
+// suite.svg (throughput and p50/p99 over time). --publish puts the table at
+// the top of BENCHMARKS.md and the plot at bench/results/standard.{png,svg},
+// which the README shows.
 //
-// It exits 1 when a request failed with a status other than 200 or 503/429
-// (retried), when a request got no answer, or when an event was rejected for
-// any reason but insufficient_funds; 2 on bad flags or a failed setup.
+// meterbench only talks to loopback: it starts its own servers on
+// 127.0.0.1, and --target must be a loopback URL.
+//
+// It exits 1 when a run failed or its check found a problem, 2 on bad flags.
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,45 +36,47 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"os/signal"
-	"runtime"
-	"sync"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
-	"github.com/valyala/fasthttp"
+	"github.com/meterd/meterd/bench"
 )
 
 // Limits of the flags: past them a value is a typo, not a benchmark.
 const (
 	customersMax   = 10_000_000
-	batchMax       = 10_000 // meterd's default --events-per-request-max
+	batchMax       = 1000 // bench's events per request
 	concurrencyMax = 4096
 	durationMax    = 24 * time.Hour
-	warmupMax      = time.Hour
-	runIDLenMax    = 64 // leaves room in the 128-char event id for "-<client>-<n>"
-	requestTimeout = 30 * time.Second
-	responseMax    = 64 << 20
+	runIDLenMax    = 32
+	rateMax        = 10_000_000
 )
 
 type config struct {
-	target      *url.URL
-	addr        string // host:port for the HostClient
-	apiKey      string
-	customers   int
-	setup       bool
-	batch       int
-	concurrency int
-	duration    time.Duration
-	requests    int64
-	warmup      time.Duration
-	ndjson      bool
-	runID       string
-	jsonOut     bool
-	flags       map[string]string // every flag as used, for the report
+	suite      bench.SuiteConfig
+	out        string
+	publish    bool
+	benchMD    string // BENCHMARKS.md
+	publishDir string // where the published plot goes
+	jsonOut    bool
+	cpuProfile string
 }
 
 func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "noop-server":
+			os.Exit(noopServer(os.Args[2:]))
+		case "compare":
+			os.Exit(compare(os.Args[2:], os.Stdout, os.Stderr))
+		}
+	}
 	cfg, err := parseFlags(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -73,118 +85,203 @@ func main() {
 		fmt.Fprintln(os.Stderr, "meterbench:", err)
 		os.Exit(2)
 	}
-	rep, err := run(cfg, os.Stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	code, err := runSuite(ctx, cfg, os.Stdout)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "meterbench:", err)
-		os.Exit(2)
 	}
-	rep.writeText(os.Stdout)
-	if cfg.jsonOut {
-		if err := rep.writeJSON(os.Stdout); err != nil {
-			fmt.Fprintln(os.Stderr, "meterbench:", err)
-			os.Exit(2)
-		}
-	}
-	if rep.Failed {
-		os.Exit(1)
-	}
+	os.Exit(code)
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("meterbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := &config{}
-	target := fs.String("target", "http://127.0.0.1:8080", "meterd base URL (loopback only)")
-	fs.StringVar(&cfg.apiKey, "api-key", "", "API key sent as Authorization: Bearer (needs ingest and admin scopes with --setup)")
-	fs.IntVar(&cfg.customers, "customers", 10000, "customers the events are spread over (ids mb-c0..)")
-	fs.BoolVar(&cfg.setup, "setup", true, "PUT the pricing and every customer, and top each up, before the run")
-	fs.IntVar(&cfg.batch, "batch", 100, "events per request")
-	fs.IntVar(&cfg.concurrency, "concurrency", 64, "concurrent clients, one connection each")
-	fs.DurationVar(&cfg.duration, "duration", 20*time.Second, "measured run time after the warm-up (0 = bounded by --requests only)")
-	fs.Int64Var(&cfg.requests, "requests", 0, "stop after this many measured requests (0 = bounded by --duration only)")
-	fs.DurationVar(&cfg.warmup, "warmup", 2*time.Second, "load before the measurement starts, not counted")
-	fs.BoolVar(&cfg.ndjson, "ndjson", false, "send application/x-ndjson bodies instead of JSON batches")
-	fs.StringVar(&cfg.runID, "run-id", "", "prefix of the event ids (default: random, so runs never collide)")
-	fs.BoolVar(&cfg.jsonOut, "json", false, "print the report as JSON too, after the text")
+	suite := fs.String("suite", "standard", "standard (20 s per run) or quick (3 s per run, 1,000 customers)")
+	systems := fs.String("systems", "", "systems to run, comma-separated (default every one): "+strings.Join(bench.AllSystems, ", "))
+	modes := fs.String("modes", "", "modes to run, comma-separated (default the suite's: batch,single,hot,open; more: zipf,ndjson,kafka)")
+	duration := fs.Duration("duration", 0, "measured time of each run (default: the suite's)")
+	warmup := fs.Duration("warmup", -1, "load before each run's measurement, not counted (default: the suite's)")
+	fs.StringVar(&cfg.out, "out", "", "results directory (default bench/results/<date>, or <date>-quick)")
+	fs.BoolVar(&cfg.publish, "publish", false, "put the table at the top of --benchmarks-md and the plot in bench/results/standard.{png,svg}")
+	fs.StringVar(&cfg.benchMD, "benchmarks-md", "BENCHMARKS.md", "the file --publish updates")
+	meterdBin := fs.String("meterd-bin", "", "the meterd binary to start (default: meterd next to this binary, then in PATH)")
+	fs.BoolVar(&cfg.jsonOut, "json", false, "print suite.json to stdout too")
+	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write the generator's CPU profile of the whole suite to this file")
+	// One custom mode (any of these set): the old single-run interface.
+	target := fs.String("target", "", "a running meterd to drive (loopback http URL) instead of starting one; runs meterd only")
+	apiKey := fs.String("api-key", "", "API key for --target (ingest and admin scopes)")
+	customers := fs.Int("customers", 10_000, "custom mode: customers")
+	batch := fs.Int("batch", 100, "custom mode: events per request")
+	concurrency := fs.Int("concurrency", 16, "custom mode: clients")
+	rate := fs.Float64("rate", 0, "custom mode: events/s offered, open loop (0: closed loop)")
+	dist := fs.String("dist", bench.DistUniform, "custom mode: uniform, zipf or hot")
+	ndjson := fs.Bool("ndjson", false, "custom mode: send NDJSON bodies to meterd")
+	runID := fs.String("run-id", "", "prefix of event and customer ids (default: random, so runs against one server never collide)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	durationSet := false
-	fs.Visit(func(f *flag.Flag) { durationSet = durationSet || f.Name == "duration" })
-	if cfg.requests > 0 && !durationSet {
-		cfg.duration = 0 // --requests alone bounds the run
+	s := &cfg.suite
+	s.Name = *suite
+	s.Command = "meterbench " + strings.Join(args, " ")
+	switch *suite {
+	case "standard":
+		s.Duration, s.Warmup, s.Modes = 20*time.Second, 3*time.Second, slices.Clone(bench.StandardModes)
+	case "quick":
+		s.Duration, s.Warmup = 3*time.Second, time.Second
+		for _, m := range bench.StandardModes {
+			m.Customers = min(m.Customers, 1000)
+			s.Modes = append(s.Modes, m)
+		}
+	default:
+		return nil, fmt.Errorf("--suite %q: want standard or quick", *suite)
 	}
-
-	u, addr, err := loopbackTarget(*target)
-	if err != nil {
-		return nil, err
+	if *duration != 0 {
+		s.Duration = *duration
 	}
-	cfg.target, cfg.addr = u, addr
-	switch {
-	case cfg.customers < 1 || cfg.customers > customersMax:
-		return nil, fmt.Errorf("--customers must be 1..%d", customersMax)
-	case cfg.batch < 1 || cfg.batch > batchMax:
-		return nil, fmt.Errorf("--batch must be 1..%d", batchMax)
-	case cfg.concurrency < 1 || cfg.concurrency > concurrencyMax:
-		return nil, fmt.Errorf("--concurrency must be 1..%d", concurrencyMax)
-	case cfg.duration < 0 || cfg.duration > durationMax:
-		return nil, fmt.Errorf("--duration must be 0..%s", durationMax)
-	case cfg.warmup < 0 || cfg.warmup > warmupMax:
-		return nil, fmt.Errorf("--warmup must be 0..%s", warmupMax)
-	case cfg.requests < 0:
-		return nil, errors.New("--requests must not be negative")
-	case cfg.duration == 0 && cfg.requests == 0:
-		return nil, errors.New("the run needs a bound: --duration or --requests")
+	if *warmup >= 0 {
+		s.Warmup = *warmup
 	}
-	if cfg.runID == "" {
-		var b [6]byte
+	if s.Duration <= 0 || s.Duration > durationMax || s.Warmup > durationMax {
+		return nil, fmt.Errorf("--duration must be in (0, %v] and --warmup at most that", durationMax)
+	}
+	if *modes != "" {
+		s.Modes = nil
+		for _, name := range strings.Split(*modes, ",") {
+			m, ok := bench.ModeByName(name)
+			if !ok {
+				return nil, fmt.Errorf("--modes: unknown mode %q", name)
+			}
+			s.Modes = append(s.Modes, m)
+		}
+	}
+	s.Systems = slices.Clone(bench.AllSystems)
+	if *systems != "" {
+		s.Systems = strings.Split(*systems, ",")
+	}
+	custom := false
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "customers", "batch", "concurrency", "rate", "dist", "ndjson", "target":
+			custom = true
+		}
+	})
+	if custom {
+		m, err := customMode(*customers, *batch, *concurrency, *rate, *dist, *ndjson)
+		if err != nil {
+			return nil, err
+		}
+		s.Modes, s.Name = []bench.Mode{m}, "custom"
+	}
+	if *runID == "" {
+		var b [4]byte
 		if _, err := rand.Read(b[:]); err != nil {
 			return nil, err
 		}
-		cfg.runID = "mb" + hex.EncodeToString(b[:])
+		*runID = "mb" + hex.EncodeToString(b[:])
 	}
-	if !validRunID(cfg.runID) {
-		return nil, fmt.Errorf("--run-id must be 1..%d characters of [A-Za-z0-9._:-]", runIDLenMax)
+	if !validRunID(*runID) {
+		return nil, fmt.Errorf("--run-id must be 1..%d characters of [A-Za-z0-9]", runIDLenMax)
 	}
-	cfg.flags = map[string]string{}
-	fs.VisitAll(func(f *flag.Flag) {
-		v := f.Value.String()
-		if f.Name == "api-key" && v != "" {
-			v = "(set)"
+	s.RunID = *runID
+	if *target != "" {
+		u, err := loopbackTarget(*target)
+		if err != nil {
+			return nil, err
 		}
-		cfg.flags[f.Name] = v
-	})
-	cfg.flags["run-id"] = cfg.runID
-	cfg.flags["duration"] = cfg.duration.String()
+		s.MeterdTarget, s.MeterdKey = u, *apiKey
+		s.Systems = []string{bench.SysMeterd}
+		s.CustomerPrefix = *runID + "-c"
+	}
+	if slices.Contains(s.Systems, bench.SysMeterd) && s.MeterdTarget == "" {
+		bin, err := findMeterd(*meterdBin)
+		if err != nil {
+			return nil, err
+		}
+		s.MeterdBin = bin
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	s.NoopCommand = []string{self, "noop-server"}
+	if cfg.out == "" {
+		day := time.Now().UTC().Format("2006-01-02")
+		if s.Name != "standard" {
+			day += "-" + s.Name
+		}
+		cfg.out = filepath.Join("bench", "results", day)
+	}
+	cfg.publishDir = filepath.Join(filepath.Dir(cfg.benchMD), "bench", "results")
 	return cfg, nil
+}
+
+// customMode is the mode the custom flags describe.
+func customMode(customers, batch, concurrency int, rate float64, dist string, ndjson bool) (bench.Mode, error) {
+	m := bench.Mode{Name: "custom", Customers: customers, Dist: dist, Batch: batch, Clients: concurrency,
+		Rate: rate, EventsPerSecondMax: 200_000}
+	if ndjson {
+		m.Transport = bench.TransportNDJSON
+	}
+	switch {
+	case m.Customers < 1 || m.Customers > customersMax:
+		return m, fmt.Errorf("--customers must be 1..%d", customersMax)
+	case m.Batch < 1 || m.Batch > batchMax:
+		return m, fmt.Errorf("--batch must be 1..%d", batchMax)
+	case m.Clients < 1 || m.Clients > concurrencyMax:
+		return m, fmt.Errorf("--concurrency must be 1..%d", concurrencyMax)
+	case rate < 0 || rate > rateMax:
+		return m, fmt.Errorf("--rate must be 0..%d", rateMax)
+	case m.Dist != bench.DistUniform && m.Dist != bench.DistZipf && m.Dist != bench.DistHot:
+		return m, fmt.Errorf("--dist %q: want uniform, zipf or hot", m.Dist)
+	}
+	return m, nil
+}
+
+// findMeterd returns the meterd binary: the flag's, else the one next to
+// this binary (make builds both into bin/), else meterd in PATH.
+func findMeterd(flagged string) (string, error) {
+	if flagged != "" {
+		return filepath.Abs(flagged)
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "meterd")
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("meterd"); err == nil {
+		return filepath.Abs(p)
+	}
+	return "", errors.New("no meterd binary: build one (make build puts it in bin/, next to meterbench) or pass --meterd-bin")
 }
 
 // loopbackTarget parses --target and refuses any host that is not loopback:
 // meterbench must never load another machine.
-func loopbackTarget(s string) (*url.URL, string, error) {
+func loopbackTarget(s string) (string, error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return nil, "", fmt.Errorf("--target: %w", err)
+		return "", fmt.Errorf("--target: %w", err)
 	}
 	if u.Scheme != "http" {
-		return nil, "", fmt.Errorf("--target %q: only http:// is supported", s)
+		return "", fmt.Errorf("--target %q: only http:// is supported", s)
 	}
 	if u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return nil, "", fmt.Errorf("--target %q: give only scheme, host and port", s)
+		return "", fmt.Errorf("--target %q: give only scheme, host and port", s)
 	}
 	host := u.Hostname()
 	if !isLoopback(host) {
-		return nil, "", fmt.Errorf("--target %q: host %q is not loopback (127.0.0.0/8, ::1, localhost); meterbench only loads this machine", s, host)
+		return "", fmt.Errorf("--target %q: host %q is not loopback (127.0.0.0/8, ::1, localhost); meterbench only loads this machine", s, host)
 	}
 	port := u.Port()
 	if port == "" {
 		port = "80"
 	}
-	u.Path = ""
-	return u, net.JoinHostPort(host, port), nil
+	return "http://" + net.JoinHostPort(host, port), nil
 }
 
 func isLoopback(host string) bool {
@@ -201,119 +298,65 @@ func validRunID(s string) bool {
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
 			return false
 		}
 	}
 	return true
 }
 
-// run sets up (unless told not to), drives the load and builds the report.
-// An error means the benchmark could not be run at all.
-func run(cfg *config, progress io.Writer) (*report, error) {
-	hc := &fasthttp.HostClient{
-		Addr:                cfg.addr,
-		Name:                "meterbench",
-		MaxConns:            cfg.concurrency + setupWorkersMax + 1,
-		MaxConnWaitTimeout:  requestTimeout,
-		ReadTimeout:         requestTimeout,
-		WriteTimeout:        requestTimeout,
-		MaxIdleConnDuration: time.Minute,
-		MaxResponseBodySize: responseMax,
-		ReadBufferSize:      64 << 10,
-		WriteBufferSize:     64 << 10,
+// runSuite runs the suite and writes its results; the exit code is 1 when a
+// run failed or a check found a problem.
+func runSuite(ctx context.Context, cfg *config, stdout io.Writer) (int, error) {
+	work, err := os.MkdirTemp("", "meterbench-")
+	if err != nil {
+		return 2, err
 	}
-	defer hc.CloseIdleConnections()
-	customers := customerIDs(cfg.customers)
-	rep := newReport(cfg)
-
-	if cfg.setup {
-		fmt.Fprintf(progress, "meterbench: setting up pricing and %d customers on %s\n", cfg.customers, cfg.target)
-		t := time.Now()
-		if err := setup(cfg, hc, customers); err != nil {
-			return nil, fmt.Errorf("setup: %w", err)
+	defer os.RemoveAll(work)
+	// Searchable by others: PostgreSQL runs as its own user when this runs
+	// as root, and its cluster lives under work.
+	if err := os.Chmod(work, 0o755); err != nil {
+		return 2, err
+	}
+	if cfg.cpuProfile != "" {
+		f, err := os.Create(cfg.cpuProfile)
+		if err != nil {
+			return 2, err
 		}
-		rep.SetupSeconds = time.Since(t).Seconds()
-	}
-
-	rs := &runState{requestsMax: cfg.requests}
-	rs.requestsLeft.Store(cfg.requests)
-	start := time.Now()
-	measureStart := start.Add(cfg.warmup)
-	rs.measureStartNs.Store(measureStart.UnixNano())
-	if cfg.duration > 0 {
-		rs.stopNs = measureStart.Add(cfg.duration).UnixNano()
-	}
-
-	// SIGINT or SIGTERM ends the run early; the report still prints.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sig)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		select {
-		case <-sig:
-			rs.stopped.Store(true)
-		case <-done:
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return 2, err
 		}
-	}()
-
-	var before commitStats
-	var beforeErr error
-	if cfg.warmup == 0 {
-		before, beforeErr = scrapeMetrics(cfg, hc)
+		defer pprof.StopCPUProfile()
 	}
-	fmt.Fprintf(progress, "meterbench: run %s: %d clients, %d events/request, warm-up %s, duration %s, requests %d\n",
-		cfg.runID, cfg.concurrency, cfg.batch, cfg.warmup, cfg.duration, cfg.requests)
-	clients := make([]*client, cfg.concurrency)
-	var wg sync.WaitGroup
-	for i := range clients {
-		clients[i] = newClient(i, cfg, hc, customers)
-		wg.Go(func() { clients[i].run(rs) })
+	cfg.suite.Dir = work
+	cfg.suite.Progress = os.Stderr
+	cfg.suite.Log = os.Stderr
+	rep, err := bench.RunSuite(ctx, cfg.suite)
+	if rep == nil {
+		return 2, err
 	}
-	if cfg.warmup > 0 {
-		time.Sleep(time.Until(measureStart))
-		before, beforeErr = scrapeMetrics(cfg, hc)
+	if werr := writeResults(cfg, rep); werr != nil {
+		return 2, errors.Join(err, werr)
 	}
-	wg.Wait()
-	end := time.Now()
-	after, afterErr := scrapeMetrics(cfg, hc)
-
-	elapsed := end.Sub(measureStart)
-	if elapsed <= 0 { // interrupted during the warm-up
-		elapsed = time.Nanosecond
+	fmt.Fprintf(os.Stderr, "meterbench: results in %s\n", cfg.out)
+	if err := bench.WriteMarkdown(stdout, rep, ""); err != nil {
+		return 2, err
 	}
-	var total clientStats
-	total.byStatus = map[int]uint64{}
-	total.byResult = map[string]uint64{}
-	for _, c := range clients {
-		total.merge(&c.st)
+	if cfg.jsonOut {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return 2, err
+		}
 	}
-	rep.fill(&total, elapsed)
-	rep.server(before, after, errors.Join(beforeErr, afterErr), elapsed)
-	return rep, nil
+	if err != nil {
+		return 1, err
+	}
+	for _, r := range rep.Runs {
+		if r.Failed != "" || !r.Check.OK {
+			return 1, fmt.Errorf("%s/%s failed or did not check out: see %s", r.Mode, r.System, filepath.Join(cfg.out, "table.md"))
+		}
+	}
+	return 0, nil
 }
-
-// merge adds o into s.
-func (s *clientStats) merge(o *clientStats) {
-	s.lat.merge(&o.lat)
-	s.latE2E.merge(&o.latE2E)
-	s.requests += o.requests
-	s.events += o.events
-	s.retries += o.retries
-	s.transport += o.transport
-	s.malformed += o.malformed
-	for k, v := range o.byStatus {
-		s.byStatus[k] += v
-	}
-	for k, v := range o.byResult {
-		s.byResult[k] += v
-	}
-	for _, e := range o.errs {
-		s.noteErr(e)
-	}
-}
-
-// procs reports the generator's own CPU view, for the report.
-func procs() (gomaxprocs, numCPU int) { return runtime.GOMAXPROCS(0), runtime.NumCPU() }

@@ -2,12 +2,7 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"math"
-	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,101 +10,122 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meterd/meterd/bench"
 )
 
-func TestHistQuantiles(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	var h hist
-	vals := make([]int64, 0, 200_000)
-	for range cap(vals) {
-		// Log-uniform from 1 ns to ~17 s, plus exact small values.
-		v := int64(math.Exp(rng.Float64() * math.Log(17e9)))
-		if rng.IntN(10) == 0 {
-			v = int64(rng.IntN(200))
-		}
-		vals = append(vals, v)
-		h.record(time.Duration(v))
-	}
-	slices.Sort(vals)
-	for _, q := range []float64{0.001, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999, 1} {
-		exact := vals[int(math.Ceil(q*float64(len(vals))))-1]
-		got := int64(h.quantile(q))
-		limit := exact + exact/histSubBuckets
-		if got < exact || got > limit {
-			t.Errorf("q=%v: got %d, exact %d (allowed up to %d)", q, got, exact, limit)
-		}
-	}
-	if int64(h.quantile(1)) != vals[len(vals)-1] || h.maxNs != vals[len(vals)-1] || h.minNs != vals[0] {
-		t.Errorf("max/min: q1 %d max %d min %d, want %d and %d", h.quantile(1), h.maxNs, h.minNs, vals[len(vals)-1], vals[0])
-	}
-	// Every bucket index round-trips through its upper bound.
-	for i := range histBuckets {
-		if got := histIndex(histUpper(i)); got != i {
-			t.Fatalf("histIndex(histUpper(%d)) = %d", i, got)
-		}
-	}
-	if histIndex(math.MaxInt64) != histBuckets-1 {
-		t.Errorf("histIndex(MaxInt64) = %d, want %d", histIndex(math.MaxInt64), histBuckets-1)
-	}
-}
-
 func TestLoopbackTarget(t *testing.T) {
-	for _, s := range []string{"http://127.0.0.1:8080", "http://127.9.9.9:1", "http://[::1]:8080", "http://localhost:8080/"} {
-		if _, _, err := loopbackTarget(s); err != nil {
-			t.Errorf("%s: %v", s, err)
+	for s, want := range map[string]string{"http://127.0.0.1:8080": "http://127.0.0.1:8080", "http://127.9.9.9:1": "http://127.9.9.9:1",
+		"http://[::1]:8080": "http://[::1]:8080", "http://localhost/": "http://localhost:80"} {
+		if got, err := loopbackTarget(s); err != nil || got != want {
+			t.Errorf("%s: %q %v, want %q", s, got, err, want)
 		}
 	}
 	for _, s := range []string{"http://10.0.0.1:8080", "http://example.com", "http://[::2]:1", "https://127.0.0.1",
 		"http://0.0.0.0:8080", "http://127.0.0.1.example.com", "http://127.0.0.1:8080/v1"} {
-		if _, _, err := loopbackTarget(s); err == nil {
+		if _, err := loopbackTarget(s); err == nil {
 			t.Errorf("%s: accepted", s)
 		}
 	}
 }
 
-func TestBuildBody(t *testing.T) {
-	for _, ndjson := range []bool{false, true} {
-		cfg := &config{batch: 5, runID: "r1", ndjson: ndjson}
-		c := newClient(3, cfg, nil, customerIDs(4))
-		c.buildBody(time.Date(2026, 11, 21, 10, 0, 0, 71e6, time.UTC))
-		lines := [][]byte{c.body}
-		if ndjson {
-			lines = bytes.Split(bytes.TrimSuffix(c.body, []byte("\n")), []byte("\n"))
-			if len(lines) != 5 {
-				t.Fatalf("ndjson: %d lines", len(lines))
-			}
-		}
-		for _, l := range lines {
-			if !json.Valid(l) {
-				t.Fatalf("invalid JSON: %s", l)
-			}
-		}
-		if !bytes.Contains(c.body, []byte(`"id":"r1-3-4","customer_id":"mb-c`)) ||
-			!bytes.Contains(c.body, []byte(`"occurred_at":"2026-11-21T10:00:00.071Z"`)) {
-			t.Fatalf("unexpected body: %s", c.body)
+func TestParseFlags(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "meterd")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseFlags([]string{"--meterd-bin", bin}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.suite
+	var modes []string
+	for _, m := range s.Modes {
+		modes = append(modes, m.Name)
+	}
+	if s.Name != "standard" || s.Duration != 20*time.Second || !slices.Equal(modes, []string{"batch", "single", "hot", "open"}) ||
+		!slices.Equal(s.Systems, bench.AllSystems) || s.MeterdBin != bin || !strings.HasPrefix(cfg.out, filepath.Join("bench", "results")) {
+		t.Errorf("defaults: %+v modes %v out %s", s, modes, cfg.out)
+	}
+	cfg, err = parseFlags([]string{"--suite", "quick", "--meterd-bin", bin, "--systems", "meterd,noop"}, &bytes.Buffer{})
+	if err != nil || cfg.suite.Duration != 3*time.Second || cfg.suite.Modes[0].Customers != 1000 || !strings.HasSuffix(cfg.out, "-quick") {
+		t.Errorf("quick: %+v %v", cfg, err)
+	}
+	cfg, err = parseFlags([]string{"--target", "http://127.0.0.1:9", "--batch", "7", "--concurrency", "3", "--ndjson", "--run-id", "r1"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := cfg.suite.Modes
+	if len(m) != 1 || m[0].Batch != 7 || m[0].Clients != 3 || m[0].Transport != bench.TransportNDJSON ||
+		!slices.Equal(cfg.suite.Systems, []string{bench.SysMeterd}) || cfg.suite.MeterdTarget != "http://127.0.0.1:9" ||
+		cfg.suite.CustomerPrefix != "r1-c" {
+		t.Errorf("custom: %+v", cfg.suite)
+	}
+	for _, bad := range [][]string{{"--suite", "long"}, {"--modes", "nosuch"}, {"--batch", "0", "--target", "http://127.0.0.1:1"},
+		{"--target", "http://10.1.1.1:1"}, {"--run-id", "a-b", "--meterd-bin", bin}, {"--duration", "-1s"}, {"extra"},
+		{"--dist", "normal", "--meterd-bin", bin}, {"--rate", "-5", "--meterd-bin", bin}} {
+		if _, err := parseFlags(bad, &bytes.Buffer{}); err == nil {
+			t.Errorf("%q: accepted", bad)
 		}
 	}
 }
 
-func TestParseMetrics(t *testing.T) {
-	s := parseMetrics([]byte(`# HELP meterd_commit_group_events x
-# TYPE meterd_commit_group_events histogram
-meterd_commit_group_events_bucket{le="1"} 3
-meterd_commit_group_events_sum 120
-meterd_commit_group_events_count 4
-meterd_commit_fsync_seconds_sum 0.5 1700000000000
-meterd_commit_fsync_seconds_count 4
-`))
-	if s.found != 4 || s.groupEventsSum != 120 || s.groupEventsCount != 4 || s.fsyncSecondsSum != 0.5 || s.fsyncCount != 4 {
-		t.Fatalf("parsed %+v", s)
+func TestSpliceSection(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "B.md")
+	if err := os.WriteFile(path, []byte("# Benchmarks\n\nOld text.\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, section := range []string{"first table\n", "second table\n"} {
+		if err := spliceSection(path, section); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, _ := os.ReadFile(path)
+	want := "# Benchmarks\n\n" + mdBegin + "\n\nsecond table\n\n" + mdEnd + "\n\nOld text.\n"
+	if string(b) != want {
+		t.Errorf("got:\n%s\nwant:\n%s", b, want)
 	}
 }
 
-// TestRun builds meterd and meterbench, runs a short benchmark against a
-// fresh server and checks the report.
-func TestRun(t *testing.T) {
+// suiteOf is a two-mode suite: meterd at m events/s and p99 1 ms against
+// redis-always at r events/s and p99 2 ms.
+func suiteOf(m, r float64) *bench.SuiteReport {
+	run := func(mode, sys string, eps, p99 float64) bench.RunReport {
+		return bench.RunReport{Mode: mode, System: sys, EventsPerSecond: eps, Latency: bench.LatencyMs{P99: p99}, Check: bench.CheckSummary{OK: true}}
+	}
+	return &bench.SuiteReport{Runs: []bench.RunReport{run("batch", "meterd", m, 1), run("batch", "redis-always", r, 2),
+		run("single", "meterd", m, 1), run("single", "redis-always", r, 2)}}
+}
+
+func TestCompare(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, s *bench.SuiteReport) string {
+		p := filepath.Join(dir, name)
+		if err := writeJSON(p, s); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	a, b, c := write("a.json", suiteOf(100, 50)), write("b.json", suiteOf(110, 50)), write("c.json", suiteOf(150, 50))
+	var out bytes.Buffer
+	if code := compare([]string{a, b}, &out, &out); code != 0 {
+		t.Errorf("2.0 against 2.2 (10%%): exit %d\n%s", code, out.String())
+	}
+	out.Reset()
+	if code := compare([]string{a, c}, &out, &out); code != 1 || !strings.Contains(out.String(), "50.0%") {
+		t.Errorf("2.0 against 3.0 (50%%): exit %d\n%s", code, out.String())
+	}
+	if code := compare([]string{a}, &out, &out); code != 2 {
+		t.Errorf("one file: exit %d", code)
+	}
+}
+
+// TestQuickSuite builds meterd and meterbench and runs a short suite of two
+// modes against meterd, the no-op floor and one baseline of each kind, the
+// way make bench-quick does, then reads what it wrote.
+func TestQuickSuite(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds and runs the real binaries")
+		t.Skip("builds and runs the real binaries and servers")
 	}
 	dir := t.TempDir()
 	for _, b := range [][2]string{{"meterd", "../meterd"}, {"meterbench", "."}} {
@@ -118,80 +134,61 @@ func TestRun(t *testing.T) {
 			t.Fatalf("go build %s: %v\n%s", b[1], err, out)
 		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	md := filepath.Join(dir, "BENCHMARKS.md")
+	if err := os.WriteFile(md, []byte("# Benchmarks\n\nolder sections\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-
-	var serverLog bytes.Buffer
-	srv := exec.Command(filepath.Join(dir, "meterd"), "--data-dir", filepath.Join(dir, "data"), "--listen", addr)
-	srv.Stdout, srv.Stderr = &serverLog, &serverLog
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		srv.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { srv.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			srv.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("meterd log:\n%s", serverLog.String())
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("meterd not healthy on %s: %v", addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(dir, "meterbench"), "--target", "http://"+addr,
-		"--customers", "50", "--batch", "10", "--concurrency", "4", "--duration", "2s", "--warmup", "0s", "--json")
+	out := filepath.Join(dir, "results")
+	cmd := exec.Command(filepath.Join(dir, "meterbench"), "--suite", "quick", "--modes", "batch,open",
+		"--systems", "meterd,noop,redis-always,postgres-strong", "--duration", "1s", "--warmup", "0s",
+		"--out", out, "--publish", "--benchmarks-md", md)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("meterbench: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
-	out := stdout.String()
-	i := strings.Index(out, "\n{")
-	if i < 0 {
-		t.Fatalf("no JSON report in:\n%s", out)
+	t.Logf("stderr:\n%s", stderr.String())
+	var rep bench.SuiteReport
+	b, err := os.ReadFile(filepath.Join(out, "suite.json"))
+	if err != nil || json.Unmarshal(b, &rep) != nil {
+		t.Fatalf("suite.json: %v\n%s", err, b)
 	}
-	var rep report
-	if err := json.Unmarshal([]byte(out[i+1:]), &rep); err != nil {
-		t.Fatalf("report: %v\n%s", err, out)
+	if len(rep.Runs) != 8 {
+		t.Fatalf("%d runs, want 2 modes x 4 systems", len(rep.Runs))
 	}
-	t.Logf("\n%s", out[:i])
-	if rep.Failed || rep.EventsPerSec <= 0 || rep.Events == 0 {
-		t.Fatalf("failed=%v events/s=%v events=%d:\n%s", rep.Failed, rep.EventsPerSec, rep.Events, out)
+	for _, r := range rep.Runs {
+		if r.Failed != "" || !r.Check.OK || r.Events == 0 || r.EventsPerSecond <= 0 || r.Latency.P99 <= 0 || len(r.PerSecond) == 0 {
+			t.Errorf("%s/%s: %+v", r.Mode, r.System, r)
+		}
+		if r.GeneratorCPUS <= 0 || r.ServerCPUS <= 0 {
+			t.Errorf("%s/%s: server CPU %v s, generator CPU %v s: want both measured", r.Mode, r.System, r.ServerCPUS, r.GeneratorCPUS)
+		}
+		if r.System != bench.SysNoop && r.Check.EventsApplied == 0 {
+			t.Errorf("%s/%s: the check saw no applied event: %+v", r.Mode, r.System, r.Check)
+		}
+		if r.Mode == "open" && r.RateOffered != 5000 {
+			t.Errorf("open: offered %v", r.RateOffered)
+		}
+		if _, err := os.Stat(filepath.Join(out, "runs", r.Mode+"-"+r.System+".json")); err != nil {
+			t.Error(err)
+		}
 	}
-	if rep.Results["charged"] != rep.Events || len(rep.Results) != 1 {
-		t.Errorf("results %v, want all %d events charged", rep.Results, rep.Events)
+	for _, f := range []string{"table.md", "suite.png", "suite.svg"} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
 	}
-	if rep.HTTPStatus["200"] != rep.Requests || rep.Events != rep.Requests*10 {
-		t.Errorf("http %v for %d requests, %d events", rep.HTTPStatus, rep.Requests, rep.Events)
+	for _, f := range []string{"standard.png", "standard.svg"} {
+		if _, err := os.Stat(filepath.Join(dir, "bench", "results", f)); err != nil {
+			t.Errorf("published plot: %v", err)
+		}
 	}
-	if !strings.Contains(out, "events/s") || !strings.Contains(out, "p99.9") {
-		t.Errorf("text report lacks throughput or percentiles:\n%s", out[:i])
+	pub, _ := os.ReadFile(md)
+	if !strings.HasPrefix(string(pub), "# Benchmarks\n\n"+mdBegin) || !strings.Contains(string(pub), "| batch | redis-always |") ||
+		!strings.Contains(string(pub), "bench/results/standard.svg") || !strings.HasSuffix(string(pub), "older sections\n") {
+		t.Errorf("BENCHMARKS.md:\n%s", pub)
 	}
-	if rep.Server.Error != "" || rep.Server.CommitGroups == 0 || rep.Server.GroupEventsAvg <= 0 {
-		t.Errorf("server metrics: %+v", rep.Server)
+	if !strings.Contains(stdout.String(), "meterd/X") {
+		t.Errorf("stdout lacks the table:\n%s", stdout.String())
 	}
 }

@@ -1,0 +1,429 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// A suite runs a list of modes (a workload and a load loop each) against a
+// list of systems, one system at a time: for each mode, each system is
+// started fresh in a directory of its own, set up, loaded, checked and
+// stopped before the next one starts, so no system ever shares the machine
+// with another. Modes are the outer loop, so that the systems a ratio
+// compares ran minutes apart, not the whole suite apart.
+
+// The systems a suite knows, by their report names.
+const (
+	SysMeterd         = "meterd"
+	SysNoop           = "noop" // the generator's floor: an endpoint that does nothing
+	SysRedisAlways    = "redis-always"
+	SysRedisEverysec  = "redis-everysec" // not durable per event: labelled so in every report
+	SysPostgresPlain  = "postgres-plain"
+	SysPostgresStrong = "postgres-strong"
+)
+
+// AllSystems is every system, in report order.
+var AllSystems = []string{SysMeterd, SysNoop, SysRedisAlways, SysRedisEverysec, SysPostgresPlain, SysPostgresStrong}
+
+// Transports of meterd (the baselines have one each, their own protocol).
+const (
+	TransportJSON   = "json"   // a JSON batch per request (POST /v1/events)
+	TransportNDJSON = "ndjson" // an NDJSON body per request
+	TransportKafka  = "kafka"  // one message per event on the input topic, answered when its ledger entry is published
+)
+
+// Mode is one workload of a suite.
+type Mode struct {
+	Name      string
+	Customers int
+	Dist      string  // DistUniform, DistZipf or DistHot
+	Batch     int     // events per request
+	Clients   int     // requests in flight at most
+	Rate      float64 // events/s offered; 0: closed loop
+	Transport string  // meterd's: TransportJSON (default), TransportNDJSON or TransportKafka
+	// Only lists the systems the mode runs on (nil: every system of the
+	// suite); a mode about meterd's own transports compares nothing else.
+	Only []string
+	// EventsPerSecondMax sizes the events generated before a closed-loop
+	// run: (Warmup + Duration) x this. A system faster than that runs out
+	// of events and its run ends early (its throughput is still right: it
+	// is measured over the time it ran).
+	EventsPerSecondMax float64
+}
+
+// The standard modes: the suite.
+var (
+	ModeBatch  = Mode{Name: "batch", Customers: 10_000, Dist: DistUniform, Batch: 100, Clients: 16, EventsPerSecondMax: 200_000}
+	ModeSingle = Mode{Name: "single", Customers: 10_000, Dist: DistUniform, Batch: 1, Clients: 64, EventsPerSecondMax: 80_000}
+	ModeHot    = Mode{Name: "hot", Customers: 1, Dist: DistHot, Batch: 100, Clients: 16, EventsPerSecondMax: 200_000}
+	ModeOpen   = Mode{Name: "open", Customers: 10_000, Dist: DistUniform, Batch: 1, Clients: 256, Rate: 5000}
+	ModeZipf   = Mode{Name: "zipf", Customers: 10_000, Dist: DistZipf, Batch: 100, Clients: 16, EventsPerSecondMax: 200_000}
+	ModeNDJSON = Mode{Name: "ndjson", Customers: 10_000, Dist: DistUniform, Batch: 100, Clients: 16, Transport: TransportNDJSON,
+		Only: []string{SysMeterd}, EventsPerSecondMax: 200_000}
+	ModeKafka = Mode{Name: "kafka", Customers: 10_000, Dist: DistUniform, Batch: 100, Clients: 16, Transport: TransportKafka,
+		Only: []string{SysMeterd}, EventsPerSecondMax: 200_000}
+
+	StandardModes = []Mode{ModeBatch, ModeSingle, ModeHot, ModeOpen}
+	// ExtraModes are the modes outside the standard suite, by name.
+	ExtraModes = []Mode{ModeZipf, ModeNDJSON, ModeKafka}
+)
+
+// ModeByName returns a known mode.
+func ModeByName(name string) (Mode, bool) {
+	for _, m := range append(slices.Clone(StandardModes), ExtraModes...) {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Mode{}, false
+}
+
+// Bounds of a suite.
+const (
+	suiteBalance         = 1_000_000_000_000 // micro-USD each customer starts with (1M USD): nothing is refused for funds
+	suiteSetupTimeout    = 10 * time.Minute
+	suiteCheckTimeout    = 10 * time.Minute
+	suiteEventsMin       = 10_000 // a closed-loop run generates at least this many events
+	kafkaBenchPartitions = 8      // of the input topic, as meterd's Kafka tests use
+	kafkaSinkBatchAge    = "20ms" // meterd's --sink-batch-age in the kafka mode
+)
+
+// SuiteConfig is what RunSuite runs, and with what.
+type SuiteConfig struct {
+	Name     string // the report's Suite
+	Command  string // the command line, for the report
+	Systems  []string
+	Modes    []Mode
+	Duration time.Duration // each run's measured part
+	Warmup   time.Duration
+	Dir      string // the servers' directories go under it (one per run, removed after it)
+
+	MeterdBin  string   // the meterd binary to start
+	MeterdArgs []string // more flags for it
+	// MeterdTarget is a running meterd to drive instead of starting one
+	// (http://127.0.0.1:PORT); MeterdKey its API key. Its CPU is not
+	// measured, and its state outlives the run: give each run its own
+	// RunID and CustomerPrefix.
+	MeterdTarget, MeterdKey string
+	RunID                   string // prefix of every event id (with the mode and run number)
+	CustomerPrefix          string // of every customer id; "" is "bc-"
+	// NoopCommand starts the no-op endpoint: argv, to which RunSuite adds
+	// "--listen 127.0.0.1:PORT" (cmd/meterbench: itself, "noop-server").
+	NoopCommand []string
+
+	Progress io.Writer // per-second lines of each run; nil: none
+	Log      io.Writer // a line per phase of each run; nil: none
+}
+
+// RunSuite runs every mode against every system and returns the report. A
+// run that fails (a server that does not start, a setup error) is reported
+// with Failed set and the suite goes on; the error returned is only for a
+// cancelled ctx or a bad config.
+func RunSuite(ctx context.Context, cfg SuiteConfig) (*SuiteReport, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	rep := &SuiteReport{Suite: cfg.Name, Started: time.Now().UTC(), Command: cfg.Command, Machine: ThisMachine()}
+	for _, mode := range cfg.Modes {
+		for _, sys := range cfg.Systems {
+			if mode.Only != nil && !slices.Contains(mode.Only, sys) {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return rep, err
+			}
+			rr := cfg.runOne(ctx, mode, sys, len(rep.Runs))
+			rep.Runs = append(rep.Runs, rr)
+		}
+	}
+	return rep, ctx.Err()
+}
+
+func (cfg *SuiteConfig) validate() error {
+	if len(cfg.Systems) == 0 || len(cfg.Modes) == 0 {
+		return errors.New("suite: no systems or no modes")
+	}
+	for _, s := range cfg.Systems {
+		if !slices.Contains(AllSystems, s) {
+			return fmt.Errorf("suite: unknown system %q: want one of %s", s, strings.Join(AllSystems, ", "))
+		}
+	}
+	for _, m := range cfg.Modes {
+		if err := (Scenario{Name: m.Name, Customers: m.Customers, Dist: m.Dist, Batch: m.Batch}).Validate(0); err != nil {
+			return err
+		}
+		if err := (Loop{Clients: m.Clients, Duration: cfg.Duration, Warmup: cfg.Warmup, Rate: m.Rate}).validate(); err != nil {
+			return fmt.Errorf("mode %s: %w", m.Name, err)
+		}
+	}
+	if cfg.Duration <= 0 {
+		return errors.New("suite: duration must be positive")
+	}
+	if slices.Contains(cfg.Systems, SysMeterd) && cfg.MeterdBin == "" && cfg.MeterdTarget == "" {
+		return errors.New("suite: no meterd binary")
+	}
+	if slices.Contains(cfg.Systems, SysNoop) && len(cfg.NoopCommand) == 0 {
+		return errors.New("suite: no no-op server command")
+	}
+	return nil
+}
+
+func (cfg *SuiteConfig) logf(format string, args ...any) {
+	if cfg.Log != nil {
+		fmt.Fprintf(cfg.Log, format+"\n", args...)
+	}
+}
+
+// runOne runs one system in one mode, from start to stop.
+func (cfg *SuiteConfig) runOne(ctx context.Context, mode Mode, sysName string, seq int) RunReport {
+	rr := RunReport{Mode: mode.Name, System: sysName, Transport: transportOf(sysName, mode), Customers: mode.Customers,
+		Dist: mode.Dist, Batch: mode.Batch, Clients: mode.Clients, RateOffered: mode.Rate,
+		DurationS: cfg.Duration.Seconds(), WarmupS: cfg.Warmup.Seconds()}
+	dir := filepath.Join(cfg.Dir, fmt.Sprintf("%02d-%s-%s", seq, mode.Name, sysName))
+	defer os.RemoveAll(dir)
+	fail := func(format string, args ...any) RunReport {
+		rr.Failed = fmt.Sprintf(format, args...)
+		cfg.logf("%s/%s: FAILED: %s", mode.Name, sysName, rr.Failed)
+		return rr
+	}
+
+	cfg.logf("%s/%s: starting", mode.Name, sysName)
+	sys, stop, err := cfg.start(sysName, mode, dir)
+	if err != nil {
+		return fail("start: %v", err)
+	}
+	defer func() {
+		_ = sys.Close()
+		if err := stop(); err != nil {
+			cfg.logf("%s/%s: stop: %v", mode.Name, sysName, err)
+		}
+	}()
+
+	sc := Scenario{Name: mode.Name, Customers: mode.Customers, Dist: mode.Dist, Batch: mode.Batch, Seed: uint64(seq) + 1,
+		Prefix: cfg.CustomerPrefix}
+	customers := sc.CustomerIDs()
+	setupCtx, cancel := context.WithTimeout(ctx, suiteSetupTimeout)
+	err = sys.Setup(setupCtx, customers, suiteBalance)
+	cancel()
+	if err != nil {
+		return fail("setup: %v", err)
+	}
+
+	reqs := sc.Requests(cfg.RunID+runIDOf(mode, seq), cfg.requestsFor(mode))
+	acks := NewAcks(ResendRequestsDefault)
+	loop := Loop{Clients: mode.Clients, Duration: cfg.Duration, Warmup: cfg.Warmup, Rate: mode.Rate, Progress: cfg.Progress}
+	cfg.logf("%s/%s: %d customers set up; running %v (+%v warmup) with %d requests of %d events ready",
+		mode.Name, sysName, len(customers), cfg.Duration, cfg.Warmup, len(reqs), mode.Batch)
+
+	prepared, err := Prepare(sys, reqs)
+	if err != nil {
+		return fail("%v", err)
+	}
+	runtime.GC() // the generation's garbage is not the run's
+	server := StartCPU(sys.PIDs)
+	gen := StartCPU(SelfPIDs)
+	res, err := prepared.Run(ctx, loop, acks)
+	genCPU, genErr := gen.Stop()
+	serverCPU, serverErr := server.Stop()
+	if err != nil {
+		if res != nil {
+			rr.fill(res)
+		}
+		return fail("run: %v", err)
+	}
+	rr.fill(res)
+	rr.setCPU(serverCPU, serverErr, genCPU, genErr)
+
+	if sysName == SysNoop {
+		rr.Check = CheckSummary{OK: true}
+		cfg.logf("%s/%s: %.0f events/s; no check (the no-op endpoint keeps nothing)", mode.Name, sysName, rr.EventsPerSecond)
+		return rr
+	}
+	checkCtx, cancel := context.WithTimeout(ctx, suiteCheckTimeout)
+	report := Check(checkCtx, sys, acks, customers, suiteBalance)
+	cancel()
+	rr.Check = summarize(&report)
+	cfg.logf("%s/%s: %.0f events/s, p50 %.2f ms, p99 %.2f ms; check: %s", mode.Name, sysName,
+		rr.EventsPerSecond, rr.Latency.P50, rr.Latency.P99, report.String())
+	return rr
+}
+
+// requestsFor sizes a run's generated requests: what the open loop offers
+// over the whole run, or the mode's ceiling for a closed loop.
+func (cfg *SuiteConfig) requestsFor(m Mode) int {
+	secs := (cfg.Warmup + cfg.Duration).Seconds()
+	rate := m.EventsPerSecondMax
+	if m.Rate > 0 {
+		rate = m.Rate
+	}
+	events := max(suiteEventsMin, int(math.Ceil(rate*secs)))
+	if m.Rate > 0 {
+		events = int(math.Ceil(rate*secs)) + m.Batch
+	}
+	return min(events/m.Batch+1, scenarioEventsMax/m.Batch)
+}
+
+// runIDOf makes event ids unique per run of a suite.
+func runIDOf(m Mode, seq int) string { return "r" + strconv.Itoa(seq) + m.Name }
+
+func transportOf(sys string, m Mode) string {
+	switch sys {
+	case SysMeterd:
+		if m.Transport == "" {
+			return TransportJSON
+		}
+		return m.Transport
+	case SysNoop:
+		return TransportJSON
+	case SysRedisAlways, SysRedisEverysec:
+		return "redis"
+	}
+	return "postgres"
+}
+
+// start starts one system fresh in dir, and returns it with the stop of its
+// servers.
+func (cfg *SuiteConfig) start(name string, m Mode, dir string) (System, func() error, error) {
+	conns := m.Clients
+	switch name {
+	case SysMeterd, SysNoop:
+		if name == SysMeterd && cfg.MeterdTarget != "" {
+			md, err := NewMeterd(cfg.MeterdTarget, cfg.MeterdKey, 0, max(conns, setupWorkers), meterdOptions(name, m)...)
+			return md, func() error { return nil }, err
+		}
+		bin, args := cfg.MeterdBin, append([]string{"--data-dir", filepath.Join(dir, "data")}, cfg.MeterdArgs...)
+		if name == SysNoop {
+			bin, args = cfg.NoopCommand[0], cfg.NoopCommand[1:]
+		}
+		var kafka *KafkaBroker
+		if name == SysMeterd && m.Transport == TransportKafka {
+			var err error
+			if kafka, err = StartKafka(kafkaBenchPartitions); err != nil {
+				return nil, nil, err
+			}
+			// A ledger entry is published by the outbox tailer, which batches
+			// for --sink-batch-age (1 s by default): the answer a Kafka
+			// producer gets waits for it, so the mode runs it short.
+			args = append(args, "--kafka-brokers", strings.Join(kafka.Addrs(), ","), "--kafka-publish",
+				"--sink-batch-age", kafkaSinkBatchAge)
+		}
+		srv, err := StartHTTPServer(name, dir, bin, args...)
+		if err != nil {
+			if kafka != nil {
+				kafka.Close()
+			}
+			return nil, nil, err
+		}
+		stop := func() error {
+			err := srv.Stop()
+			if kafka != nil {
+				kafka.Close()
+			}
+			return err
+		}
+		md, err := NewMeterd(srv.Base(), "", srv.PID(), max(conns, setupWorkers), meterdOptions(name, m)...)
+		if err != nil {
+			return nil, nil, errors.Join(err, stop())
+		}
+		if kafka == nil {
+			return md, stop, nil
+		}
+		mk, err := NewMeterdKafka(kafka.Addrs(), md)
+		if err != nil {
+			return nil, nil, errors.Join(err, stop())
+		}
+		return mk, stop, nil
+	case SysRedisAlways, SysRedisEverysec:
+		fsync := RedisFsyncAlways
+		if name == SysRedisEverysec {
+			fsync = RedisFsyncEverysec
+		}
+		srv, err := StartRedis(dir, fsync)
+		if err != nil {
+			return nil, nil, err
+		}
+		w, err := NewRedisWallet(srv.Addr(), name, RedisPID(srv.PID()), RedisConns(min(conns, redisConnsMax)))
+		if err != nil {
+			return nil, nil, errors.Join(err, srv.Stop())
+		}
+		return w, srv.Stop, nil
+	default:
+		srv, err := StartPostgres(dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		mode := strings.TrimPrefix(name, "postgres-")
+		dsn, err := srv.CreateDatabase(context.Background(), "bench")
+		if err != nil {
+			return nil, nil, errors.Join(err, srv.Stop())
+		}
+		w, err := NewPostgresWallet(dsn, mode, PostgresServerOf(srv), PostgresConns(min(conns, postgresConnsMax)))
+		if err != nil {
+			return nil, nil, errors.Join(err, srv.Stop())
+		}
+		return w, srv.Stop, nil
+	}
+}
+
+func meterdOptions(name string, m Mode) []MeterdOption {
+	var opts []MeterdOption
+	if m.Transport == TransportNDJSON {
+		opts = append(opts, MeterdNDJSON())
+	}
+	if name == SysNoop {
+		opts = append(opts, MeterdName(SysNoop))
+	}
+	return opts
+}
+
+func (rr *RunReport) fill(res *RunResult) {
+	rr.Requests, rr.Events, rr.Errors, rr.ErrorsKept = res.Requests, res.Events, res.Errors, res.ErrorsKept
+	rr.Charged, rr.Duplicate, rr.Rejected = res.ByStatus[StatusCharged], res.ByStatus[StatusDuplicate], res.ByStatus[StatusRejected]
+	rr.ElapsedS = res.Elapsed.Seconds()
+	rr.EventsPerSecond = res.EventsPerSecond()
+	rr.Latency = LatencyMs{P50: ms(res.Quantile(0.50)), P90: ms(res.Quantile(0.90)), P99: ms(res.Quantile(0.99)),
+		P999: ms(res.Quantile(0.999)), Max: float64(res.Latency.Max()) / 1e3, Mean: res.Latency.Mean() / 1e3}
+	rr.PerSecond = make([]SecondMs, len(res.PerSecond))
+	for i, s := range res.PerSecond {
+		rr.PerSecond[i] = SecondMs{T: s.At.Seconds(), EventsPerSecond: float64(s.Events), P50: ms(s.P50), P99: ms(s.P99)}
+	}
+}
+
+func (rr *RunReport) setCPU(server time.Duration, serverErr error, gen time.Duration, genErr error) {
+	rr.ServerCPUS, rr.GeneratorCPUS = server.Seconds(), gen.Seconds()
+	if rr.Events > 0 {
+		rr.ServerCPUPerMillion = rr.ServerCPUS / float64(rr.Events) * 1e6
+		rr.GeneratorCPUPerMillion = rr.GeneratorCPUS / float64(rr.Events) * 1e6
+	}
+	if serverErr != nil {
+		rr.ErrorsKept = append(rr.ErrorsKept, "server cpu: "+serverErr.Error())
+	}
+	if genErr != nil {
+		rr.ErrorsKept = append(rr.ErrorsKept, "generator cpu: "+genErr.Error())
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// checkProblemsKept is how many of a check's problems a RunReport names.
+const checkProblemsKept = 20
+
+func summarize(r *Report) CheckSummary {
+	s := CheckSummary{OK: r.OK(), Customers: r.Customers, EventsApplied: r.EventsApplied, EventsRejected: r.EventsRejected,
+		EventsUnanswered: r.EventsUnanswered, UnansweredApplied: r.UnansweredApplied, EventsResent: r.EventsResent,
+		ProblemsTotal: r.ProblemsTotal}
+	for _, p := range r.Problems[:min(len(r.Problems), checkProblemsKept)] {
+		s.Problems = append(s.Problems, p.String())
+	}
+	return s
+}
