@@ -33,6 +33,9 @@ type Event struct {
 	// Charge is what the event costs in the account's smallest unit
 	// (micro-USD: the pricing's USD has scale 6), rounded down.
 	Charge int64
+	// Hold: the event settles the hold HoldID(event), placed before its
+	// request is sent (meterd's lifecycle mix only; see MeterdLifecycle).
+	Hold bool
 }
 
 // Status is what a system answered for one event.

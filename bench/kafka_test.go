@@ -3,50 +3,11 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 )
-
-// startMeterdArgs is startMeterd with extra command-line arguments.
-func startMeterdArgs(t testing.TB, args ...string) *Meterd {
-	t.Helper()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "meterd")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/meterd").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	cmd := exec.Command(bin, append([]string{"--data-dir", filepath.Join(dir, "data"), "--listen", addr}, args...)...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	m, err := NewMeterd("http://"+addr, "", cmd.Process.Pid, 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; ; i++ {
-		if st, _, err := m.call(context.Background(), "GET", "/healthz", nil); err == nil && st == 200 {
-			return m
-		}
-		if i == 100 {
-			t.Fatalf("meterd at %s did not answer /healthz", addr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 // TestMeterdKafka runs the real binary against kfake and applies requests
 // through MeterdKafka: charges as ChargeOf prices them, a rejection for a
@@ -61,7 +22,7 @@ func TestMeterdKafka(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(kb.Close)
-	m := startMeterdArgs(t, "--kafka-brokers", kb.Addrs()[0], "--kafka-publish", "--sink-batch-age", "20ms")
+	m := startMeterd(t, "--kafka-brokers", kb.Addrs()[0], "--kafka-publish", "--sink-batch-age", "20ms")
 	k, err := NewMeterdKafka(kb.Addrs(), m, KafkaTimeout(60*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +151,7 @@ func TestMeterdKafkaRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(kb.Close)
-	m := startMeterdArgs(t, "--kafka-brokers", kb.Addrs()[0], "--kafka-publish", "--sink-batch-age", "20ms")
+	m := startMeterd(t, "--kafka-brokers", kb.Addrs()[0], "--kafka-publish", "--sink-batch-age", "20ms")
 	k, err := NewMeterdKafka(kb.Addrs(), m)
 	if err != nil {
 		t.Fatal(err)

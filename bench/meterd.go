@@ -193,8 +193,16 @@ func AppendEvent(b []byte, e *Event) []byte {
 	b = strconv.AppendInt(b, e.InputTokens, 10)
 	b = append(b, `,"output_tokens":`...)
 	b = strconv.AppendInt(b, e.OutputTokens, 10)
+	if e.Hold {
+		b = append(b, `},"hold_id":"`...)
+		b = append(b, HoldID(e)...)
+		return append(b, `"}`...)
+	}
 	return append(b, `}}`...)
 }
+
+// HoldID is the id of the hold an event with Hold settles: "h-<event id>".
+func HoldID(e *Event) string { return "h-" + e.ID }
 
 // parsers reuse fastjson's parsers, whose value caches are what parsing a
 // response allocates (a fresh parser per response costs the generator more

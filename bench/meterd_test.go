@@ -3,48 +3,35 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 )
 
-// startMeterd builds cmd/meterd and runs it on a fresh data directory on a
-// free loopback port, for the life of the test.
-func startMeterd(t testing.TB) *Meterd {
+// startMeterd builds cmd/meterd and runs it with args on a fresh data
+// directory on a free loopback port (StartHTTPServer), for the life of the
+// test.
+func startMeterd(t testing.TB, args ...string) *Meterd {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "meterd")
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/meterd").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, err := StartHTTPServer("meterd", dir, bin, append([]string{"--data-dir", filepath.Join(dir, "data")}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	cmd := exec.Command(bin, "--data-dir", filepath.Join(dir, "data"), "--listen", addr)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	m, err := NewMeterd("http://"+addr, "", cmd.Process.Pid, 8)
+	t.Cleanup(func() {
+		if err := srv.Kill(); err != nil {
+			t.Error(err)
+		}
+	})
+	m, err := NewMeterd(srv.Base(), "", srv.PID(), 8)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; ; i++ {
-		if st, _, err := m.call(context.Background(), "GET", "/healthz", nil); err == nil && st == 200 {
-			return m
-		}
-		if i == 100 {
-			t.Fatalf("meterd at %s did not answer /healthz", addr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return m
 }
 
 func TestMeterdSemantics(t *testing.T) {

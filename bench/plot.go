@@ -113,7 +113,8 @@ var plotPanels = [plotColumns]plotPanel{
 // throughout, named once in a legend above the rows. Latency axes are
 // logarithmic; a second without answers (latency 0) leaves a gap in the
 // latency lines and counts as 0 in the throughput line. Runs without
-// per-second data are left out; a suite with none is an error.
+// per-second data are left out, and so is the no-op floor of a closed-loop
+// mode; a suite with none is an error.
 func WritePlots(s *SuiteReport, base string) error {
 	rows, systems := plotLayout(s)
 	if len(rows) == 0 {
@@ -166,7 +167,10 @@ func plotLayout(s *SuiteReport) (rows []plotRowData, systems map[string]int) {
 	rowOf := make(map[string]int)
 	for i := range s.Runs {
 		r := &s.Runs[i]
-		if len(r.PerSecond) == 0 {
+		if len(r.PerSecond) == 0 || (r.System == SysNoop && r.RateOffered == 0) {
+			// The floor of a closed loop runs an order of magnitude above
+			// every wallet (and out of events within seconds): drawn, it
+			// would flatten their lines. The table has its number.
 			continue
 		}
 		j, ok := rowOf[r.Mode]

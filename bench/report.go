@@ -36,9 +36,10 @@ type Machine struct {
 
 // RunReport is one system in one mode.
 type RunReport struct {
-	Mode      string `json:"mode"`      // "batch", "single", "hot", "open", ...
-	System    string `json:"system"`    // System.Name
-	Transport string `json:"transport"` // how requests travel: "json", "ndjson", "kafka", "redis", "postgres", "noop"
+	Mode      string `json:"mode"`               // "batch", "single", "hot", "open", ...
+	System    string `json:"system"`             // System.Name
+	Transport string `json:"transport"`          // how requests travel: "json", "ndjson", "kafka", "redis", "postgres"
+	Workload  string `json:"workload,omitempty"` // what the mode does besides its events (lifecycle, Kafka)
 
 	// The workload.
 	Customers   int     `json:"customers"`

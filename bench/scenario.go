@@ -37,6 +37,9 @@ type Scenario struct {
 	Dist      string // DistUniform, DistZipf or DistHot
 	Batch     int    // events per request
 	Seed      uint64 // the events are a function of the seed (and the run id)
+	// HoldEvery marks one event in HoldEvery (the first of each run of
+	// HoldEvery) as settling a hold (Event.Hold); 0: none.
+	HoldEvery int
 	// Prefix of the customer ids; "" is "bc-" (CustomerIDs). A run against
 	// a server that outlives it gives each run its own, so that every run
 	// starts from fresh wallets.
@@ -52,6 +55,8 @@ func (s Scenario) Validate(n int) error {
 		return fmt.Errorf("scenario %q: distribution %q, want %s, %s or %s", s.Name, s.Dist, DistUniform, DistZipf, DistHot)
 	case s.Batch < 1 || s.Batch > batchEventsMax:
 		return fmt.Errorf("scenario %q: batch %d, want 1..%d", s.Name, s.Batch, batchEventsMax)
+	case s.HoldEvery < 0:
+		return fmt.Errorf("scenario %q: hold every %d events, want 0 (none) or more", s.Name, s.HoldEvery)
 	case n < 0 || n > scenarioEventsMax/s.Batch:
 		return fmt.Errorf("scenario %q: %d requests of %d events, want at most %d events", s.Name, n, s.Batch, scenarioEventsMax)
 	}
@@ -100,7 +105,7 @@ func (s Scenario) Requests(runID string, n int) [][]Event {
 		m := &Models[rng.IntN(len(Models))]
 		in, out := int64(1+rng.IntN(inputTokensMax)), int64(1+rng.IntN(outputTokensMax))
 		events[i] = Event{ID: ids[i], Customer: customers[pick()], Model: m.Model,
-			InputTokens: in, OutputTokens: out, Charge: ChargeOf(m.Model, in, out)}
+			InputTokens: in, OutputTokens: out, Charge: ChargeOf(m.Model, in, out), Hold: s.HoldEvery > 0 && i%s.HoldEvery == 0}
 	}
 	reqs := make([][]Event, n)
 	for r := range reqs {

@@ -73,7 +73,7 @@ func (s *SuiteReport) run(mode, system string) *RunReport {
 // table, and the modes meterd loses.
 func WriteMarkdown(w io.Writer, s *SuiteReport, plot string) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "## Standard suite, same run (%s, suite %q)\n\n", s.Started.Format("2006-01-02 15:04 UTC"), s.Suite)
+	fmt.Fprintf(&b, "## Suite %q, one run (%s)\n\n", s.Suite, s.Started.Format("2006-01-02 15:04 UTC"))
 	mach := s.Machine
 	fmt.Fprintf(&b, "Machine: %d CPUs (%s), %.0f GiB, Linux %s, %s %s. Every system ran alone on it, one after the other, with the generator on the same CPUs.\n\n",
 		mach.CPUs, orDash(mach.CPUModel), float64(mach.MemoryBytes)/(1<<30), orDash(mach.Kernel), mach.GoVersion, mach.OS)
@@ -114,7 +114,8 @@ func WriteMarkdown(w io.Writer, s *SuiteReport, plot string) error {
 			fmtCount(r.EventsPerSecond), fmtMs(r.Latency.P50), fmtMs(r.Latency.P99), fmtMs(r.Latency.P999),
 			fmtCPU(r.ServerCPUPerMillion), fmtCPU(r.GeneratorCPUPerMillion), check, tput, p99)
 	}
-	b.WriteString("\n")
+	b.WriteString("\nmeterd/X events/s above 1: meterd did more; meterd/X p99 below 1: meterd answered sooner. " +
+		"In the open loop every system that keeps up does the offered 5,000 events/s, and latency is what differs.\n\n")
 	for _, line := range Losses(s) {
 		b.WriteString("- " + line + "\n")
 	}
@@ -141,8 +142,12 @@ func modeLegend(s *SuiteReport) string {
 		if r.RateOffered > 0 {
 			loop = fmt.Sprintf("open loop at %s events/s offered (latency from each request's intended send time)", fmtCount(r.RateOffered))
 		}
-		fmt.Fprintf(&b, "- **%s**: %d event(s) per request, %d clients, %d %s customer(s), %s, %.0f s measured after %.0f s warmup.\n",
-			m, r.Batch, r.Clients, r.Customers, r.Dist, loop, r.DurationS, r.WarmupS)
+		extra := ""
+		if r.Workload != "" {
+			extra = "; " + r.Workload
+		}
+		fmt.Fprintf(&b, "- **%s**: %d event(s) per request, %d clients, %d %s customer(s), %s, %.0f s measured after %.0f s warmup%s.\n",
+			m, r.Batch, r.Clients, r.Customers, r.Dist, loop, r.DurationS, r.WarmupS, extra)
 	}
 	b.WriteString("\n")
 	return b.String()
@@ -160,10 +165,12 @@ func Losses(s *SuiteReport) []string {
 			continue
 		}
 		var durable, everysec []string
+		baselines := 0
 		for _, q := range Ratios(s) {
 			if q.Mode != m {
 				continue
 			}
+			baselines++
 			x := s.run(m, q.System)
 			var lost bool
 			var what string
@@ -190,7 +197,11 @@ func Losses(s *SuiteReport) []string {
 			out = append(out, fmt.Sprintf("%s: %s beats meterd, without being durable per event (an acknowledged charge can be lost in the last second before a crash).", m, everysec[0]))
 		}
 		if len(durable) == 0 && len(everysec) == 0 {
-			out = append(out, fmt.Sprintf("%s: meterd wins against every baseline.", m))
+			if baselines == 0 {
+				out = append(out, fmt.Sprintf("%s: meterd alone (no baseline runs this mode).", m))
+			} else {
+				out = append(out, fmt.Sprintf("%s: meterd wins against every baseline.", m))
+			}
 		}
 	}
 	return out
@@ -209,8 +220,11 @@ func oneLine(s string) string {
 }
 
 func fmtRatio(x float64) string {
-	if math.IsNaN(x) || math.IsInf(x, 0) {
+	switch {
+	case math.IsNaN(x) || math.IsInf(x, 0):
 		return "-"
+	case x < 0.1:
+		return fmt.Sprintf("%.2gx", x) // two significant digits: 0.0021x, not 0.00x
 	}
 	return fmt.Sprintf("%.2fx", x)
 }
