@@ -312,7 +312,20 @@ func (m *Meterd) Balance(ctx context.Context, customer string) (int64, error) {
 // an event with two is an event applied twice.
 func (m *Meterd) Ledger(ctx context.Context, customer string) ([]LedgerRow, error) {
 	var rows []LedgerRow
+	err := m.entries(ctx, customer, func(typ, event string, amount int64) {
+		if typ == "usage" {
+			rows = append(rows, LedgerRow{EventID: event, Amount: -amount})
+		}
+	})
+	return rows, err
+}
+
+// entries calls f for every entry of the customer's USD account, newest
+// first, page by page.
+func (m *Meterd) entries(ctx context.Context, customer string, f func(typ, event string, amount int64)) error {
 	before := ""
+	p := parsers.Get()
+	defer parsers.Put(p)
 	for {
 		path := "/v1/customers/" + customer + "/ledger?account=default:USD&limit=1000"
 		if before != "" {
@@ -320,26 +333,22 @@ func (m *Meterd) Ledger(ctx context.Context, customer string) ([]LedgerRow, erro
 		}
 		st, body, err := m.call(ctx, "GET", path, nil)
 		if err != nil || st != 200 {
-			return nil, fmt.Errorf("ledger of %s: %d %s %v", customer, st, body, err)
+			return fmt.Errorf("ledger of %s: %d %s %v", customer, st, body, err)
 		}
-		var p fastjson.Parser
 		v, err := p.ParseBytes(body)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, e := range v.GetArray("entries") {
-			if string(e.GetStringBytes("type")) != "usage" {
-				continue
-			}
 			u, err := meter.ParseUnits(string(e.GetStringBytes("amount")), usdScale)
 			if err != nil {
-				return nil, err
+				return err
 			}
-			rows = append(rows, LedgerRow{EventID: string(e.GetStringBytes("event_id")), Amount: -u})
+			f(string(e.GetStringBytes("type")), string(e.GetStringBytes("event_id")), u)
 		}
 		next := v.Get("next")
 		if next == nil || next.Type() != fastjson.TypeString {
-			return rows, nil
+			return nil
 		}
 		before = string(next.GetStringBytes())
 	}
