@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // The report of a suite: what cmd/meterbench writes as suite.json, and what
@@ -21,6 +23,7 @@ type SuiteReport struct {
 	Started time.Time   `json:"started"` // UTC
 	Command string      `json:"command"` // the command line that made it
 	Machine Machine     `json:"machine"`
+	Rounds  int         `json:"rounds"` // turns each system took per mode (SuiteConfig.Rounds)
 	Runs    []RunReport `json:"runs"`
 }
 
@@ -70,7 +73,10 @@ type RunReport struct {
 	GeneratorCPUS          float64 `json:"generator_cpu_s"`
 	GeneratorCPUPerMillion float64 `json:"generator_cpu_s_per_million_events"`
 
-	Check CheckSummary `json:"check"`
+	Check  CheckSummary `json:"check"`
+	Rounds int          `json:"rounds"` // runs of Duration/Rounds this one adds up (SuiteConfig.Rounds)
+	hist   *hdrhistogram.Histogram
+
 	// Failed says why the run did not complete (the system did not start,
 	// set up, or the load loop failed); the numbers above are then partial.
 	Failed string `json:"failed,omitempty"`

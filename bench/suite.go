@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // A suite runs a list of modes (a workload and a load loop each) against a
@@ -111,9 +113,16 @@ type SuiteConfig struct {
 	Command  string // the command line, for the report
 	Systems  []string
 	Modes    []Mode
-	Duration time.Duration // each run's measured part
-	Warmup   time.Duration
-	Dir      string // the servers' directories go under it (one per run, removed after it)
+	Duration time.Duration // each run's measured part, all rounds together
+	// Rounds splits each system's run in a mode into this many runs of
+	// Duration/Rounds, the systems taking turns (A B C, A B C), each round
+	// on a system started fresh; a system's rounds are reported as one run.
+	// Taking turns spreads every system over the same stretch of time, so
+	// that a machine that slows down for a minute (a shared one does)
+	// slows all of them, not the one whose turn it was. 0 is 1.
+	Rounds int
+	Warmup time.Duration
+	Dir    string // the servers' directories go under it (one per run, removed after it)
 
 	MeterdBin  string   // the meterd binary to start
 	MeterdArgs []string // more flags for it
@@ -140,20 +149,102 @@ func RunSuite(ctx context.Context, cfg SuiteConfig) (*SuiteReport, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	rep := &SuiteReport{Suite: cfg.Name, Started: time.Now().UTC(), Command: cfg.Command, Machine: ThisMachine()}
+	rep := &SuiteReport{Suite: cfg.Name, Started: time.Now().UTC(), Command: cfg.Command, Machine: ThisMachine(),
+		Rounds: cfg.rounds()}
+	slice := cfg.Duration / time.Duration(cfg.rounds())
+	seq := 0
 	for _, mode := range cfg.Modes {
+		var systems []string
 		for _, sys := range cfg.Systems {
-			if mode.Only != nil && !slices.Contains(mode.Only, sys) {
-				continue
+			if mode.Only == nil || slices.Contains(mode.Only, sys) {
+				systems = append(systems, sys)
 			}
-			if err := ctx.Err(); err != nil {
-				return rep, err
+		}
+		turns := make([][]RunReport, len(systems))
+		for range cfg.rounds() {
+			for i, sys := range systems {
+				if err := ctx.Err(); err != nil {
+					return rep, err
+				}
+				turns[i] = append(turns[i], cfg.runOne(ctx, mode, sys, seq, slice))
+				seq++
 			}
-			rr := cfg.runOne(ctx, mode, sys, len(rep.Runs))
-			rep.Runs = append(rep.Runs, rr)
+		}
+		for i := range systems {
+			rep.Runs = append(rep.Runs, mergeRounds(turns[i], cfg.Duration))
 		}
 	}
 	return rep, ctx.Err()
+}
+
+func (cfg *SuiteConfig) rounds() int { return max(1, cfg.Rounds) }
+
+// mergeRounds makes one run of a system's rounds in a mode: their counts,
+// CPU and checks added up, their latencies merged (the histograms), their
+// seconds one after the other.
+func mergeRounds(rounds []RunReport, duration time.Duration) RunReport {
+	m := rounds[0]
+	if len(rounds) == 1 {
+		return m
+	}
+	m.DurationS = duration.Seconds()
+	m.PerSecond = slices.Clone(m.PerSecond)
+	m.ErrorsKept = slices.Clone(m.ErrorsKept)
+	m.Check.Problems = slices.Clone(m.Check.Problems)
+	hist := newLatencyHistogram()
+	if m.hist != nil {
+		hist.Merge(m.hist)
+	}
+	offset := 0.0
+	for _, sec := range m.PerSecond {
+		offset = max(offset, sec.T)
+	}
+	for _, r := range rounds[1:] {
+		m.Requests += r.Requests
+		m.Events += r.Events
+		m.Charged += r.Charged
+		m.Duplicate += r.Duplicate
+		m.Rejected += r.Rejected
+		m.Errors += r.Errors
+		m.ErrorsKept = append(m.ErrorsKept, r.ErrorsKept...)
+		m.ElapsedS += r.ElapsedS
+		m.ServerCPUS += r.ServerCPUS
+		m.GeneratorCPUS += r.GeneratorCPUS
+		if r.hist != nil {
+			hist.Merge(r.hist)
+		}
+		last := offset
+		for _, sec := range r.PerSecond {
+			sec.T += offset
+			last = max(last, sec.T)
+			m.PerSecond = append(m.PerSecond, sec)
+		}
+		offset = last
+		c := &m.Check
+		c.OK = c.OK && r.Check.OK
+		c.Customers = max(c.Customers, r.Check.Customers)
+		c.EventsApplied += r.Check.EventsApplied
+		c.EventsRejected += r.Check.EventsRejected
+		c.EventsUnanswered += r.Check.EventsUnanswered
+		c.UnansweredApplied += r.Check.UnansweredApplied
+		c.EventsResent += r.Check.EventsResent
+		c.ProblemsTotal += r.Check.ProblemsTotal
+		c.Problems = append(c.Problems, r.Check.Problems...)
+		if m.Failed == "" {
+			m.Failed = r.Failed
+		}
+	}
+	m.Rounds = len(rounds)
+	if m.ElapsedS > 0 {
+		m.EventsPerSecond = float64(m.Events) / m.ElapsedS
+	}
+	m.Latency = latencyOf(hist)
+	m.ServerCPUPerMillion, m.GeneratorCPUPerMillion = 0, 0
+	if m.Events > 0 {
+		m.ServerCPUPerMillion = m.ServerCPUS / float64(m.Events) * 1e6
+		m.GeneratorCPUPerMillion = m.GeneratorCPUS / float64(m.Events) * 1e6
+	}
+	return m
 }
 
 func (cfg *SuiteConfig) validate() error {
@@ -199,10 +290,10 @@ func (cfg *SuiteConfig) logf(format string, args ...any) {
 }
 
 // runOne runs one system in one mode, from start to stop.
-func (cfg *SuiteConfig) runOne(ctx context.Context, mode Mode, sysName string, seq int) RunReport {
+func (cfg *SuiteConfig) runOne(ctx context.Context, mode Mode, sysName string, seq int, duration time.Duration) RunReport {
 	rr := RunReport{Mode: mode.Name, System: sysName, Transport: transportOf(sysName, mode), Customers: mode.Customers,
 		Dist: mode.Dist, Batch: mode.Batch, Clients: mode.Clients, RateOffered: mode.Rate,
-		DurationS: cfg.Duration.Seconds(), WarmupS: cfg.Warmup.Seconds(), Workload: workloadOf(mode)}
+		DurationS: duration.Seconds(), WarmupS: cfg.Warmup.Seconds(), Workload: workloadOf(mode), Rounds: 1}
 	dir := filepath.Join(cfg.Dir, fmt.Sprintf("%02d-%s-%s", seq, mode.Name, sysName))
 	defer os.RemoveAll(dir)
 	fail := func(format string, args ...any) RunReport {
@@ -237,11 +328,11 @@ func (cfg *SuiteConfig) runOne(ctx context.Context, mode Mode, sysName string, s
 		return fail("setup: %v", err)
 	}
 
-	reqs := sc.Requests(cfg.RunID+runIDOf(mode, seq), cfg.requestsFor(mode))
+	reqs := sc.Requests(cfg.RunID+runIDOf(mode, seq), cfg.requestsFor(mode, duration))
 	acks := NewAcks(ResendRequestsDefault)
-	loop := Loop{Clients: mode.Clients, Duration: cfg.Duration, Warmup: cfg.Warmup, Rate: mode.Rate, Progress: cfg.Progress}
+	loop := Loop{Clients: mode.Clients, Duration: duration, Warmup: cfg.Warmup, Rate: mode.Rate, Progress: cfg.Progress}
 	cfg.logf("%s/%s: %d customers set up; running %v (+%v warmup) with %d requests of %d events ready",
-		mode.Name, sysName, len(customers), cfg.Duration, cfg.Warmup, len(reqs), mode.Batch)
+		mode.Name, sysName, len(customers), duration, cfg.Warmup, len(reqs), mode.Batch)
 
 	prepared, err := Prepare(sys, reqs)
 	if err != nil {
@@ -289,8 +380,8 @@ func (cfg *SuiteConfig) runOne(ctx context.Context, mode Mode, sysName string, s
 
 // requestsFor sizes a run's generated requests: what the open loop offers
 // over the whole run, or the mode's ceiling for a closed loop.
-func (cfg *SuiteConfig) requestsFor(m Mode) int {
-	secs := (cfg.Warmup + cfg.Duration).Seconds()
+func (cfg *SuiteConfig) requestsFor(m Mode, duration time.Duration) int {
+	secs := (cfg.Warmup + duration).Seconds()
 	rate := m.EventsPerSecondMax
 	if m.Rate > 0 {
 		rate = m.Rate
@@ -440,8 +531,7 @@ func (rr *RunReport) fill(res *RunResult) {
 	rr.Charged, rr.Duplicate, rr.Rejected = res.ByStatus[StatusCharged], res.ByStatus[StatusDuplicate], res.ByStatus[StatusRejected]
 	rr.ElapsedS = res.Elapsed.Seconds()
 	rr.EventsPerSecond = res.EventsPerSecond()
-	rr.Latency = LatencyMs{P50: ms(res.Quantile(0.50)), P90: ms(res.Quantile(0.90)), P99: ms(res.Quantile(0.99)),
-		P999: ms(res.Quantile(0.999)), Max: float64(res.Latency.Max()) / 1e3, Mean: res.Latency.Mean() / 1e3}
+	rr.Latency, rr.hist = latencyOf(res.Latency), res.Latency
 	rr.PerSecond = make([]SecondMs, 0, len(res.PerSecond))
 	for _, s := range res.PerSecond {
 		if rr.RateOffered == 0 && s.At.Seconds() > rr.DurationS {
@@ -466,6 +556,12 @@ func (rr *RunReport) setCPU(server time.Duration, serverErr error, gen time.Dura
 	if genErr != nil {
 		rr.ErrorsKept = append(rr.ErrorsKept, "generator cpu: "+genErr.Error())
 	}
+}
+
+// latencyOf reads a latency histogram (microseconds) in milliseconds.
+func latencyOf(h *hdrhistogram.Histogram) LatencyMs {
+	q := func(p float64) float64 { return float64(h.ValueAtQuantile(p)) / 1e3 }
+	return LatencyMs{P50: q(50), P90: q(90), P99: q(99), P999: q(99.9), Max: float64(h.Max()) / 1e3, Mean: h.Mean() / 1e3}
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

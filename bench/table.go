@@ -17,7 +17,20 @@ import (
 type Ratio struct {
 	Mode, System string
 	Throughput   float64 // meterd events/s / X events/s: above 1, meterd is faster
-	P99          float64 // meterd p99 / X p99: below 1, meterd answers sooner
+	P99          float64 // meterd p99 / X p99: below 1, meterd answers sooner; NaN when either fell behind
+	// Behind names the systems that fell behind an open loop's offered
+	// rate ("" none): their latency grows with the run's length (the
+	// backlog), so a p99 ratio with them says nothing and is left out.
+	Behind string
+}
+
+// keptUpFraction is the share of an open loop's offered rate a system must
+// answer to have kept up with it.
+const keptUpFraction = 0.95
+
+// fellBehind reports whether r is an open-loop run that did not keep up.
+func fellBehind(r *RunReport) bool {
+	return r.RateOffered > 0 && r.EventsPerSecond < keptUpFraction*r.RateOffered
 }
 
 // Ratios returns meterd/X for every other completed run of a mode that has
@@ -34,8 +47,18 @@ func Ratios(s *SuiteReport) []Ratio {
 			if r.Mode != m || r.System == SysMeterd || r.System == SysNoop || r.Failed != "" {
 				continue
 			}
-			out = append(out, Ratio{Mode: m, System: r.System,
-				Throughput: div(md.EventsPerSecond, r.EventsPerSecond), P99: div(md.Latency.P99, r.Latency.P99)})
+			q := Ratio{Mode: m, System: r.System,
+				Throughput: div(md.EventsPerSecond, r.EventsPerSecond), P99: div(md.Latency.P99, r.Latency.P99)}
+			var behind []string
+			for _, x := range []*RunReport{md, r} {
+				if fellBehind(x) {
+					behind = append(behind, x.System)
+				}
+			}
+			if len(behind) > 0 {
+				q.P99, q.Behind = math.NaN(), strings.Join(behind, " and ")
+			}
+			out = append(out, q)
 		}
 	}
 	return out
@@ -108,6 +131,9 @@ func WriteMarkdown(w io.Writer, s *SuiteReport, plot string) error {
 		for _, q := range ratios {
 			if q.Mode == r.Mode && q.System == r.System {
 				tput, p99 = fmtRatio(q.Throughput), fmtRatio(q.P99)
+				if q.Behind != "" {
+					p99 = q.Behind + " fell behind"
+				}
 			}
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Mode, name,
@@ -115,7 +141,8 @@ func WriteMarkdown(w io.Writer, s *SuiteReport, plot string) error {
 			fmtCPU(r.ServerCPUPerMillion), fmtCPU(r.GeneratorCPUPerMillion), check, tput, p99)
 	}
 	b.WriteString("\nmeterd/X events/s above 1: meterd did more; meterd/X p99 below 1: meterd answered sooner. " +
-		"In the open loop every system that keeps up does the offered 5,000 events/s, and latency is what differs.\n\n")
+		"In the open loop every system that keeps up does the offered rate, and latency is what differs; " +
+		"one that answers less than 95% of it fell behind, its latency is its growing backlog, and no p99 ratio is given with it.\n\n")
 	for _, line := range Losses(s) {
 		b.WriteString("- " + line + "\n")
 	}
@@ -146,8 +173,13 @@ func modeLegend(s *SuiteReport) string {
 		if r.Workload != "" {
 			extra = "; " + r.Workload
 		}
-		fmt.Fprintf(&b, "- **%s**: %d event(s) per request, %d clients, %d %s customer(s), %s, %.0f s measured after %.0f s warmup%s.\n",
-			m, r.Batch, r.Clients, r.Customers, r.Dist, loop, r.DurationS, r.WarmupS, extra)
+		measured := fmt.Sprintf("%.0f s measured after %.0f s warmup", r.DurationS, r.WarmupS)
+		if r.Rounds > 1 {
+			measured = fmt.Sprintf("%.0f s measured per system, in %d turns of %.0f s (the systems alternating, each turn on a fresh start after %.0f s warmup)",
+				r.DurationS, r.Rounds, r.DurationS/float64(r.Rounds), r.WarmupS)
+		}
+		fmt.Fprintf(&b, "- **%s**: %d event(s) per request, %d clients, %d %s customer(s), %s, %s%s.\n",
+			m, r.Batch, r.Clients, r.Customers, r.Dist, loop, measured, extra)
 	}
 	b.WriteString("\n")
 	return b.String()
@@ -174,10 +206,17 @@ func Losses(s *SuiteReport) []string {
 			x := s.run(m, q.System)
 			var lost bool
 			var what string
-			if md.RateOffered > 0 {
+			switch {
+			case md.RateOffered > 0 && q.Behind != "":
+				// Whoever kept up wins; if both fell behind, the one that
+				// answered more.
+				lost = fellBehind(md) && (!fellBehind(x) || q.Throughput < 1)
+				what = fmt.Sprintf("%s (%s events/s of the %s offered, against meterd's %s)", q.System,
+					fmtCount(x.EventsPerSecond), fmtCount(md.RateOffered), fmtCount(md.EventsPerSecond))
+			case md.RateOffered > 0:
 				lost = q.P99 > 1
 				what = fmt.Sprintf("%s (p99 %s ms against meterd's %s ms)", q.System, fmtMs(x.Latency.P99), fmtMs(md.Latency.P99))
-			} else {
+			default:
 				lost = q.Throughput < 1
 				what = fmt.Sprintf("%s (%s events/s against meterd's %s)", q.System, fmtCount(x.EventsPerSecond), fmtCount(md.EventsPerSecond))
 			}

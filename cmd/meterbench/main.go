@@ -9,6 +9,7 @@
 //	meterbench --modes zipf,ndjson    other modes; --systems picks the systems
 //	meterbench --target URL ...       one custom mode against a meterd already running
 //	meterbench compare A.json B.json  each meterd/X ratio of two suites, side by side
+//	meterbench report [--publish] DIR/suite.json  the table and plots again, from a suite's JSON
 //	meterbench noop-server --listen A the no-op endpoint (meterbench starts it itself)
 //
 // A suite writes --out (default bench/results/<date>[-quick]): suite.json
@@ -56,6 +57,7 @@ const (
 	durationMax    = 24 * time.Hour
 	runIDLenMax    = 32
 	rateMax        = 10_000_000
+	roundsMax      = 100
 	// quickCustomersMax bounds the customers of a quick suite's modes: set
 	// up and checked in a second or two, not ten.
 	quickCustomersMax = 1000
@@ -78,6 +80,8 @@ func main() {
 			os.Exit(noopServer(os.Args[2:]))
 		case "compare":
 			os.Exit(compare(os.Args[2:], os.Stdout, os.Stderr))
+		case "report":
+			os.Exit(report(os.Args[2:], os.Stderr))
 		}
 	}
 	cfg, err := parseFlags(os.Args[1:], os.Stderr)
@@ -106,6 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	modes := fs.String("modes", "", "modes to run, comma-separated (default the suite's: batch,single,hot,open; more: zipf,ndjson,kafka)")
 	duration := fs.Duration("duration", 0, "measured time of each run (default: the suite's)")
 	warmup := fs.Duration("warmup", -1, "load before each run's measurement, not counted (default: the suite's)")
+	rounds := fs.Int("rounds", 0, "turns each system takes per mode, each of duration/rounds on a fresh start, the systems alternating (default: the suite's: standard 2, quick 1)")
 	fs.StringVar(&cfg.out, "out", "", "results directory (default bench/results/<date>, or <date>-quick)")
 	fs.BoolVar(&cfg.publish, "publish", false, "put the table at the top of --benchmarks-md and the plot in bench/results/standard.{png,svg}")
 	fs.StringVar(&cfg.benchMD, "benchmarks-md", "BENCHMARKS.md", "the file --publish updates")
@@ -133,7 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	s.Command = "meterbench " + strings.Join(args, " ")
 	switch *suite {
 	case "standard":
-		s.Duration, s.Warmup, s.Modes = 20*time.Second, 3*time.Second, slices.Clone(bench.StandardModes)
+		s.Duration, s.Warmup, s.Rounds, s.Modes = 20*time.Second, 3*time.Second, 2, slices.Clone(bench.StandardModes)
 	case "quick":
 		s.Duration, s.Warmup, s.Modes = 3*time.Second, time.Second, slices.Clone(bench.StandardModes)
 	default:
@@ -144,6 +149,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if *warmup >= 0 {
 		s.Warmup = *warmup
+	}
+	if *rounds != 0 {
+		s.Rounds = *rounds
+	}
+	if s.Rounds < 0 || s.Rounds > roundsMax || (s.Rounds > 0 && s.Duration/time.Duration(s.Rounds) < time.Second) {
+		return nil, fmt.Errorf("--rounds must be 1..%d, with at least 1s of --duration each", roundsMax)
 	}
 	if s.Duration <= 0 || s.Duration > durationMax || s.Warmup > durationMax {
 		return nil, fmt.Errorf("--duration must be in (0, %v] and --warmup at most that", durationMax)

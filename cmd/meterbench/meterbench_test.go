@@ -43,7 +43,7 @@ func TestParseFlags(t *testing.T) {
 	for _, m := range s.Modes {
 		modes = append(modes, m.Name)
 	}
-	if s.Name != "standard" || s.Duration != 20*time.Second || !slices.Equal(modes, []string{"batch", "single", "hot", "open"}) ||
+	if s.Name != "standard" || s.Duration != 20*time.Second || s.Rounds != 2 || !slices.Equal(modes, []string{"batch", "single", "hot", "open"}) ||
 		!slices.Equal(s.Systems, bench.AllSystems) || s.MeterdBin != bin || !strings.HasPrefix(cfg.out, filepath.Join("bench", "results")) {
 		t.Errorf("defaults: %+v modes %v out %s", s, modes, cfg.out)
 	}
@@ -63,7 +63,7 @@ func TestParseFlags(t *testing.T) {
 	}
 	for _, bad := range [][]string{{"--suite", "long"}, {"--modes", "nosuch"}, {"--batch", "0", "--target", "http://127.0.0.1:1"},
 		{"--target", "http://10.1.1.1:1"}, {"--run-id", "a-b", "--meterd-bin", bin}, {"--duration", "-1s"}, {"extra"},
-		{"--dist", "normal", "--meterd-bin", bin}, {"--rate", "-5", "--meterd-bin", bin}} {
+		{"--dist", "normal", "--meterd-bin", bin}, {"--rate", "-5", "--meterd-bin", bin}, {"--rounds", "30", "--meterd-bin", bin}} {
 		if _, err := parseFlags(bad, &bytes.Buffer{}); err == nil {
 			t.Errorf("%q: accepted", bad)
 		}
@@ -118,6 +118,13 @@ func TestCompare(t *testing.T) {
 	if code := compare([]string{a}, &out, &out); code != 2 {
 		t.Errorf("one file: exit %d", code)
 	}
+	// report remakes the table next to the JSON it reads.
+	if code := report([]string{a}, &out); code != 0 {
+		t.Fatalf("report: exit %d\n%s", code, out.String())
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "table.md")); err != nil || !strings.Contains(string(b), "| 2.00x | 0.50x |") {
+		t.Errorf("report's table.md: %v\n%s", err, b)
+	}
 }
 
 // TestQuickSuite builds meterd and meterbench and runs a short suite of two
@@ -140,7 +147,7 @@ func TestQuickSuite(t *testing.T) {
 	}
 	out := filepath.Join(dir, "results")
 	cmd := exec.Command(filepath.Join(dir, "meterbench"), "--suite", "quick", "--modes", "batch,open",
-		"--systems", "meterd,noop,redis-always,postgres-strong", "--duration", "1s", "--warmup", "0s",
+		"--systems", "meterd,noop,redis-always,postgres-strong", "--duration", "2s", "--rounds", "2", "--warmup", "0s",
 		"--out", out, "--publish", "--benchmarks-md", md)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -165,6 +172,9 @@ func TestQuickSuite(t *testing.T) {
 		}
 		if r.System != bench.SysNoop && r.Check.EventsApplied == 0 {
 			t.Errorf("%s/%s: the check saw no applied event: %+v", r.Mode, r.System, r.Check)
+		}
+		if r.Rounds != 2 || r.DurationS != 2 {
+			t.Errorf("%s/%s: %d rounds, %v s: want 2 turns making 2 s", r.Mode, r.System, r.Rounds, r.DurationS)
 		}
 		if r.Mode == "open" && r.RateOffered != 5000 {
 			t.Errorf("open: offered %v", r.RateOffered)

@@ -155,10 +155,15 @@ func compare(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "| %s | %s | %.2f | - | only in A | %.2f | - | |\n", a.Mode, a.System, a.Throughput, a.P99)
 			continue
 		}
-		dt, dp := relDiff(a.Throughput, b.Throughput), relDiff(a.P99, b.P99)
-		worst = max(worst, dt, dp)
-		fmt.Fprintf(stdout, "| %s | %s | %.2f | %.2f | %.1f%% | %.2f | %.2f | %.1f%% |\n",
-			a.Mode, a.System, a.Throughput, b.Throughput, 100*dt, a.P99, b.P99, 100*dp)
+		dt := relDiff(a.Throughput, b.Throughput)
+		worst = max(worst, dt)
+		p99 := "fell behind in both | | |"
+		if !(math.IsNaN(a.P99) && math.IsNaN(b.P99)) { // a p99 ratio is given in both, or it is a difference
+			dp := relDiff(a.P99, b.P99)
+			worst = max(worst, dp)
+			p99 = fmt.Sprintf("%.3g | %.3g | %.1f%% |", a.P99, b.P99, 100*dp)
+		}
+		fmt.Fprintf(stdout, "| %s | %s | %.3g | %.3g | %.1f%% | %s\n", a.Mode, a.System, a.Throughput, b.Throughput, 100*dt, p99)
 	}
 	fmt.Fprintf(stdout, "\nlargest difference %.1f%% (tolerance %.0f%%)\n", 100*worst, 100**tol)
 	if worst > *tol || missing > 0 {
@@ -174,6 +179,37 @@ func relDiff(a, b float64) float64 {
 		return math.Inf(1)
 	}
 	return d
+}
+
+// report writes a suite's results again from its suite.json (table,
+// plots, one JSON per run), into the same directory, and publishes them
+// with --publish: how a suite's table is remade without running it again.
+func report(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("meterbench report", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg := &config{}
+	fs.BoolVar(&cfg.publish, "publish", false, "put the table at the top of --benchmarks-md and the plot in bench/results/standard.{png,svg}")
+	fs.StringVar(&cfg.benchMD, "benchmarks-md", "BENCHMARKS.md", "the file --publish updates")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "usage: meterbench report [--publish] DIR/suite.json")
+		return 2
+	}
+	b, err := os.ReadFile(fs.Arg(0))
+	rep := &bench.SuiteReport{}
+	if err == nil {
+		err = json.Unmarshal(b, rep)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "meterbench report:", err)
+		return 2
+	}
+	cfg.out = filepath.Dir(fs.Arg(0))
+	cfg.publishDir = filepath.Join(filepath.Dir(cfg.benchMD), "bench", "results")
+	if err := writeResults(cfg, rep); err != nil {
+		fmt.Fprintln(stderr, "meterbench report:", err)
+		return 1
+	}
+	return 0
 }
 
 // noopServer serves the no-op endpoint (bench.ServeNoop) on --listen.
