@@ -60,6 +60,11 @@ type Loop struct {
 	Warmup   time.Duration // before the measured part: applied and acknowledged, not measured
 	Rate     float64       // events per second offered; 0: closed loop, as fast as it goes
 	Progress io.Writer     // one line per measured second; nil: none
+	// Cycle (closed loop only) sends the requests again from the first when
+	// they run out, and records no answer in the acks: for a system that
+	// keeps nothing (the no-op floor), which no event ceiling keeps busy
+	// for a whole run.
+	Cycle bool
 }
 
 func (l Loop) validate() error {
@@ -70,6 +75,8 @@ func (l Loop) validate() error {
 		return fmt.Errorf("loop: warmup %v and duration %v, want each at least 0 and together at most %v", l.Warmup, l.Duration, loopDurationMax)
 	case l.Rate < 0 || math.IsNaN(l.Rate) || math.IsInf(l.Rate, 0):
 		return fmt.Errorf("loop: rate %v events/s, want 0 (closed loop) or more", l.Rate)
+	case l.Cycle && (l.Rate > 0 || l.Duration == 0):
+		return errors.New("loop: cycling is for a closed loop with a duration")
 	}
 	return nil
 }
@@ -227,6 +234,9 @@ func (r *runner) take(ctx context.Context) (int, time.Time, bool) {
 		return 0, time.Time{}, false
 	}
 	i := r.next.Add(1) - 1
+	if r.loop.Cycle {
+		i %= int64(len(r.reqs))
+	}
 	if i >= int64(len(r.reqs)) {
 		return 0, time.Time{}, false
 	}
@@ -370,9 +380,11 @@ func (c *client) apply(ctx context.Context, i int, at time.Time) {
 	clear(results)
 	err := c.r.apply(ctx, i, results)
 	done := time.Now()
-	if err != nil {
+	switch {
+	case c.r.loop.Cycle:
+	case err != nil:
 		c.r.acks.Unanswered(events)
-	} else {
+	default:
 		c.r.acks.Ack(events, results)
 	}
 	if at.Before(c.r.measureStart) {

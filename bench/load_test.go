@@ -109,6 +109,27 @@ func TestRunClosedDuration(t *testing.T) {
 	}
 }
 
+// TestRunCycle: a cycling closed loop keeps going for its whole duration
+// on a few requests, past the warmup, and records no answers.
+func TestRunCycle(t *testing.T) {
+	reqs := Scenario{Customers: 10, Dist: DistUniform, Batch: 1, Seed: 1}.Requests("cyc", 5)
+	sys := &sleepSystem{per: time.Millisecond}
+	acks := NewAcks(0)
+	res, err := Run(context.Background(), sys, reqs, Loop{Clients: 2, Warmup: 20 * time.Millisecond, Duration: 100 * time.Millisecond, Cycle: true}, acks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests < 20 {
+		t.Fatalf("%d measured requests of 1 ms in 100 ms from 5 requests cycled", res.Requests)
+	}
+	if ans, un := countAcks(acks); ans != 0 || un != 0 {
+		t.Fatalf("acks: %d answered, %d unanswered, want none recorded", ans, un)
+	}
+	if _, err := Run(context.Background(), sys, reqs, Loop{Clients: 1, Rate: 100, Duration: time.Second, Cycle: true}, NewAcks(0)); err == nil {
+		t.Fatal("an open loop that cycles was accepted")
+	}
+}
+
 func TestRunWarmupExcluded(t *testing.T) {
 	reqs := Scenario{Customers: 10, Dist: DistUniform, Batch: 2, Seed: 1}.Requests("warm", 1000)
 	sys := &sleepSystem{per: time.Millisecond}

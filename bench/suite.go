@@ -330,7 +330,8 @@ func (cfg *SuiteConfig) runOne(ctx context.Context, mode Mode, sysName string, s
 
 	reqs := sc.Requests(cfg.RunID+runIDOf(mode, seq), cfg.requestsFor(mode, duration))
 	acks := NewAcks(ResendRequestsDefault)
-	loop := Loop{Clients: mode.Clients, Duration: duration, Warmup: cfg.Warmup, Rate: mode.Rate, Progress: cfg.Progress}
+	loop := Loop{Clients: mode.Clients, Duration: duration, Warmup: cfg.Warmup, Rate: mode.Rate, Progress: cfg.Progress,
+		Cycle: sysName == SysNoop && mode.Rate == 0}
 	cfg.logf("%s/%s: %d customers set up; running %v (+%v warmup) with %d requests of %d events ready",
 		mode.Name, sysName, len(customers), duration, cfg.Warmup, len(reqs), mode.Batch)
 
