@@ -231,6 +231,7 @@ func (s *Server) releaseBody(ctx *fasthttp.RequestCtx) {
 	}
 	if ctx.RequestBodyStream() != nil && declaredBody(&ctx.Request.Header) {
 		ctx.SetConnectionClose()
+		lingerOnClose(ctx.Conn())
 	}
 }
 

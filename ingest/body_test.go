@@ -147,6 +147,20 @@ func TestBodyLimitPerEndpoint(t *testing.T) {
 	}
 }
 
+// A body refused from its length is answered while the client is still
+// sending it; the client must read that answer, not a connection reset.
+// Each try is a fresh connection, since a refused body closes it.
+func TestRefusedBodyAnswerArrives(t *testing.T) {
+	e := newAPIEnv(t, apiEnvOpts{})
+	doc := []byte(`{"assets":[]` + strings.Repeat(" ", 3<<20) + `}`)
+	for i := range 40 {
+		r := e.send("PUT", "/v1/pricing", "application/json", "", doc)
+		if r.Status != 413 || !bytes.Contains(r.Body, []byte(`"pricing_too_large"`)) {
+			t.Fatalf("try %d, 3 MiB pricing document: %s", i, r)
+		}
+	}
+}
+
 // A chunked body is read within the same limits.
 func TestBodyChunked(t *testing.T) {
 	e := newAPIEnv(t, apiEnvOpts{})

@@ -269,6 +269,15 @@ func (c *limitedConn) Close() error {
 	return err
 }
 
+// CloseWrite shuts the sending side, for a connection that lingers on close
+// (linger.go).
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
 // clientKey is the address a connection is counted under: the IPv4 address
 // (an IPv4-mapped IPv6 address counts as IPv4), or the /64 of an IPv6
 // address, since one host or subscriber is routinely given a whole /64 and

@@ -110,7 +110,7 @@ func NewServer(c Config) *Server {
 }
 
 // Serve serves on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(lingerListener{ln}) }
 
 // Shutdown stops accepting connections and waits for requests in flight.
 func (s *Server) Shutdown() error {
