@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
+	"math"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,9 +122,11 @@ type Engine struct {
 	metrics   *metrics
 	disk      *diskGuard
 	closed    atomic.Bool
+	sendMu    sync.RWMutex // held to read closed and send to a shard; Close takes it to close the inputs
 	stop      chan struct{}
 	janitor   sync.WaitGroup
 
+	idSeed        maphash.Seed  // the shards' idempotency-index fingerprints
 	instance      string        // this data directory's id (see InstanceID)
 	outboxSeq     atomic.Uint64 // last outbox seq issued
 	wm            *watermark
@@ -188,6 +193,7 @@ func Open(opts Options) (*Engine, error) {
 			return nil, fmt.Errorf("default pricing: %w", err)
 		}
 	}
+	e.idSeed = maphash.MakeSeed()
 	e.shards = make([]*shard, opts.Shards)
 	for i := range e.shards {
 		e.shards[i] = newShard(i, e)
@@ -201,13 +207,21 @@ func Open(opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("recover wallets: %w", err)
 	}
 	e.metrics.wallets.Set(float64(n))
+	// The idempotency keys stored so far, as of now: the shards add every
+	// later one to their indexes themselves.
+	ids, err := st.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixIdem}, UpperBound: []byte{prefixIdem + 1}})
+	if err != nil {
+		st.close()
+		return nil, fmt.Errorf("idempotency index: %w", err)
+	}
 	for _, s := range e.shards {
 		go s.run()
 		go s.commit()
 	}
-	e.janitor.Add(2)
+	e.janitor.Add(3)
 	go e.runJanitor()
 	go e.runTimers()
+	go e.buildIndexes(ids)
 	disk.run()
 	return e, nil
 }
@@ -219,9 +233,13 @@ func (e *Engine) Close() error {
 	}
 	close(e.stop)
 	e.janitor.Wait()
+	// No send is under way once the lock is held, and none starts after:
+	// senders read closed under the read lock.
+	e.sendMu.Lock()
 	for _, s := range e.shards {
 		close(s.in)
 	}
+	e.sendMu.Unlock()
 	for _, s := range e.shards {
 		<-s.done
 	}
@@ -360,15 +378,13 @@ func (r *EventResult) reject(code, msg, field string) {
 
 // Events applies usage events and returns once every applied one is durable.
 // Results are written into each EventIn. The whole call fails with
-// ErrOverloaded (and applies nothing) when a shard's queue is full.
+// ErrOverloaded (and applies nothing) when a shard's queue is full or the
+// engine is closed; it never blocks on a full queue.
 func (e *Engine) Events(evs []*EventIn) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	if e.closed.Load() {
-		return ErrOverloaded
-	}
-	if !e.disk.writable() {
+	if !e.disk.writable() && !e.closed.Load() {
 		return ErrStorageFull
 	}
 	per := make([][]*EventIn, len(e.shards))
@@ -376,21 +392,62 @@ func (e *Engine) Events(evs []*EventIn) error {
 		s := e.shardOf(in.Event.CustomerID)
 		per[s.id] = append(per[s.id], in)
 	}
-	for i, part := range per {
-		if len(part) > 0 && len(e.shards[i].in) >= cap(e.shards[i].in) {
-			return ErrOverloaded
-		}
-	}
 	var wg sync.WaitGroup
-	for i, part := range per {
-		if len(part) == 0 {
-			continue
+	ops := make([]op, len(e.shards))
+	if !e.send(func(send func(*shard, *op) bool) bool {
+		for i, part := range per {
+			if len(part) == 0 {
+				continue
+			}
+			ops[i] = op{events: part, wg: &wg}
+			if !send(e.shards[i], &ops[i]) {
+				return false
+			}
 		}
-		wg.Add(1)
-		e.shards[i].in <- &op{events: part, wg: &wg}
+		return true
+	}) {
+		return ErrOverloaded
 	}
 	wg.Wait()
 	return nil
+}
+
+// send hands ops to shards, all or none: fill calls send for each op, and
+// send takes a slot in the shard's queue for it (false when the queue is
+// full). The ops are sent only when fill returns true with every slot
+// taken; otherwise the slots are given back and send reports false. A
+// closed engine refuses everything. Sending never blocks: a taken slot is
+// room in the channel.
+func (e *Engine) send(fill func(send func(*shard, *op) bool) bool) bool {
+	e.sendMu.RLock()
+	defer e.sendMu.RUnlock()
+	if e.closed.Load() {
+		return false
+	}
+	type pending struct {
+		s *shard
+		o *op
+	}
+	var buf [8]pending
+	taken := buf[:0]
+	ok := fill(func(s *shard, o *op) bool {
+		if !s.take() {
+			return false
+		}
+		taken = append(taken, pending{s, o})
+		return true
+	})
+	if !ok {
+		for _, p := range taken {
+			p.s.slots.Add(-1)
+		}
+		return false
+	}
+	for _, p := range taken {
+		p.o.wg.Add(1)
+		p.s.in <- p.o
+	}
+	return true
 }
 
 // PutCustomer creates a customer or replaces its settings. It reports whether it created it.
@@ -607,6 +664,9 @@ type LedgerPage struct {
 // Ledger reads durable ledger entries of a customer, newest first, with
 // Seq < before (0 = from the newest), optionally of one account only.
 func (e *Engine) Ledger(customer, account string, before uint64, limit int) (LedgerPage, error) {
+	if limit < 1 {
+		return LedgerPage{}, &Error{Code: CodeInvalidRequest, Message: "limit must be at least 1"}
+	}
 	var page LedgerPage
 	if err := e.advanceCustomer(customer); err != nil {
 		return page, err
@@ -665,6 +725,76 @@ func (e *Engine) runJanitor() {
 			if err := e.dropShipped(); err != nil {
 				e.log.Error("dropping shipped outbox records", "err", err)
 			}
+			e.sweepIndexes()
+		}
+	}
+}
+
+// buildIndexes puts the idempotency keys stored before the engine started
+// (it, an iterator over them made before the shards ran) into the shards'
+// indexes, in the background: until a shard's index is ready, its look-ups
+// of new ids read the store, as they would without it.
+func (e *Engine) buildIndexes(it *pebble.Iterator) {
+	defer e.janitor.Done()
+	defer it.Close()
+	start := time.Now()
+	built := make([]idIndex, len(e.shards))
+	for i := range built {
+		built[i] = newIDIndex(e.idSeed)
+	}
+	n := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		if n++; n%4096 == 0 {
+			select {
+			case <-e.stop:
+				return
+			default:
+			}
+		}
+		key := it.Key()
+		cust, ok := idemKeyCustomer(key)
+		if !ok {
+			continue
+		}
+		exp, ok := recordExpireAt(it.Value())
+		if !ok {
+			exp = math.MaxInt64 // unreadable here: a look-up reads it and says why
+		}
+		built[e.shardOf(cust).id].add(key, exp, 0)
+	}
+	if err := it.Error(); err != nil {
+		e.log.Error("idempotency index: reading the stored keys failed; new ids are looked up in the store", "err", err)
+		return
+	}
+	for i, s := range e.shards {
+		b := &built[i]
+		for {
+			err := e.readShard(s, func(sh *shard, g *group) { sh.ids.merge(b) })
+			if err == nil {
+				break
+			}
+			select {
+			case <-e.stop:
+				return
+			case <-time.After(10 * time.Millisecond): // overloaded: try again
+			}
+		}
+		built[i] = idIndex{}
+	}
+	e.log.Info("idempotency index ready", "ids", n, "seconds", time.Since(start).Seconds())
+}
+
+// sweepIndexes drops expired entries from the shards' indexes and samples
+// their memory.
+func (e *Engine) sweepIndexes() {
+	now := e.clock.Now()
+	for _, s := range e.shards {
+		var bytes int
+		if e.readShard(s, func(sh *shard, g *group) {
+			sh.ids.sweep(now)
+			bytes = sh.ids.bytes()
+		}) == nil {
+			e.metrics.idIndexBytes.WithLabelValues(strconv.Itoa(s.id)).Set(float64(bytes))
 		}
 	}
 }
@@ -677,41 +807,54 @@ const dropBatchMax = 4096
 // rewritten since it was indexed is kept.
 func (e *Engine) DropExpired() error {
 	now := e.clock.Now()
+	type expiring struct {
+		xkey []byte
+		keys [][]byte
+	}
 	for {
 		upper := expiryKey(nil, now+1, nil)
 		it, err := e.st.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixExpiry}, UpperBound: upper})
 		if err != nil {
 			return err
 		}
-		per := make(map[*shard][][]byte)
+		per := make(map[*shard][]expiring)
 		n := 0
 		for ok := it.First(); ok && n < dropBatchMax; ok = it.Next() {
-			k := bytes.Clone(it.Key())
-			cust, ok := idemKeyCustomer(k[9:])
-			if !ok {
+			x := expiring{xkey: bytes.Clone(it.Key())}
+			x.keys = expiringKeys(x.xkey, bytes.Clone(it.Value()))
+			cust := ""
+			if len(x.keys) > 0 {
+				cust, _ = idemKeyCustomer(x.keys[0])
+			}
+			if cust == "" {
+				// Not a list this version writes: nothing to check, and the
+				// key itself is dropped on shard 0.
+				per[e.shards[0]] = append(per[e.shards[0]], expiring{xkey: x.xkey})
+				n++
 				continue
 			}
+			// A group's records are all of one shard.
 			s := e.shardOf(cust)
-			per[s] = append(per[s], k)
-			n++
+			per[s] = append(per[s], x)
+			n += len(x.keys) + 1
 		}
 		err = it.Error()
 		it.Close()
 		if err != nil || n == 0 {
 			return err
 		}
-		for s, keys := range per {
-			keys := keys
-			if err := e.do(s.anyCustomerKey(keys), func(sh *shard, g *group) {
-				for _, xk := range keys {
-					ik := xk[9:]
-					rec, err := sh.lookup(g, ik)
-					if err == nil && rec == nil {
-						sh.del(g, ik)
-						sh.cache.del(ik)
-						e.metrics.idemDropped.Inc()
+		for s, xs := range per {
+			if err := e.doShard(s, func(sh *shard, g *group) {
+				for _, x := range xs {
+					for _, ik := range x.keys {
+						rec, err := sh.lookup(g, ik)
+						if err == nil && rec == nil {
+							sh.del(g, ik)
+							sh.cache.del(ik)
+							e.metrics.idemDropped.Inc()
+						}
 					}
-					sh.del(g, xk)
+					sh.del(g, x.xkey)
 				}
 			}); err != nil {
 				return err
@@ -721,12 +864,6 @@ func (e *Engine) DropExpired() error {
 			return nil
 		}
 	}
-}
-
-// anyCustomerKey returns a customer id routed to s, taken from its keys.
-func (s *shard) anyCustomerKey(keys [][]byte) string {
-	c, _ := idemKeyCustomer(keys[0][9:])
-	return c
 }
 
 // Resume sets a paused customer back to active.

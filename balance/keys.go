@@ -72,3 +72,51 @@ func expiryKey(dst []byte, expireAt int64, idem []byte) []byte {
 func pricingKey(version uint32) []byte {
 	return binary.BigEndian.AppendUint32([]byte{prefixPricing}, version)
 }
+
+// The value of an expiry-index key lists the idempotency keys it covers,
+// each as uvarint length and bytes: one key per commit group, under the
+// latest ExpireAt of its records, after the group's first key. An empty
+// value (the format before lists) covers the one key after the time.
+func appendExpiring(dst, idem []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(idem)))
+	return append(dst, idem...)
+}
+
+// nextExpiring splits the first key off a list; ok is false at its end or
+// when the list is malformed.
+func nextExpiring(list []byte) (key []byte, ok bool) {
+	n, w := binary.Uvarint(list)
+	if w <= 0 || n == 0 || uint64(len(list)-w) < n {
+		return nil, false
+	}
+	return list[w : w+int(n)], true
+}
+
+// expiringKeys returns the idempotency keys an expiry-index entry covers.
+func expiringKeys(xkey, val []byte) [][]byte {
+	if len(val) == 0 {
+		if len(xkey) <= 9 {
+			return nil
+		}
+		return [][]byte{xkey[9:]}
+	}
+	var out [][]byte
+	for len(val) > 0 {
+		k, ok := nextExpiring(val)
+		if !ok {
+			break
+		}
+		out = append(out, k)
+		val = val[len(k)+uvarintLen(uint64(len(k))):]
+	}
+	return out
+}
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
+}

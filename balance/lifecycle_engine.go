@@ -191,15 +191,9 @@ func (e *Engine) doShard(s *shard, fn func(s *shard, g *group)) error {
 // write it decides on is in a group handed to the WAL with the reserve
 // still there to take it).
 func (e *Engine) readShard(s *shard, fn func(s *shard, g *group)) error {
-	if e.closed.Load() {
-		return ErrOverloaded
-	}
 	var wg sync.WaitGroup
-	wg.Add(1)
 	o := &op{fn: fn, wg: &wg}
-	select {
-	case s.in <- o:
-	default:
+	if !e.send(func(send func(*shard, *op) bool) bool { return send(s, o) }) {
 		return ErrOverloaded
 	}
 	wg.Wait()

@@ -9,6 +9,7 @@ type metrics struct {
 	queueDepth    *prometheus.GaugeVec
 	wallets       prometheus.Gauge
 	idemLookups   *prometheus.CounterVec
+	idIndexBytes  *prometheus.GaugeVec
 	idemDropped   prometheus.Counter
 	notifications *prometheus.CounterVec
 }
@@ -40,8 +41,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		idemLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meterd_idempotency_lookups_total",
-			Help: "Idempotency look-ups by where they were answered: cache, store, or miss (a new id).",
+			Help: "Idempotency look-ups by where they were answered: cache, store, index (a new id known absent without reading the store), or miss (a new id, after a store read).",
 		}, []string{"result"}),
+		idIndexBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "meterd_idempotency_index_bytes",
+			Help: "Memory of each shard's in-memory index of its idempotency keys, sampled by the janitor.",
+		}, []string{"shard"}),
 		notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meterd_notifications_total",
 			Help: "Customer notifications made, by type.",
@@ -52,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.groupEvents, m.groupOps, m.commitSeconds, m.queueDepth, m.wallets, m.idemLookups, m.idemDropped, m.notifications)
+		reg.MustRegister(m.groupEvents, m.groupOps, m.commitSeconds, m.queueDepth, m.wallets, m.idemLookups, m.idIndexBytes, m.idemDropped, m.notifications)
 	}
 	return m
 }

@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/meterd/meterd/meter"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // op is one unit of work for a shard: a slice of usage events, or a
@@ -22,14 +24,15 @@ type op struct {
 // group is one commit group: the ops applied together and the Pebble batch
 // that makes them durable with one fsync.
 type group struct {
-	start   time.Time // when the batch was handed to the WAL
-	now     int64
-	batch   *pebble.Batch
-	ops     []*op
-	events  int
-	dirty   map[*Wallet]struct{}
-	pricing *meter.Pricing
-	outbox  outboxGroup
+	start     time.Time // when the batch was handed to the WAL
+	now       int64
+	batch     *pebble.Batch
+	ops       []*op
+	events    int
+	dirty     map[*Wallet]struct{}
+	pricing   *meter.Pricing
+	outbox    outboxGroup
+	expireMax int64 // the latest ExpireAt of the records the group made
 }
 
 // shard owns a disjoint set of customers. Only its goroutine touches them.
@@ -37,32 +40,43 @@ type shard struct {
 	id       int
 	e        *Engine
 	in       chan *op
+	slots    atomic.Int64 // ops sent or being sent to in and not yet taken by run: at most cap(in)
 	commitQ  chan *group
 	wallets  map[string]*Wallet
 	cache    idemCache
+	ids      idIndex // every idempotency key this shard holds in the store
 	timers   timers
 	done     chan struct{}
 	outboxOn bool // sinks are configured: groups write outbox records
 
+	lookupCache, lookupIndex, lookupStore, lookupMiss prometheus.Counter
+
 	// Buffers reused across ops (only the shard goroutine uses them).
-	key     []byte // wallet and ledger keys
-	idem    []byte // the idempotency key of the event being applied
-	val     []byte
-	entries []Entry
-	results []ChargeResult
-	charges []meter.Charge
+	key      []byte // wallet and ledger keys
+	idem     []byte // the idempotency key of the event being applied
+	expiring []byte // the idempotency keys recorded by the group being applied (expiringList)
+	val      []byte
+	entries  []Entry
+	results  []ChargeResult
+	charges  []meter.Charge
 }
 
 func newShard(id int, e *Engine) *shard {
+	lookups := e.metrics.idemLookups
 	return &shard{
-		id:       id,
-		e:        e,
-		in:       make(chan *op, e.opts.QueueMax),
-		commitQ:  make(chan *group, commitQueueMax),
-		wallets:  make(map[string]*Wallet),
-		cache:    newIdemCache(e.opts.IdemCacheMax),
-		outboxOn: len(e.opts.Sinks) > 0,
-		done:     make(chan struct{}),
+		lookupCache: lookups.WithLabelValues("cache"),
+		lookupIndex: lookups.WithLabelValues("index"),
+		lookupStore: lookups.WithLabelValues("store"),
+		lookupMiss:  lookups.WithLabelValues("miss"),
+		id:          id,
+		e:           e,
+		in:          make(chan *op, e.opts.QueueMax),
+		commitQ:     make(chan *group, commitQueueMax),
+		wallets:     make(map[string]*Wallet),
+		cache:       newIdemCache(e.opts.IdemCacheMax),
+		ids:         newIDIndex(e.idSeed),
+		outboxOn:    len(e.opts.Sinks) > 0,
+		done:        make(chan struct{}),
 	}
 }
 
@@ -79,6 +93,7 @@ func (s *shard) run() {
 		if !ok {
 			return
 		}
+		s.slots.Add(-1)
 		depth.Set(float64(len(s.in)))
 		g := &group{
 			now:     s.e.clock.Now(),
@@ -86,6 +101,7 @@ func (s *shard) run() {
 			dirty:   make(map[*Wallet]struct{}),
 			pricing: s.e.pricing.Load(),
 		}
+		s.expiring = s.expiring[:0]
 		s.apply(g, first)
 		open := true
 	drain:
@@ -96,6 +112,7 @@ func (s *shard) run() {
 					open = false
 					break drain
 				}
+				s.slots.Add(-1)
 				s.apply(g, o)
 			default:
 				break drain
@@ -105,6 +122,13 @@ func (s *shard) run() {
 			s.key = walletKey(s.key[:0], w.Customer)
 			s.val = AppendWallet(s.val[:0], w)
 			s.set(g, s.key, s.val)
+		}
+		if len(s.expiring) > 0 {
+			// One expiry-index key for the group's records: the janitor drops
+			// them all once the latest has expired.
+			first, _ := nextExpiring(s.expiring)
+			s.key = expiryKey(s.key[:0], g.expireMax, first)
+			s.set(g, s.key, s.expiring)
 		}
 		if g.outbox.entries+g.outbox.usage+g.outbox.notes > 0 {
 			g.outbox.seq = s.e.outboxSeq.Add(1)
@@ -125,6 +149,16 @@ func (s *shard) run() {
 			return
 		}
 	}
+}
+
+// take takes a slot in the shard's queue for an op about to be sent,
+// reporting false when the queue is full.
+func (s *shard) take() bool {
+	if s.slots.Add(1) > int64(cap(s.in)) {
+		s.slots.Add(-1)
+		return false
+	}
+	return true
 }
 
 // commitQueueMax bounds the groups of one shard handed to the WAL and not
@@ -223,21 +257,25 @@ func (s *shard) writeEntries(g *group, w *Wallet, entries []Entry) {
 // their window count as absent (RecordExpired, window.go).
 func (s *shard) lookup(g *group, key []byte) (*record, error) {
 	if r := s.cache.get(key); r != nil {
-		s.e.metrics.idemLookups.WithLabelValues("cache").Inc()
+		s.lookupCache.Inc()
 		if RecordExpired(r.ExpireAt, g.now) {
 			return nil, nil
 		}
 		return r, nil
+	}
+	if s.ids.absent(key, g.now) {
+		s.lookupIndex.Inc()
+		return nil, nil
 	}
 	v, err := s.e.st.get(key)
 	if err != nil {
 		return nil, err
 	}
 	if v == nil {
-		s.e.metrics.idemLookups.WithLabelValues("miss").Inc()
+		s.lookupMiss.Inc()
 		return nil, nil
 	}
-	s.e.metrics.idemLookups.WithLabelValues("store").Inc()
+	s.lookupStore.Inc()
 	r, err := decodeRecord(v)
 	if err != nil {
 		return nil, fmt.Errorf("idempotency record %q: %w", key, err)
@@ -270,9 +308,9 @@ func (s *shard) written(g *group, w *Wallet, entries []Entry) {
 	s.effects(g, w)
 }
 
-// remember stores a new idempotency record in the group and the cache. It
-// is kept until RecordExpireAt (window.go): past the last instant its event
-// can be accepted.
+// remember stores a new idempotency record in the group, the cache and the
+// index. It is kept until RecordExpireAt (window.go): past the last instant
+// its event can be accepted; the group's expiry-index key lists it.
 func (s *shard) remember(g *group, key []byte, r *record) {
 	r.RecordedAt = g.now
 	r.ExpireAt = RecordExpireAt(g.now, r.OccurredAt, s.e.opts.DedupWindow)
@@ -282,8 +320,9 @@ func (s *shard) remember(g *group, key []byte, r *record) {
 		customer, _ := idemKeyCustomer(key)
 		g.outbox.addUsage(customer, string(key[3+len(customer):]), s.val)
 	}
-	s.val = expiryKey(s.val[:0], r.ExpireAt, key)
-	s.set(g, s.val, nil)
+	s.ids.add(key, r.ExpireAt, g.now)
+	s.expiring = appendExpiring(s.expiring, key)
+	g.expireMax = max(g.expireMax, r.ExpireAt)
 	r.Data = nil
 	s.cache.put(string(key), r)
 }

@@ -1,0 +1,181 @@
+package balance
+
+import (
+	"encoding/binary"
+	"hash/maphash"
+)
+
+// idIndex is a shard's in-memory index of the idempotency records it holds
+// in the store: a 64-bit fingerprint of each record's key, and when the
+// record expires. It answers "certainly not stored" for a new id without a
+// store read: a key whose fingerprint is absent has no record, and one whose
+// entry says it expired counts as absent (RecordExpired). A present
+// fingerprint only says "maybe": the record is then read from the store, so
+// a collision (about n/2^64 per look-up) costs a read, never a wrong answer.
+//
+// The table is open addressing with linear probing over a power-of-two
+// array, at most 3/4 full; growing rehashes and drops what has expired.
+// A dropped record (the janitor's) keeps its entry until then: a stale
+// entry is only a "maybe". Each slot is 12 bytes (fingerprint, expiry in
+// seconds), so an id costs 16-32 bytes of memory.
+//
+// Until ready, the keys stored before the engine started are not in it
+// (Engine.buildIndexes scans them in the background), and every look-up
+// reads the store.
+type idIndex struct {
+	seed  maphash.Seed
+	fps   []uint64 // 0 is an empty slot
+	exp   []uint32 // the record's ExpireAt in unix seconds, rounded up
+	n     int
+	ready bool
+}
+
+const idIndexMinSlots = 1 << 10
+
+func newIDIndex(seed maphash.Seed) idIndex {
+	return idIndex{seed: seed, fps: make([]uint64, idIndexMinSlots), exp: make([]uint32, idIndexMinSlots)}
+}
+
+func (x *idIndex) fingerprint(key []byte) uint64 {
+	h := maphash.Bytes(x.seed, key)
+	if h == 0 {
+		h = 1
+	}
+	return h
+}
+
+// expSeconds is expireAt (unix ns) in seconds, rounded up, saturated.
+func expSeconds(expireAt int64) uint32 {
+	if expireAt <= 0 {
+		return 0
+	}
+	s := (expireAt + 1e9 - 1) / 1e9
+	if expireAt > (1<<62) || s > 1<<32-1 {
+		return 1<<32 - 1
+	}
+	return uint32(s)
+}
+
+// absent reports whether the store certainly holds no live record at key
+// at now (unix ns).
+func (x *idIndex) absent(key []byte, now int64) bool {
+	if !x.ready {
+		return false
+	}
+	fp := x.fingerprint(key)
+	mask := uint64(len(x.fps) - 1)
+	for i := fp & mask; ; i = (i + 1) & mask {
+		switch x.fps[i] {
+		case 0:
+			return true
+		case fp:
+			// Rounded up: a record whose entry has passed has expired.
+			return int64(x.exp[i])*1e9 <= now
+		}
+	}
+}
+
+// add records that the store holds a record at key until expireAt (unix
+// ns); growing drops what expired at now.
+func (x *idIndex) add(key []byte, expireAt, now int64) {
+	x.put(x.fingerprint(key), expSeconds(expireAt), nowSeconds(now))
+}
+
+func nowSeconds(now int64) uint32 { return uint32(min(max(now/1e9, 0), 1<<32-1)) }
+
+// put inserts or updates a fingerprint. Growing drops entries expired at
+// nowSec (0: none).
+func (x *idIndex) put(fp uint64, exp uint32, nowSec uint32) {
+	if (x.n+1)*4 > len(x.fps)*3 {
+		x.rehash(nowSec)
+	}
+	mask := uint64(len(x.fps) - 1)
+	for i := fp & mask; ; i = (i + 1) & mask {
+		switch x.fps[i] {
+		case 0:
+			x.fps[i], x.exp[i] = fp, exp
+			x.n++
+			return
+		case fp:
+			x.exp[i] = max(x.exp[i], exp)
+			return
+		}
+	}
+}
+
+// rehash rebuilds the table without the entries expired at nowSec, at the
+// smallest size that leaves it at most half full.
+func (x *idIndex) rehash(nowSec uint32) {
+	oldFps, oldExp := x.fps, x.exp
+	live := 0
+	for i, fp := range oldFps {
+		if fp != 0 && oldExp[i] > nowSec {
+			live++
+		}
+	}
+	size := idIndexMinSlots
+	for (live+1)*2 > size {
+		size *= 2
+	}
+	x.fps, x.exp, x.n = make([]uint64, size), make([]uint32, size), 0
+	mask := uint64(size - 1)
+	for j, fp := range oldFps {
+		if fp == 0 || oldExp[j] <= nowSec {
+			continue
+		}
+		i := fp & mask
+		for x.fps[i] != 0 {
+			i = (i + 1) & mask
+		}
+		x.fps[i], x.exp[i] = fp, oldExp[j]
+		x.n++
+	}
+}
+
+// sweep drops what expired at now (unix ns) when it is at least a quarter
+// of the table's entries, so that a shard that stopped receiving new ids
+// gives its memory back.
+func (x *idIndex) sweep(now int64) {
+	nowSec := nowSeconds(now)
+	dead := 0
+	for i, fp := range x.fps {
+		if fp != 0 && x.exp[i] <= nowSec {
+			dead++
+		}
+	}
+	if dead*4 < x.n || dead == 0 {
+		return
+	}
+	x.rehash(nowSec)
+}
+
+// merge adds every entry of built (the keys stored before start) and makes
+// the index ready.
+func (x *idIndex) merge(built *idIndex) {
+	for i, fp := range built.fps {
+		if fp != 0 {
+			x.put(fp, built.exp[i], 0)
+		}
+	}
+	x.ready = true
+}
+
+// bytes is the index's memory, for the metrics.
+func (x *idIndex) bytes() int { return len(x.fps) * 12 }
+
+// recordExpireAt reads a stored record's ExpireAt without decoding the
+// rest: version, kind, hash, RecordedAt (varint), ExpireAt (varint).
+func recordExpireAt(v []byte) (int64, bool) {
+	if len(v) < 18 || v[0] != recordVersion {
+		return 0, false
+	}
+	_, n := binary.Varint(v[18:])
+	if n <= 0 {
+		return 0, false
+	}
+	exp, m := binary.Varint(v[18+n:])
+	if m <= 0 {
+		return 0, false
+	}
+	return exp, true
+}
