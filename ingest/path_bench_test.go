@@ -1,7 +1,9 @@
 package ingest
 
 import (
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -91,8 +93,10 @@ func benchBatch(seq *atomic.Int64, n, customers int, now time.Time) []byte {
 // requests share commit groups. ns/op is per request: events/s is reported.
 func BenchmarkPath(b *testing.B) {
 	const batch, customers = 100, 10_000
-	eng := openBenchEngine(b, b.TempDir(), customers)
+	dir := b.TempDir()
+	eng := openBenchEngine(b, dir, customers)
 	defer eng.Close()
+	diskBefore := dirBytes(b, dir)
 	var seq atomic.Int64
 	now := time.Now()
 	// Bodies are prepared before timing: a real client sends them.
@@ -143,7 +147,32 @@ func BenchmarkPath(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N*batch)/time.Since(start).Seconds(), "events/s")
+	// What the events left on disk: tables and the WAL of what is not yet
+	// flushed, as du would count it.
+	b.ReportMetric(float64(dirBytes(b, dir)-diskBefore)/float64(b.N*batch), "disk-B/event")
 	if os.Getenv("METERD_BENCH_STORE_METRICS") != "" {
 		os.WriteFile(os.Getenv("METERD_BENCH_STORE_METRICS"), []byte(eng.StoreMetrics()), 0o644)
 	}
+}
+
+// dirBytes is the size of the files under dir.
+func dirBytes(b *testing.B, dir string) int64 {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			n += info.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return n
 }

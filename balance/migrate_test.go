@@ -1,0 +1,92 @@
+package balance
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/meterd/meterd/meter"
+)
+
+// testdata/datadir-before-lists is a data directory written by the engine
+// before expiry-index keys listed a commit group's records (commit
+// effba98), with the program in its README: two customers, top-ups, eight
+// charged events at 10:00 and 10:30 on 2026-11-21, a 24-hour window. This
+// release opens it as it is, answers its events as duplicates with their
+// original charges, charges new ones, and drops its records once they
+// expire.
+func TestOpensADataDirOfTheReleaseBefore(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join("testdata", "datadir-before-lists")
+	files, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if f.Name() == "README.md" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, f.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock := &testClock{}
+	clock.ns.Store(time.Date(2026, 11, 21, 10, 31, 0, 0, time.UTC).UnixNano())
+	// Another shard count than the writer's: routing is not stored.
+	e, err := Open(Options{Dir: dir, Shards: 3, DedupWindow: 24 * time.Hour, JanitorInterval: time.Hour,
+		ReserveBytes: 1 << 20, DefaultPricing: []byte(enginePricing), Clock: clock,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	waitIndexesReady(t, e)
+
+	for c, want := range map[string]int64{"c1": 1000 - 6*40, "c2": 500 - 2*40} {
+		w, err := e.Wallet(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := w.Account("default:CREDITS").Available(); got != want {
+			t.Errorf("%s available %d, want %d", c, got, want)
+		}
+	}
+	ev := func(id, customer string) *EventIn {
+		return &EventIn{Event: &meter.Event{ID: id, CustomerID: customer, EventType: "image_generated"}, Hash: [16]byte{1}}
+	}
+	again := []*EventIn{ev("e1", "c1"), ev("e6", "c1"), ev("f2", "c2"), ev("e7", "c1"), ev("f3", "c2")}
+	if err := e.Events(again); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"duplicate", "duplicate", "duplicate", "charged", "charged"} {
+		in := again[i]
+		if got := statusName(in.Result.Status); got != want {
+			t.Fatalf("event %s: %s %s, want %s", in.Event.ID, got, in.Result.Code, want)
+		}
+		if len(in.Result.Charges) != 1 || in.Result.Charges[0].Amount != 40 {
+			t.Fatalf("event %s answered charges %+v, want one of 40", in.Event.ID, in.Result.Charges)
+		}
+	}
+	if testCounter(t, e.metrics.idemLookups.WithLabelValues("index")) < 2 {
+		t.Error("the new ids were not answered by the index")
+	}
+	// The fixture's records and expiry keys (one per record in that
+	// format), and this release's, are all dropped once expired.
+	if countKeys(t, e, prefixExpiry) == 0 || countKeys(t, e, prefixIdem) == 0 {
+		t.Fatal("the fixture holds no idempotency records")
+	}
+	clock.advance(26 * time.Hour)
+	if err := e.DropExpired(); err != nil {
+		t.Fatal(err)
+	}
+	if n, m := countKeys(t, e, prefixIdem), countKeys(t, e, prefixExpiry); n != 0 || m != 0 {
+		t.Errorf("after every record expired: %d idempotency records and %d expiry keys left", n, m)
+	}
+}
