@@ -20,7 +20,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := build
 
-.PHONY: build test test-deps race bench bench-quick bench-go fuzz lint clean
+.PHONY: build test test-deps race sim bench bench-quick bench-go fuzz lint clean
 
 ## build: the binaries of cmd/... into bin/
 build:
@@ -33,6 +33,19 @@ test: test-deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 	@if [ "$(FUZZTIME_TEST)" != 0 ]; then $(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST); fi
+
+## sim: the crash simulation of balance/ (TestSimulatedCrashes) for SIM_RUNS
+## seeds of SIM_EVENTS events each, 10^8 events by default (about 100
+## minutes on 2 cores; make test runs one seed). Each run starts from a fresh
+## in-memory file system, so memory stays that of one run. A failure prints
+## its seed; METERD_SIM_SEED=<seed> replays it.
+SIM_RUNS   ?= 100
+SIM_EVENTS ?= 1000000
+sim:
+	$(GO) test -c -o bin/balance.test ./balance
+	for i in $$(seq $(SIM_RUNS)); do \
+	  METERD_SIM_EVENTS=$(SIM_EVENTS) bin/balance.test -test.run '^TestSimulatedCrashes$$' -test.count 1 -test.v 2>&1 | grep -E '^(---|ok|FAIL|panic)|sim_test' ; \
+	done
 
 ## test-deps: what the tests need besides the source: Go; ClickHouse's
 ## clickhouse-server and clickhouse-client (Debian's packages, 18.16); and, for
