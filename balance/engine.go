@@ -199,12 +199,23 @@ func Open(opts Options) (*Engine, error) {
 		e.shards[i] = newShard(i, e)
 	}
 	n := 0
+	for _, s := range e.shards {
+		s.timers.loading = true
+	}
 	if err := st.loadWallets(func(w *Wallet) {
-		e.shardOf(w.Customer).wallets[w.Customer] = w
+		s := e.shardOf(w.Customer)
+		s.wallets[w.Customer] = w
+		// Scheduled while the wallet just decoded is in the CPU's cache,
+		// rather than in a second pass over every wallet in map order. The
+		// shards have not started: this goroutine may touch their timers.
+		s.schedule(w)
 		n++
 	}); err != nil {
 		st.close()
 		return nil, fmt.Errorf("recover wallets: %w", err)
+	}
+	for _, s := range e.shards {
+		s.heapify()
 	}
 	e.metrics.wallets.Set(float64(n))
 	// The idempotency keys stored so far, as of now: the shards add every

@@ -95,12 +95,12 @@ func (h *dueHeap) Pop() any {
 }
 
 // timers is a shard's schedule of wallets with something due: each wallet is
-// in the heap at most once per distinct instant (queued remembers the
-// earliest queued one); stale items are skipped when popped.
+// in the heap at most once per distinct instant (Wallet.queuedAt remembers
+// the earliest queued one); stale items are skipped when popped.
 type timers struct {
-	heap   dueHeap
-	queued map[string]int64
-	next   atomic.Int64 // the heap's earliest instant, 0 = none; read by the engine's ticker
+	heap    dueHeap
+	loading bool         // wallets are being loaded: items are appended, and heapify makes the heap once
+	next    atomic.Int64 // the heap's earliest instant, 0 = none; read by the engine's ticker
 }
 
 // schedule queues w's next due instant, if it has one earlier than what is queued.
@@ -109,15 +109,26 @@ func (s *shard) schedule(w *Wallet) {
 	if at == 0 {
 		return
 	}
-	if q, ok := s.timers.queued[w.Customer]; ok && q <= at {
+	if w.queuedAt != 0 && w.queuedAt <= at {
 		return
 	}
-	if s.timers.queued == nil {
-		s.timers.queued = make(map[string]int64)
+	w.queuedAt = at
+	if s.timers.loading {
+		s.timers.heap = append(s.timers.heap, dueItem{at: at, customer: w.Customer})
+		return
 	}
-	s.timers.queued[w.Customer] = at
 	heap.Push(&s.timers.heap, dueItem{at: at, customer: w.Customer})
 	s.timers.next.Store(s.timers.heap[0].at)
+}
+
+// heapify ends loading: it makes the heap of what was appended, in one pass
+// instead of a sift per wallet.
+func (s *shard) heapify() {
+	s.timers.loading = false
+	heap.Init(&s.timers.heap)
+	if len(s.timers.heap) > 0 {
+		s.timers.next.Store(s.timers.heap[0].at)
+	}
 }
 
 // dueWalletsMax bounds the wallets one timer op advances; the rest waits for the next op.
@@ -131,12 +142,12 @@ func (s *shard) runDue(g *group) (more bool) {
 			return true
 		}
 		it := heap.Pop(&s.timers.heap).(dueItem)
-		if q, ok := s.timers.queued[it.customer]; ok && q == it.at {
-			delete(s.timers.queued, it.customer)
-		}
 		w := s.wallets[it.customer]
 		if w == nil {
 			continue
+		}
+		if w.queuedAt == it.at {
+			w.queuedAt = 0
 		}
 		if next := w.NextDue(); next != 0 && next <= g.now {
 			s.written(g, w, w.Advance(g.now, s.entries[:0]))

@@ -85,9 +85,6 @@ func (s *shard) run() {
 	defer close(s.commitQ)
 	label := strconv.Itoa(s.id)
 	depth := s.e.metrics.queueDepth.WithLabelValues(label)
-	for _, w := range s.wallets {
-		s.schedule(w)
-	}
 	for {
 		first, ok := <-s.in
 		if !ok {

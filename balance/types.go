@@ -172,6 +172,9 @@ type Wallet struct {
 	// one account (the common case): it saves an allocation and fits in the
 	// Wallet's size class. A Wallet must therefore not be copied by value.
 	accounts0 [1]*Account
+	// queuedAt is the engine's: the earliest due instant its shard has
+	// queued for this wallet (lifecycle_engine.go), 0 = none. Not stored.
+	queuedAt int64
 }
 
 // Entry is one ledger entry. Its id is Customer + "/" + Seq.
