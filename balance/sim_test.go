@@ -136,6 +136,16 @@ func (s *sim) open() *Engine {
 
 func simCustomer(i int) string { return "sim-" + strconv.Itoa(i) }
 
+// event is an event command as the engine takes it; every send is the same.
+func (c *simCmd) event() EventIn {
+	return EventIn{Event: &meter.Event{ID: c.id, CustomerID: simCustomer(c.customer), EventType: "image_generated"}, Hash: simHash(c.id)}
+}
+
+// sendTopUp sends a top-up command; every send is the same.
+func (c *simCmd) sendTopUp(e *Engine) (TopUpResult, error) {
+	return e.TopUp(simCustomer(c.customer), &TopUpCmd{ID: c.id, Account: "default", Asset: "CREDITS", Amount: c.topUp}, simHash(c.id))
+}
+
 // simHash is a command's content hash: the same for every send of an id.
 func simHash(id string) (h [16]byte) {
 	binary.LittleEndian.PutUint64(h[:], uint64(len(id)))
@@ -151,7 +161,7 @@ func (s *sim) run(events int) {
 		}
 		cmd := &simCmd{customer: c, id: "top-start", topUp: simTopUpAmount, sends: 1, charged: 1}
 		s.remember(cmd)
-		if _, err := e.TopUp(simCustomer(c), &TopUpCmd{ID: cmd.id, Account: "default", Asset: "CREDITS", Amount: cmd.topUp}, simHash(cmd.id)); err != nil {
+		if _, err := cmd.sendTopUp(e); err != nil {
 			s.fatalf("top-up: %v", err)
 		}
 		s.ackSeq++
@@ -249,7 +259,7 @@ func (s *sim) work(e *Engine, rng *rand.Rand, sent *atomic.Int64, budget int64) 
 			}
 			cmd.sends++
 			cmds[i] = cmd
-			ins[i] = EventIn{Event: &meter.Event{ID: cmd.id, CustomerID: simCustomer(cmd.customer), EventType: "image_generated"}, Hash: simHash(cmd.id)}
+			ins[i] = cmd.event()
 			ptrs[i] = &ins[i]
 		}
 		s.mu.Unlock()
@@ -312,7 +322,7 @@ func (s *sim) topUp(e *Engine, rng *rand.Rand) error {
 	}
 	cmd.sends++
 	s.mu.Unlock()
-	res, err := e.TopUp(simCustomer(c), &TopUpCmd{ID: cmd.id, Account: "default", Asset: "CREDITS", Amount: cmd.topUp}, simHash(cmd.id))
+	res, err := cmd.sendTopUp(e)
 	if err != nil {
 		if s.stopped.Load() || err == ErrOverloaded {
 			return nil
@@ -421,7 +431,7 @@ func (s *sim) check(e *Engine, durable uint64, last bool) {
 func (s *sim) resend(e *Engine, cmd *simCmd, acked bool) {
 	s.t.Helper()
 	if cmd.topUp != 0 {
-		res, err := e.TopUp(simCustomer(cmd.customer), &TopUpCmd{ID: cmd.id, Account: "default", Asset: "CREDITS", Amount: cmd.topUp}, simHash(cmd.id))
+		res, err := cmd.sendTopUp(e)
 		if err != nil {
 			s.fatalf("after crash %d: resending top-up %s: %v", s.crashes, cmd.id, err)
 		}
@@ -430,7 +440,8 @@ func (s *sim) resend(e *Engine, cmd *simCmd, acked bool) {
 		}
 		return
 	}
-	in := &EventIn{Event: &meter.Event{ID: cmd.id, CustomerID: simCustomer(cmd.customer), EventType: "image_generated"}, Hash: simHash(cmd.id)}
+	ev := cmd.event()
+	in := &ev
 	if err := e.Events([]*EventIn{in}); err != nil {
 		s.fatalf("after crash %d: resending %s: %v", s.crashes, cmd.id, err)
 	}
