@@ -23,9 +23,11 @@ type store struct {
 // writes through it, its background errors and log lines are rate-limited,
 // and opening gives up on a full disk instead of retrying without end.
 func openStore(dir string, cacheBytes int64, filesOpenMax int, log *slog.Logger, guard *diskGuard) (*store, error) {
-	// Every new event id is looked up, and almost always missed: the index
-	// and bloom-filter blocks of every table must stay cached, or each miss
-	// reads and decompresses blocks again. Pebble's default cache is 8 MiB.
+	// Look-ups of ids the in-memory index cannot rule out (duplicates, and
+	// every new id until the index is built after a start: idindex.go) and
+	// of wallets and ledgers need the index and bloom-filter blocks of every
+	// table cached, or each reads and decompresses blocks again. Pebble's
+	// default cache is 8 MiB.
 	cache := pebble.NewCache(cacheBytes)
 	defer cache.Unref()
 	opts := &pebble.Options{
