@@ -202,9 +202,13 @@ func Open(opts Options) (*Engine, error) {
 	for _, s := range e.shards {
 		s.timers.loading = true
 	}
+	// Wallets are gathered per shard first and put in maps made at their
+	// final size: growing a map of a million wallets rehashes it again
+	// and again.
+	loaded := make([][]*Wallet, len(e.shards))
 	if err := st.loadWallets(func(w *Wallet) {
 		s := e.shardOf(w.Customer)
-		s.wallets[w.Customer] = w
+		loaded[s.id] = append(loaded[s.id], w)
 		// Scheduled while the wallet just decoded is in the CPU's cache,
 		// rather than in a second pass over every wallet in map order. The
 		// shards have not started: this goroutine may touch their timers.
@@ -214,7 +218,12 @@ func Open(opts Options) (*Engine, error) {
 		st.close()
 		return nil, fmt.Errorf("recover wallets: %w", err)
 	}
-	for _, s := range e.shards {
+	for i, s := range e.shards {
+		s.wallets = make(map[string]*Wallet, len(loaded[i]))
+		for _, w := range loaded[i] {
+			s.wallets[w.Customer] = w
+		}
+		loaded[i] = nil
 		s.heapify()
 	}
 	e.metrics.wallets.Set(float64(n))
