@@ -82,14 +82,15 @@ func appendExpiring(dst, idem []byte) []byte {
 	return append(dst, idem...)
 }
 
-// nextExpiring splits the first key off a list; ok is false at its end or
-// when the list is malformed.
-func nextExpiring(list []byte) (key []byte, ok bool) {
+// nextExpiring splits the first key off a list and returns it with the
+// rest; ok is false at its end or when the list is malformed.
+func nextExpiring(list []byte) (key, rest []byte, ok bool) {
 	n, w := binary.Uvarint(list)
 	if w <= 0 || n == 0 || uint64(len(list)-w) < n {
-		return nil, false
+		return nil, nil, false
 	}
-	return list[w : w+int(n)], true
+	end := w + int(n)
+	return list[w:end], list[end:], true
 }
 
 // expiringKeys returns the idempotency keys an expiry-index entry covers.
@@ -101,22 +102,8 @@ func expiringKeys(xkey, val []byte) [][]byte {
 		return [][]byte{xkey[9:]}
 	}
 	var out [][]byte
-	for len(val) > 0 {
-		k, ok := nextExpiring(val)
-		if !ok {
-			break
-		}
+	for k, rest, ok := nextExpiring(val); ok; k, rest, ok = nextExpiring(rest) {
 		out = append(out, k)
-		val = val[len(k)+uvarintLen(uint64(len(k))):]
 	}
 	return out
-}
-
-func uvarintLen(v uint64) int {
-	n := 1
-	for v >= 0x80 {
-		v >>= 7
-		n++
-	}
-	return n
 }

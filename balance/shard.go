@@ -54,7 +54,7 @@ type shard struct {
 	// Buffers reused across ops (only the shard goroutine uses them).
 	key      []byte // wallet and ledger keys
 	idem     []byte // the idempotency key of the event being applied
-	expiring []byte // the idempotency keys recorded by the group being applied (expiringList)
+	expiring []byte // the idempotency keys recorded by the group being applied (appendExpiring)
 	val      []byte
 	entries  []Entry
 	results  []ChargeResult
@@ -123,7 +123,7 @@ func (s *shard) run() {
 		if len(s.expiring) > 0 {
 			// One expiry-index key for the group's records: the janitor drops
 			// them all once the latest has expired.
-			first, _ := nextExpiring(s.expiring)
+			first, _, _ := nextExpiring(s.expiring)
 			s.key = expiryKey(s.key[:0], g.expireMax, first)
 			s.set(g, s.key, s.expiring)
 		}
