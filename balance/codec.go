@@ -240,16 +240,32 @@ func (d *decoder) bucketID() string {
 	return string(s)
 }
 
+// appendWalletAt is AppendWallet for the store: version 3 adds the seq of
+// the last log record the snapshot reflects (cmdlog.go) after the body.
+func appendWalletAt(dst []byte, w *Wallet, seq uint64) []byte {
+	start := len(dst)
+	dst = AppendWallet(dst, w)
+	dst[start] = walletFormatV3
+	return binary.AppendUvarint(dst, seq)
+}
+
 // DecodeWallet decodes a wallet written by AppendWallet, and checks every
 // invariant (Check) so that a corrupt record is an error, never a wallet
 // that breaks later. Names, assets, account ids, sources and bucket ids are
 // shared with every other wallet that uses them, to keep wallets small in
 // memory. The result does not alias b.
 func DecodeWallet(b []byte) (*Wallet, error) {
+	w, _, err := decodeWalletAt(b)
+	return w, err
+}
+
+// decodeWalletAt is DecodeWallet that also returns the log seq of a
+// snapshot written by appendWalletAt (0 for the older versions).
+func decodeWalletAt(b []byte) (*Wallet, uint64, error) {
 	d := decoder{b: b}
 	version := d.byte1()
-	if d.err == nil && version != walletFormatV1 && version != walletFormatV2 {
-		return nil, fmt.Errorf("balance: wallet record: unknown format version %d", version)
+	if d.err == nil && (version < walletFormatV1 || version > walletFormatV3) {
+		return nil, 0, fmt.Errorf("balance: wallet record: unknown format version %d", version)
 	}
 	w := &Wallet{}
 	w.Customer = d.str()
@@ -338,16 +354,20 @@ func DecodeWallet(b []byte) (*Wallet, error) {
 	if version >= walletFormatV2 {
 		w.Life = d.life()
 	}
+	var seq uint64
+	if version >= walletFormatV3 {
+		seq = d.u()
+	}
 	if d.err != nil {
-		return nil, fmt.Errorf("balance: wallet record: %w", d.err)
+		return nil, 0, fmt.Errorf("balance: wallet record: %w", d.err)
 	}
 	if d.off != len(b) {
-		return nil, fmt.Errorf("balance: wallet record: %d bytes after the end", len(b)-d.off)
+		return nil, 0, fmt.Errorf("balance: wallet record: %d bytes after the end", len(b)-d.off)
 	}
 	if err := w.Check(); err != nil {
-		return nil, fmt.Errorf("balance: wallet record: %w", err)
+		return nil, 0, fmt.Errorf("balance: wallet record: %w", err)
 	}
-	return w, nil
+	return w, seq, nil
 }
 
 // DecodeEntry decodes an entry written by AppendEntry into e. The account

@@ -20,6 +20,10 @@ import (
 
 const walletFormatV2 = 2
 
+// Version 3 (the store's snapshots, appendWalletAt) is version 2 followed
+// by the uvarint seq of the last command-log record it reflects.
+const walletFormatV3 = 3
+
 func appendFlag(b []byte, on bool) []byte {
 	if on {
 		return append(b, 1)

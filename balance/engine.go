@@ -42,17 +42,23 @@ type Options struct {
 	ReversalWindow  time.Duration // how long a top-up can be reversed; default 24h
 	JanitorInterval time.Duration // how often expired idempotency records are dropped; default 1 minute
 	TimerInterval   time.Duration // how often due expiries and plan grants are looked for; default 100ms
-	DefaultPricing  []byte        // pricing document stored as version 1 when the store has none
-	Sinks           []string      // names of the sinks that read the outbox; none = no outbox is written
-	Clock           Clock         // default WallClock
-	Log             *slog.Logger  // default slog.Default()
-	Registerer      prometheus.Registerer
+	// CheckpointInterval is how long a wallet changed only by usage events
+	// may go without a new snapshot (cmdlog.go): the log records after it
+	// are replayed at start. Default 1s.
+	CheckpointInterval time.Duration
+	DefaultPricing     []byte       // pricing document stored as version 1 when the store has none
+	Sinks              []string     // names of the sinks that read the outbox; none = no outbox is written
+	Clock              Clock        // default WallClock
+	Log                *slog.Logger // default slog.Default()
+	Registerer         prometheus.Registerer
 
 	// Test hooks: the file system under Pebble's, the free space of Dir's
-	// disk, and os.Exit.
+	// disk, os.Exit, and the point of recovery after the command log was
+	// replayed in memory, before anything of it is written.
 	fs        vfs.FS
 	diskAvail func() (uint64, error)
 	exit      func(int)
+	replayed  func(events int)
 }
 
 func (o *Options) setDefaults() error {
@@ -88,6 +94,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.JanitorInterval <= 0 {
 		o.JanitorInterval = time.Minute
+	}
+	if o.CheckpointInterval <= 0 {
+		o.CheckpointInterval = time.Second
 	}
 	if o.TimerInterval <= 0 {
 		o.TimerInterval = 100 * time.Millisecond
@@ -130,7 +139,9 @@ type Engine struct {
 	instance      string        // this data directory's id (see InstanceID)
 	outboxSeq     atomic.Uint64 // last outbox seq issued
 	wm            *watermark
-	outboxDropped uint64 // the janitor's: outbox records up to this seq are deleted
+	outboxDropped uint64        // the janitor's: outbox records up to this seq are deleted
+	logSeq        atomic.Uint64 // last command-log seq issued (cmdlog.go)
+	logDropped    uint64        // runTimers': log records below this seq are deleted
 
 	clockMu    sync.Mutex      // one SetClock at a time
 	holdMu     sync.Mutex      // guards holdClaims
@@ -206,13 +217,26 @@ func Open(opts Options) (*Engine, error) {
 	// final size: growing a map of a million wallets rehashes it again
 	// and again.
 	loaded := make([][]*Wallet, len(e.shards))
-	if err := st.loadWallets(func(w *Wallet) {
+	// Snapshot seqs matter to the replay only for wallets snapshotted at or
+	// after the first log record (cmdlog.go): after a clean stop, none.
+	logFirst, logLast, err := st.logBounds()
+	if err != nil {
+		st.close()
+		return nil, fmt.Errorf("command log: %w", err)
+	}
+	snapSeq := make(map[string]uint64)
+	maxSeq := logLast
+	if err := st.loadWallets(func(w *Wallet, seq uint64) {
 		s := e.shardOf(w.Customer)
 		loaded[s.id] = append(loaded[s.id], w)
 		// Scheduled while the wallet just decoded is in the CPU's cache,
 		// rather than in a second pass over every wallet in map order. The
 		// shards have not started: this goroutine may touch their timers.
 		s.schedule(w)
+		if logLast != 0 && seq >= logFirst {
+			snapSeq[w.Customer] = seq
+		}
+		maxSeq = max(maxSeq, seq)
 		n++
 	}); err != nil {
 		st.close()
@@ -224,8 +248,17 @@ func Open(opts Options) (*Engine, error) {
 			s.wallets[w.Customer] = w
 		}
 		loaded[i] = nil
-		s.heapify()
 	}
+	e.logSeq.Store(maxSeq)
+	if err := e.recoverLog(snapSeq); err != nil {
+		st.close()
+		return nil, fmt.Errorf("replay the command log: %w", err)
+	}
+	for _, s := range e.shards {
+		s.heapify()
+		s.floor.Store(maxSeq + 1)
+	}
+	e.logDropped = maxSeq + 1
 	e.metrics.wallets.Set(float64(n))
 	// The idempotency keys stored so far, as of now: the shards add every
 	// later one to their indexes themselves.
@@ -262,6 +295,12 @@ func (e *Engine) Close() error {
 	e.sendMu.Unlock()
 	for _, s := range e.shards {
 		<-s.done
+	}
+	if e.disk.writable() {
+		// Every wallet was snapshotted by its shard's last group.
+		if err := e.truncateLog(); err != nil {
+			e.log.Error("truncating the command log", "err", err)
+		}
 	}
 	e.disk.halt()
 	return e.st.close()

@@ -33,7 +33,8 @@ func holdKey(id string) []byte { return append([]byte{prefixHold}, id...) }
 
 // effects stores what the last operations on w made beside ledger entries,
 // in the group's batch (and its outbox record), and schedules w's next due
-// instant.
+// instant. Its caller has marked w changed (dirty, or changed by a logged
+// command).
 func (s *shard) effects(g *group, w *Wallet) {
 	s.schedule(w)
 	if w.Life == nil || w.Life.fx.Empty() {
@@ -61,7 +62,6 @@ func (s *shard) effects(g *group, w *Wallet) {
 		s.val = AppendReload(s.val[:0], r)
 		s.set(g, s.key, s.val)
 	}
-	g.dirty[w] = struct{}{}
 }
 
 // reloadSeq returns n of "r_<n>".
@@ -181,6 +181,12 @@ func (e *Engine) runTimers() {
 				if next := s.timers.next.Load(); next != 0 && next <= now {
 					s := s
 					_ = e.doShard(s, func(sh *shard, g *group) { sh.runDue(g) })
+				}
+			}
+			e.pokeCheckpoints()
+			if e.disk.writable() {
+				if err := e.truncateLog(); err != nil {
+					e.log.Error("truncating the command log", "err", err)
 				}
 			}
 		}

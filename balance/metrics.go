@@ -8,6 +8,8 @@ type metrics struct {
 	commitSeconds prometheus.Histogram
 	queueDepth    *prometheus.GaugeVec
 	wallets       prometheus.Gauge
+	checkpointed  prometheus.Counter
+	replayed      prometheus.Counter
 	idemLookups   *prometheus.CounterVec
 	idIndexBytes  *prometheus.GaugeVec
 	idemDropped   prometheus.Counter
@@ -47,6 +49,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "meterd_idempotency_index_bytes",
 			Help: "Memory of each shard's in-memory index of its idempotency keys, sampled by the janitor.",
 		}, []string{"shard"}),
+		checkpointed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meterd_checkpoint_wallets_total",
+			Help: "Wallet snapshots written by checkpoints: wallets changed only by usage events, written at most once per --checkpoint-interval.",
+		}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meterd_log_replayed_events_total",
+			Help: "Usage commands replayed from the command log at start (those after their wallets' snapshots).",
+		}),
 		notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meterd_notifications_total",
 			Help: "Customer notifications made, by type.",
@@ -57,7 +67,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.groupEvents, m.groupOps, m.commitSeconds, m.queueDepth, m.wallets, m.idemLookups, m.idIndexBytes, m.idemDropped, m.notifications)
+		reg.MustRegister(m.groupEvents, m.groupOps, m.commitSeconds, m.queueDepth, m.wallets, m.idemLookups, m.idIndexBytes, m.idemDropped, m.notifications, m.checkpointed, m.replayed)
 	}
 	return m
 }

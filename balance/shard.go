@@ -24,7 +24,11 @@ type op struct {
 // group is one commit group: the ops applied together and the Pebble batch
 // that makes them durable with one fsync.
 type group struct {
+	seq       uint64    // the group's place in the command log (cmdlog.go)
+	started   time.Time // when the shard began applying it
 	start     time.Time // when the batch was handed to the WAL
+	floor     uint64    // once durable, the shard needs no log record below this seq (0: unchanged)
+	cmds      int       // usage commands in the shard's log buffer
 	now       int64
 	batch     *pebble.Batch
 	ops       []*op
@@ -46,6 +50,10 @@ type shard struct {
 	cache    idemCache
 	ids      idIndex // every idempotency key this shard holds in the store
 	timers   timers
+	ck       checkpoints
+	floor    atomic.Uint64 // log records below it are covered by this shard's durable snapshots
+	ckOldest atomic.Int64  // unix ns when the oldest change not yet snapshotted began; 0 = none
+	inflight atomic.Int64  // groups opened and not yet durable (truncateLog)
 	done     chan struct{}
 	outboxOn bool // sinks are configured: groups write outbox records
 
@@ -55,6 +63,7 @@ type shard struct {
 	key      []byte // wallet and ledger keys
 	idem     []byte // the idempotency key of the event being applied
 	expiring []byte // the idempotency keys recorded by the group being applied (appendExpiring)
+	logBody  []byte // the commands of the group being applied (appendLogCmd)
 	val      []byte
 	entries  []Entry
 	results  []ChargeResult
@@ -75,12 +84,15 @@ func newShard(id int, e *Engine) *shard {
 		wallets:     make(map[string]*Wallet),
 		cache:       newIdemCache(e.opts.IdemCacheMax),
 		ids:         newIDIndex(e.idSeed),
+		ck:          checkpoints{first: make(map[*Wallet]uint64)},
 		outboxOn:    len(e.opts.Sinks) > 0,
 		done:        make(chan struct{}),
 	}
 }
 
-// run applies ops in commit groups until the input channel is closed.
+// run applies ops in commit groups until the input channel is closed,
+// then snapshots every wallet a logged command changed since its last
+// snapshot, so that the next start replays nothing.
 func (s *shard) run() {
 	defer close(s.commitQ)
 	label := strconv.Itoa(s.id)
@@ -88,17 +100,14 @@ func (s *shard) run() {
 	for {
 		first, ok := <-s.in
 		if !ok {
+			if len(s.ck.first) > 0 && s.writable() {
+				s.close(s.open(), true)
+			}
 			return
 		}
 		s.slots.Add(-1)
 		depth.Set(float64(len(s.in)))
-		g := &group{
-			now:     s.e.clock.Now(),
-			batch:   s.e.st.db.NewBatch(),
-			dirty:   make(map[*Wallet]struct{}),
-			pricing: s.e.pricing.Load(),
-		}
-		s.expiring = s.expiring[:0]
+		g := s.open()
 		s.apply(g, first)
 		open := true
 	drain:
@@ -115,37 +124,67 @@ func (s *shard) run() {
 				break drain
 			}
 		}
-		for w := range g.dirty {
-			s.key = walletKey(s.key[:0], w.Customer)
-			s.val = AppendWallet(s.val[:0], w)
-			s.set(g, s.key, s.val)
-		}
-		if len(s.expiring) > 0 {
-			// One expiry-index key for the group's records: the janitor drops
-			// them all once the latest has expired.
-			first, _, _ := nextExpiring(s.expiring)
-			s.key = expiryKey(s.key[:0], g.expireMax, first)
-			s.set(g, s.key, s.expiring)
-		}
-		if g.outbox.entries+g.outbox.usage+g.outbox.notes > 0 {
-			g.outbox.seq = s.e.outboxSeq.Add(1)
-			s.val = g.outbox.value(s.val[:0], g.now)
-			s.set(g, outboxKey(g.outbox.seq), s.val)
-		}
-		// Hand the batch to the WAL now and wait for its fsync on the
-		// committer goroutine, so the next group can be applied and queued
-		// behind it: one WAL fsync then covers every group queued meanwhile,
-		// of this shard and of the others. The WAL keeps this shard's groups
-		// in the order they were applied.
-		g.start = time.Now()
-		if err := s.handToWAL(g.batch); err != nil {
-			s.commitFailed(err)
-		}
-		s.commitQ <- g
+		s.close(g, !open)
 		if !open {
 			return
 		}
 	}
+}
+
+// open starts a commit group.
+func (s *shard) open() *group {
+	s.expiring = s.expiring[:0]
+	s.logBody = s.logBody[:0]
+	s.inflight.Add(1) // before the seq is taken: truncateLog relies on the order
+	return &group{
+		seq:     s.e.logSeq.Add(1),
+		started: time.Now(),
+		now:     s.e.clock.Now(),
+		batch:   s.e.st.db.NewBatch(),
+		dirty:   make(map[*Wallet]struct{}),
+		pricing: s.e.pricing.Load(),
+	}
+}
+
+// close writes what group g made that is not in its batch yet (its log
+// record, the snapshots of its checkpoint and of the wallets its other ops
+// changed, its expiry list and outbox record) and hands it to the WAL; with
+// last set, its checkpoint takes every wallet.
+func (s *shard) close(g *group, last bool) {
+	s.checkpoint(g, last, s.writable())
+	if g.cmds > 0 {
+		s.val = logHeader(s.val[:0], g.now, g.cmds)
+		s.val = append(s.val, s.logBody...)
+		s.set(g, logKey(g.seq), s.val)
+	}
+	for w := range g.dirty {
+		delete(s.ck.first, w)
+		s.key = walletKey(s.key[:0], w.Customer)
+		s.val = appendWalletAt(s.val[:0], w, g.seq)
+		s.set(g, s.key, s.val)
+	}
+	if len(s.expiring) > 0 {
+		// One expiry-index key for the group's records: the janitor drops
+		// them all once the latest has expired.
+		first, _, _ := nextExpiring(s.expiring)
+		s.key = expiryKey(s.key[:0], g.expireMax, first)
+		s.set(g, s.key, s.expiring)
+	}
+	if g.outbox.entries+g.outbox.usage+g.outbox.notes > 0 {
+		g.outbox.seq = s.e.outboxSeq.Add(1)
+		s.val = g.outbox.value(s.val[:0], g.now)
+		s.set(g, outboxKey(g.outbox.seq), s.val)
+	}
+	// Hand the batch to the WAL now and wait for its fsync on the
+	// committer goroutine, so the next group can be applied and queued
+	// behind it: one WAL fsync then covers every group queued meanwhile,
+	// of this shard and of the others. The WAL keeps this shard's groups
+	// in the order they were applied.
+	g.start = time.Now()
+	if err := s.handToWAL(g.batch); err != nil {
+		s.commitFailed(err)
+	}
+	s.commitQ <- g
 }
 
 // take takes a slot in the shard's queue for an op about to be sent,
@@ -187,6 +226,10 @@ func (s *shard) commit() {
 		if g.outbox.seq != 0 {
 			s.e.wm.mark(g.outbox.seq)
 		}
+		if g.floor != 0 {
+			s.floor.Store(g.floor)
+		}
+		s.inflight.Add(-1)
 		s.e.metrics.commitSeconds.Observe(time.Since(g.start).Seconds())
 		s.e.metrics.groupEvents.Observe(float64(g.events))
 		s.e.metrics.groupOps.Observe(float64(len(g.ops)))
@@ -402,16 +445,19 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		cmd := UsageCmd{EventID: ev.ID, OccurredAt: ev.OccurredAt, PricingVersion: g.pricing.Version, Charges: s.charges, HoldID: ev.HoldID}
 		var berr *Error
 		s.results, s.entries, berr = w.Charge(&cmd, g.now, s.results[:0], s.entries[:0])
+		// Logged even when refused: the refusal may have changed the wallet
+		// (expiries, alerts, a reload request), and replay must do the same.
+		s.logBody = appendLogCmd(s.logBody, ev.CustomerID, &cmd)
+		g.cmds++
+		s.ck.changed(g, w)
 		if len(s.entries) > 0 {
 			s.writeEntries(g, w, s.entries)
-			g.dirty[w] = struct{}{}
 		}
 		s.effects(g, w)
 		if berr != nil {
 			res.reject(berr.Code, berr.Message, "")
 			return
 		}
-		g.dirty[w] = struct{}{} // the carry moved even when no entry was written
 		r.Status = EventCharged
 		if !matched {
 			r.Status = EventRecorded // it only settled its hold

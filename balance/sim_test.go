@@ -66,8 +66,11 @@ func TestSimulatedCrashes(t *testing.T) {
 		}
 	}()
 	sim.run(events)
-	t.Logf("seed %d: %d events (%d resends), %d top-ups, %d crashes, %d commands in doubt resolved",
-		seed, sim.nEvents, sim.nResends, sim.nTopUps, sim.crashes, sim.inDoubt)
+	t.Logf("seed %d: %d events (%d resends), %d top-ups, %d crashes (%d during a replay), %d commands in doubt resolved, %d log commands replayed",
+		seed, sim.nEvents, sim.nResends, sim.nTopUps, sim.crashes, sim.replayCrashes, sim.inDoubt, sim.replayed)
+	if sim.crashes >= 10 && sim.replayed == 0 {
+		t.Errorf("seed %d: %d crashes and no recovery replayed the command log: the test does not reach replay", seed, sim.crashes)
+	}
 }
 
 const (
@@ -103,6 +106,8 @@ type sim struct {
 	stopped atomic.Bool
 
 	nEvents, nResends, nTopUps, crashes, inDoubt int
+	replayed, replayCrashes                      int        // log commands replayed at recoveries; crashes in the middle of one
+	midReplay                                    *vfs.MemFS // the file system as a crash during the last open's replay would leave it
 }
 
 func newSim(t *testing.T, seed uint64) *sim {
@@ -119,13 +124,29 @@ func (s *sim) fatalf(format string, args ...any) {
 
 func (s *sim) open() *Engine {
 	s.t.Helper()
-	e, err := Open(Options{Dir: s.dir, Shards: 1 + s.rng.IntN(4), QueueMax: 64, JanitorInterval: time.Hour, TimerInterval: time.Hour,
-		ReserveBytes: 1 << 20, DefaultPricing: []byte(enginePricing), Clock: s.clock,
+	// Checkpoints from every group to none before Close, and the ticker
+	// that truncates the log and pokes idle shards, from often to never.
+	checkpoint := []time.Duration{time.Millisecond, 20 * time.Millisecond, time.Second, time.Hour}[s.rng.IntN(4)]
+	ticker := []time.Duration{2 * time.Millisecond, 50 * time.Millisecond, time.Hour}[s.rng.IntN(3)]
+	midReplay := s.rng.IntN(4) == 0
+	cloneSeed := s.rng.Uint64()
+	s.midReplay = nil
+	e, err := Open(Options{Dir: s.dir, Shards: 1 + s.rng.IntN(4), QueueMax: 64, JanitorInterval: time.Hour, TimerInterval: ticker,
+		CheckpointInterval: checkpoint,
+		ReserveBytes:       1 << 20, DefaultPricing: []byte(enginePricing), Clock: s.clock,
 		Log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 		fs:        s.fs,
 		diskAvail: func() (uint64, error) { return 1 << 40, nil },
 		exit: func(code int) {
 			panic(fmt.Sprintf("seed %d: the engine stopped the process (exit %d); see its log", s.seed, code))
+		},
+		replayed: func(events int) {
+			s.replayed += events
+			if midReplay && events > 0 {
+				// What a crash in the middle of recovery leaves: the log
+				// replayed in memory, nothing of it written.
+				s.midReplay = s.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 50, RNG: rand.New(rand.NewPCG(cloneSeed, 3))})
+			}
 		},
 	})
 	if err != nil {
@@ -216,6 +237,13 @@ func (s *sim) run(events int) {
 		s.fs = clone
 		s.clock.advance(time.Second)
 		e = s.open()
+		if s.midReplay != nil {
+			// A crash while the log was being replayed: recover from that.
+			e.Close()
+			s.fs = s.midReplay
+			s.replayCrashes++
+			e = s.open()
+		}
 		if s.rng.IntN(4) == 0 {
 			// A crash right after recovery, while the index may still be building.
 			clone := s.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: s.rng.IntN(101), RNG: rand.New(rand.NewPCG(s.rng.Uint64(), 2))})

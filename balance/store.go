@@ -2,6 +2,7 @@ package balance
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -108,21 +109,49 @@ func (s *store) loadPricing() (*meter.Pricing, error) {
 	return meter.Compile(doc, version, nil)
 }
 
-// loadWallets calls fn for every stored wallet.
-func (s *store) loadWallets(fn func(*Wallet)) error {
+// loadWallets calls fn for every stored wallet, with the log seq its
+// snapshot reflects.
+func (s *store) loadWallets(fn func(*Wallet, uint64)) error {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixWallet}, UpperBound: []byte{prefixWallet + 1}})
 	if err != nil {
 		return err
 	}
 	defer it.Close()
 	for ok := it.First(); ok; ok = it.Next() {
-		w, err := DecodeWallet(it.Value())
+		w, seq, err := decodeWalletAt(it.Value())
 		if err != nil {
 			return fmt.Errorf("wallet %q: %w", it.Key()[1:], err)
 		}
-		fn(w)
+		fn(w, seq)
 	}
 	return it.Error()
+}
+
+// logBounds returns the seqs of the first and last command-log records,
+// or zeros when there are none.
+func (s *store) logBounds() (first, last uint64, err error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixLog}, UpperBound: []byte{prefixLog + 1}})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer it.Close()
+	seqOf := func(key []byte) (uint64, error) {
+		if len(key) != 9 {
+			return 0, fmt.Errorf("log key %x: not a seq", key)
+		}
+		return binary.BigEndian.Uint64(key[1:]), nil
+	}
+	if !it.First() {
+		return 0, 0, it.Error()
+	}
+	if first, err = seqOf(it.Key()); err != nil {
+		return 0, 0, err
+	}
+	it.Last()
+	if last, err = seqOf(it.Key()); err != nil {
+		return 0, 0, err
+	}
+	return first, last, it.Error()
 }
 
 // pebbleLogger is Pebble's logger. Its errors are rate-limited when limit

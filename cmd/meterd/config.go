@@ -61,6 +61,7 @@ type Config struct {
 	HTTPConnsPerIPMax   int           // --http-conns-per-ip-max N: from one client address, 0 = derived
 	ShardQueueMax       int           // --shard-queue-max N: requests waiting per shard before 503
 	CommitEventsMax     int           // --commit-events-max N: events per commit group
+	CheckpointInterval  time.Duration // --checkpoint-interval DURATION: how long a wallet's usage may live in the command log alone
 	IdemCacheMax        int           // --idem-cache-max N: idempotency records cached per shard
 	CacheBytes          int           // --cache-bytes N: Pebble block cache
 	DiskReserveBytes    int           // --disk-reserve-bytes N: kept in reserve for a full disk
@@ -75,6 +76,8 @@ const (
 	configFileBytesMax         = 1 << 20
 	shardsMax                  = 1024
 	dedupWindowMin             = 24 * time.Hour
+	checkpointIntervalMin      = 10 * time.Millisecond
+	checkpointIntervalMax      = time.Hour
 	bodyBytesMaxMax            = 1 << 30
 	eventsPerRequestMaxMax     = 1_000_000
 	shardQueueMaxMax           = 1 << 20
@@ -171,6 +174,9 @@ func settings(c *Config) []setting {
 			usage: "requests waiting per shard before answering 503"},
 		{name: "commit-events-max", arg: "N", def: "8192", ptr: &c.CommitEventsMax,
 			usage: "most events in one commit group (one fsync)"},
+		{name: "checkpoint-interval", arg: "DURATION", def: "1s", ptr: &c.CheckpointInterval,
+			usage: "how long a wallet changed only by usage events may go without a new snapshot: usage is made durable as one command-log record per commit group, " +
+				"and a start after a crash replays the log after the snapshots (10ms..1h)"},
 		{name: "idem-cache-max", arg: "N", def: "262144", ptr: &c.IdemCacheMax,
 			usage: "idempotency records cached in memory per shard"},
 		{name: "cache-bytes", arg: "N", def: "268435456", ptr: &c.CacheBytes,
@@ -510,6 +516,9 @@ func (c *Config) validate() error {
 	}
 	if c.ReversalWindow <= 0 {
 		return invalid("reversal-window", "%v must be positive", c.ReversalWindow)
+	}
+	if c.CheckpointInterval < checkpointIntervalMin || c.CheckpointInterval > checkpointIntervalMax {
+		return invalid("checkpoint-interval", "%v is outside %v..%v", c.CheckpointInterval, checkpointIntervalMin, checkpointIntervalMax)
 	}
 	for _, l := range []struct {
 		name   string

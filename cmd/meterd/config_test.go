@@ -75,6 +75,7 @@ func TestDefaults(t *testing.T) {
 		BodyMemoryMax:       256 << 20,
 		ShardQueueMax:       4096,
 		CommitEventsMax:     8192,
+		CheckpointInterval:  time.Second,
 		IdemCacheMax:        262144,
 		CacheBytes:          268435456,
 		DiskReserveBytes:    64 << 20,

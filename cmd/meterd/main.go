@@ -133,21 +133,22 @@ func run(cfg Config, fds fdPlan) error {
 
 	start := time.Now()
 	eng, err := balance.Open(balance.Options{
-		Dir:             cfg.DataDir,
-		Shards:          cfg.Shards,
-		QueueMax:        cfg.ShardQueueMax,
-		CommitEventsMax: cfg.CommitEventsMax,
-		IdemCacheMax:    cfg.IdemCacheMax,
-		CacheBytes:      int64(cfg.CacheBytes),
-		FilesOpenMax:    fds.pebbleFilesMax,
-		ReserveBytes:    int64(cfg.DiskReserveBytes),
-		DedupWindow:     cfg.DedupWindow,
-		ReversalWindow:  cfg.ReversalWindow,
-		DefaultPricing:  defaultPricing,
-		Sinks:           sinkNames,
-		Clock:           clock,
-		Log:             log,
-		Registerer:      reg,
+		Dir:                cfg.DataDir,
+		Shards:             cfg.Shards,
+		QueueMax:           cfg.ShardQueueMax,
+		CommitEventsMax:    cfg.CommitEventsMax,
+		CheckpointInterval: cfg.CheckpointInterval,
+		IdemCacheMax:       cfg.IdemCacheMax,
+		CacheBytes:         int64(cfg.CacheBytes),
+		FilesOpenMax:       fds.pebbleFilesMax,
+		ReserveBytes:       int64(cfg.DiskReserveBytes),
+		DedupWindow:        cfg.DedupWindow,
+		ReversalWindow:     cfg.ReversalWindow,
+		DefaultPricing:     defaultPricing,
+		Sinks:              sinkNames,
+		Clock:              clock,
+		Log:                log,
+		Registerer:         reg,
 	})
 	if err != nil {
 		return err

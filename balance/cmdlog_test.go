@@ -1,0 +1,360 @@
+package balance
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"reflect"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/meterd/meterd/meter"
+)
+
+func TestLogRecordRoundTrip(t *testing.T) {
+	cmds := []struct {
+		customer string
+		cmd      UsageCmd
+	}{
+		{"c1", UsageCmd{EventID: "e1", OccurredAt: 1_700_000_000_000_000_000, PricingVersion: 3,
+			Charges: []meter.Charge{{Account: "default:CREDITS", Name: "default", Asset: "CREDITS", Amount: meter.Fine{Units: 40, Sub: 7}}}}},
+		{"c-2", UsageCmd{EventID: "e2", HoldID: "h1", PricingVersion: 1 << 31}},
+		{"c3", UsageCmd{EventID: "e3", OccurredAt: -5, Charges: []meter.Charge{
+			{Account: "a:USD", Name: "a", Asset: "USD", Scale: 2, Amount: meter.Fine{Units: 1}},
+			{Account: "b:USD", Name: "b", Asset: "USD", Scale: 2, Amount: meter.Fine{Sub: meter.SubUnitsPerUnit - 1}},
+		}}},
+	}
+	var body []byte
+	for i := range cmds {
+		body = appendLogCmd(body, cmds[i].customer, &cmds[i].cmd)
+	}
+	rec := append(logHeader(nil, 42, len(cmds)), body...)
+	r, err := newLogReader(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.now != 42 {
+		t.Fatalf("now %d, want 42", r.now)
+	}
+	for i := range cmds {
+		customer, ok, err := r.next()
+		if err != nil || !ok {
+			t.Fatalf("command %d: ok %v, err %v", i, ok, err)
+		}
+		got := r.cmd
+		if len(got.Charges) == 0 {
+			got.Charges = nil
+		}
+		if customer != cmds[i].customer || !reflect.DeepEqual(got, cmds[i].cmd) {
+			t.Fatalf("command %d: got %q %+v, want %q %+v", i, customer, got, cmds[i].customer, cmds[i].cmd)
+		}
+	}
+	if _, ok, err := r.next(); ok || err != nil {
+		t.Fatalf("after the last command: ok %v, err %v", ok, err)
+	}
+	// Cut anywhere, the record is an error, never a panic or a short read.
+	for n := 0; n < len(rec); n++ {
+		if logRecordErr(rec[:n]) == nil {
+			t.Fatalf("a record cut to %d of %d bytes decoded without an error", n, len(rec))
+		}
+	}
+}
+
+// logRecordErr decodes every command of a record and returns the first error.
+func logRecordErr(b []byte) error {
+	r, err := newLogReader(b)
+	if err != nil {
+		return err
+	}
+	for {
+		_, ok, err := r.next()
+		if err != nil || !ok {
+			return err
+		}
+	}
+}
+
+func FuzzDecodeLogRecord(f *testing.F) {
+	cmd := UsageCmd{EventID: "e1", HoldID: "h", Charges: []meter.Charge{{Account: "default:CREDITS", Amount: meter.Fine{Units: 3}}}}
+	f.Add(append(logHeader(nil, 1, 1), appendLogCmd(nil, "c1", &cmd)...))
+	f.Add([]byte{logFormatV1, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_ = logRecordErr(b)
+	})
+}
+
+// openCrashable opens an engine on fs, which keeps only what was synced
+// when cloned with CrashClone.
+func openCrashable(t testing.TB, fs *vfs.MemFS, dir string, clock Clock, checkpoint time.Duration, replayed func(int)) *Engine {
+	t.Helper()
+	e, err := Open(Options{Dir: dir, Shards: 3, JanitorInterval: time.Hour, TimerInterval: 2 * time.Millisecond,
+		CheckpointInterval: checkpoint, ReserveBytes: 1 << 20, DefaultPricing: []byte(replayPricing), Clock: clock,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), fs: fs,
+		diskAvail: func() (uint64, error) { return 1 << 40, nil },
+		replayed:  replayed,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// replayPricing charges whole credits for images and a third of a credit
+// per token, so that the carry of sub-unit remainders moves.
+const replayPricing = `{"assets":[{"code":"CREDITS","scale":0}],
+ "prices":[{"event_type":"image_generated","account":"default:CREDITS","unit_price":"40"},
+           {"event_type":"tokens","account":"default:CREDITS","components":[{"field":"n","unit_price":"0.333333333333333333"}]}]}`
+
+// TestReplayRestoresWhatCheckpointsMissed crashes an engine whose wallets
+// were changed only by usage events since their last snapshot (charges,
+// carries, refusals, holds settled by events) and checks that recovery
+// replays the log into exactly the wallets acknowledged before the crash,
+// then snapshots them and deletes the log.
+func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	dir := "/data"
+	clock := &testClock{}
+	clock.ns.Store(time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC).UnixNano())
+	e := openCrashable(t, fs, dir, clock, time.Hour, nil)
+	const customers = 20
+	for i := range customers {
+		c := "r" + strconv.Itoa(i)
+		if _, err := e.PutCustomer(c, Settings{}); err != nil {
+			t.Fatal(err)
+		}
+		// Customer r0 can pay for three images only: later ones are refused.
+		amount := int64(100_000)
+		if i == 0 {
+			amount = 120
+		}
+		if _, err := e.TopUp(c, &TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: amount}, [16]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		if i%4 == 1 {
+			if _, _, err := e.PlaceHold(c, &HoldCmd{ID: "hold-" + c, Account: "default:CREDITS", Amount: 500, ExpiresAt: clock.Now() + int64(time.Hour)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for n := range 200 {
+		var evs []*EventIn
+		for k := range 1 + rng.IntN(30) {
+			i := rng.IntN(customers)
+			c := "r" + strconv.Itoa(i)
+			ev := &meter.Event{ID: fmt.Sprintf("e%d-%d", n, k), CustomerID: c, EventType: "image_generated"}
+			if rng.IntN(2) == 0 {
+				ev.EventType = "tokens"
+				n := strconv.Itoa(1 + rng.IntN(1000))
+				ev.Data = []meter.Field{{Key: "n", Kind: meter.FieldNumber, Text: n}}
+				ev.DataJSON = []byte(`{"n":` + n + `}`)
+			}
+			if i%4 == 1 && rng.IntN(50) == 0 {
+				ev.HoldID = "hold-" + c
+			}
+			evs = append(evs, &EventIn{Event: ev, Hash: [16]byte{byte(n), byte(k)}})
+		}
+		if err := e.Events(evs); err != nil {
+			t.Fatal(err)
+		}
+		clock.advance(time.Millisecond)
+	}
+	if countKeys(t, e, prefixLog) == 0 {
+		t.Fatal("no log record before the crash")
+	}
+	want := make(map[string][]byte)
+	for i := range customers {
+		c := "r" + strconv.Itoa(i)
+		w, err := e.Wallet(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[c] = AppendWallet(nil, w)
+	}
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	e.Close()
+
+	replayed := 0
+	e = openCrashable(t, crashed, dir, clock, time.Hour, func(n int) { replayed += n })
+	defer e.Close()
+	if replayed < 1000 {
+		t.Fatalf("recovery replayed %d commands, want the 200 batches' (over 1,000)", replayed)
+	}
+	for c, enc := range want {
+		w, err := e.Wallet(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := AppendWallet(nil, w); !bytes.Equal(got, enc) {
+			t.Errorf("customer %s after replay differs:\n got  %+v\n want %+v", c, w, mustDecodeWallet(t, enc))
+		}
+		if sum, avail := ledgerSum(t, e, c), w.Accounts[0].Available(); sum != avail {
+			t.Errorf("customer %s: ledger sums to %d, available is %d", c, sum, avail)
+		}
+	}
+	if n := countKeys(t, e, prefixLog); n != 0 {
+		t.Errorf("%d log records left after recovery snapshotted the wallets", n)
+	}
+}
+
+func mustDecodeWallet(t *testing.T, b []byte) *Wallet {
+	w, err := DecodeWallet(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// ledgerSum sums every ledger entry of a customer.
+func ledgerSum(t *testing.T, e *Engine, customer string) int64 {
+	t.Helper()
+	var sum int64
+	var before uint64
+	for {
+		page, err := e.Ledger(customer, "", before, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, en := range page.Entries {
+			sum += en.Amount
+		}
+		if page.Next == 0 {
+			return sum
+		}
+		before = page.Next
+	}
+}
+
+// TestCheckpointsTruncateTheLog: with a short interval, wallets changed by
+// events are snapshotted by later groups (or by the ticker's poke of an
+// idle shard), every log record is then deleted, and a clean stop leaves
+// nothing to replay.
+func TestCheckpointsTruncateTheLog(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	clock := &testClock{}
+	clock.ns.Store(time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC).UnixNano())
+	e := openCrashable(t, fs, "/data", clock, 5*time.Millisecond, nil)
+	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.TopUp("c1", &TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1_000_000}, [16]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	for n := range 50 {
+		ev := &meter.Event{ID: "e" + strconv.Itoa(n), CustomerID: "c1", EventType: "image_generated"}
+		if err := e.Events([]*EventIn{{Event: ev, Hash: [16]byte{byte(n)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for countKeys(t, e, prefixLog) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d log records still there 10 s after the last event, with a 5 ms checkpoint interval", countKeys(t, e, prefixLog))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The snapshot is the truth now: a crash replays nothing.
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	e.Close()
+	replayed := -1
+	e = openCrashable(t, crashed, "/data", clock, time.Hour, func(n int) { replayed = n })
+	w, err := e.Wallet("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Accounts[0].Available(); replayed != 0 || got != 1_000_000-50*40 {
+		t.Fatalf("after a crash past the checkpoint: %d replayed, available %d; want 0 and %d", replayed, got, 1_000_000-50*40)
+	}
+	// A clean stop snapshots what the log alone held.
+	for n := range 10 {
+		ev := &meter.Event{ID: "f" + strconv.Itoa(n), CustomerID: "c1", EventType: "image_generated"}
+		if err := e.Events([]*EventIn{{Event: ev, Hash: [16]byte{byte(n)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.Close()
+	if fsLogKeys(t, crashed) != 0 {
+		t.Fatal("log records left after a clean stop")
+	}
+}
+
+// fsLogKeys counts the log records in the store on fs at /data.
+func fsLogKeys(t *testing.T, fs vfs.FS) int {
+	t.Helper()
+	db, err := pebble.Open("/data", &pebble.Options{FS: fs, Logger: pebbleLogger{log: slog.New(slog.NewTextHandler(io.Discard, nil))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixLog}, UpperBound: []byte{prefixLog + 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	n := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		n++
+	}
+	return n
+}
+
+// BenchmarkReplay measures replaying the command log into loaded wallets:
+// 1,000,000 token-priced events of 10,000 customers (a carry on every
+// charge), as recovery after a crash does.
+func BenchmarkReplay(b *testing.B) {
+	const customers, events, perGroup = 10_000, 1_000_000, 100
+	st, err := openStore(b.TempDir(), 64<<20, 1000, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.close()
+	now := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC).UnixNano()
+	base := make([]*Wallet, customers)
+	for i := range base {
+		w := NewWallet("customer-"+strconv.Itoa(i), Settings{}, now)
+		if _, _, berr := w.TopUp(&TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1 << 40}, now, nil); berr != nil {
+			b.Fatal(berr)
+		}
+		base[i] = w
+	}
+	charge := []meter.Charge{{Account: "default:CREDITS", Name: "default", Asset: "CREDITS", Amount: meter.Fine{Units: 3, Sub: meter.SubUnitsPerUnit / 3}}}
+	batch := st.db.NewBatch()
+	var body, val []byte
+	rng := rand.New(rand.NewPCG(1, 1))
+	for g := range events / perGroup {
+		body = body[:0]
+		for k := range perGroup {
+			cmd := UsageCmd{EventID: "e" + strconv.Itoa(g*perGroup+k), OccurredAt: now, PricingVersion: 1, Charges: charge}
+			body = appendLogCmd(body, base[rng.IntN(customers)].Customer, &cmd)
+		}
+		val = append(logHeader(val[:0], now+int64(g), perGroup), body...)
+		if err := batch.Set(logKey(uint64(g+1)), val, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := batch.Commit(pebble.Sync); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		wallets := make(map[string]*Wallet, customers)
+		for _, w := range base {
+			wallets[w.Customer] = w.clone()
+		}
+		b.StartTimer()
+		start := time.Now()
+		_, _, n, err := replayLog(st.db, func(c string) *Wallet { return wallets[c] }, nil)
+		total += time.Since(start)
+		if err != nil || n != events {
+			b.Fatalf("replayed %d of %d: %v", n, events, err)
+		}
+	}
+	b.ReportMetric(float64(events)*float64(b.N)/total.Seconds(), "events/s")
+}
