@@ -205,14 +205,15 @@ func (p *crashProc) running() bool {
 
 // crashHarness starts, kills and stops meterd on one data directory.
 type crashHarness struct {
-	t      testing.TB
-	bin    string
-	dir    string
-	args   []string // flags beyond --data-dir and --listen
-	proc   *crashProc
-	starts int
-	client *http.Client
-	tr     *http.Transport
+	t       testing.TB
+	bin     string
+	dir     string
+	args    []string // flags beyond --data-dir and --listen
+	proc    *crashProc
+	starts  int
+	replays int // starts that replayed the command log
+	client  *http.Client
+	tr      *http.Transport
 }
 
 func freeLoopbackAddr(t testing.TB) string {
@@ -230,30 +231,14 @@ func (h *crashHarness) start() {
 	t := h.t
 	t.Helper()
 	for attempt := 0; ; attempt++ {
-		p := &crashProc{addr: freeLoopbackAddr(t), log: &crashLog{ready: make(chan struct{})}, done: make(chan struct{})}
-		p.cmd = exec.Command(h.bin, append([]string{"--data-dir", h.dir, "--listen", p.addr}, h.args...)...)
-		env := []string{}
-		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, "METERD_") {
-				env = append(env, kv)
-			}
-		}
-		p.cmd.Env = env
-		p.cmd.Stdout = p.log
-		p.cmd.Stderr = p.log
-		if err := p.cmd.Start(); err != nil {
-			t.Fatalf("starting meterd: %v", err)
-		}
-		h.starts++
-		h.proc = p
-		go func() {
-			p.err = p.cmd.Wait()
-			close(p.done)
-		}()
+		p := h.launch()
 		timer := time.NewTimer(crashStartTimeout)
 		select {
 		case <-p.log.ready:
 			timer.Stop()
+			if strings.Contains(p.log.tail(), "command log replayed") {
+				h.replays++
+			}
 		case <-p.done:
 			timer.Stop()
 			out := p.log.tail()
@@ -280,6 +265,57 @@ func (h *crashHarness) start() {
 		}
 		return
 	}
+}
+
+// launch starts the binary and returns at once.
+func (h *crashHarness) launch() *crashProc {
+	t := h.t
+	t.Helper()
+	p := &crashProc{addr: freeLoopbackAddr(t), log: &crashLog{ready: make(chan struct{})}, done: make(chan struct{})}
+	p.cmd = exec.Command(h.bin, append([]string{"--data-dir", h.dir, "--listen", p.addr}, h.args...)...)
+	env := []string{}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "METERD_") {
+			env = append(env, kv)
+		}
+	}
+	p.cmd.Env = env
+	p.cmd.Stdout = p.log
+	p.cmd.Stderr = p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting meterd: %v", err)
+	}
+	h.starts++
+	h.proc = p
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	return p
+}
+
+// killStarting starts the binary and kills it after delay, ready or not:
+// while it opens the store, replays the command log or checkpoints what it
+// replayed. It reports whether the kill came before the process was ready.
+func (h *crashHarness) killStarting(delay time.Duration) (early bool) {
+	p := h.launch()
+	time.Sleep(delay)
+	select {
+	case <-p.log.ready:
+	default:
+		early = true
+	}
+	p.cmd.Process.Kill()
+	<-p.done
+	return early
+}
+
+// crashArgs picks a start's checkpoint interval: from checkpoints in nearly
+// every group (kills land in the middle of them) to none before the kill
+// (the whole load is replayed from the command log).
+func crashArgs(rng *rand.Rand) []string {
+	iv := []string{"10ms", "100ms", "1s", "1h"}[rng.IntN(4)]
+	return []string{"--checkpoint-interval", iv}
 }
 
 // kill sends SIGKILL and waits for the process to be gone.
@@ -493,6 +529,7 @@ func TestCrashDurability(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 0))
 
 	// Setup, once.
+	h.args = crashArgs(rng)
 	h.start()
 	h.mustDo("PUT", "/v1/pricing", []byte(crashPricing), 200)
 	customers := make([]string, crashCustomers)
@@ -515,7 +552,7 @@ func TestCrashDurability(t *testing.T) {
 	var all []*crashEvent
 	var acked [][]*crashEvent // every batch answered 200
 	var lastAcked [][]*crashEvent
-	kills := 0
+	kills, startKills, startKillsEarly := 0, 0, 0
 	var loadTime time.Duration
 	resendChecked := 0
 	for cycle := 0; ; cycle++ {
@@ -595,6 +632,15 @@ func TestCrashDurability(t *testing.T) {
 		if errs.count() > 0 {
 			t.FailNow()
 		}
+		h.args = crashArgs(rng)
+		if rng.IntN(2) == 0 {
+			// Killed again while starting: during recovery's replay of the
+			// command log, or its checkpoint of what it replayed.
+			startKills++
+			if h.killStarting(time.Duration(rng.IntN(60)) * time.Millisecond) {
+				startKillsEarly++
+			}
+		}
 		h.start()
 	}
 	loadEnd := time.Now()
@@ -613,6 +659,7 @@ func TestCrashDurability(t *testing.T) {
 			nAck++
 		}
 	}
+	t.Logf("%d kill -9s while starting (%d before ready); %d of %d starts replayed the command log", startKills, startKillsEarly, h.replays, h.starts)
 	t.Logf("%d kill -9s in %v of load; %d events attempted, %d acknowledged (%d charged, %d recorded, %d rejected), %d unacknowledged; %d acknowledged events resent between kills",
 		kills, loadTime.Round(time.Millisecond), len(all), nAck, nCharged, nRecorded, nRejected, len(all)-nAck, resendChecked)
 	if nCharged == 0 || nRejected == 0 || nRecorded == 0 {
