@@ -350,20 +350,23 @@ func (s *shard) written(g *group, w *Wallet, entries []Entry) {
 
 // remember stores a new idempotency record in the group, the cache and the
 // index. It is kept until RecordExpireAt (window.go): past the last instant
-// its event can be accepted; the group's expiry-index key lists it.
+// its event can be accepted; the group's expiry-index key lists it. An
+// event's data goes to the outbox's usage record only (sinks ship it): a
+// duplicate's answer needs the hash and the charges, not the data.
 func (s *shard) remember(g *group, key []byte, r *record) {
 	r.RecordedAt = g.now
 	r.ExpireAt = RecordExpireAt(g.now, r.OccurredAt, s.e.opts.DedupWindow)
-	s.val = r.append(s.val[:0])
-	s.set(g, key, s.val)
 	if s.outboxOn && r.Kind == idemEvent {
+		s.val = r.append(s.val[:0])
 		customer, _ := idemKeyCustomer(key)
 		g.outbox.addUsage(customer, string(key[3+len(customer):]), s.val)
 	}
+	r.Data = nil
+	s.val = r.append(s.val[:0])
+	s.set(g, key, s.val)
 	s.ids.add(key, r.ExpireAt, g.now)
 	s.expiring = appendExpiring(s.expiring, key)
 	g.expireMax = max(g.expireMax, r.ExpireAt)
-	r.Data = nil
 	s.cache.put(string(key), r)
 }
 
