@@ -70,6 +70,7 @@ type logReader struct {
 	now  int64
 	left int
 	cmd  UsageCmd
+	last meter.Charge // the last charge's account, name and asset: most commands repeat them
 }
 
 func newLogReader(b []byte) (*logReader, error) {
@@ -111,11 +112,16 @@ func (r *logReader) next() (customer string, ok bool, err error) {
 	c.Charges = c.Charges[:0]
 	for range n {
 		var ch meter.Charge
-		ch.Account = d.internStr()
+		if account := d.raw(d.u(), codecStringLenMax); string(account) == r.last.Account {
+			ch.Account, ch.Name, ch.Asset = r.last.Account, r.last.Name, r.last.Asset
+		} else {
+			ch.Account = internBytes(account)
+			ch.Name, ch.Asset, _ = splitAccountID(ch.Account)
+			r.last = ch
+		}
 		ch.Scale = d.byte1()
 		ch.Amount.Units = d.v()
 		ch.Amount.Sub = d.u()
-		ch.Name, ch.Asset, _ = splitAccountID(ch.Account)
 		c.Charges = append(c.Charges, ch)
 	}
 	if d.err == nil && pv > 1<<32-1 {
@@ -262,10 +268,11 @@ func (e *Engine) pokeCheckpoints() {
 
 // replayLog applies the log records of db after each wallet's snapshot to
 // the loaded wallets (walletOf finds them; the shards have not started),
-// and returns the wallets it changed. snapSeq holds the snapshot seq of
-// every wallet whose snapshot is at or after the first record; a wallet
-// absent from it is older.
-func replayLog(db *pebble.DB, walletOf func(string) *Wallet, snapSeq map[string]uint64) (changed map[*Wallet]struct{}, records, events int, err error) {
+// and returns the wallets it changed; made gets the ledger entries each
+// command made (nil: dropped). snapSeq holds the snapshot seq of every
+// wallet whose snapshot is at or after the first record; a wallet absent
+// from it is older.
+func replayLog(db *pebble.DB, walletOf func(string) *Wallet, snapSeq map[string]uint64, made func(*Wallet, []Entry)) (changed map[*Wallet]struct{}, records, events int, err error) {
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixLog}, UpperBound: []byte{prefixLog + 1}})
 	if err != nil {
 		return nil, 0, 0, err
@@ -301,6 +308,9 @@ func replayLog(db *pebble.DB, walletOf func(string) *Wallet, snapSeq map[string]
 				return nil, 0, 0, fmt.Errorf("log record %d: customer %q has no wallet", seq, customer)
 			}
 			res, entries, _ = w.Charge(&r.cmd, r.now, res[:0], entries[:0])
+			if made != nil && len(entries) > 0 {
+				made(w, entries)
+			}
 			if w.Life != nil {
 				w.TakeEffects() // written with the record
 			}
@@ -311,12 +321,17 @@ func replayLog(db *pebble.DB, walletOf func(string) *Wallet, snapSeq map[string]
 	return changed, records, events, it.Error()
 }
 
-// recoverLog replays the log into the loaded wallets, then snapshots every
-// wallet it changed and deletes the log, in one synced batch.
+// recoverLog replays the log into the loaded wallets, then writes every
+// wallet it changed with the ledger entries the replay made again, and
+// deletes the log, in one synced batch.
 func (e *Engine) recoverLog(snapSeq map[string]uint64) error {
 	start := time.Now()
 	walletOf := func(c string) *Wallet { return e.shardOf(c).wallets[c] }
-	changed, records, events, err := replayLog(e.st.db, walletOf, snapSeq)
+	made := func(w *Wallet, entries []Entry) {
+		s := e.shardOf(w.Customer)
+		s.writeEntries(&group{dirty: map[*Wallet]struct{}{}}, w, entries)
+	}
+	changed, records, events, err := replayLog(e.st.db, walletOf, snapSeq, made)
 	if err != nil {
 		return err
 	}
@@ -330,12 +345,15 @@ func (e *Engine) recoverLog(snapSeq map[string]uint64) error {
 	defer b.Close()
 	var key, val []byte
 	for w := range changed {
+		s := e.shardOf(w.Customer)
+		g := &group{batch: b}
+		s.flushLedger(g, w)
 		key = walletKey(key[:0], w.Customer)
 		val = appendWalletAt(val[:0], w, e.logSeq.Load())
 		if err := b.Set(key, val, nil); err != nil {
 			return err
 		}
-		e.shardOf(w.Customer).schedule(w)
+		s.schedule(w)
 	}
 	if err := b.DeleteRange(logKey(0), logKey(e.logSeq.Load()+1), nil); err != nil {
 		return err

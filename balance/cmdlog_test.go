@@ -350,7 +350,7 @@ func BenchmarkReplay(b *testing.B) {
 		}
 		b.StartTimer()
 		start := time.Now()
-		_, _, n, err := replayLog(st.db, func(c string) *Wallet { return wallets[c] }, nil)
+		_, _, n, err := replayLog(st.db, func(c string) *Wallet { return wallets[c] }, nil, nil)
 		total += time.Since(start)
 		if err != nil || n != events {
 			b.Fatalf("replayed %d of %d: %v", n, events, err)

@@ -552,10 +552,15 @@ func (e *Engine) Wallet(customer string) (*Wallet, error) {
 // that a read of its stored records (ledger, notifications) is exact as of
 // now without waiting for the timers. While the disk is full it writes
 // nothing: the read shows what is stored.
-func (e *Engine) advanceCustomer(customer string) error {
+// With ledger set, the customer's pending ledger entries are written too
+// (ledger.go), so that a read of the store sees every one acknowledged.
+func (e *Engine) advanceCustomer(customer string, ledger bool) error {
 	return e.customerRead(customer, func(sh *shard, g *group, w *Wallet) *Error {
 		if sh.writable() {
 			sh.expire(g, w)
+			if ledger && sh.ledger[w] != nil {
+				g.dirty[w] = struct{}{}
+			}
 		}
 		return nil
 	})
@@ -727,7 +732,7 @@ func (e *Engine) Ledger(customer, account string, before uint64, limit int) (Led
 		return LedgerPage{}, &Error{Code: CodeInvalidRequest, Message: "limit must be at least 1"}
 	}
 	var page LedgerPage
-	if err := e.advanceCustomer(customer); err != nil {
+	if err := e.advanceCustomer(customer, true); err != nil {
 		return page, err
 	}
 	v, err := e.st.get(walletKey(nil, customer))
@@ -737,32 +742,8 @@ func (e *Engine) Ledger(customer, account string, before uint64, limit int) (Led
 	if v == nil {
 		return page, &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
 	}
-	lower := ledgerPrefix(nil, customer)
-	upper := ledgerPrefix(nil, customer)
-	upper[len(upper)-1] = 1
-	if before > 0 {
-		upper = ledgerKey(nil, customer, before)
-	}
-	it, err := e.st.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return page, err
-	}
-	defer it.Close()
-	for ok := it.Last(); ok; ok = it.Prev() {
-		var en Entry
-		if err := DecodeEntry(it.Value(), &en); err != nil {
-			return page, fmt.Errorf("ledger entry %x: %w", it.Key(), err)
-		}
-		if account != "" && en.Account != account {
-			continue
-		}
-		if len(page.Entries) == limit {
-			page.Next = page.Entries[len(page.Entries)-1].Seq
-			break
-		}
-		page.Entries = append(page.Entries, en)
-	}
-	return page, it.Error()
+	page.Entries, page.Next, err = e.st.readLedger(customer, account, before, limit)
+	return page, err
 }
 
 // runJanitor drops idempotency records whose window has passed.

@@ -464,7 +464,7 @@ func (e *Engine) Notifications(customer string, before uint64, limit int) ([]Not
 
 // scanCustomer reads a customer's records of a prefix newest first.
 func (e *Engine) scanCustomer(prefix byte, customer string, before uint64, limit int, fn func(v []byte) error) (uint64, error) {
-	if err := e.advanceCustomer(customer); err != nil {
+	if err := e.advanceCustomer(customer, false); err != nil {
 		return 0, err
 	}
 	lower := customerSeqKey(nil, prefix, customer, 0)

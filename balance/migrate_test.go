@@ -11,18 +11,25 @@ import (
 	"github.com/meterd/meterd/meter"
 )
 
-// testdata/datadir-before-lists is a data directory written by the engine
-// before expiry-index keys listed a commit group's records (commit
-// effba98), with the program in its README: two customers, top-ups, eight
+// testdata/datadir-before-lists and testdata/datadir-before-log are data
+// directories written by the engine before expiry-index keys listed a
+// commit group's records (commit effba98) and before the command log
+// (bf5fcf5), by the program in their READMEs: two customers, top-ups, eight
 // charged events at 10:00 and 10:30 on 2026-11-21, a 24-hour window. This
-// release opens it as it is, answers its events as duplicates with their
-// original charges, charges new ones, and drops its records once they
-// expire.
+// release opens each as it is, answers its events as duplicates with their
+// original charges, charges new ones, reads its ledger with the new
+// entries, and drops its records once they expire.
 func TestOpensADataDirOfTheReleaseBefore(t *testing.T) {
+	for _, fixture := range []string{"datadir-before-lists", "datadir-before-log"} {
+		t.Run(fixture, func(t *testing.T) { opensFixture(t, fixture) })
+	}
+}
+
+func opensFixture(t *testing.T, fixture string) {
 	// A copy: opening writes to it. Its README goes along; the store
 	// ignores a file it does not know.
 	dir := t.TempDir()
-	if err := os.CopyFS(dir, os.DirFS(filepath.Join("testdata", "datadir-before-lists"))); err != nil {
+	if err := os.CopyFS(dir, os.DirFS(filepath.Join("testdata", fixture))); err != nil {
 		t.Fatal(err)
 	}
 	clock := &testClock{}
@@ -64,6 +71,24 @@ func TestOpensADataDirOfTheReleaseBefore(t *testing.T) {
 	}
 	if testCounter(t, e.metrics.idemLookups.WithLabelValues("index")) < 2 {
 		t.Error("the new ids were not answered by the index")
+	}
+	// The ledger: the fixture's entries (one key each) and the new ones
+	// (a chunk), newest first, summing to what is available.
+	for c, want := range map[string]int64{"c1": 1000 - 7*40, "c2": 500 - 3*40} {
+		page, err := e.Ledger(c, "", 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := int64(0)
+		for i, en := range page.Entries {
+			sum += en.Amount
+			if i > 0 && en.Seq >= page.Entries[i-1].Seq {
+				t.Fatalf("%s: ledger not newest first: %d after %d", c, en.Seq, page.Entries[i-1].Seq)
+			}
+		}
+		if sum != want {
+			t.Errorf("%s: ledger sums to %d, want %d", c, sum, want)
+		}
 	}
 	// The fixture's records and expiry keys (one per record in that
 	// format), and this release's, are all dropped once expired.

@@ -41,21 +41,23 @@ type group struct {
 
 // shard owns a disjoint set of customers. Only its goroutine touches them.
 type shard struct {
-	id       int
-	e        *Engine
-	in       chan *op
-	slots    atomic.Int64 // ops sent or being sent to in and not yet taken by run: at most cap(in)
-	commitQ  chan *group
-	wallets  map[string]*Wallet
-	cache    idemCache
-	ids      idIndex // every idempotency key this shard holds in the store
-	timers   timers
-	ck       checkpoints
-	floor    atomic.Uint64 // log records below it are covered by this shard's durable snapshots
-	ckOldest atomic.Int64  // unix ns when the oldest change not yet snapshotted began; 0 = none
-	inflight atomic.Int64  // groups opened and not yet durable (truncateLog)
-	done     chan struct{}
-	outboxOn bool // sinks are configured: groups write outbox records
+	id         int
+	e          *Engine
+	in         chan *op
+	slots      atomic.Int64 // ops sent or being sent to in and not yet taken by run: at most cap(in)
+	commitQ    chan *group
+	wallets    map[string]*Wallet
+	cache      idemCache
+	ids        idIndex // every idempotency key this shard holds in the store
+	timers     timers
+	ck         checkpoints
+	ledger     map[*Wallet]*pendingLedger // entries not yet written (ledger.go)
+	ledgerFree []*pendingLedger
+	floor      atomic.Uint64 // log records below it are covered by this shard's durable snapshots
+	ckOldest   atomic.Int64  // unix ns when the oldest change not yet snapshotted began; 0 = none
+	inflight   atomic.Int64  // groups opened and not yet durable (truncateLog)
+	done       chan struct{}
+	outboxOn   bool // sinks are configured: groups write outbox records
 
 	lookupCache, lookupIndex, lookupStore, lookupMiss prometheus.Counter
 
@@ -85,6 +87,7 @@ func newShard(id int, e *Engine) *shard {
 		cache:       newIdemCache(e.opts.IdemCacheMax),
 		ids:         newIDIndex(e.idSeed),
 		ck:          checkpoints{first: make(map[*Wallet]uint64)},
+		ledger:      make(map[*Wallet]*pendingLedger),
 		outboxOn:    len(e.opts.Sinks) > 0,
 		done:        make(chan struct{}),
 	}
@@ -159,6 +162,7 @@ func (s *shard) close(g *group, last bool) {
 	}
 	for w := range g.dirty {
 		delete(s.ck.first, w)
+		s.flushLedger(g, w)
 		s.key = walletKey(s.key[:0], w.Customer)
 		s.val = appendWalletAt(s.val[:0], w, g.seq)
 		s.set(g, s.key, s.val)
@@ -277,18 +281,6 @@ func (s *shard) set(g *group, key, val []byte) {
 func (s *shard) del(g *group, key []byte) {
 	if err := g.batch.Delete(key, nil); err != nil {
 		panic(fmt.Sprintf("meterd: batch delete: %v", err))
-	}
-}
-
-// writeEntries adds ledger entries to the group and marks the wallet dirty.
-func (s *shard) writeEntries(g *group, w *Wallet, entries []Entry) {
-	for i := range entries {
-		s.key = ledgerKey(s.key[:0], w.Customer, entries[i].Seq)
-		s.val = AppendEntry(s.val[:0], &entries[i])
-		s.set(g, s.key, s.val)
-		if s.outboxOn {
-			g.outbox.addEntry(w.Customer, s.val)
-		}
 	}
 }
 
