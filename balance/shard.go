@@ -70,6 +70,7 @@ type shard struct {
 	entries  []Entry
 	results  []ChargeResult
 	charges  []meter.Charge
+	slabs    slabs
 }
 
 func newShard(id int, e *Engine) *shard {
@@ -425,7 +426,8 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		res.reject(code, msg, field)
 		return
 	}
-	r := &record{
+	r := s.slabs.record()
+	*r = record{
 		Kind:           idemEvent,
 		Hash:           in.Hash,
 		PricingVersion: g.pricing.Version,
@@ -457,7 +459,7 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		if !matched {
 			r.Status = EventRecorded // it only settled its hold
 		}
-		r.Charges = copyCharges(s.results)
+		r.Charges = s.copyCharges(s.results)
 	}
 	s.remember(g, s.idem, r)
 	res.Status = r.Status
@@ -465,7 +467,9 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 	res.PricingVersion = r.PricingVersion
 }
 
-func copyCharges(src []ChargeResult) []ChargeResult {
+// copyCharges copies src (results and parts) out of the shard's slabs:
+// they outlive the group in the idempotency cache and the caller's answer.
+func (s *shard) copyCharges(src []ChargeResult) []ChargeResult {
 	if len(src) == 0 {
 		return nil
 	}
@@ -473,8 +477,8 @@ func copyCharges(src []ChargeResult) []ChargeResult {
 	for i := range src {
 		n += len(src[i].Parts)
 	}
-	parts := make([]Part, 0, n)
-	out := make([]ChargeResult, len(src))
+	parts := s.slabs.parts(n)[:0]
+	out := s.slabs.results(len(src))
 	for i := range src {
 		out[i] = src[i]
 		start := len(parts)
@@ -482,6 +486,44 @@ func copyCharges(src []ChargeResult) []ChargeResult {
 		out[i].Parts = parts[start:len(parts):len(parts)]
 	}
 	return out
+}
+
+// slabs hands out the small slices and records each applied event keeps,
+// carved from larger arrays: one allocation per slabLen of them instead of
+// one each. An array lives while any piece of it is referenced.
+type slabs struct {
+	r []ChargeResult
+	p []Part
+	c []record
+}
+
+const slabLen = 512
+
+func (b *slabs) results(n int) []ChargeResult {
+	if len(b.r) < n {
+		b.r = make([]ChargeResult, max(slabLen, n))
+	}
+	out := b.r[:n:n]
+	b.r = b.r[n:]
+	return out
+}
+
+func (b *slabs) parts(n int) []Part {
+	if len(b.p) < n {
+		b.p = make([]Part, max(slabLen, n))
+	}
+	out := b.p[:n:n]
+	b.p = b.p[n:]
+	return out
+}
+
+func (b *slabs) record() *record {
+	if len(b.c) == 0 {
+		b.c = make([]record, slabLen)
+	}
+	r := &b.c[0]
+	b.c = b.c[1:]
+	return r
 }
 
 // idemCache holds recent idempotency records in two generations: when the
