@@ -224,7 +224,9 @@ func (s *shard) checkpoint(g *group, all, write bool) {
 	} else {
 		s.ckOldest.Store(0)
 	}
-	s.e.metrics.checkpointed.Add(float64(n))
+	if n > 0 {
+		s.e.metrics.checkpointed.Add(float64(n))
+	}
 }
 
 // truncateLog deletes the log records every shard's snapshots have passed.
@@ -327,9 +329,11 @@ func replayLog(db *pebble.DB, walletOf func(string) *Wallet, snapSeq map[string]
 func (e *Engine) recoverLog(snapSeq map[string]uint64) error {
 	start := time.Now()
 	walletOf := func(c string) *Wallet { return e.shardOf(c).wallets[c] }
+	scratch := &group{dirty: map[*Wallet]struct{}{}} // writeEntries' outbox copy and early flush mark are not used here
 	made := func(w *Wallet, entries []Entry) {
-		s := e.shardOf(w.Customer)
-		s.writeEntries(&group{dirty: map[*Wallet]struct{}{}}, w, entries)
+		e.shardOf(w.Customer).writeEntries(scratch, w, entries)
+		scratch.outbox = outboxGroup{}
+		clear(scratch.dirty)
 	}
 	changed, records, events, err := replayLog(e.st.db, walletOf, snapSeq, made)
 	if err != nil {

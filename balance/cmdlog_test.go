@@ -291,16 +291,7 @@ func fsLogKeys(t *testing.T, fs vfs.FS) int {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixLog}, UpperBound: []byte{prefixLog + 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer it.Close()
-	n := 0
-	for ok := it.First(); ok; ok = it.Next() {
-		n++
-	}
-	return n
+	return countPrefix(t, db, prefixLog)
 }
 
 // BenchmarkReplay measures replaying the command log into loaded wallets:

@@ -41,7 +41,13 @@ func imageEvent(id string, hash byte) *EventIn {
 // countKeys counts the stored keys that start with prefix.
 func countKeys(t *testing.T, e *Engine, prefix byte) int {
 	t.Helper()
-	it, err := e.st.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
+	return countPrefix(t, e.st.db, prefix)
+}
+
+// countPrefix counts the keys of db that start with prefix.
+func countPrefix(t *testing.T, db *pebble.DB, prefix byte) int {
+	t.Helper()
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -104,7 +104,7 @@ func (s *shard) run() {
 	for {
 		first, ok := <-s.in
 		if !ok {
-			if len(s.ck.first) > 0 && s.writable() {
+			for len(s.ck.first) > 0 && s.writable() {
 				s.close(s.open(), true)
 			}
 			return
@@ -499,21 +499,18 @@ type slabs struct {
 
 const slabLen = 512
 
-func (b *slabs) results(n int) []ChargeResult {
-	if len(b.r) < n {
-		b.r = make([]ChargeResult, max(slabLen, n))
-	}
-	out := b.r[:n:n]
-	b.r = b.r[n:]
-	return out
-}
+func (b *slabs) results(n int) []ChargeResult { return carve(&b.r, n) }
 
-func (b *slabs) parts(n int) []Part {
-	if len(b.p) < n {
-		b.p = make([]Part, max(slabLen, n))
+func (b *slabs) parts(n int) []Part { return carve(&b.p, n) }
+
+// carve cuts n elements off the front of *slab, first making a new slab
+// when it has fewer.
+func carve[T any](slab *[]T, n int) []T {
+	if len(*slab) < n {
+		*slab = make([]T, max(slabLen, n))
 	}
-	out := b.p[:n:n]
-	b.p = b.p[n:]
+	out := (*slab)[:n:n]
+	*slab = (*slab)[n:]
 	return out
 }
 
