@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"time"
-	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/meterd/meterd/meter"
@@ -37,8 +36,16 @@ func logKey(seq uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte{prefixLog}, seq)
 }
 
-// logCmd appends one usage command of customer to a group's log record
-// body (the header is logHeader's).
+// logKeySeq returns the seq of a log key.
+func logKeySeq(key []byte) (uint64, error) {
+	if len(key) != 9 {
+		return 0, fmt.Errorf("log key %x: not a seq", key)
+	}
+	return binary.BigEndian.Uint64(key[1:]), nil
+}
+
+// appendLogCmd appends one usage command of customer to a group's log
+// record body (the header is logHeader's).
 func appendLogCmd(b []byte, customer string, c *UsageCmd) []byte {
 	b = appendStr(b, customer)
 	b = appendStr(b, c.EventID)
@@ -132,15 +139,6 @@ func (r *logReader) next() (customer string, ok bool, err error) {
 		return "", false, fmt.Errorf("balance: log record: %w", d.err)
 	}
 	return customer, true, nil
-}
-
-// view reads a string that aliases the decoder's input (logReader.next).
-func (d *decoder) view() string {
-	b := d.raw(d.u(), codecStringLenMax)
-	if len(b) == 0 {
-		return ""
-	}
-	return unsafe.String(&b[0], len(b))
 }
 
 // ---- Checkpoints ----
@@ -275,7 +273,7 @@ func (e *Engine) pokeCheckpoints() {
 // wallet whose snapshot is at or after the first record; a wallet absent
 // from it is older.
 func replayLog(db *pebble.DB, walletOf func(string) *Wallet, snapSeq map[string]uint64, made func(*Wallet, []Entry)) (changed map[*Wallet]struct{}, records, events int, err error) {
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixLog}, UpperBound: []byte{prefixLog + 1}})
+	it, err := db.NewIter(prefixRange(prefixLog))
 	if err != nil {
 		return nil, 0, 0, err
 	}
@@ -284,11 +282,10 @@ func replayLog(db *pebble.DB, walletOf func(string) *Wallet, snapSeq map[string]
 	var res []ChargeResult
 	var entries []Entry
 	for ok := it.First(); ok; ok = it.Next() {
-		key := it.Key()
-		if len(key) != 9 {
-			return nil, 0, 0, fmt.Errorf("log key %x: not a seq", key)
+		seq, err := logKeySeq(it.Key())
+		if err != nil {
+			return nil, 0, 0, err
 		}
-		seq := binary.BigEndian.Uint64(key[1:])
 		records++
 		r, err := newLogReader(it.Value())
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
 )
 
 // The binary formats of wallets and ledger entries, as stored. Each record
@@ -203,6 +204,15 @@ func (d *decoder) str() string { return string(d.raw(d.u(), codecStringLenMax)) 
 
 // internStr reads a string and returns its shared copy.
 func (d *decoder) internStr() string { return internBytes(d.raw(d.u(), codecStringLenMax)) }
+
+// view reads a string that aliases the decoder's input (logReader.next).
+func (d *decoder) view() string {
+	b := d.raw(d.u(), codecStringLenMax)
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
 
 func (d *decoder) optBytes() []byte {
 	n := d.u()

@@ -262,7 +262,7 @@ func Open(opts Options) (*Engine, error) {
 	e.metrics.wallets.Set(float64(n))
 	// The idempotency keys stored so far, as of now: the shards add every
 	// later one to their indexes themselves.
-	ids, err := st.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixIdem}, UpperBound: []byte{prefixIdem + 1}})
+	ids, err := st.db.NewIter(prefixRange(prefixIdem))
 	if err != nil {
 		st.close()
 		return nil, fmt.Errorf("idempotency index: %w", err)

@@ -47,7 +47,7 @@ func countKeys(t *testing.T, e *Engine, prefix byte) int {
 // countPrefix counts the keys of db that start with prefix.
 func countPrefix(t *testing.T, db *pebble.DB, prefix byte) int {
 	t.Helper()
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
+	it, err := db.NewIter(prefixRange(prefix))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,10 @@
 package balance
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/cockroachdb/pebble/v2"
+)
 
 // Key layout of the Pebble store. Customer ids never contain 0x00 (they are
 // 1-128 chars of [A-Za-z0-9._:-]), so 0x00 separates a customer id from
@@ -67,6 +71,11 @@ func expiryKey(dst []byte, expireAt int64, idem []byte) []byte {
 	dst = append(dst, prefixExpiry)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(expireAt))
 	return append(dst, idem...)
+}
+
+// prefixRange is the iterator bounds of every key that starts with prefix.
+func prefixRange(prefix byte) *pebble.IterOptions {
+	return &pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}}
 }
 
 func pricingKey(version uint32) []byte {

@@ -285,7 +285,7 @@ func (e *Engine) dropShipped() error {
 func (s *store) loadOutboxSeq() (uint64, error) {
 	var seq uint64
 	for _, p := range []byte{prefixOutbox, prefixCursor} {
-		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{p}, UpperBound: []byte{p + 1}})
+		it, err := s.db.NewIter(prefixRange(p))
 		if err != nil {
 			return 0, err
 		}

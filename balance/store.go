@@ -2,7 +2,6 @@ package balance
 
 import (
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -89,7 +88,7 @@ func (s *store) get(key []byte) ([]byte, error) {
 
 // loadPricing returns the newest stored pricing version, or meter.Empty().
 func (s *store) loadPricing() (*meter.Pricing, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixPricing}, UpperBound: []byte{prefixPricing + 1}})
+	it, err := s.db.NewIter(prefixRange(prefixPricing))
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +111,7 @@ func (s *store) loadPricing() (*meter.Pricing, error) {
 // loadWallets calls fn for every stored wallet, with the log seq its
 // snapshot reflects.
 func (s *store) loadWallets(fn func(*Wallet, uint64)) error {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixWallet}, UpperBound: []byte{prefixWallet + 1}})
+	it, err := s.db.NewIter(prefixRange(prefixWallet))
 	if err != nil {
 		return err
 	}
@@ -130,25 +129,19 @@ func (s *store) loadWallets(fn func(*Wallet, uint64)) error {
 // logBounds returns the seqs of the first and last command-log records,
 // or zeros when there are none.
 func (s *store) logBounds() (first, last uint64, err error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixLog}, UpperBound: []byte{prefixLog + 1}})
+	it, err := s.db.NewIter(prefixRange(prefixLog))
 	if err != nil {
 		return 0, 0, err
 	}
 	defer it.Close()
-	seqOf := func(key []byte) (uint64, error) {
-		if len(key) != 9 {
-			return 0, fmt.Errorf("log key %x: not a seq", key)
-		}
-		return binary.BigEndian.Uint64(key[1:]), nil
-	}
 	if !it.First() {
 		return 0, 0, it.Error()
 	}
-	if first, err = seqOf(it.Key()); err != nil {
+	if first, err = logKeySeq(it.Key()); err != nil {
 		return 0, 0, err
 	}
 	it.Last()
-	if last, err = seqOf(it.Key()); err != nil {
+	if last, err = logKeySeq(it.Key()); err != nil {
 		return 0, 0, err
 	}
 	return first, last, it.Error()
