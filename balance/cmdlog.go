@@ -3,6 +3,8 @@ package balance
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -22,15 +24,37 @@ import (
 // and replays the records after each wallet's seq through Wallet.Charge.
 // Every other write to a wallet (top-ups, grants, holds, settings, expiries
 // found by timers or reads) still snapshots it in its own group, so the log
-// holds usage only. Records every wallet's snapshot has passed are deleted.
+// holds usage only.
+//
+// The log is also where an accepted event's idempotency record lives: its
+// command carries the content hash, the status and the charges answered, so
+// a duplicate is answered from the one log record the shard's id index
+// points at (idindex.go). Records are kept while replay may need them (the
+// replay floor: every wallet's snapshot has passed them) or while an id
+// they hold is inside the dedup window (idSegments), and deleted past both.
 //
 //	'g' seq(8, BE) -> log record (appendLogRecord)
+//	'm' "log_floor" -> seq(8, BE): replay starts there (truncateLog)
 //
 // Seqs are engine-wide: every group takes the next one when it starts, so
 // one customer's records are in seq order whichever shard held it.
 const prefixLog = 'g'
 
-const logFormatV1 = 1
+// Log record formats. V1 (the release before ids were logged) holds
+// applied usage commands only; V2 adds to each command whether it was
+// applied and, for an accepted event, its idempotency record.
+const (
+	logFormatV1 = 1
+	logFormatV2 = 2
+)
+
+// Flags of a V2 command.
+const (
+	logApplied = 1 << 0 // Wallet.Charge ran for it: replay runs it again
+	logID      = 1 << 1 // the event was accepted: status, hash and charges follow
+)
+
+var logFloorKey = []byte("mlog_floor")
 
 func logKey(seq uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte{prefixLog}, seq)
@@ -45,8 +69,10 @@ func logKeySeq(key []byte) (uint64, error) {
 }
 
 // appendLogCmd appends one usage command of customer to a group's log
-// record body (the header is logHeader's).
-func appendLogCmd(b []byte, customer string, c *UsageCmd) []byte {
+// record body (the header is logHeader's): applied when Wallet.Charge ran
+// for it, and r the event's idempotency record when it was accepted (nil:
+// refused).
+func appendLogCmd(b []byte, customer string, c *UsageCmd, applied bool, r *record) []byte {
 	b = appendStr(b, customer)
 	b = appendStr(b, c.EventID)
 	b = binary.AppendVarint(b, c.OccurredAt)
@@ -60,30 +86,68 @@ func appendLogCmd(b []byte, customer string, c *UsageCmd) []byte {
 		b = binary.AppendVarint(b, ch.Amount.Units)
 		b = binary.AppendUvarint(b, ch.Amount.Sub)
 	}
+	var flags byte
+	if applied {
+		flags |= logApplied
+	}
+	if r == nil {
+		return append(b, flags)
+	}
+	b = append(b, flags|logID, r.Status)
+	b = append(b, r.Hash[:]...)
+	b = binary.AppendUvarint(b, uint64(len(r.Charges)))
+	for i := range r.Charges {
+		res := &r.Charges[i]
+		// The account charged is the command's charge's, but for a charge
+		// that named another spelling of it: written out then.
+		if i < len(c.Charges) && c.Charges[i].Account == res.Account {
+			b = appendStr(b, "")
+		} else {
+			b = appendStr(b, res.Account)
+		}
+		b = append(b, res.Scale)
+		b = binary.AppendVarint(b, res.Amount)
+		b = binary.AppendVarint(b, res.BalanceAfter)
+		b = binary.AppendUvarint(b, uint64(len(res.Parts)))
+		for _, p := range res.Parts {
+			b = appendStr(b, p.BucketID)
+			b = binary.AppendVarint(b, p.Amount)
+		}
+	}
 	return b
 }
 
 // logHeader is a log record's header: format, the group's time and the
 // number of commands that follow.
 func logHeader(dst []byte, now int64, cmds int) []byte {
-	dst = append(dst, logFormatV1)
+	dst = append(dst, logFormatV2)
 	dst = binary.AppendVarint(dst, now)
 	return binary.AppendUvarint(dst, uint64(cmds))
 }
 
 // logReader decodes a log record's commands one at a time.
 type logReader struct {
-	d    decoder
-	now  int64
-	left int
-	cmd  UsageCmd
-	last meter.Charge // the last charge's account, name and asset: most commands repeat them
+	d       decoder
+	version byte
+	now     int64
+	left    int
+	cmd     UsageCmd
+	last    meter.Charge // the last charge's account, name and asset: most commands repeat them
+
+	// The command's flags and, with logID, its idempotency record: status,
+	// hash and the charges answered (their Parts carved from parts; strings
+	// alias the record, like the command's).
+	flags  byte
+	status uint8
+	hash   [16]byte
+	res    []ChargeResult
+	parts  []Part
 }
 
 func newLogReader(b []byte) (*logReader, error) {
 	r := &logReader{d: decoder{b: b}}
-	if v := r.d.byte1(); r.d.err == nil && v != logFormatV1 {
-		return nil, fmt.Errorf("balance: log record: unknown format version %d", v)
+	if r.version = r.d.byte1(); r.d.err == nil && r.version != logFormatV1 && r.version != logFormatV2 {
+		return nil, fmt.Errorf("balance: log record: unknown format version %d", r.version)
 	}
 	r.now = r.d.v()
 	// A command takes at least 7 bytes (six lengths or numbers and a count).
@@ -135,10 +199,91 @@ func (r *logReader) next() (customer string, ok bool, err error) {
 		d.fail(fmt.Errorf("pricing version %d is above 2^32-1", pv))
 	}
 	c.PricingVersion = uint32(pv)
+	r.flags, r.status, r.res, r.parts = logApplied, 0, r.res[:0], r.parts[:0]
+	if r.version >= logFormatV2 {
+		r.flags = d.byte1()
+		if r.flags&logID != 0 {
+			r.decodeID(len(c.Charges))
+		}
+	}
 	if d.err != nil {
 		return "", false, fmt.Errorf("balance: log record: %w", d.err)
 	}
 	return customer, true, nil
+}
+
+// decodeID decodes the idempotency record of a command with n charges.
+func (r *logReader) decodeID(n int) {
+	d := &r.d
+	r.status = d.byte1()
+	copy(r.hash[:], d.raw(16, 16))
+	k := d.count(EventChargesMax, 4)
+	for i := range k {
+		res := ChargeResult{Account: d.view()}
+		if res.Account == "" && i < n {
+			res.Account = r.cmd.Charges[i].Account
+		}
+		res.Scale = d.byte1()
+		res.Amount = d.v()
+		res.BalanceAfter = d.v()
+		np := d.count(AccountBucketsMax+1, 2)
+		start := len(r.parts)
+		for range np {
+			r.parts = append(r.parts, Part{BucketID: d.view(), Amount: d.v()})
+		}
+		res.Parts = r.parts[start:len(r.parts):len(r.parts)]
+		r.res = append(r.res, res)
+	}
+	if d.err == nil && r.status != EventCharged && r.status != EventRecorded {
+		d.fail(fmt.Errorf("event status %d", r.status))
+	}
+}
+
+// record returns the idempotency record of the command just decoded (which
+// must have logID), its strings copied out of the log record; ExpireAt is
+// the caller's to set.
+func (r *logReader) record() *record {
+	rec := &record{Kind: idemEvent, Hash: r.hash, RecordedAt: r.now, Status: r.status,
+		PricingVersion: r.cmd.PricingVersion, OccurredAt: r.cmd.OccurredAt}
+	if len(r.res) == 0 {
+		return rec
+	}
+	rec.Charges = make([]ChargeResult, len(r.res))
+	parts := make([]Part, len(r.parts))
+	for i, res := range r.res {
+		res.Account = internBytes([]byte(res.Account))
+		if len(res.Parts) == 0 {
+			res.Parts = nil
+		} else {
+			ps := parts[:len(res.Parts):len(res.Parts)]
+			parts = parts[len(res.Parts):]
+			for j, p := range res.Parts {
+				ps[j] = Part{BucketID: strings.Clone(p.BucketID), Amount: p.Amount}
+			}
+			res.Parts = ps
+		}
+		rec.Charges[i] = res
+	}
+	return rec
+}
+
+// findLogID returns the idempotency record of event id of customer in log
+// record v, or nil when v holds none (another id with the same
+// fingerprint).
+func findLogID(v []byte, customer, id string) (*record, error) {
+	r, err := newLogReader(v)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		c, ok, err := r.next()
+		if err != nil || !ok {
+			return nil, err
+		}
+		if r.flags&logID != 0 && c == customer && r.cmd.EventID == id {
+			return r.record(), nil
+		}
+	}
 }
 
 // ---- Checkpoints ----
@@ -227,52 +372,129 @@ func (s *shard) checkpoint(g *group, all, write bool) {
 	}
 }
 
-// truncateLog deletes the log records every shard's snapshots have passed.
-// Losing the deletion in a crash only leaves records that replay skips.
+// truncateLog persists the replay floor (the lowest seq every shard's
+// snapshots have not passed) and deletes the log records below both it and
+// every shard's oldest id segment still inside the dedup window. Losing
+// either write in a crash only leaves records that replay skips or reads
+// for nothing.
 //
 // A shard with no group in flight and no wallet waiting for a snapshot
 // needs no record below the next seq to be issued: read before its
 // counters, that seq is below any group the shard opens after the read (a
-// shard counts a group in flight before it takes its seq).
+// shard counts a group in flight before it takes its seq, and publishes
+// its id floor before the group is no longer in flight).
 func (e *Engine) truncateLog() error {
+	e.truncMu.Lock()
+	defer e.truncMu.Unlock()
 	next := e.logSeq.Load() + 1
-	floor := next
+	replay, keep := next, next
 	for _, s := range e.shards {
 		f := s.floor.Load()
 		if s.inflight.Load() == 0 && s.ckOldest.Load() == 0 {
 			f = next
 		}
-		floor = min(floor, f)
+		replay = min(replay, f)
+		keep = min(keep, f, s.idFloor.Load())
 	}
-	if floor <= e.logDropped {
+	if replay <= e.logFloor && keep <= e.logDropped {
 		return nil
 	}
-	if err := e.st.db.DeleteRange(logKey(0), logKey(floor), pebble.NoSync); err != nil {
+	b := e.st.db.NewBatch()
+	defer b.Close()
+	if replay > e.logFloor {
+		if err := b.Set(logFloorKey, binary.BigEndian.AppendUint64(nil, replay), nil); err != nil {
+			return err
+		}
+	}
+	if keep > e.logDropped {
+		if err := b.DeleteRange(logKey(0), logKey(keep), nil); err != nil {
+			return err
+		}
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
 		return err
 	}
-	e.logDropped = floor
+	e.logFloor, e.logDropped = max(e.logFloor, replay), max(e.logDropped, keep)
 	return nil
 }
 
 // pokeCheckpoints sends an empty op to each shard whose oldest wallet not
-// yet snapshotted is past the interval, so that an idle shard checkpoints
+// yet snapshotted is past the interval, or whose oldest id segment has left
+// the dedup window, so that an idle shard checkpoints and drops segments
 // too and the log can be truncated.
 func (e *Engine) pokeCheckpoints() {
-	now := time.Now().UnixNano()
+	now, clock := time.Now().UnixNano(), e.clock.Now()
 	for _, s := range e.shards {
-		if at := s.ckOldest.Load(); at != 0 && now-at >= int64(e.opts.CheckpointInterval) {
+		at, exp := s.ckOldest.Load(), s.idExpireAt.Load()
+		if at != 0 && now-at >= int64(e.opts.CheckpointInterval) || exp != 0 && exp <= clock {
 			_ = e.doShard(s, func(*shard, *group) {})
 		}
 	}
 }
 
-// replayLog applies the log records of db after each wallet's snapshot to
-// the loaded wallets (walletOf finds them; the shards have not started),
-// and returns the wallets it changed; made gets the ledger entries each
-// command made (nil: dropped). snapSeq holds the snapshot seq of every
-// wallet whose snapshot is at or after the first record; a wallet absent
-// from it is older.
-func replayLog(db *pebble.DB, walletOf func(string) *Wallet, snapSeq map[string]uint64, made func(*Wallet, []Entry)) (changed map[*Wallet]struct{}, records, events int, err error) {
+// ---- Id segments ----
+
+// idSegments are a shard's spans of log records holding the ids it
+// accepted, oldest first: each the records of the groups that started
+// within segmentSpan of its first, and the latest ExpireAt of its ids. A
+// segment leaves once that has passed, and with it the shard's hold on its
+// records: the log is deleted up to the oldest segment any shard keeps.
+type idSegments struct {
+	segs []idSegment
+	head int
+}
+
+type idSegment struct {
+	first  uint64 // seq of its first record
+	start  int64  // its first group's time
+	expMax int64
+}
+
+// segmentSpan is how long a segment takes in new records: a 256th of the
+// dedup window, between a second and an hour, so that a shard keeps a few
+// hundred segments whatever the window.
+func segmentSpan(window time.Duration) int64 {
+	return int64(min(max(window/256, time.Second), time.Hour))
+}
+
+// add notes that record seq, of a group at now, holds an id expiring at exp.
+func (x *idSegments) add(seq uint64, now, exp, span int64) {
+	if n := len(x.segs); n > x.head {
+		last := &x.segs[n-1]
+		if now-last.start < span && now >= last.start {
+			last.expMax = max(last.expMax, exp)
+			return
+		}
+	}
+	x.segs = append(x.segs, idSegment{first: seq, start: now, expMax: exp})
+}
+
+// expire drops the segments whose ids have all expired at now and returns
+// the oldest kept: its first seq (math.MaxUint64: none) and ExpireAt (0:
+// none). A segment behind one that is kept stays until that one goes.
+func (x *idSegments) expire(now int64) (floor uint64, expireAt int64) {
+	for x.head < len(x.segs) && RecordExpired(x.segs[x.head].expMax, now) {
+		x.segs[x.head] = idSegment{}
+		x.head++
+	}
+	if x.head > 64 && x.head > len(x.segs)/2 {
+		x.segs = append(x.segs[:0], x.segs[x.head:]...)
+		x.head = 0
+	}
+	if x.head == len(x.segs) {
+		return math.MaxUint64, 0
+	}
+	return x.segs[x.head].first, x.segs[x.head].expMax
+}
+
+// replayLog reads every log record of db: it hands each accepted event's
+// id to id, and applies the commands of the records at or after from that
+// come after their wallet's snapshot to the loaded wallets (walletOf finds
+// them; the shards have not started). It returns the wallets it changed;
+// made gets the ledger entries each command made (nil: dropped). snapSeq
+// holds the snapshot seq of every wallet whose snapshot is at or after
+// from; a wallet absent from it is older.
+func replayLog(db *pebble.DB, from uint64, walletOf func(string) *Wallet, snapSeq map[string]uint64, made func(*Wallet, []Entry), id func(seq uint64, customer string, r *logReader)) (changed map[*Wallet]struct{}, records, events int, err error) {
 	it, err := db.NewIter(prefixRange(prefixLog))
 	if err != nil {
 		return nil, 0, 0, err
@@ -299,6 +521,12 @@ func replayLog(db *pebble.DB, walletOf func(string) *Wallet, snapSeq map[string]
 			if !ok {
 				break
 			}
+			if id != nil && r.flags&logID != 0 {
+				id(seq, customer, r)
+			}
+			if seq < from || r.flags&logApplied == 0 {
+				continue
+			}
 			if snap, ok := snapSeq[customer]; ok && seq <= snap {
 				continue
 			}
@@ -320,10 +548,12 @@ func replayLog(db *pebble.DB, walletOf func(string) *Wallet, snapSeq map[string]
 	return changed, records, events, it.Error()
 }
 
-// recoverLog replays the log into the loaded wallets, then writes every
-// wallet it changed with the ledger entries the replay made again, and
-// deletes the log, in one synced batch.
-func (e *Engine) recoverLog(snapSeq map[string]uint64) error {
+// recoverLog reads the log kept: it puts the ids still inside the dedup
+// window into the shards' indexes and segments, and replays the records at
+// or after from into the loaded wallets. It then writes every wallet it
+// changed, with the ledger entries the replay made again, and the replay
+// floor past the last record, in one synced batch.
+func (e *Engine) recoverLog(from uint64, snapSeq map[string]uint64) error {
 	start := time.Now()
 	walletOf := func(c string) *Wallet { return e.shardOf(c).wallets[c] }
 	scratch := &group{dirty: map[*Wallet]struct{}{}} // writeEntries' outbox copy and early flush mark are not used here
@@ -332,37 +562,63 @@ func (e *Engine) recoverLog(snapSeq map[string]uint64) error {
 		scratch.outbox = outboxGroup{}
 		clear(scratch.dirty)
 	}
-	changed, records, events, err := replayLog(e.st.db, walletOf, snapSeq, made)
+	now := e.clock.Now()
+	window := e.opts.DedupWindow
+	span := segmentSpan(window)
+	var key []byte
+	ids := 0
+	id := func(seq uint64, customer string, r *logReader) {
+		exp := RecordExpireAt(r.now, r.cmd.OccurredAt, window)
+		if RecordExpired(exp, now) {
+			return
+		}
+		s := e.shardOf(customer)
+		key = idemKey(key[:0], idemEvent, customer, r.cmd.EventID)
+		s.ids.add(key, exp, seq, now)
+		s.segs.add(seq, r.now, exp, span)
+		ids++
+	}
+	changed, records, events, err := replayLog(e.st.db, from, walletOf, snapSeq, made, id)
 	if err != nil {
 		return err
+	}
+	for _, s := range e.shards {
+		floor, exp := s.segs.expire(now)
+		s.idFloor.Store(floor)
+		s.idExpireAt.Store(exp)
 	}
 	if e.opts.replayed != nil {
 		e.opts.replayed(events)
 	}
-	if records == 0 {
+	if len(changed) == 0 {
+		if records > 0 {
+			e.log.Info("command log read", "records", records, "ids", ids, "seconds", time.Since(start).Seconds())
+		}
 		return nil
 	}
 	b := e.st.db.NewBatch()
 	defer b.Close()
-	var key, val []byte
+	var val []byte
+	last := e.logSeq.Load()
 	for w := range changed {
 		s := e.shardOf(w.Customer)
 		g := &group{batch: b}
 		s.flushLedger(g, w)
 		key = walletKey(key[:0], w.Customer)
-		val = appendWalletAt(val[:0], w, e.logSeq.Load())
+		val = appendWalletAt(val[:0], w, last)
 		if err := b.Set(key, val, nil); err != nil {
 			return err
 		}
 		s.schedule(w)
 	}
-	if err := b.DeleteRange(logKey(0), logKey(e.logSeq.Load()+1), nil); err != nil {
+	if err := b.Set(logFloorKey, binary.BigEndian.AppendUint64(nil, last+1), nil); err != nil {
 		return err
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		return err
 	}
+	e.logFloor = last + 1
 	e.metrics.replayed.Add(float64(events))
-	e.log.Info("command log replayed", "records", records, "events", events, "wallets", len(changed), "seconds", time.Since(start).Seconds())
+	e.log.Info("command log replayed", "records", records, "events", events, "wallets", len(changed), "ids", ids, "seconds", time.Since(start).Seconds())
 	return nil
 }

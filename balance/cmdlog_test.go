@@ -3,6 +3,7 @@ package balance
 import (
 	"bytes"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -29,9 +30,17 @@ func TestLogRecordRoundTrip(t *testing.T) {
 			{Account: "b:USD", Name: "b", Asset: "USD", Scale: 2, Amount: meter.Fine{Sub: meter.SubUnitsPerUnit - 1}},
 		}}},
 	}
+	// The first command was charged, the second refused, the third
+	// recorded with no charge.
+	recs := []*record{
+		{Kind: idemEvent, Hash: [16]byte{1, 2}, Status: EventCharged, Charges: []ChargeResult{
+			{Account: "default:CREDITS", Amount: 41, BalanceAfter: -3, Parts: []Part{{BucketID: "b1", Amount: 40}, {BucketID: "b2", Amount: 1}}}}},
+		nil,
+		{Kind: idemEvent, Hash: [16]byte{3}, Status: EventRecorded, Charges: []ChargeResult{{Account: "other:USD", Scale: 2}}},
+	}
 	var body []byte
 	for i := range cmds {
-		body = appendLogCmd(body, cmds[i].customer, &cmds[i].cmd)
+		body = appendLogCmd(body, cmds[i].customer, &cmds[i].cmd, i != 1, recs[i])
 	}
 	rec := append(logHeader(nil, 42, len(cmds)), body...)
 	r, err := newLogReader(rec)
@@ -53,6 +62,28 @@ func TestLogRecordRoundTrip(t *testing.T) {
 		if customer != cmds[i].customer || !reflect.DeepEqual(got, cmds[i].cmd) {
 			t.Fatalf("command %d: got %q %+v, want %q %+v", i, customer, got, cmds[i].customer, cmds[i].cmd)
 		}
+		if applied := r.flags&logApplied != 0; applied != (i != 1) {
+			t.Fatalf("command %d: applied %v", i, applied)
+		}
+		if (r.flags&logID != 0) != (recs[i] != nil) {
+			t.Fatalf("command %d: flags %b, record %v", i, r.flags, recs[i])
+		}
+		if recs[i] != nil {
+			want := *recs[i]
+			want.RecordedAt, want.PricingVersion, want.OccurredAt = 42, cmds[i].cmd.PricingVersion, cmds[i].cmd.OccurredAt
+			if got := r.record(); !reflect.DeepEqual(got, &want) {
+				t.Fatalf("command %d: record %+v, want %+v", i, got, &want)
+			}
+		}
+	}
+	for i, c := range cmds {
+		got, err := findLogID(rec, c.customer, c.cmd.EventID)
+		if err != nil || (got != nil) != (recs[i] != nil) {
+			t.Fatalf("findLogID %s: %+v %v", c.cmd.EventID, got, err)
+		}
+	}
+	if got, err := findLogID(rec, "c1", "e2"); got != nil || err != nil {
+		t.Fatalf("findLogID of another customer's id: %+v %v", got, err)
 	}
 	if _, ok, err := r.next(); ok || err != nil {
 		t.Fatalf("after the last command: ok %v, err %v", ok, err)
@@ -81,7 +112,9 @@ func logRecordErr(b []byte) error {
 
 func FuzzDecodeLogRecord(f *testing.F) {
 	cmd := UsageCmd{EventID: "e1", HoldID: "h", Charges: []meter.Charge{{Account: "default:CREDITS", Amount: meter.Fine{Units: 3}}}}
-	f.Add(append(logHeader(nil, 1, 1), appendLogCmd(nil, "c1", &cmd)...))
+	r := &record{Kind: idemEvent, Status: EventCharged, Charges: []ChargeResult{{Account: "default:CREDITS", Amount: 3, Parts: []Part{{BucketID: "b", Amount: 3}}}}}
+	f.Add(append(logHeader(nil, 1, 1), appendLogCmd(nil, "c1", &cmd, true, r)...))
+	f.Add(append(logHeader(nil, 1, 1), appendLogCmd(nil, "c1", &cmd, true, nil)...))
 	f.Add([]byte{logFormatV1, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_ = logRecordErr(b)
@@ -114,7 +147,8 @@ const replayPricing = `{"assets":[{"code":"CREDITS","scale":0}],
 // were changed only by usage events since their last snapshot (charges,
 // carries, refusals, holds settled by events) and checks that recovery
 // replays the log into exactly the wallets acknowledged before the crash,
-// then snapshots them and deletes the log.
+// then snapshots them and moves the replay floor past the log, which stays
+// for its ids: a second crash replays nothing, and a resend is a duplicate.
 func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
 	fs := vfs.NewCrashableMem()
 	dir := "/data"
@@ -142,6 +176,7 @@ func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
 		}
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
+	var charged *EventIn
 	for n := range 200 {
 		var evs []*EventIn
 		for k := range 1 + rng.IntN(30) {
@@ -161,6 +196,11 @@ func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
 		}
 		if err := e.Events(evs); err != nil {
 			t.Fatal(err)
+		}
+		for _, in := range evs {
+			if charged == nil && in.Result.Status == EventCharged {
+				charged = in
+			}
 		}
 		clock.advance(time.Millisecond)
 	}
@@ -197,9 +237,32 @@ func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
 			t.Errorf("customer %s: ledger sums to %d, available is %d", c, sum, avail)
 		}
 	}
-	if n := countKeys(t, e, prefixLog); n != 0 {
-		t.Errorf("%d log records left after recovery snapshotted the wallets", n)
+	if countKeys(t, e, prefixLog) == 0 {
+		t.Error("recovery deleted the log records that hold the events' ids")
 	}
+	again := fs2Crash(t, e, crashed, dir, clock, &replayed)
+	defer again.Close()
+	if replayed != 0 {
+		t.Errorf("a second recovery replayed %d commands, want none: the first moved the floor past them", replayed)
+	}
+	dup := &EventIn{Event: charged.Event, Hash: charged.Hash}
+	if err := again.Events([]*EventIn{dup}); err != nil {
+		t.Fatal(err)
+	}
+	if dup.Result.Status != EventDuplicate || !reflect.DeepEqual(dup.Result.Charges, charged.Result.Charges) {
+		t.Errorf("resend of %s after two recoveries: %+v, want duplicate with %+v", charged.Event.ID, dup.Result, charged.Result.Charges)
+	}
+}
+
+// fs2Crash crashes the engine e running on fs (keeping only what was
+// synced), closes it, and opens the crashed copy, counting into replayed
+// what its recovery replays.
+func fs2Crash(t *testing.T, e *Engine, fs *vfs.MemFS, dir string, clock Clock, replayed *int) *Engine {
+	t.Helper()
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	e.Close()
+	*replayed = 0
+	return openCrashable(t, crashed, dir, clock, time.Hour, func(n int) { *replayed += n })
 }
 
 func mustDecodeWallet(t *testing.T, b []byte) *Wallet {
@@ -251,12 +314,9 @@ func TestCheckpointsTruncateTheLog(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for countKeys(t, e, prefixLog) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d log records still there 10 s after the last event, with a 5 ms checkpoint interval", countKeys(t, e, prefixLog))
-		}
-		time.Sleep(5 * time.Millisecond)
+	waitReplayFloor(t, e)
+	if countKeys(t, e, prefixLog) == 0 {
+		t.Fatal("the records holding the events' ids were deleted inside the dedup window")
 	}
 	// The snapshot is the truth now: a crash replays nothing.
 	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
@@ -278,25 +338,37 @@ func TestCheckpointsTruncateTheLog(t *testing.T) {
 		}
 	}
 	e.Close()
-	if fsLogKeys(t, crashed) != 0 {
-		t.Fatal("log records left after a clean stop")
+	e = openCrashable(t, crashed, "/data", clock, time.Hour, func(n int) { replayed = n })
+	defer e.Close()
+	if replayed != 0 {
+		t.Fatalf("a start after a clean stop replayed %d commands", replayed)
+	}
+	// Past the dedup window (and the skew an event may have), no record
+	// holds an id anyone can resend: the janitor's pass deletes them all.
+	clock.advance(35*24*time.Hour + FutureSkewMax + DedupMargin) // the default window
+	if err := e.DropExpired(); err != nil {
+		t.Fatal(err)
+	}
+	if n := countKeys(t, e, prefixLog); n != 0 {
+		t.Fatalf("%d log records left past the dedup window", n)
+	}
+	ev := &meter.Event{ID: "f1", CustomerID: "c1", EventType: "image_generated"}
+	in := &EventIn{Event: ev, Hash: [16]byte{1}}
+	if err := e.Events([]*EventIn{in}); err != nil || in.Result.Status != EventCharged {
+		t.Fatalf("an id past its window: %v %+v, want charged again", err, in.Result)
 	}
 }
 
-// fsLogKeys counts the log records in the store on fs at /data.
-func fsLogKeys(t *testing.T, fs vfs.FS) int {
-	t.Helper()
-	db, err := pebble.Open("/data", &pebble.Options{FS: fs, Logger: pebbleLogger{log: slog.New(slog.NewTextHandler(io.Discard, nil))}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	return countPrefix(t, db, prefixLog)
+// replayFloor is the replay floor the engine persisted last.
+func replayFloor(e *Engine) uint64 {
+	e.truncMu.Lock()
+	defer e.truncMu.Unlock()
+	return e.logFloor
 }
 
 // BenchmarkReplay measures replaying the command log into loaded wallets:
 // 1,000,000 token-priced events of 10,000 customers (a carry on every
-// charge), as recovery after a crash does.
+// charge), as recovery after a crash does, their ids put in an index.
 func BenchmarkReplay(b *testing.B) {
 	const customers, events, perGroup = 10_000, 1_000_000, 100
 	st, err := openStore(b.TempDir(), 64<<20, 1000, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
@@ -314,6 +386,8 @@ func BenchmarkReplay(b *testing.B) {
 		base[i] = w
 	}
 	charge := []meter.Charge{{Account: "default:CREDITS", Name: "default", Asset: "CREDITS", Amount: meter.Fine{Units: 3, Sub: meter.SubUnitsPerUnit / 3}}}
+	rec := &record{Kind: idemEvent, Hash: [16]byte{7}, Status: EventCharged, Charges: []ChargeResult{
+		{Account: "default:CREDITS", Amount: 3, BalanceAfter: 1 << 39, Parts: []Part{{BucketID: "t", Amount: 3}}}}}
 	batch := st.db.NewBatch()
 	var body, val []byte
 	rng := rand.New(rand.NewPCG(1, 1))
@@ -321,7 +395,7 @@ func BenchmarkReplay(b *testing.B) {
 		body = body[:0]
 		for k := range perGroup {
 			cmd := UsageCmd{EventID: "e" + strconv.Itoa(g*perGroup+k), OccurredAt: now, PricingVersion: 1, Charges: charge}
-			body = appendLogCmd(body, base[rng.IntN(customers)].Customer, &cmd)
+			body = appendLogCmd(body, base[rng.IntN(customers)].Customer, &cmd, true, rec)
 		}
 		val = append(logHeader(val[:0], now+int64(g), perGroup), body...)
 		if err := batch.Set(logKey(uint64(g+1)), val, nil); err != nil {
@@ -339,9 +413,16 @@ func BenchmarkReplay(b *testing.B) {
 		for _, w := range base {
 			wallets[w.Customer] = w.clone()
 		}
+		ids := newIDIndex(maphash.MakeSeed())
+		var key []byte
 		b.StartTimer()
 		start := time.Now()
-		_, _, n, err := replayLog(st.db, func(c string) *Wallet { return wallets[c] }, nil, nil)
+		// As recovery does: every id into an index, every command replayed.
+		id := func(seq uint64, customer string, r *logReader) {
+			key = idemKey(key[:0], idemEvent, customer, r.cmd.EventID)
+			ids.add(key, RecordExpireAt(r.now, r.cmd.OccurredAt, 35*24*time.Hour), seq, now)
+		}
+		_, _, n, err := replayLog(st.db, 0, func(c string) *Wallet { return wallets[c] }, nil, nil, id)
 		total += time.Since(start)
 		if err != nil || n != events {
 			b.Fatalf("replayed %d of %d: %v", n, events, err)

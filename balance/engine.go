@@ -141,7 +141,9 @@ type Engine struct {
 	wm            *watermark
 	outboxDropped uint64        // the janitor's: outbox records up to this seq are deleted
 	logSeq        atomic.Uint64 // last command-log seq issued (cmdlog.go)
-	logDropped    uint64        // runTimers': log records below this seq are deleted
+	truncMu       sync.Mutex    // held by truncateLog, which owns the next two
+	logDropped    uint64        // log records below this seq are deleted
+	logFloor      uint64        // the replay floor persisted last
 
 	clockMu    sync.Mutex      // one SetClock at a time
 	holdMu     sync.Mutex      // guards holdClaims
@@ -224,6 +226,16 @@ func Open(opts Options) (*Engine, error) {
 		st.close()
 		return nil, fmt.Errorf("command log: %w", err)
 	}
+	floor, err := st.logFloor()
+	if err != nil {
+		st.close()
+		return nil, fmt.Errorf("command log: %w", err)
+	}
+	// Replay starts at the floor persisted last (records below it are kept
+	// for their ids only), or at the first record (a log written before the
+	// floor was persisted).
+	replayFrom := max(logFirst, floor)
+	e.logFloor, e.logDropped = floor, logFirst
 	snapSeq := make(map[string]uint64)
 	maxSeq := logLast
 	if err := st.loadWallets(func(w *Wallet, seq uint64) {
@@ -233,7 +245,7 @@ func Open(opts Options) (*Engine, error) {
 		// rather than in a second pass over every wallet in map order. The
 		// shards have not started: this goroutine may touch their timers.
 		s.schedule(w)
-		if logLast != 0 && seq >= logFirst {
+		if replayFrom <= logLast && seq >= replayFrom {
 			snapSeq[w.Customer] = seq
 		}
 		maxSeq = max(maxSeq, seq)
@@ -250,7 +262,7 @@ func Open(opts Options) (*Engine, error) {
 		loaded[i] = nil
 	}
 	e.logSeq.Store(maxSeq)
-	if err := e.recoverLog(snapSeq); err != nil {
+	if err := e.recoverLog(replayFrom, snapSeq); err != nil {
 		st.close()
 		return nil, fmt.Errorf("replay the command log: %w", err)
 	}
@@ -258,7 +270,6 @@ func Open(opts Options) (*Engine, error) {
 		s.heapify()
 		s.floor.Store(maxSeq + 1)
 	}
-	e.logDropped = maxSeq + 1
 	e.metrics.wallets.Set(float64(n))
 	// The idempotency keys stored so far, as of now: the shards add every
 	// later one to their indexes themselves.
@@ -795,7 +806,7 @@ func (e *Engine) buildIndexes(it *pebble.Iterator) {
 		if !ok {
 			exp = math.MaxInt64 // unreadable here: a look-up reads it and says why
 		}
-		built[e.shardOf(cust).id].add(key, exp, 0)
+		built[e.shardOf(cust).id].add(key, exp, 0, 0)
 	}
 	if err := it.Error(); err != nil {
 		e.log.Error("idempotency index: reading the stored keys failed; new ids are looked up in the store", "err", err)
@@ -837,10 +848,29 @@ func (e *Engine) sweepIndexes() {
 // dropBatchMax bounds the idempotency records examined per janitor pass and shard op.
 const dropBatchMax = 4096
 
-// DropExpired drops idempotency records whose dedup window has passed.
-// Each record is checked and deleted on its customer's shard, so a record
-// rewritten since it was indexed is kept.
+// DropExpired drops idempotency records whose dedup window has passed:
+// those under their own keys, and the log records that hold only ids past
+// it and that replay no longer needs.
 func (e *Engine) DropExpired() error {
+	if err := e.dropExpiredRecords(); err != nil {
+		return err
+	}
+	now := e.clock.Now()
+	for _, s := range e.shards {
+		if exp := s.idExpireAt.Load(); exp != 0 && exp <= now {
+			// Its next group drops the segments (shard.close).
+			if err := e.doShard(s, func(*shard, *group) {}); err != nil {
+				return err
+			}
+		}
+	}
+	return e.truncateLog()
+}
+
+// dropExpiredRecords drops the idempotency records under their own keys
+// whose window has passed. Each record is checked and deleted on its
+// customer's shard, so a record rewritten since it was indexed is kept.
+func (e *Engine) dropExpiredRecords() error {
 	now := e.clock.Now()
 	type expiring struct {
 		xkey []byte

@@ -5,27 +5,33 @@ import (
 	"hash/maphash"
 )
 
-// idIndex is a shard's in-memory index of the idempotency records it holds
-// in the store: a 64-bit fingerprint of each record's key, and when the
-// record expires. It answers "certainly not stored" for a new id without a
-// store read: a key whose fingerprint is absent has no record, and one whose
-// entry says it expired counts as absent (RecordExpired). A present
-// fingerprint only says "maybe": the record is then read from the store, so
-// a collision (about n/2^64 per look-up) costs a read, never a wrong answer.
+// idIndex is a shard's in-memory index of the idempotency records it holds:
+// a 64-bit fingerprint of each record's key, when the record expires, and
+// where it is: the seq of the command-log record that holds it (a usage
+// event's), or 0 for a record under its own key in the store (top-ups,
+// adjustments, and events recorded before the log held them). It answers
+// "certainly not stored" for a new id without a store read: a key whose
+// fingerprint is absent has no record, and one whose entry says it expired
+// counts as absent (RecordExpired). A present fingerprint only says
+// "maybe": the record is then read where the entry says, so a collision
+// (about n/2^64 per look-up) costs a read, never a wrong answer.
 //
 // The table is open addressing with linear probing over a power-of-two
 // array, at most 3/4 full; growing rehashes and drops what has expired.
 // A dropped record (the janitor's) keeps its entry until then: a stale
-// entry is only a "maybe". Each slot is 12 bytes (fingerprint, expiry in
-// seconds), so an id costs 16-32 bytes of memory.
+// entry is only a "maybe". Each slot is 20 bytes (fingerprint, expiry in
+// seconds, log seq), so an id costs 27-53 bytes of memory.
 //
-// Until ready, the keys stored before the engine started are not in it
-// (Engine.buildIndexes scans them in the background), and every look-up
-// reads the store.
+// The ids in the command log are added before the shards start (Open's
+// replay reads every record kept). Until ready, the keys stored under their
+// own key before the engine started are not in it (Engine.buildIndexes scans
+// them in the background), and every look-up the log does not answer reads
+// the store.
 type idIndex struct {
 	seed  maphash.Seed
 	fps   []uint64 // 0 is an empty slot
 	exp   []uint32 // the record's ExpireAt in unix seconds, rounded up
+	seq   []uint64 // the log record holding it; 0: its own key in the store
 	n     int
 	ready bool
 }
@@ -33,7 +39,7 @@ type idIndex struct {
 const idIndexMinSlots = 1 << 10
 
 func newIDIndex(seed maphash.Seed) idIndex {
-	return idIndex{seed: seed, fps: make([]uint64, idIndexMinSlots), exp: make([]uint32, idIndexMinSlots)}
+	return idIndex{seed: seed, fps: make([]uint64, idIndexMinSlots), exp: make([]uint32, idIndexMinSlots), seq: make([]uint64, idIndexMinSlots)}
 }
 
 func (x *idIndex) fingerprint(key []byte) uint64 {
@@ -56,47 +62,52 @@ func expSeconds(expireAt int64) uint32 {
 	return uint32(s)
 }
 
+// find appends to dst where the live records with key's fingerprint are
+// (log seqs; 0: the record's own key in the store) at now (unix ns). An
+// empty answer from a ready index means the store holds no live record at
+// key; from one not ready, only that the log holds none.
+func (x *idIndex) find(key []byte, now int64, dst []uint64) []uint64 {
+	fp := x.fingerprint(key)
+	mask := uint64(len(x.fps) - 1)
+	for i := fp & mask; x.fps[i] != 0; i = (i + 1) & mask {
+		// Rounded up: a record whose entry has passed has expired.
+		if x.fps[i] == fp && int64(x.exp[i])*1e9 > now {
+			dst = append(dst, x.seq[i])
+		}
+	}
+	return dst
+}
+
 // absent reports whether the store certainly holds no live record at key
 // at now (unix ns).
 func (x *idIndex) absent(key []byte, now int64) bool {
-	if !x.ready {
-		return false
-	}
-	fp := x.fingerprint(key)
-	mask := uint64(len(x.fps) - 1)
-	for i := fp & mask; ; i = (i + 1) & mask {
-		switch x.fps[i] {
-		case 0:
-			return true
-		case fp:
-			// Rounded up: a record whose entry has passed has expired.
-			return int64(x.exp[i])*1e9 <= now
-		}
-	}
+	var buf [4]uint64
+	return x.ready && len(x.find(key, now, buf[:0])) == 0
 }
 
 // add records that the store holds a record at key until expireAt (unix
-// ns); growing drops what expired at now.
-func (x *idIndex) add(key []byte, expireAt, now int64) {
-	x.put(x.fingerprint(key), expSeconds(expireAt), nowSeconds(now))
+// ns), in the log record seq (0: under key itself); growing drops what
+// expired at now.
+func (x *idIndex) add(key []byte, expireAt int64, seq uint64, now int64) {
+	x.put(x.fingerprint(key), expSeconds(expireAt), seq, nowSeconds(now))
 }
 
 func nowSeconds(now int64) uint32 { return uint32(min(max(now/1e9, 0), 1<<32-1)) }
 
-// put inserts or updates a fingerprint. Growing drops entries expired at
-// nowSec (0: none).
-func (x *idIndex) put(fp uint64, exp uint32, nowSec uint32) {
+// put inserts a fingerprint, or updates the entry of the same fingerprint
+// and place. Growing drops entries expired at nowSec (0: none).
+func (x *idIndex) put(fp uint64, exp uint32, seq uint64, nowSec uint32) {
 	if (x.n+1)*4 > len(x.fps)*3 {
 		x.rehash(nowSec)
 	}
 	mask := uint64(len(x.fps) - 1)
 	for i := fp & mask; ; i = (i + 1) & mask {
-		switch x.fps[i] {
-		case 0:
-			x.fps[i], x.exp[i] = fp, exp
+		switch {
+		case x.fps[i] == 0:
+			x.fps[i], x.exp[i], x.seq[i] = fp, exp, seq
 			x.n++
 			return
-		case fp:
+		case x.fps[i] == fp && x.seq[i] == seq:
 			x.exp[i] = max(x.exp[i], exp)
 			return
 		}
@@ -106,7 +117,7 @@ func (x *idIndex) put(fp uint64, exp uint32, nowSec uint32) {
 // rehash rebuilds the table without the entries expired at nowSec, at the
 // smallest size that leaves it at most half full.
 func (x *idIndex) rehash(nowSec uint32) {
-	oldFps, oldExp := x.fps, x.exp
+	oldFps, oldExp, oldSeq := x.fps, x.exp, x.seq
 	live := 0
 	for i, fp := range oldFps {
 		if fp != 0 && oldExp[i] > nowSec {
@@ -117,7 +128,7 @@ func (x *idIndex) rehash(nowSec uint32) {
 	for (live+1)*2 > size {
 		size *= 2
 	}
-	x.fps, x.exp, x.n = make([]uint64, size), make([]uint32, size), 0
+	x.fps, x.exp, x.seq, x.n = make([]uint64, size), make([]uint32, size), make([]uint64, size), 0
 	mask := uint64(size - 1)
 	for j, fp := range oldFps {
 		if fp == 0 || oldExp[j] <= nowSec {
@@ -127,7 +138,7 @@ func (x *idIndex) rehash(nowSec uint32) {
 		for x.fps[i] != 0 {
 			i = (i + 1) & mask
 		}
-		x.fps[i], x.exp[i] = fp, oldExp[j]
+		x.fps[i], x.exp[i], x.seq[i] = fp, oldExp[j], oldSeq[j]
 		x.n++
 	}
 }
@@ -154,14 +165,14 @@ func (x *idIndex) sweep(now int64) {
 func (x *idIndex) merge(built *idIndex) {
 	for i, fp := range built.fps {
 		if fp != 0 {
-			x.put(fp, built.exp[i], 0)
+			x.put(fp, built.exp[i], built.seq[i], 0)
 		}
 	}
 	x.ready = true
 }
 
 // bytes is the index's memory, for the metrics.
-func (x *idIndex) bytes() int { return len(x.fps) * 12 }
+func (x *idIndex) bytes() int { return len(x.fps) * 20 }
 
 // recordExpireAt reads a stored record's ExpireAt without decoding the
 // rest: version, kind, hash, RecordedAt (varint), ExpireAt (varint).

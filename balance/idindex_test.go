@@ -43,7 +43,7 @@ func TestIDIndexAgainstAMap(t *testing.T) {
 			x.sweep(now)
 		case 1, 2, 3:
 			exp := now + int64(rng.IntN(300))*1e9
-			x.add(key, exp, now)
+			x.add(key, exp, 0, now)
 			if exp > live[string(key)] {
 				live[string(key)] = exp
 			}
@@ -71,7 +71,7 @@ func TestIDIndexNotReadyReadsTheStore(t *testing.T) {
 		t.Fatal("an index that is not ready said absent")
 	}
 	built := newIDIndex(x.seed)
-	built.add([]byte("ie c\x00old"), 100e9, 0)
+	built.add([]byte("ie c\x00old"), 100e9, 0, 0)
 	x.merge(&built)
 	if x.absent([]byte("ie c\x00old"), 1) || !x.absent([]byte("ie c\x00new"), 1) {
 		t.Fatal("after the merge: old must be maybe, new absent")
@@ -274,7 +274,7 @@ func BenchmarkIDIndex(b *testing.B) {
 	x.ready = true
 	key := make([]byte, 0, 64)
 	for i := 0; i < held; i++ {
-		x.add(benchIDKey(key, i, "evt_"), 1<<40, 0)
+		x.add(benchIDKey(key, i, "evt_"), 1<<40, uint64(i), 0)
 	}
 	b.Run("absent", func(b *testing.B) {
 		b.ReportMetric(float64(x.bytes())/held*1e6/(1<<20), "MiB/Mids")
@@ -287,7 +287,7 @@ func BenchmarkIDIndex(b *testing.B) {
 	b.Run("add", func(b *testing.B) {
 		y := newIDIndex(maphash.MakeSeed())
 		for i := 0; i < b.N; i++ {
-			y.add(benchIDKey(key, i, "evt_"), 1<<40, 0)
+			y.add(benchIDKey(key, i, "evt_"), 1<<40, uint64(i), 0)
 		}
 	})
 }

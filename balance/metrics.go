@@ -43,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		idemLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meterd_idempotency_lookups_total",
-			Help: "Idempotency look-ups by where they were answered: cache, store, index (a new id known absent without reading the store), or miss (a new id, after a store read).",
+			Help: "Idempotency look-ups by where they were answered: cache, log (a usage event's record, read from the log record the index points at), store (a record under its own key), index (a new id known absent without a read), or miss (a new id, after a store read).",
 		}, []string{"result"}),
 		idIndexBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "meterd_idempotency_index_bytes",

@@ -11,21 +11,23 @@ import (
 	"github.com/meterd/meterd/meter"
 )
 
-// testdata/datadir-before-lists and testdata/datadir-before-log are data
-// directories written by the engine before expiry-index keys listed a
-// commit group's records (commit effba98) and before the command log
-// (bf5fcf5), by the program in their READMEs: two customers, top-ups, eight
-// charged events at 10:00 and 10:30 on 2026-11-21, a 24-hour window. This
-// release opens each as it is, answers its events as duplicates with their
-// original charges, charges new ones, reads its ledger with the new
-// entries, and drops its records once they expire.
+// testdata/datadir-before-lists, datadir-before-log and datadir-before-ids
+// are data directories written by the engine before expiry-index keys
+// listed a commit group's records (commit effba98), before the command log
+// (bf5fcf5), and before events' idempotency records moved into the log
+// (444b3da, left by a crash: its format-1 log is replayed), by the program
+// in their READMEs: two customers, top-ups, eight charged events at 10:00
+// and 10:30 on 2026-11-21, a 24-hour window. This release opens each as it
+// is, answers its events as duplicates with their original charges,
+// charges new ones, reads its ledger with the new entries, and drops its
+// records once they expire.
 func TestOpensADataDirOfTheReleaseBefore(t *testing.T) {
-	for _, fixture := range []string{"datadir-before-lists", "datadir-before-log"} {
-		t.Run(fixture, func(t *testing.T) { opensFixture(t, fixture) })
+	for fixture, replays := range map[string]int{"datadir-before-lists": 0, "datadir-before-log": 0, "datadir-before-ids": 8} {
+		t.Run(fixture, func(t *testing.T) { opensFixture(t, fixture, replays) })
 	}
 }
 
-func opensFixture(t *testing.T, fixture string) {
+func opensFixture(t *testing.T, fixture string, replays int) {
 	// A copy: opening writes to it. Its README goes along; the store
 	// ignores a file it does not know.
 	dir := t.TempDir()
@@ -34,14 +36,19 @@ func opensFixture(t *testing.T, fixture string) {
 	}
 	clock := &testClock{}
 	clock.ns.Store(time.Date(2026, 11, 21, 10, 31, 0, 0, time.UTC).UnixNano())
+	replayed := 0
 	// Another shard count than the writer's: routing is not stored.
 	e, err := Open(Options{Dir: dir, Shards: 3, DedupWindow: 24 * time.Hour, JanitorInterval: time.Hour,
 		ReserveBytes: 1 << 20, DefaultPricing: []byte(enginePricing), Clock: clock,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		replayed: func(n int) { replayed += n }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer e.Close()
+	if replayed != replays {
+		t.Errorf("opening replayed %d commands, want %d", replayed, replays)
+	}
 	waitIndexesReady(t, e)
 
 	for c, want := range map[string]int64{"c1": 1000 - 6*40, "c2": 500 - 2*40} {
@@ -95,11 +102,12 @@ func opensFixture(t *testing.T, fixture string) {
 	if countKeys(t, e, prefixExpiry) == 0 || countKeys(t, e, prefixIdem) == 0 {
 		t.Fatal("the fixture holds no idempotency records")
 	}
+	waitReplayFloor(t, e)
 	clock.advance(26 * time.Hour)
 	if err := e.DropExpired(); err != nil {
 		t.Fatal(err)
 	}
-	if n, m := countKeys(t, e, prefixIdem), countKeys(t, e, prefixExpiry); n != 0 || m != 0 {
-		t.Errorf("after every record expired: %d idempotency records and %d expiry keys left", n, m)
+	if n, m, l := countKeys(t, e, prefixIdem), countKeys(t, e, prefixExpiry), countKeys(t, e, prefixLog); n != 0 || m != 0 || l != 0 {
+		t.Errorf("after every record expired: %d idempotency records, %d expiry keys and %d log records left", n, m, l)
 	}
 }

@@ -2,6 +2,7 @@ package balance
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -36,7 +37,8 @@ type group struct {
 	dirty     map[*Wallet]struct{}
 	pricing   *meter.Pricing
 	outbox    outboxGroup
-	expireMax int64 // the latest ExpireAt of the records the group made
+	expireMax int64 // the latest ExpireAt of the records the group stored under their own keys
+	idExpMax  int64 // the latest ExpireAt of the ids its log record holds; 0: none
 }
 
 // shard owns a disjoint set of customers. Only its goroutine touches them.
@@ -56,16 +58,20 @@ type shard struct {
 	floor      atomic.Uint64 // log records below it are covered by this shard's durable snapshots
 	ckOldest   atomic.Int64  // unix ns when the oldest change not yet snapshotted began; 0 = none
 	inflight   atomic.Int64  // groups opened and not yet durable (truncateLog)
+	segs       idSegments    // the log records holding the ids it accepted (cmdlog.go)
+	idFloor    atomic.Uint64 // seq of the oldest record holding an id still in the window; MaxUint64: none
+	idExpireAt atomic.Int64  // when the oldest segment's ids have all expired (unix ns); 0: none
 	done       chan struct{}
 	outboxOn   bool // sinks are configured: groups write outbox records
 
-	lookupCache, lookupIndex, lookupStore, lookupMiss prometheus.Counter
+	lookupCache, lookupIndex, lookupLog, lookupStore, lookupMiss prometheus.Counter
 
 	// Buffers reused across ops (only the shard goroutine uses them).
 	key      []byte // wallet and ledger keys
 	idem     []byte // the idempotency key of the event being applied
 	expiring []byte // the idempotency keys recorded by the group being applied (appendExpiring)
 	logBody  []byte // the commands of the group being applied (appendLogCmd)
+	seqs     []uint64
 	val      []byte
 	entries  []Entry
 	results  []ChargeResult
@@ -75,9 +81,10 @@ type shard struct {
 
 func newShard(id int, e *Engine) *shard {
 	lookups := e.metrics.idemLookups
-	return &shard{
+	s := &shard{
 		lookupCache: lookups.WithLabelValues("cache"),
 		lookupIndex: lookups.WithLabelValues("index"),
+		lookupLog:   lookups.WithLabelValues("log"),
 		lookupStore: lookups.WithLabelValues("store"),
 		lookupMiss:  lookups.WithLabelValues("miss"),
 		id:          id,
@@ -92,6 +99,8 @@ func newShard(id int, e *Engine) *shard {
 		outboxOn:    len(e.opts.Sinks) > 0,
 		done:        make(chan struct{}),
 	}
+	s.idFloor.Store(math.MaxUint64)
+	return s
 }
 
 // run applies ops in commit groups until the input channel is closed,
@@ -161,6 +170,13 @@ func (s *shard) close(g *group, last bool) {
 		s.val = append(s.val, s.logBody...)
 		s.set(g, logKey(g.seq), s.val)
 	}
+	if g.idExpMax != 0 {
+		s.segs.add(g.seq, g.now, g.idExpMax, segmentSpan(s.e.opts.DedupWindow))
+	}
+	// Published before the group stops counting as in flight (truncateLog).
+	floor, exp := s.segs.expire(g.now)
+	s.idFloor.Store(floor)
+	s.idExpireAt.Store(exp)
 	for w := range g.dirty {
 		delete(s.ck.first, w)
 		s.flushLedger(g, w)
@@ -286,8 +302,9 @@ func (s *shard) del(g *group, key []byte) {
 }
 
 // lookup finds the idempotency record at key: in the cache (which holds
-// every record of groups not yet durable), else in the store. Records past
-// their window count as absent (RecordExpired, window.go).
+// every record of groups not yet durable), else where the shard's index
+// says it is: in a log record, or under its own key in the store. Records
+// past their window count as absent (RecordExpired, window.go).
 func (s *shard) lookup(g *group, key []byte) (*record, error) {
 	if r := s.cache.get(key); r != nil {
 		s.lookupCache.Inc()
@@ -296,7 +313,27 @@ func (s *shard) lookup(g *group, key []byte) (*record, error) {
 		}
 		return r, nil
 	}
-	if s.ids.absent(key, g.now) {
+	s.seqs = s.ids.find(key, g.now, s.seqs[:0])
+	store := !s.ids.ready
+	for _, seq := range s.seqs {
+		if seq == 0 {
+			store = true
+			continue
+		}
+		r, err := s.fromLog(seq, key)
+		if err != nil {
+			return nil, err
+		}
+		if r != nil {
+			s.lookupLog.Inc()
+			s.cache.put(string(key), r)
+			if RecordExpired(r.ExpireAt, g.now) {
+				return nil, nil
+			}
+			return r, nil
+		}
+	}
+	if !store {
 		s.lookupIndex.Inc()
 		return nil, nil
 	}
@@ -321,6 +358,31 @@ func (s *shard) lookup(g *group, key []byte) (*record, error) {
 	return r, nil
 }
 
+// fromLog reads the idempotency record at key (a usage event's) from log
+// record seq; nil when that record holds another id with the same
+// fingerprint. A record the index points at is kept as long as the id is
+// inside its window, so a missing one is an error, never "absent": the
+// event would be charged twice.
+func (s *shard) fromLog(seq uint64, key []byte) (*record, error) {
+	v, err := s.e.st.get(logKey(seq))
+	if err != nil {
+		return nil, err
+	}
+	if v == nil {
+		return nil, fmt.Errorf("idempotency record %q: log record %d is gone", key, seq)
+	}
+	customer, _ := idemKeyCustomer(key)
+	id := key[3+len(customer):]
+	r, err := findLogID(v, customer, string(id))
+	if err != nil {
+		return nil, fmt.Errorf("idempotency record %q: log record %d: %w", key, seq, err)
+	}
+	if r != nil {
+		r.ExpireAt = RecordExpireAt(r.RecordedAt, r.OccurredAt, s.e.opts.DedupWindow)
+	}
+	return r, nil
+}
+
 // lookupWrite is lookup for the writes of customerOp: a store error becomes
 // a refusal the caller can retry.
 func (s *shard) lookupWrite(g *group, key []byte) (*record, *Error) {
@@ -341,25 +403,33 @@ func (s *shard) written(g *group, w *Wallet, entries []Entry) {
 	s.effects(g, w)
 }
 
-// remember stores a new idempotency record in the group, the cache and the
-// index. It is kept until RecordExpireAt (window.go): past the last instant
-// its event can be accepted; the group's expiry-index key lists it. An
-// event's data goes to the outbox's usage record only (sinks ship it): a
-// duplicate's answer needs the hash and the charges, not the data.
+// remember keeps a new idempotency record: in the cache and the index, and
+// durably in the group. It is kept until RecordExpireAt (window.go): past
+// the last instant its event can be accepted. A usage event's record goes
+// to the store in its log command (appendLogCmd, the caller's), so the
+// index points at the group's log record; any other goes under its own key,
+// listed in the group's expiry-index key. An event's data goes to the
+// outbox's usage record only (sinks ship it): a duplicate's answer needs
+// the hash and the charges, not the data.
 func (s *shard) remember(g *group, key []byte, r *record) {
 	r.RecordedAt = g.now
 	r.ExpireAt = RecordExpireAt(g.now, r.OccurredAt, s.e.opts.DedupWindow)
-	if s.outboxOn && r.Kind == idemEvent {
+	if r.Kind == idemEvent {
+		if s.outboxOn {
+			s.val = r.append(s.val[:0])
+			customer, _ := idemKeyCustomer(key)
+			g.outbox.addUsage(customer, string(key[3+len(customer):]), s.val)
+		}
+		r.Data = nil
+		s.ids.add(key, r.ExpireAt, g.seq, g.now)
+		g.idExpMax = max(g.idExpMax, r.ExpireAt)
+	} else {
 		s.val = r.append(s.val[:0])
-		customer, _ := idemKeyCustomer(key)
-		g.outbox.addUsage(customer, string(key[3+len(customer):]), s.val)
+		s.set(g, key, s.val)
+		s.ids.add(key, r.ExpireAt, 0, g.now)
+		s.expiring = appendExpiring(s.expiring, key)
+		g.expireMax = max(g.expireMax, r.ExpireAt)
 	}
-	r.Data = nil
-	s.val = r.append(s.val[:0])
-	s.set(g, key, s.val)
-	s.ids.add(key, r.ExpireAt, g.now)
-	s.expiring = appendExpiring(s.expiring, key)
-	g.expireMax = max(g.expireMax, r.ExpireAt)
 	s.cache.put(string(key), r)
 }
 
@@ -436,22 +506,24 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		Subject:        ev.Subject,
 		Data:           ev.DataJSON,
 	}
-	if !matched && ev.HoldID == "" {
+	cmd := UsageCmd{EventID: ev.ID, OccurredAt: ev.OccurredAt, PricingVersion: g.pricing.Version, HoldID: ev.HoldID}
+	applied := matched || ev.HoldID != ""
+	if !applied {
 		r.Status = EventRecorded
 	} else {
-		cmd := UsageCmd{EventID: ev.ID, OccurredAt: ev.OccurredAt, PricingVersion: g.pricing.Version, Charges: s.charges, HoldID: ev.HoldID}
+		cmd.Charges = s.charges
 		var berr *Error
 		s.results, s.entries, berr = w.Charge(&cmd, g.now, s.results[:0], s.entries[:0])
-		// Logged even when refused: the refusal may have changed the wallet
-		// (expiries, alerts, a reload request), and replay must do the same.
-		s.logBody = appendLogCmd(s.logBody, ev.CustomerID, &cmd)
-		g.cmds++
 		s.ck.changed(g, w)
 		if len(s.entries) > 0 {
 			s.writeEntries(g, w, s.entries)
 		}
 		s.effects(g, w)
 		if berr != nil {
+			// Logged even when refused: the refusal may have changed the
+			// wallet (expiries, alerts, a reload request), and replay must
+			// do the same.
+			s.logCmd(g, ev.CustomerID, &cmd, true, nil)
 			res.reject(berr.Code, berr.Message, "")
 			return
 		}
@@ -462,9 +534,16 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		r.Charges = s.copyCharges(s.results)
 	}
 	s.remember(g, s.idem, r)
+	s.logCmd(g, ev.CustomerID, &cmd, applied, r)
 	res.Status = r.Status
 	res.Charges = r.Charges
 	res.PricingVersion = r.PricingVersion
+}
+
+// logCmd adds a usage command to the group's log record.
+func (s *shard) logCmd(g *group, customer string, cmd *UsageCmd, applied bool, r *record) {
+	s.logBody = appendLogCmd(s.logBody, customer, cmd, applied, r)
+	g.cmds++
 }
 
 // copyCharges copies src (results and parts) out of the shard's slabs:

@@ -2,6 +2,7 @@ package balance
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -145,6 +146,18 @@ func (s *store) logBounds() (first, last uint64, err error) {
 		return 0, 0, err
 	}
 	return first, last, it.Error()
+}
+
+// logFloor returns the persisted replay floor (cmdlog.go), 0 if none.
+func (s *store) logFloor() (uint64, error) {
+	v, err := s.get(logFloorKey)
+	if err != nil || v == nil {
+		return 0, err
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("log floor %x: not a seq", v)
+	}
+	return binary.BigEndian.Uint64(v), nil
 }
 
 // pebbleLogger is Pebble's logger. Its errors are rate-limited when limit
