@@ -458,7 +458,10 @@ func segmentSpan(window time.Duration) int64 {
 }
 
 // add notes that record seq, of a group at now, holds an id expiring at exp.
+// The segment keeps it to the second the index rounds exp up to: while the
+// index says "maybe", the record it points at is there.
 func (x *idSegments) add(seq uint64, now, exp, span int64) {
+	exp = int64(expSeconds(exp)) * 1e9
 	if n := len(x.segs); n > x.head {
 		last := &x.segs[n-1]
 		if now-last.start < span && now >= last.start {
@@ -567,6 +570,7 @@ func (e *Engine) recoverLog(from uint64, snapSeq map[string]uint64) error {
 	span := segmentSpan(window)
 	var key []byte
 	ids := 0
+	load := make(idLoad, len(e.shards))
 	id := func(seq uint64, customer string, r *logReader) {
 		exp := RecordExpireAt(r.now, r.cmd.OccurredAt, window)
 		if RecordExpired(exp, now) {
@@ -574,7 +578,7 @@ func (e *Engine) recoverLog(from uint64, snapSeq map[string]uint64) error {
 		}
 		s := e.shardOf(customer)
 		key = idemKey(key[:0], idemEvent, customer, r.cmd.EventID)
-		s.ids.add(key, exp, seq, now)
+		load.add(s.id, &s.ids, key, exp, seq)
 		s.segs.add(seq, r.now, exp, span)
 		ids++
 	}
@@ -582,6 +586,11 @@ func (e *Engine) recoverLog(from uint64, snapSeq map[string]uint64) error {
 	if err != nil {
 		return err
 	}
+	idx := make([]*idIndex, len(e.shards))
+	for i, s := range e.shards {
+		idx[i] = &s.ids
+	}
+	load.build(idx, now)
 	for _, s := range e.shards {
 		floor, exp := s.segs.expire(now)
 		s.idFloor.Store(floor)

@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"strconv"
@@ -366,6 +367,9 @@ func replayFloor(e *Engine) uint64 {
 	return e.logFloor
 }
 
+// benchShards is the shard count BenchmarkReplay spreads ids over.
+const benchShards = 2
+
 // BenchmarkReplay measures replaying the command log into loaded wallets:
 // 1,000,000 token-priced events of 10,000 customers (a carry on every
 // charge), as recovery after a crash does, their ids put in an index.
@@ -405,28 +409,74 @@ func BenchmarkReplay(b *testing.B) {
 	if err := batch.Commit(pebble.Sync); err != nil {
 		b.Fatal(err)
 	}
-	b.ResetTimer()
-	var total time.Duration
-	for i := 0; i < b.N; i++ {
-		b.StopTimer()
-		wallets := make(map[string]*Wallet, customers)
-		for _, w := range base {
-			wallets[w.Customer] = w.clone()
-		}
-		ids := newIDIndex(maphash.MakeSeed())
-		var key []byte
-		b.StartTimer()
-		start := time.Now()
-		// As recovery does: every id into an index, every command replayed.
-		id := func(seq uint64, customer string, r *logReader) {
-			key = idemKey(key[:0], idemEvent, customer, r.cmd.EventID)
-			ids.add(key, RecordExpireAt(r.now, r.cmd.OccurredAt, 35*24*time.Hour), seq, now)
-		}
-		_, _, n, err := replayLog(st.db, 0, func(c string) *Wallet { return wallets[c] }, nil, nil, id)
-		total += time.Since(start)
-		if err != nil || n != events {
-			b.Fatalf("replayed %d of %d: %v", n, events, err)
-		}
+	// commands: the replay after a crash (the commands since the floor);
+	// ids: what every start pays for the log kept for the dedup window
+	// (each id into its shard's index, nothing replayed); both: a crash
+	// whose whole log is past the floor.
+	for _, mode := range []struct {
+		name        string
+		replay, ids bool
+	}{{"commands", true, false}, {"ids", false, true}, {"both", true, true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			var total time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				wallets := make(map[string]*Wallet, customers)
+				for _, w := range base {
+					wallets[w.Customer] = w.clone()
+				}
+				seed := maphash.MakeSeed()
+				idx := make([]*idIndex, benchShards)
+				for i := range idx {
+					x := newIDIndex(seed)
+					idx[i] = &x
+				}
+				load := make(idLoad, benchShards)
+				var key []byte
+				var id func(uint64, string, *logReader)
+				if mode.ids {
+					id = func(seq uint64, customer string, r *logReader) {
+						key = idemKey(key[:0], idemEvent, customer, r.cmd.EventID)
+						shard := int(maphash.String(seed, customer) % benchShards)
+						load.add(shard, idx[shard], key, RecordExpireAt(r.now, r.cmd.OccurredAt, 35*24*time.Hour), seq)
+					}
+				}
+				from := uint64(0)
+				if !mode.replay {
+					from = math.MaxUint64
+				}
+				b.StartTimer()
+				start := time.Now()
+				_, _, n, err := replayLog(st.db, from, func(c string) *Wallet { return wallets[c] }, nil, nil, id)
+				load.build(idx, now)
+				total += time.Since(start)
+				if want := map[bool]int{true: events}[mode.replay]; err != nil || n != want {
+					b.Fatalf("replayed %d of %d: %v", n, want, err)
+				}
+			}
+			b.ReportMetric(float64(events)*float64(b.N)/total.Seconds(), "events/s")
+		})
 	}
-	b.ReportMetric(float64(events)*float64(b.N)/total.Seconds(), "events/s")
+}
+
+// TestIDSegments: groups within a span share a segment; a segment leaves
+// once its latest id has expired (to the whole second the index rounds up
+// to), and one that has not holds back those behind it.
+func TestIDSegments(t *testing.T) {
+	const s = int64(time.Second)
+	var x idSegments
+	span := segmentSpan(256 * time.Second) // 1 s
+	x.add(1, 0, 10*s+1, span)              // expires at 11 s, rounded up
+	x.add(2, s/2, 5*s, span)               // same segment
+	x.add(5, s, 20*s, span)                // a new one
+	x.add(7, 2*s, 8*s, span)               // another, expiring before the one ahead of it
+	if floor, exp := x.expire(10 * s); floor != 1 || exp != 11*s {
+		t.Fatalf("at 10 s: floor %d, expiry %d; want 1 and 11 s", floor, exp)
+	}
+	if floor, exp := x.expire(11 * s); floor != 5 || exp != 20*s {
+		t.Fatalf("at 11 s: floor %d, expiry %d; want 5 and 20 s", floor, exp)
+	}
+	if floor, exp := x.expire(20 * s); floor != math.MaxUint64 || exp != 0 {
+		t.Fatalf("at 20 s: floor %d, expiry %d; want none", floor, exp)
+	}
 }

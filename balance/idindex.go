@@ -3,6 +3,7 @@ package balance
 import (
 	"encoding/binary"
 	"hash/maphash"
+	"sync"
 )
 
 // idIndex is a shard's in-memory index of the idempotency records it holds:
@@ -98,7 +99,7 @@ func nowSeconds(now int64) uint32 { return uint32(min(max(now/1e9, 0), 1<<32-1))
 // and place. Growing drops entries expired at nowSec (0: none).
 func (x *idIndex) put(fp uint64, exp uint32, seq uint64, nowSec uint32) {
 	if (x.n+1)*4 > len(x.fps)*3 {
-		x.rehash(nowSec)
+		x.rehash(nowSec, 1)
 	}
 	mask := uint64(len(x.fps) - 1)
 	for i := fp & mask; ; i = (i + 1) & mask {
@@ -115,8 +116,8 @@ func (x *idIndex) put(fp uint64, exp uint32, seq uint64, nowSec uint32) {
 }
 
 // rehash rebuilds the table without the entries expired at nowSec, at the
-// smallest size that leaves it at most half full.
-func (x *idIndex) rehash(nowSec uint32) {
+// smallest size that leaves it at most half full with extra more.
+func (x *idIndex) rehash(nowSec uint32, extra int) {
 	oldFps, oldExp, oldSeq := x.fps, x.exp, x.seq
 	live := 0
 	for i, fp := range oldFps {
@@ -125,7 +126,7 @@ func (x *idIndex) rehash(nowSec uint32) {
 		}
 	}
 	size := idIndexMinSlots
-	for (live+1)*2 > size {
+	for (live+extra)*2 > size {
 		size *= 2
 	}
 	x.fps, x.exp, x.seq, x.n = make([]uint64, size), make([]uint32, size), make([]uint64, size), 0
@@ -157,7 +158,63 @@ func (x *idIndex) sweep(now int64) {
 	if dead*4 < x.n || dead == 0 {
 		return
 	}
-	x.rehash(nowSec)
+	x.rehash(nowSec, 1)
+}
+
+// idEntry is an entry of an idIndex on its way in (idLoad).
+type idEntry struct {
+	fp, seq uint64
+	exp     uint32
+}
+
+// idLoad gathers the ids read from the log at start, per shard, then puts
+// them in the shards' indexes: each table grown once to its final size
+// rather than doubled again and again, the shards' tables in parallel. The
+// entries wait in chunks, so that gathering millions never copies them.
+type idLoad []idChunks
+
+type idChunks struct {
+	chunks [][]idEntry
+	n      int
+}
+
+const idLoadChunk = 1 << 14
+
+func (l idLoad) add(shard int, x *idIndex, key []byte, expireAt int64, seq uint64) {
+	c := &l[shard]
+	if k := len(c.chunks); k == 0 || len(c.chunks[k-1]) == idLoadChunk {
+		c.chunks = append(c.chunks, make([]idEntry, 0, idLoadChunk))
+	}
+	last := &c.chunks[len(c.chunks)-1]
+	*last = append(*last, idEntry{fp: x.fingerprint(key), seq: seq, exp: expSeconds(expireAt)})
+	c.n++
+}
+
+// build puts the entries gathered for shard i into idx[i], dropping what
+// expired at now.
+func (l idLoad) build(idx []*idIndex, now int64) {
+	nowSec := nowSeconds(now)
+	var wg sync.WaitGroup
+	for i := range l {
+		c, x := &l[i], idx[i]
+		if c.n == 0 {
+			continue
+		}
+		wg.Go(func() {
+			if (x.n+c.n)*4 > len(x.fps)*3 {
+				x.rehash(nowSec, c.n)
+			}
+			for _, es := range c.chunks {
+				for _, e := range es {
+					if e.exp > nowSec {
+						x.put(e.fp, e.exp, e.seq, nowSec)
+					}
+				}
+			}
+			c.chunks = nil
+		})
+	}
+	wg.Wait()
 }
 
 // merge adds every entry of built (the keys stored before start) and makes
