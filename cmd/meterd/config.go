@@ -154,7 +154,7 @@ func settings(c *Config) []setting {
 		{name: "shards", arg: "N", def: "0", ptr: &c.Shards,
 			usage: "number of balance shards, 0.." + strconv.Itoa(shardsMax) + "; 0 = number of CPUs"},
 		{name: "dedup-window", arg: "DURATION", def: "840h", ptr: &c.DedupWindow,
-			usage: "how long event and transaction ids are remembered (Go duration, at least 24h)"},
+			usage: "how long event and transaction ids are remembered (Go duration, at least 24h); events' ids stay in the command log as long, and each start reads them into memory (DESIGN.md)"},
 		{name: "reversal-window", arg: "DURATION", def: "24h", ptr: &c.ReversalWindow,
 			usage: "how long after a top-up it may still be reversed"},
 		{name: "body-bytes-max", arg: "N", def: "8388608", ptr: &c.BodyBytesMax,
