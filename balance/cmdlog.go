@@ -100,19 +100,11 @@ func appendLogCmd(b []byte, customer string, c *UsageCmd, applied bool, r *recor
 		res := &r.Charges[i]
 		// The account charged is the command's charge's, but for a charge
 		// that named another spelling of it: written out then.
+		account := res.Account
 		if i < len(c.Charges) && c.Charges[i].Account == res.Account {
-			b = appendStr(b, "")
-		} else {
-			b = appendStr(b, res.Account)
+			account = ""
 		}
-		b = append(b, res.Scale)
-		b = binary.AppendVarint(b, res.Amount)
-		b = binary.AppendVarint(b, res.BalanceAfter)
-		b = binary.AppendUvarint(b, uint64(len(res.Parts)))
-		for _, p := range res.Parts {
-			b = appendStr(b, p.BucketID)
-			b = binary.AppendVarint(b, p.Amount)
-		}
+		b = appendChargeResult(b, account, res)
 	}
 	return b
 }

@@ -57,21 +57,28 @@ func (r *record) append(b []byte) []byte {
 		b = appendOptBytes(b, r.Data)
 		b = binary.AppendUvarint(b, uint64(len(r.Charges)))
 		for i := range r.Charges {
-			c := &r.Charges[i]
-			b = appendStr(b, c.Account)
-			b = append(b, c.Scale)
-			b = binary.AppendVarint(b, c.Amount)
-			b = binary.AppendVarint(b, c.BalanceAfter)
-			b = binary.AppendUvarint(b, uint64(len(c.Parts)))
-			for _, p := range c.Parts {
-				b = appendStr(b, p.BucketID)
-				b = binary.AppendVarint(b, p.Amount)
-			}
+			b = appendChargeResult(b, r.Charges[i].Account, &r.Charges[i])
 		}
 	case idemTopUp:
 		b = appendStr(b, r.BucketID)
 		b = append(b, r.TopUpStatus)
 		b = binary.AppendVarint(b, r.ReversedAt)
+	}
+	return b
+}
+
+// appendChargeResult appends what one charge took, under account: the
+// record's and the log command's encoding (the log writes "" for the
+// account its command's charge names).
+func appendChargeResult(b []byte, account string, c *ChargeResult) []byte {
+	b = appendStr(b, account)
+	b = append(b, c.Scale)
+	b = binary.AppendVarint(b, c.Amount)
+	b = binary.AppendVarint(b, c.BalanceAfter)
+	b = binary.AppendUvarint(b, uint64(len(c.Parts)))
+	for _, p := range c.Parts {
+		b = appendStr(b, p.BucketID)
+		b = binary.AppendVarint(b, p.Amount)
 	}
 	return b
 }
