@@ -464,7 +464,9 @@ func TestHolds(t *testing.T) {
 	// Release.
 	_, out, err = w.TopUp(topUp("top_2", 1000), t0+5, nil)
 	must(t, err)
-	checkEntries(t, w, out, t0+5, we{typ: EntryTopUp, amount: 1000, bucket: "b_2", at: t0 + 5, after: 850, ref: "top_2"})
+	// It settles the debt first: its debt part, then the rest into its bucket.
+	checkEntries(t, w, out, t0+5, we{typ: EntryTopUp, amount: 150, at: t0 + 5, after: 0, ref: "top_2"},
+		we{typ: EntryTopUp, amount: 850, bucket: "b_2", at: t0 + 5, after: 850, ref: "top_2"})
 	out, err = hold("h4", 200, t0+day, t0+6)
 	must(t, err)
 	checkEntries(t, w, out, t0+6, we{typ: EntryHold, amount: -200, at: t0 + 6, after: 650, ref: "h4"})

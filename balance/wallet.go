@@ -553,18 +553,24 @@ func (w *Wallet) checkGrant(g *grant) *Error {
 	return nil
 }
 
-// applyGrant creates the bucket of a checked grant: debt is settled first,
-// the rest becomes the bucket's remaining amount, and one entry of +amount is
-// posted. A bucket whose remaining amount is 0 is not kept; a bucket that is
+// applyGrant creates the bucket of a checked grant. Debt is settled first:
+// an entry without a bucket of +settled, then one of +(amount - settled)
+// into the bucket, so that a bucket's entries sum to its remaining amount
+// and the entries without a bucket to -(held + debt). A bucket whose
+// remaining amount is 0 is not kept (and has no entry); a bucket that is
 // already expired at now expires at once. It returns the new bucket's id.
 func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) {
 	a := w.accountOf(g.name, g.asset)
 	if a == nil {
 		a = w.addAccount(g.name, g.asset, g.scale)
 	}
-	d := min(a.Debt, g.amount)
-	a.Debt -= d
 	md := bytes.Clone(g.metadata)
+	t := Entry{Type: g.entryType, Reference: g.reference, OccurredAt: now, Metadata: md}
+	d := min(a.Debt, g.amount)
+	if d > 0 {
+		a.Debt -= d
+		out = w.post(out, a, &t, d, "", 0, now)
+	}
 	rem := g.amount - d
 	// An accumulating allocation grows its one bucket rather than adding
 	// one per period, so that years of periods never fill the account.
@@ -591,8 +597,9 @@ func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) 
 		}
 	}
 	w.UpdatedAt = now
-	t := Entry{Type: g.entryType, Reference: g.reference, OccurredAt: now, Metadata: md}
-	out = w.post(out, a, &t, g.amount, id, g.kind, now)
+	if rem > 0 {
+		out = w.post(out, a, &t, rem, id, g.kind, now)
+	}
 	if g.expiresAt > 0 && g.expiresAt <= now {
 		out = w.expireBuckets(now, out)
 	}

@@ -583,7 +583,9 @@ func TestWalletOverdraftAndDebt(t *testing.T) {
 	if a.Debt != 0 || a.Available() != 100 || len(a.Buckets) != 1 || a.Buckets[0].ID != id || a.Buckets[0].Remaining != 100 || a.Buckets[0].Amount != 600 {
 		t.Fatalf("after the top-up: %+v", a)
 	}
-	if len(out) != 1 || out[0].Amount != 600 || out[0].BalanceAfter != 100 {
+	// Its entries: the debt part without a bucket, then the rest into the bucket.
+	if len(out) != 2 || out[0].Amount != 500 || out[0].BucketID != "" || out[0].BalanceAfter != 0 ||
+		out[1].Amount != 100 || out[1].BucketID != id || out[1].BalanceAfter != 100 {
 		t.Fatalf("top-up entry %+v", out)
 	}
 	// A grant smaller than the debt keeps no bucket.

@@ -1108,7 +1108,8 @@ func TestLifecycleHolds(t *testing.T) {
 		"hold_release 300 - " + t0,
 		"usage -500 b_1 " + t0,
 		"usage -200 - " + t0,
-		"topup 1000 b_2 " + t0,
+		"topup 200 - " + t0, // the top-up settles the debt first
+		"topup 800 b_2 " + t0,
 		"hold -100 - " + t0,
 		"hold_release 100 - " + t0,
 		"usage -10 b_2 " + t0,

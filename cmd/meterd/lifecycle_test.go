@@ -837,7 +837,8 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 
 	pairs := map[string]int{} // hold -> debt-settling pairs at its end
 	var debtPair *chEntry     // the entry before, when it opened such a pair
-	for _, e := range entries {
+	var settled int64         // a grant's debt part, read with its bucket part next
+	for i, e := range entries {
 		pending := debtPair
 		debtPair = nil
 		where := fmt.Sprintf("ledger of %s: entry %d (%s %s %s)", c, e.Seq, e.Type, e.Account, e.Amount)
@@ -868,11 +869,30 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 
 		switch {
 		case amt > 0 && (e.Type == "topup" || e.Type == "grant" || e.Type == "auto_reload" || e.Type == "adjustment"):
+			// A grant settles debt first: its debt part (no bucket_id),
+			// then the rest into its bucket, the next entry of its type and
+			// reference. The checks read the two as one grant; one that
+			// went wholly to debt has no bucket part and reads as a grant
+			// into a bucket that was never kept.
 			if bid == "" {
-				errs.Errorf("%s: a grant without bucket_id", where)
-				continue
+				if next := entries[min(i+1, len(entries)-1)]; i+1 < len(entries) && next.Type == e.Type &&
+					lcStr(next.Reference) == ref && lcStr(next.BucketID) != "" && next.RecordedAt == e.RecordedAt {
+					settled = amt
+					continue
+				}
+				bid = "(debt of " + strconv.FormatUint(e.Seq, 10) + ")"
+			} else if settled > 0 {
+				amt += settled
 			}
 			d := min(a.debt, amt)
+			part := settled // what the ledger says the grant settled
+			if lcStr(e.BucketID) == "" {
+				part = amt
+			}
+			if d != part {
+				errs.Errorf("%s: the grant settled %d of debt, the account owed %d of it", where, part, d)
+			}
+			settled = 0
 			a.debt -= d
 			if d > 0 {
 				cnt.debtSettled++
