@@ -71,6 +71,7 @@ type shard struct {
 	idem     []byte // the idempotency key of the event being applied
 	expiring []byte // the idempotency keys recorded by the group being applied (appendExpiring)
 	logBody  []byte // the commands of the group being applied (appendLogCmd)
+	logRead  []byte // scratch: that group's log record, for a look-up in it
 	seqs     []uint64
 	val      []byte
 	entries  []Entry
@@ -302,9 +303,11 @@ func (s *shard) del(g *group, key []byte) {
 }
 
 // lookup finds the idempotency record at key: in the cache (which holds
-// every record of groups not yet durable), else where the shard's index
-// says it is: in a log record, or under its own key in the store. Records
-// past their window count as absent (RecordExpired, window.go).
+// the records of other ops than events of groups not yet durable, and
+// records read before), else where the shard's index says it is: in a log
+// record (g's own, not yet written, or one handed to the WAL, which Pebble
+// shows once handed), or under its own key in the store. Records past their
+// window count as absent (RecordExpired, window.go).
 func (s *shard) lookup(g *group, key []byte) (*record, error) {
 	if r := s.cache.get(key); r != nil {
 		s.lookupCache.Inc()
@@ -320,7 +323,7 @@ func (s *shard) lookup(g *group, key []byte) (*record, error) {
 			store = true
 			continue
 		}
-		r, err := s.fromLog(seq, key)
+		r, err := s.fromLog(g, seq, key)
 		if err != nil {
 			return nil, err
 		}
@@ -363,10 +366,18 @@ func (s *shard) lookup(g *group, key []byte) (*record, error) {
 // fingerprint. A record the index points at is kept as long as the id is
 // inside its window, so a missing one is an error, never "absent": the
 // event would be charged twice.
-func (s *shard) fromLog(seq uint64, key []byte) (*record, error) {
-	v, err := s.e.st.get(logKey(seq))
-	if err != nil {
-		return nil, err
+func (s *shard) fromLog(g *group, seq uint64, key []byte) (*record, error) {
+	var v []byte
+	if seq == g.seq {
+		// The group being applied: its commands are in memory only.
+		v = logHeader(s.logRead[:0], g.now, g.cmds)
+		v = append(v, s.logBody...)
+		s.logRead = v
+	} else {
+		var err error
+		if v, err = s.e.st.get(logKey(seq)); err != nil {
+			return nil, err
+		}
 	}
 	if v == nil {
 		return nil, fmt.Errorf("idempotency record %q: log record %d is gone", key, seq)
@@ -421,15 +432,17 @@ func (s *shard) remember(g *group, key []byte, r *record) {
 			g.outbox.addUsage(customer, string(key[3+len(customer):]), s.val)
 		}
 		r.Data = nil
+		// Not cached: a resend finds it through the index, in this
+		// group's commands or in its log record.
 		s.ids.add(key, r.ExpireAt, g.seq, g.now)
 		g.idExpMax = max(g.idExpMax, r.ExpireAt)
-	} else {
-		s.val = r.append(s.val[:0])
-		s.set(g, key, s.val)
-		s.ids.add(key, r.ExpireAt, 0, g.now)
-		s.expiring = appendExpiring(s.expiring, key)
-		g.expireMax = max(g.expireMax, r.ExpireAt)
+		return
 	}
+	s.val = r.append(s.val[:0])
+	s.set(g, key, s.val)
+	s.ids.add(key, r.ExpireAt, 0, g.now)
+	s.expiring = appendExpiring(s.expiring, key)
+	g.expireMax = max(g.expireMax, r.ExpireAt)
 	s.cache.put(string(key), r)
 }
 

@@ -92,7 +92,7 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 		}
 		d := &sc.decoded[i]
 		if sc.slot[i] < 0 {
-			s.metrics.events.WithLabelValues("rejected", "http").Inc()
+			s.metrics.httpEvents[balance.EventRejected].Inc()
 			b = appendRejected(b, d.Event.ID, d.Err.Code, d.Err.Reason, d.Err.Message, d.Err.Field)
 			continue
 		}
@@ -114,7 +114,9 @@ var statusNames = [...]string{
 // appendResult appends one event's result object.
 func (s *Server) appendResult(b []byte, id string, r *balance.EventResult) []byte {
 	status := statusNames[r.Status]
-	s.metrics.events.WithLabelValues(status, "http").Inc()
+	if c := s.metrics.httpEvents[r.Status]; c != nil {
+		c.Inc()
+	}
 	if r.Status == balance.EventRejected {
 		return appendRejected(b, id, r.Code, "", r.Message, r.Field)
 	}

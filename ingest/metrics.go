@@ -10,6 +10,10 @@ import (
 type httpMetrics struct {
 	requests *prometheus.HistogramVec
 	events   *prometheus.CounterVec
+	// httpEvents are events' counters of the HTTP door by result status
+	// (statusNames' index), resolved once: a label look-up per event costs
+	// a hash and a lock.
+	httpEvents [len(statusNames)]prometheus.Counter
 }
 
 func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
@@ -23,6 +27,11 @@ func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 			Name: "meterd_events_total",
 			Help: "Usage events by result status (charged, recorded, duplicate, rejected) and the door they came in by.",
 		}, []string{"status", "source"}),
+	}
+	for st, name := range statusNames {
+		if name != "" {
+			m.httpEvents[st] = m.events.WithLabelValues(name, "http")
+		}
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.events)

@@ -92,7 +92,10 @@ func benchBatch(seq *atomic.Int64, n, customers int, now time.Time) []byte {
 // results back. Each op is one request of 100 events; many concurrent
 // requests share commit groups. ns/op is per request: events/s is reported.
 func BenchmarkPath(b *testing.B) {
-	const batch, customers = 100, 10_000
+	batch, customers := 100, 10_000
+	if v := os.Getenv("METERD_BENCH_BATCH"); v != "" {
+		batch, _ = strconv.Atoi(v)
+	}
 	dir := b.TempDir()
 	eng := openBenchEngine(b, dir, customers)
 	defer eng.Close()
