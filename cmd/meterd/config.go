@@ -178,7 +178,7 @@ func settings(c *Config) []setting {
 			usage: "how long a wallet changed only by usage events may go without a new snapshot: usage is made durable as one command-log record per commit group, " +
 				"and a start after a crash replays the log after the snapshots (10ms..1h)"},
 		{name: "idem-cache-max", arg: "N", def: "262144", ptr: &c.IdemCacheMax,
-			usage: "idempotency records cached in memory per shard"},
+			usage: "idempotency records of top-ups, adjustments and resent events cached in memory per shard"},
 		{name: "cache-bytes", arg: "N", def: "268435456", ptr: &c.CacheBytes,
 			usage: "Pebble block cache in bytes: keeps index and bloom-filter blocks in memory for id look-ups"},
 		{name: "disk-reserve-bytes", arg: "N", def: "67108864", ptr: &c.DiskReserveBytes,
