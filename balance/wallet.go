@@ -618,9 +618,9 @@ func (w *Wallet) resolveExpiry(at, now int64) (int64, *Error) {
 }
 
 // TopUp applies a one-time purchase: a new recharge bucket (priority 30,
-// effective now, Reference = c.ID) and a topup entry of +Amount. Debt is
-// settled first. It returns the new bucket's id (also when debt absorbed the
-// whole amount and no bucket was kept).
+// effective now, Reference = c.ID) and topup entries summing to +Amount.
+// Debt is settled first (applyGrant). It returns the new bucket's id (also
+// when debt absorbed the whole amount and no bucket was kept).
 func (w *Wallet) TopUp(c *TopUpCmd, now int64, out []Entry) (bucketID string, entries []Entry, err *Error) {
 	var snap availSnap
 	w.snapshot(&snap)

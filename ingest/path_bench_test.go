@@ -89,8 +89,9 @@ func benchBatch(seq *atomic.Int64, n, customers int, now time.Time) []byte {
 
 // BenchmarkPath measures the whole write path of an events request: decode,
 // route to shards, rate, apply, one Pebble batch per commit group with fsync,
-// results back. Each op is one request of 100 events; many concurrent
-// requests share commit groups. ns/op is per request: events/s is reported.
+// results back. Each op is one request of 100 events (METERD_BENCH_BATCH
+// sets another count); many concurrent requests share commit groups. ns/op
+// is per request: events/s is reported.
 func BenchmarkPath(b *testing.B) {
 	batch, customers := 100, 10_000
 	if v := os.Getenv("METERD_BENCH_BATCH"); v != "" {

@@ -783,6 +783,13 @@ type lcCounts struct {
 	holdsByStatus, notesByType                map[string]int
 }
 
+// lcBucketPart reports whether next is the bucket part of the grant whose
+// debt part is d: the same type, reference and time, with a bucket.
+func lcBucketPart(next, d *chEntry) bool {
+	return next.Type == d.Type && lcStr(next.Reference) == lcStr(d.Reference) &&
+		lcStr(next.BucketID) != "" && next.RecordedAt == d.RecordedAt
+}
+
 // checkCustomer checks one customer's ledger, wallet, grants, expiries,
 // holds, auto-reload requests, events and notifications against the rules
 // and the acknowledged history; it returns the notifications.
@@ -875,8 +882,7 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 			// went wholly to debt has no bucket part and reads as a grant
 			// into a bucket that was never kept.
 			if bid == "" {
-				if next := entries[min(i+1, len(entries)-1)]; i+1 < len(entries) && next.Type == e.Type &&
-					lcStr(next.Reference) == ref && lcStr(next.BucketID) != "" && next.RecordedAt == e.RecordedAt {
+				if i+1 < len(entries) && lcBucketPart(&entries[i+1], &e) {
 					settled = amt
 					continue
 				}
