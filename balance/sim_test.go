@@ -512,8 +512,7 @@ func (s *sim) sendNew(e *Engine, w *simWorker, rng *rand.Rand, kind simKind, c i
 	if cmd.sentAt == 0 {
 		cmd.kind, cmd.customer, cmd.sentAt = kind, c, now
 		if kind == simTopUp || kind == simAdjust || kind == simHold {
-			w.n++
-			cmd.id = "w" + strconv.Itoa(w.id) + "-" + strconv.Itoa(w.n)
+			cmd.id = w.newID()
 		}
 		switch kind {
 		case simTopUp:
@@ -607,11 +606,19 @@ func (s *sim) took(cmd *simCmd, afresh bool) error {
 	return nil
 }
 
+// name names a command in a failure: its id, or for a reversal or a
+// release its target's.
 func (c *simCmd) name() string {
-	if c.target != nil {
+	if c.id == "" {
 		return "of " + c.target.id
 	}
 	return c.id
+}
+
+// newID draws the worker's next command id.
+func (w *simWorker) newID() string {
+	w.n++
+	return "w" + strconv.Itoa(w.id) + "-" + strconv.Itoa(w.n)
 }
 
 // simRefusal reports whether code is an answer cmd may get: one the
@@ -646,8 +653,7 @@ func (s *sim) events(e *Engine, w *simWorker, rng *rand.Rand) error {
 		c := rng.IntN(simCustomers)
 		cmd := s.pick(rng, w.recent[c], func(*simCmd) bool { return true })
 		if cmd == nil || rng.IntN(10) != 0 || slices.Contains(cmds[:i], cmd) {
-			w.n++
-			cmd = &simCmd{kind: simEvent, customer: c, id: "w" + strconv.Itoa(w.id) + "-" + strconv.Itoa(w.n), sentAt: now}
+			cmd = &simCmd{kind: simEvent, customer: c, id: w.newID(), sentAt: now}
 			if rng.IntN(20) == 0 {
 				cmd.target = s.pick(rng, w.holds[c], func(h *simCmd) bool { return h.done })
 			}
