@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -478,5 +479,54 @@ func TestIDSegments(t *testing.T) {
 	}
 	if floor, exp := x.expire(20 * s); floor != math.MaxUint64 || exp != 0 {
 		t.Fatalf("at 20 s: floor %d, expiry %d; want none", floor, exp)
+	}
+}
+
+// TestResendInItsOwnGroupKeepsItsAnswer resends events inside the commit
+// group that applied them, where their records are found in the group's
+// commands in memory, and then again in later groups, where the records
+// read then are cached: every answer, first and later, names the original
+// account, bucket and amount. The rounds' ids shrink, so each group's log
+// record overwrites the scratch of the one before with other bytes.
+func TestResendInItsOwnGroupKeepsItsAnswer(t *testing.T) {
+	e := openTestEngine(t, &testClock{}, 0)
+	defer e.Close()
+	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.TopUp("c1", &TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: 1000}, [16]byte{9}); err != nil {
+		t.Fatal(err)
+	}
+	ev := func(id string) *EventIn {
+		return &EventIn{Event: &meter.Event{ID: id, CustomerID: "c1", EventType: "image_generated"}, Hash: [16]byte{byte(len(id))}}
+	}
+	want := func(in *EventIn, status uint8) {
+		t.Helper()
+		r := in.Result
+		if r.Status != status || len(r.Charges) != 1 || r.Charges[0].Account != "default:CREDITS" || r.Charges[0].Amount != 40 ||
+			len(r.Charges[0].Parts) != 1 || r.Charges[0].Parts[0].BucketID != "b_1" || r.Charges[0].Parts[0].Amount != 40 {
+			t.Fatalf("event %s: %s %+v", in.Event.ID, statusName(r.Status), r)
+		}
+	}
+	ids := []string{"e" + strings.Repeat("x", 10), "e"}
+	// One op is one group: each id is applied, then resent in the same group.
+	for _, id := range ids {
+		batch := []*EventIn{ev(id), ev(id + "-2"), ev(id), ev(id + "-2")}
+		if err := e.Events(batch); err != nil {
+			t.Fatal(err)
+		}
+		want(batch[0], EventCharged)
+		want(batch[1], EventCharged)
+		want(batch[2], EventDuplicate)
+		want(batch[3], EventDuplicate)
+	}
+	// Later groups: the records found in memory before answer again.
+	for _, id := range ids {
+		batch := []*EventIn{ev(id), ev(id + "-2")}
+		if err := e.Events(batch); err != nil {
+			t.Fatal(err)
+		}
+		want(batch[0], EventDuplicate)
+		want(batch[1], EventDuplicate)
 	}
 }
