@@ -54,6 +54,15 @@ func appendOptBytes(b, s []byte) []byte {
 	return append(b, s...)
 }
 
+// appendOptStr is appendOptBytes for a string, "" being absent.
+func appendOptStr(b []byte, s string) []byte {
+	if s == "" {
+		return append(b, 0)
+	}
+	b = binary.AppendUvarint(b, uint64(len(s))+1)
+	return append(b, s...)
+}
+
 // AppendWallet appends the binary form of w to dst and returns the extended
 // slice. It does not allocate beyond growing dst.
 func AppendWallet(dst []byte, w *Wallet) []byte {
@@ -102,7 +111,7 @@ func AppendWallet(dst []byte, w *Wallet) []byte {
 			b = binary.AppendVarint(b, k.ExpiresAt)
 			b = appendStr(b, k.Source)
 			b = appendStr(b, k.Reference)
-			b = appendOptBytes(b, k.Metadata)
+			b = appendOptStr(b, k.Metadata)
 			b = append(b, k.Alloc)
 		}
 	}
@@ -220,6 +229,16 @@ func (d *decoder) optBytes() []byte {
 		return nil
 	}
 	return append([]byte{}, d.raw(n-1, codecMetadataLenMax)...)
+}
+
+// optStr reads what appendOptStr or appendOptBytes wrote, absent or empty
+// being "".
+func (d *decoder) optStr() string {
+	n := d.u()
+	if n == 0 || d.err != nil {
+		return ""
+	}
+	return string(d.raw(n-1, codecMetadataLenMax))
 }
 
 // count reads a number of items, each taking at least minBytes, and checks
@@ -353,7 +372,7 @@ func decodeWalletAt(b []byte) (*Wallet, uint64, error) {
 				k.ExpiresAt = d.v()
 				k.Source = d.internStr()
 				k.Reference = d.str()
-				k.Metadata = d.optBytes()
+				k.Metadata = d.optStr()
 				if version >= walletFormatV2 {
 					k.Alloc = d.byte1()
 				}

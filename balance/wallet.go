@@ -591,7 +591,7 @@ func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) 
 		if rem > 0 {
 			a.insertBucket(Bucket{
 				ID: id, Kind: g.kind, Priority: g.priority, Amount: g.amount, Remaining: rem,
-				EffectiveAt: now, ExpiresAt: g.expiresAt, Source: intern(g.source), Reference: g.reference, Metadata: md,
+				EffectiveAt: now, ExpiresAt: g.expiresAt, Source: intern(g.source), Reference: g.reference, Metadata: string(md),
 				Alloc: g.alloc,
 			})
 		}

@@ -267,7 +267,7 @@ func TestWalletTopUp(t *testing.T) {
 			a := w.Account("default:CREDITS")
 			b := a.Buckets[0]
 			if id != "b_1" || b.ID != id || b.Kind != KindRecharge || b.Priority != 30 || b.Amount != tt.cmd.Amount || b.Remaining != tt.cmd.Amount ||
-				b.EffectiveAt != t0+1 || b.ExpiresAt != tt.cmd.ExpiresAt || b.Source != tt.cmd.Source || b.Reference != "top_1" || !bytes.Equal(b.Metadata, tt.cmd.Metadata) {
+				b.EffectiveAt != t0+1 || b.ExpiresAt != tt.cmd.ExpiresAt || b.Source != tt.cmd.Source || b.Reference != "top_1" || b.Metadata != string(tt.cmd.Metadata) {
 				t.Fatalf("bucket %+v", b)
 			}
 			e := out[0]

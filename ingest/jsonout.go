@@ -78,7 +78,7 @@ func appendTime(b []byte, ns int64) []byte {
 }
 
 // appendRaw appends raw JSON, or def when it is empty.
-func appendRaw(b, raw []byte, def string) []byte {
+func appendRaw[T []byte | string](b []byte, raw T, def string) []byte {
 	if len(raw) == 0 {
 		return append(b, def...)
 	}
