@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/balance/internal/enc"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -73,15 +74,15 @@ func logKeySeq(key []byte) (uint64, error) {
 // for it, and r the event's idempotency record when it was accepted (nil:
 // refused).
 func appendLogCmd(b []byte, customer string, c *UsageCmd, applied bool, r *record) []byte {
-	b = appendStr(b, customer)
-	b = appendStr(b, c.EventID)
+	b = enc.AppendStr(b, customer)
+	b = enc.AppendStr(b, c.EventID)
 	b = binary.AppendVarint(b, c.OccurredAt)
 	b = binary.AppendUvarint(b, uint64(c.PricingVersion))
-	b = appendStr(b, c.HoldID)
+	b = enc.AppendStr(b, c.HoldID)
 	b = binary.AppendUvarint(b, uint64(len(c.Charges)))
 	for i := range c.Charges {
 		ch := &c.Charges[i]
-		b = appendStr(b, ch.Account)
+		b = enc.AppendStr(b, ch.Account)
 		b = append(b, ch.Scale)
 		b = binary.AppendVarint(b, ch.Amount.Units)
 		b = binary.AppendUvarint(b, ch.Amount.Sub)
@@ -119,7 +120,7 @@ func logHeader(dst []byte, now int64, cmds int) []byte {
 
 // logReader decodes a log record's commands one at a time.
 type logReader struct {
-	d       decoder
+	d       enc.Decoder
 	version byte
 	now     int64
 	left    int
@@ -137,15 +138,15 @@ type logReader struct {
 }
 
 func newLogReader(b []byte) (*logReader, error) {
-	r := &logReader{d: decoder{b: b}}
-	if r.version = r.d.byte1(); r.d.err == nil && r.version != logFormatV1 && r.version != logFormatV2 {
+	r := &logReader{d: enc.Decoder{B: b}}
+	if r.version = r.d.Byte1(); r.d.Err == nil && r.version != logFormatV1 && r.version != logFormatV2 {
 		return nil, fmt.Errorf("balance: log record: unknown format version %d", r.version)
 	}
-	r.now = r.d.v()
+	r.now = r.d.V()
 	// A command takes at least 7 bytes (six lengths or numbers and a count).
-	r.left = r.d.count(len(b), 7)
-	if r.d.err != nil {
-		return nil, fmt.Errorf("balance: log record: %w", r.d.err)
+	r.left = r.d.Count(len(b), 7)
+	if r.d.Err != nil {
+		return nil, fmt.Errorf("balance: log record: %w", r.d.Err)
 	}
 	return r, nil
 }
@@ -158,48 +159,48 @@ func newLogReader(b []byte) (*logReader, error) {
 // for keeping.
 func (r *logReader) next() (customer string, ok bool, err error) {
 	if r.left == 0 {
-		if r.d.off != len(r.d.b) {
-			return "", false, fmt.Errorf("balance: log record: %d bytes after the end", len(r.d.b)-r.d.off)
+		if r.d.Off != len(r.d.B) {
+			return "", false, fmt.Errorf("balance: log record: %d bytes after the end", len(r.d.B)-r.d.Off)
 		}
 		return "", false, nil
 	}
 	r.left--
 	d := &r.d
-	customer = d.view()
+	customer = d.View()
 	c := &r.cmd
-	c.EventID = d.view()
-	c.OccurredAt = d.v()
-	pv := d.u()
-	c.HoldID = d.view()
-	n := d.count(EventChargesMax, 4)
+	c.EventID = d.View()
+	c.OccurredAt = d.V()
+	pv := d.U()
+	c.HoldID = d.View()
+	n := d.Count(EventChargesMax, 4)
 	c.Charges = c.Charges[:0]
 	for range n {
 		var ch meter.Charge
-		if account := d.raw(d.u(), codecStringLenMax); string(account) == r.last.Account {
+		if account := d.Raw(d.U(), enc.StringLenMax); string(account) == r.last.Account {
 			ch.Account, ch.Name, ch.Asset = r.last.Account, r.last.Name, r.last.Asset
 		} else {
-			ch.Account = internBytes(account)
+			ch.Account = enc.InternBytes(account)
 			ch.Name, ch.Asset, _ = splitAccountID(ch.Account)
 			r.last = ch
 		}
-		ch.Scale = d.byte1()
-		ch.Amount.Units = d.v()
-		ch.Amount.Sub = d.u()
+		ch.Scale = d.Byte1()
+		ch.Amount.Units = d.V()
+		ch.Amount.Sub = d.U()
 		c.Charges = append(c.Charges, ch)
 	}
-	if d.err == nil && pv > 1<<32-1 {
-		d.fail(fmt.Errorf("pricing version %d is above 2^32-1", pv))
+	if d.Err == nil && pv > 1<<32-1 {
+		d.Fail(fmt.Errorf("pricing version %d is above 2^32-1", pv))
 	}
 	c.PricingVersion = uint32(pv)
 	r.flags, r.status, r.res, r.parts = logApplied, 0, r.res[:0], r.parts[:0]
 	if r.version >= logFormatV2 {
-		r.flags = d.byte1()
+		r.flags = d.Byte1()
 		if r.flags&logID != 0 {
 			r.decodeID(len(c.Charges))
 		}
 	}
-	if d.err != nil {
-		return "", false, fmt.Errorf("balance: log record: %w", d.err)
+	if d.Err != nil {
+		return "", false, fmt.Errorf("balance: log record: %w", d.Err)
 	}
 	return customer, true, nil
 }
@@ -207,27 +208,27 @@ func (r *logReader) next() (customer string, ok bool, err error) {
 // decodeID decodes the idempotency record of a command with n charges.
 func (r *logReader) decodeID(n int) {
 	d := &r.d
-	r.status = d.byte1()
-	copy(r.hash[:], d.raw(16, 16))
-	k := d.count(EventChargesMax, 4)
+	r.status = d.Byte1()
+	copy(r.hash[:], d.Raw(16, 16))
+	k := d.Count(EventChargesMax, 4)
 	for i := range k {
-		res := ChargeResult{Account: d.view()}
+		res := ChargeResult{Account: d.View()}
 		if res.Account == "" && i < n {
 			res.Account = r.cmd.Charges[i].Account
 		}
-		res.Scale = d.byte1()
-		res.Amount = d.v()
-		res.BalanceAfter = d.v()
-		np := d.count(AccountBucketsMax+1, 2)
+		res.Scale = d.Byte1()
+		res.Amount = d.V()
+		res.BalanceAfter = d.V()
+		np := d.Count(AccountBucketsMax+1, 2)
 		start := len(r.parts)
 		for range np {
-			r.parts = append(r.parts, Part{BucketID: d.view(), Amount: d.v()})
+			r.parts = append(r.parts, Part{BucketID: d.View(), Amount: d.V()})
 		}
 		res.Parts = r.parts[start:len(r.parts):len(r.parts)]
 		r.res = append(r.res, res)
 	}
-	if d.err == nil && r.status != EventCharged && r.status != EventRecorded {
-		d.fail(fmt.Errorf("event status %d", r.status))
+	if d.Err == nil && r.status != EventCharged && r.status != EventRecorded {
+		d.Fail(fmt.Errorf("event status %d", r.status))
 	}
 }
 
@@ -243,7 +244,7 @@ func (r *logReader) record() *record {
 	rec.Charges = make([]ChargeResult, len(r.res))
 	parts := make([]Part, len(r.parts))
 	for i, res := range r.res {
-		res.Account = internBytes([]byte(res.Account))
+		res.Account = enc.InternBytes([]byte(res.Account))
 		if len(res.Parts) == 0 {
 			res.Parts = nil
 		} else {

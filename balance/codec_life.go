@@ -3,6 +3,8 @@ package balance
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/meterd/meterd/balance/internal/enc"
 )
 
 // Binary forms of the credit lifecycle (see codec.go for the conventions).
@@ -24,33 +26,15 @@ const walletFormatV2 = 2
 // by the uvarint seq of the last command-log record it reflects.
 const walletFormatV3 = 3
 
-func appendFlag(b []byte, on bool) []byte {
-	if on {
-		return append(b, 1)
-	}
-	return append(b, 0)
-}
-
-func (d *decoder) flag() bool {
-	switch d.byte1() {
-	case 0:
-		return false
-	case 1:
-		return true
-	}
-	d.fail(fmt.Errorf("flag is neither 0 nor 1"))
-	return false
-}
-
 func appendPlanSettings(b []byte, s *Settings) []byte {
-	b = appendFlag(b, s.Plan != nil)
+	b = enc.AppendFlag(b, s.Plan != nil)
 	if p := s.Plan; p != nil {
-		b = appendStr(b, p.ID)
+		b = enc.AppendStr(b, p.ID)
 		b = binary.AppendUvarint(b, uint64(len(p.Allocations)))
 		for i := range p.Allocations {
 			al := &p.Allocations[i]
-			b = appendStr(b, al.Account)
-			b = appendStr(b, al.Asset)
+			b = enc.AppendStr(b, al.Account)
+			b = enc.AppendStr(b, al.Asset)
 			b = append(b, al.Scale)
 			b = binary.AppendVarint(b, al.Amount)
 			b = append(b, byte(al.Period))
@@ -60,71 +44,71 @@ func appendPlanSettings(b []byte, s *Settings) []byte {
 			b = append(b, byte(al.Kind))
 		}
 	}
-	b = appendFlag(b, s.AutoReload != nil)
+	b = enc.AppendFlag(b, s.AutoReload != nil)
 	if r := s.AutoReload; r != nil {
-		b = appendFlag(b, r.Enabled)
-		b = appendStr(b, r.Account)
-		b = appendStr(b, r.Asset)
+		b = enc.AppendFlag(b, r.Enabled)
+		b = enc.AppendStr(b, r.Account)
+		b = enc.AppendStr(b, r.Asset)
 		b = append(b, r.Scale)
 		b = binary.AppendVarint(b, r.Threshold)
 		b = binary.AppendVarint(b, r.Amount)
-		b = appendStr(b, r.Price)
-		b = appendStr(b, r.Currency)
-		b = appendStr(b, r.SurchargePct)
-		b = appendStr(b, r.Charge)
+		b = enc.AppendStr(b, r.Price)
+		b = enc.AppendStr(b, r.Currency)
+		b = enc.AppendStr(b, r.SurchargePct)
+		b = enc.AppendStr(b, r.Charge)
 		b = binary.AppendUvarint(b, uint64(r.MaxPerPeriod))
 		b = append(b, byte(r.Mode))
-		b = appendFlag(b, r.PeriodEnd)
+		b = enc.AppendFlag(b, r.PeriodEnd)
 	}
 	return b
 }
 
-func (d *decoder) planSettings(s *Settings) {
-	if d.flag() {
-		p := &Plan{ID: d.str()}
-		if n := d.count(PlanAllocationsMax, 12); n > 0 {
+func readPlanSettings(d *enc.Decoder, s *Settings) {
+	if d.Flag() {
+		p := &Plan{ID: d.Str()}
+		if n := d.Count(PlanAllocationsMax, 12); n > 0 {
 			p.Allocations = make([]Allocation, n)
 			for i := range p.Allocations {
 				al := &p.Allocations[i]
-				al.Account = d.internStr()
-				al.Asset = d.internStr()
-				al.Scale = d.byte1()
-				al.Amount = d.v()
-				al.Period = PeriodUnit(d.byte1())
-				al.Anchor = d.v()
-				al.Strategy = Strategy(d.byte1())
-				al.Cap = d.v()
-				al.Kind = Kind(d.byte1())
+				al.Account = d.InternStr()
+				al.Asset = d.InternStr()
+				al.Scale = d.Byte1()
+				al.Amount = d.V()
+				al.Period = PeriodUnit(d.Byte1())
+				al.Anchor = d.V()
+				al.Strategy = Strategy(d.Byte1())
+				al.Cap = d.V()
+				al.Kind = Kind(d.Byte1())
 			}
 		}
 		s.Plan = p
 	}
-	if d.flag() {
+	if d.Flag() {
 		r := &AutoReload{}
-		r.Enabled = d.flag()
-		r.Account = d.internStr()
-		r.Asset = d.internStr()
-		r.Scale = d.byte1()
-		r.Threshold = d.v()
-		r.Amount = d.v()
-		r.Price = d.str()
-		r.Currency = d.internStr()
-		r.SurchargePct = d.str()
-		r.Charge = d.str()
-		r.MaxPerPeriod = int(d.u())
-		r.Mode = ReloadMode(d.byte1())
-		r.PeriodEnd = d.flag()
+		r.Enabled = d.Flag()
+		r.Account = d.InternStr()
+		r.Asset = d.InternStr()
+		r.Scale = d.Byte1()
+		r.Threshold = d.V()
+		r.Amount = d.V()
+		r.Price = d.Str()
+		r.Currency = d.InternStr()
+		r.SurchargePct = d.Str()
+		r.Charge = d.Str()
+		r.MaxPerPeriod = int(d.U())
+		r.Mode = ReloadMode(d.Byte1())
+		r.PeriodEnd = d.Flag()
 		s.AutoReload = r
 	}
 }
 
 func appendLife(b []byte, l *Lifecycle) []byte {
-	b = appendFlag(b, l != nil)
+	b = enc.AppendFlag(b, l != nil)
 	if l == nil {
 		return b
 	}
 	b = binary.AppendUvarint(b, l.NoteSeq)
-	b = appendStr(b, l.PlanID)
+	b = enc.AppendStr(b, l.PlanID)
 	b = binary.AppendUvarint(b, uint64(len(l.Allocs)))
 	for _, st := range l.Allocs {
 		b = binary.AppendVarint(b, st.Anchor)
@@ -134,15 +118,15 @@ func appendLife(b []byte, l *Lifecycle) []byte {
 	}
 	b = binary.AppendUvarint(b, uint64(len(l.Holds)))
 	for _, h := range l.Holds {
-		b = appendStr(b, h.ID)
-		b = appendStr(b, h.Account)
+		b = enc.AppendStr(b, h.ID)
+		b = enc.AppendStr(b, h.Account)
 		b = binary.AppendVarint(b, h.Amount)
 		b = binary.AppendVarint(b, h.CreatedAt)
 		b = binary.AppendVarint(b, h.ExpiresAt)
 		b = append(b, h.Hash[:]...)
 	}
 	b = binary.AppendUvarint(b, l.ReloadSeq)
-	b = appendFlag(b, l.Pending != nil)
+	b = enc.AppendFlag(b, l.Pending != nil)
 	if l.Pending != nil {
 		b = AppendReload(b, l.Pending)
 	}
@@ -151,74 +135,71 @@ func appendLife(b []byte, l *Lifecycle) []byte {
 	return b
 }
 
-func (d *decoder) life() *Lifecycle {
-	if !d.flag() {
+func readLife(d *enc.Decoder) *Lifecycle {
+	if !d.Flag() {
 		return nil
 	}
-	l := &Lifecycle{NoteSeq: d.u(), PlanID: d.str()}
-	if n := d.count(PlanAllocationsMax, 3); n > 0 {
+	l := &Lifecycle{NoteSeq: d.U(), PlanID: d.Str()}
+	if n := d.Count(PlanAllocationsMax, 3); n > 0 {
 		l.Allocs = make([]AllocState, n)
 		for i := range l.Allocs {
-			l.Allocs[i] = AllocState{Anchor: d.v(), Period: PeriodUnit(d.byte1()), Last: d.v(), Since: d.v()}
+			l.Allocs[i] = AllocState{Anchor: d.V(), Period: PeriodUnit(d.Byte1()), Last: d.V(), Since: d.V()}
 		}
 	}
-	if n := d.count(WalletHoldsMax, 5); n > 0 {
+	if n := d.Count(WalletHoldsMax, 5); n > 0 {
 		l.Holds = make([]Hold, n)
 		for i := range l.Holds {
-			l.Holds[i] = Hold{ID: d.str(), Account: d.internStr(), Amount: d.v(), CreatedAt: d.v(), ExpiresAt: d.v()}
-			copy(l.Holds[i].Hash[:], d.raw(16, 16))
+			l.Holds[i] = Hold{ID: d.Str(), Account: d.InternStr(), Amount: d.V(), CreatedAt: d.V(), ExpiresAt: d.V()}
+			copy(l.Holds[i].Hash[:], d.Raw(16, 16))
 		}
 	}
-	l.ReloadSeq = d.u()
-	if d.flag() {
-		r := d.reload()
+	l.ReloadSeq = d.U()
+	if d.Flag() {
+		r := readReload(d)
 		l.Pending = &r
 	}
-	l.ReloadPeriod = d.v()
-	l.ReloadCount = uint32(d.u())
+	l.ReloadPeriod = d.V()
+	l.ReloadCount = uint32(d.U())
 	return l
 }
 
 // AppendReload appends the binary form of an auto-reload request.
 func AppendReload(b []byte, r *ReloadRequest) []byte {
 	b = append(b, 1)
-	b = appendStr(b, r.ID)
-	b = appendStr(b, r.Account)
+	b = enc.AppendStr(b, r.ID)
+	b = enc.AppendStr(b, r.Account)
 	b = append(b, r.Scale)
 	b = binary.AppendVarint(b, r.Amount)
-	b = appendStr(b, r.Charge)
-	b = appendStr(b, r.Currency)
+	b = enc.AppendStr(b, r.Charge)
+	b = enc.AppendStr(b, r.Currency)
 	b = append(b, byte(r.Mode), byte(r.Status))
 	b = binary.AppendVarint(b, r.CreatedAt)
 	b = binary.AppendVarint(b, r.UpdatedAt)
-	b = appendStr(b, r.BucketID)
+	b = enc.AppendStr(b, r.BucketID)
 	b = binary.AppendVarint(b, r.ExpiresAt)
 	return b
 }
 
-func (d *decoder) reload() ReloadRequest {
-	if v := d.byte1(); d.err == nil && v != 1 {
-		d.fail(fmt.Errorf("unknown reload request format %d", v))
+func readReload(d *enc.Decoder) ReloadRequest {
+	if v := d.Byte1(); d.Err == nil && v != 1 {
+		d.Fail(fmt.Errorf("unknown reload request format %d", v))
 	}
-	r := ReloadRequest{ID: d.str(), Account: d.internStr(), Scale: d.byte1(), Amount: d.v(), Charge: d.str(), Currency: d.internStr()}
-	r.Mode = ReloadMode(d.byte1())
-	r.Status = ReloadStatus(d.byte1())
-	r.CreatedAt = d.v()
-	r.UpdatedAt = d.v()
-	r.BucketID = d.str()
-	r.ExpiresAt = d.v()
+	r := ReloadRequest{ID: d.Str(), Account: d.InternStr(), Scale: d.Byte1(), Amount: d.V(), Charge: d.Str(), Currency: d.InternStr()}
+	r.Mode = ReloadMode(d.Byte1())
+	r.Status = ReloadStatus(d.Byte1())
+	r.CreatedAt = d.V()
+	r.UpdatedAt = d.V()
+	r.BucketID = d.Str()
+	r.ExpiresAt = d.V()
 	return r
 }
 
 // DecodeReload decodes a request written by AppendReload.
 func DecodeReload(b []byte) (ReloadRequest, error) {
-	d := decoder{b: b}
-	r := d.reload()
-	if d.err == nil && d.off != len(b) {
-		d.fail(fmt.Errorf("%d bytes after the end", len(b)-d.off))
-	}
-	if d.err != nil {
-		return ReloadRequest{}, fmt.Errorf("balance: reload request: %w", d.err)
+	d := enc.Decoder{B: b}
+	r := readReload(&d)
+	if d.End() != nil {
+		return ReloadRequest{}, fmt.Errorf("balance: reload request: %w", d.Err)
 	}
 	return r, nil
 }
@@ -228,42 +209,39 @@ func DecodeReload(b []byte) (ReloadRequest, error) {
 func appendHoldRecord(b []byte, h *HoldRecord) []byte {
 	b = append(b, 1)
 	b = append(b, h.Hash[:]...)
-	b = appendStr(b, h.Customer)
-	b = appendStr(b, h.ID)
-	b = appendStr(b, h.Account)
+	b = enc.AppendStr(b, h.Customer)
+	b = enc.AppendStr(b, h.ID)
+	b = enc.AppendStr(b, h.Account)
 	b = append(b, h.Scale, byte(h.Status))
 	b = binary.AppendVarint(b, h.Amount)
 	b = binary.AppendVarint(b, h.CreatedAt)
 	b = binary.AppendVarint(b, h.ExpiresAt)
 	b = binary.AppendVarint(b, h.UpdatedAt)
-	b = appendStr(b, h.EventID)
+	b = enc.AppendStr(b, h.EventID)
 	b = binary.AppendVarint(b, h.Settled)
 	return b
 }
 
 func decodeHoldRecord(b []byte) (HoldRecord, error) {
-	d := decoder{b: b}
-	if v := d.byte1(); d.err == nil && v != 1 {
-		d.fail(fmt.Errorf("unknown hold record format %d", v))
+	d := enc.Decoder{B: b}
+	if v := d.Byte1(); d.Err == nil && v != 1 {
+		d.Fail(fmt.Errorf("unknown hold record format %d", v))
 	}
 	var h HoldRecord
-	copy(h.Hash[:], d.raw(16, 16))
-	h.Customer = d.str()
-	h.ID = d.str()
-	h.Account = d.internStr()
-	h.Scale = d.byte1()
-	h.Status = HoldStatus(d.byte1())
-	h.Amount = d.v()
-	h.CreatedAt = d.v()
-	h.ExpiresAt = d.v()
-	h.UpdatedAt = d.v()
-	h.EventID = d.str()
-	h.Settled = d.v()
-	if d.err == nil && d.off != len(b) {
-		d.fail(fmt.Errorf("%d bytes after the end", len(b)-d.off))
-	}
-	if d.err != nil {
-		return HoldRecord{}, fmt.Errorf("balance: hold record: %w", d.err)
+	copy(h.Hash[:], d.Raw(16, 16))
+	h.Customer = d.Str()
+	h.ID = d.Str()
+	h.Account = d.InternStr()
+	h.Scale = d.Byte1()
+	h.Status = HoldStatus(d.Byte1())
+	h.Amount = d.V()
+	h.CreatedAt = d.V()
+	h.ExpiresAt = d.V()
+	h.UpdatedAt = d.V()
+	h.EventID = d.Str()
+	h.Settled = d.V()
+	if d.End() != nil {
+		return HoldRecord{}, fmt.Errorf("balance: hold record: %w", d.Err)
 	}
 	return h, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/balance/internal/enc"
 )
 
 // Ledger chunks. A wallet's ledger entries are not written one key each as
@@ -100,12 +101,12 @@ func appendLedgerValue(out []Entry, v []byte) ([]Entry, error) {
 		}
 		return append(out, en), nil
 	}
-	d := decoder{b: v, off: 1}
+	d := enc.Decoder{B: v, Off: 1}
 	// An entry takes at least 16 bytes, with its length.
-	n := d.count(len(v), 16)
+	n := d.Count(len(v), 16)
 	for range n {
-		raw := d.raw(d.u(), codecMetadataLenMax+4*codecStringLenMax)
-		if d.err != nil {
+		raw := d.Raw(d.U(), enc.MetadataLenMax+4*enc.StringLenMax)
+		if d.Err != nil {
 			break
 		}
 		var en Entry
@@ -114,11 +115,8 @@ func appendLedgerValue(out []Entry, v []byte) ([]Entry, error) {
 		}
 		out = append(out, en)
 	}
-	if d.err == nil && d.off != len(v) {
-		d.fail(fmt.Errorf("%d bytes after the end", len(v)-d.off))
-	}
-	if d.err != nil {
-		return out, fmt.Errorf("balance: ledger chunk: %w", d.err)
+	if d.End() != nil {
+		return out, fmt.Errorf("balance: ledger chunk: %w", d.Err)
 	}
 	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/meterd/meterd/balance/internal/enc"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -102,21 +103,21 @@ func units(u int64, scale uint8) string { return meter.FormatUnits(u, scale) }
 func appendNote(b []byte, n *Notification) []byte {
 	b = append(b, 1)
 	b = binary.AppendUvarint(b, n.Seq)
-	b = appendStr(b, n.Type)
+	b = enc.AppendStr(b, n.Type)
 	b = binary.AppendVarint(b, n.At)
-	return appendStr(b, string(n.Body))
+	return enc.AppendStr(b, string(n.Body))
 }
 
 // decodeNote decodes a notification stored by appendNote.
 func decodeNote(customer string, v []byte) (Notification, error) {
-	d := decoder{b: v}
-	if ver := d.byte1(); d.err == nil && ver != 1 {
+	d := enc.Decoder{B: v}
+	if ver := d.Byte1(); d.Err == nil && ver != 1 {
 		return Notification{}, errorf("corrupt", "unknown notification format %d", ver)
 	}
-	n := Notification{Customer: customer, Seq: d.u(), Type: d.str(), At: d.v()}
-	n.Body = d.raw(d.u(), codecMetadataLenMax)
-	if d.err != nil {
-		return Notification{}, d.err
+	n := Notification{Customer: customer, Seq: d.U(), Type: d.Str(), At: d.V()}
+	n.Body = d.Raw(d.U(), enc.MetadataLenMax)
+	if d.Err != nil {
+		return Notification{}, d.Err
 	}
 	n.Body = append([]byte(nil), n.Body...)
 	return n, nil

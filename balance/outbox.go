@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/balance/internal/enc"
 )
 
 // The outbox: when sinks are configured (Options.Sinks), every commit group
@@ -71,7 +72,7 @@ type outboxGroup struct {
 
 func (o *outboxGroup) addEntry(customer string, entry []byte) {
 	o.buf = append(o.buf, 'e')
-	o.buf = appendStr(o.buf, customer)
+	o.buf = enc.AppendStr(o.buf, customer)
 	o.buf = binary.AppendUvarint(o.buf, uint64(len(entry)))
 	o.buf = append(o.buf, entry...)
 	o.entries++
@@ -79,8 +80,8 @@ func (o *outboxGroup) addEntry(customer string, entry []byte) {
 
 func (o *outboxGroup) addUsage(customer, eventID string, rec []byte) {
 	o.buf = append(o.buf, 'u')
-	o.buf = appendStr(o.buf, customer)
-	o.buf = appendStr(o.buf, eventID)
+	o.buf = enc.AppendStr(o.buf, customer)
+	o.buf = enc.AppendStr(o.buf, eventID)
 	o.buf = binary.AppendUvarint(o.buf, uint64(len(rec)))
 	o.buf = append(o.buf, rec...)
 	o.usage++
@@ -88,7 +89,7 @@ func (o *outboxGroup) addUsage(customer, eventID string, rec []byte) {
 
 func (o *outboxGroup) addNote(n *Notification) {
 	o.buf = append(o.buf, 'n')
-	o.buf = appendStr(o.buf, n.Customer)
+	o.buf = enc.AppendStr(o.buf, n.Customer)
 	o.scratch = appendNote(o.scratch[:0], n)
 	o.buf = binary.AppendUvarint(o.buf, uint64(len(o.scratch)))
 	o.buf = append(o.buf, o.scratch...)
@@ -104,58 +105,55 @@ func (o *outboxGroup) value(dst []byte, recordedAt int64) []byte {
 }
 
 func decodeOutbox(seq uint64, b []byte) (*OutboxRecord, error) {
-	d := decoder{b: b}
-	if v := d.byte1(); d.err == nil && v != outboxFormatV1 {
+	d := enc.Decoder{B: b}
+	if v := d.Byte1(); d.Err == nil && v != outboxFormatV1 {
 		return nil, fmt.Errorf("balance: outbox record %d: unknown format version %d", seq, v)
 	}
-	r := &OutboxRecord{Seq: seq, RecordedAt: d.v()}
-	n := d.count(1<<24, 3)
-	for i := 0; i < n && d.err == nil; i++ {
-		switch d.byte1() {
+	r := &OutboxRecord{Seq: seq, RecordedAt: d.V()}
+	n := d.Count(1<<24, 3)
+	for i := 0; i < n && d.Err == nil; i++ {
+		switch d.Byte1() {
 		case 'e':
-			oe := OutboxEntry{Customer: d.str()}
-			raw := d.raw(d.u(), 1<<20)
-			if d.err == nil {
+			oe := OutboxEntry{Customer: d.Str()}
+			raw := d.Raw(d.U(), 1<<20)
+			if d.Err == nil {
 				if err := DecodeEntry(raw, &oe.Entry); err != nil {
-					d.fail(err)
+					d.Fail(err)
 				}
 			}
 			r.Entries = append(r.Entries, oe)
 		case 'u':
-			customer, id := d.str(), d.str()
-			raw := d.raw(d.u(), 1<<20)
-			if d.err != nil {
+			customer, id := d.Str(), d.Str()
+			raw := d.Raw(d.U(), 1<<20)
+			if d.Err != nil {
 				break
 			}
 			rec, err := decodeRecord(raw)
 			if err != nil {
-				d.fail(err)
+				d.Fail(err)
 				break
 			}
 			r.Usage = append(r.Usage, OutboxUsage{Customer: customer, EventID: id, EventType: rec.EventType, Subject: rec.Subject,
 				OccurredAt: rec.OccurredAt, RecordedAt: rec.RecordedAt, Status: rec.Status, PricingVersion: rec.PricingVersion,
 				Charges: rec.Charges, Data: rec.Data})
 		case 'n':
-			customer := d.str()
-			raw := d.raw(d.u(), 1<<21)
-			if d.err != nil {
+			customer := d.Str()
+			raw := d.Raw(d.U(), 1<<21)
+			if d.Err != nil {
 				break
 			}
 			n, err := decodeNote(customer, raw)
 			if err != nil {
-				d.fail(err)
+				d.Fail(err)
 				break
 			}
 			r.Notes = append(r.Notes, n)
 		default:
-			d.fail(fmt.Errorf("unknown item kind"))
+			d.Fail(fmt.Errorf("unknown item kind"))
 		}
 	}
-	if d.err == nil && d.off != len(d.b) {
-		d.fail(fmt.Errorf("%d bytes after the end", len(d.b)-d.off))
-	}
-	if d.err != nil {
-		return nil, fmt.Errorf("balance: outbox record %d: %w", seq, d.err)
+	if d.End() != nil {
+		return nil, fmt.Errorf("balance: outbox record %d: %w", seq, d.Err)
 	}
 	return r, nil
 }

@@ -3,6 +3,8 @@ package balance
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/meterd/meterd/balance/internal/enc"
 )
 
 // Status of an applied usage event, as stored in its idempotency record.
@@ -52,15 +54,15 @@ func (r *record) append(b []byte) []byte {
 		b = append(b, r.Status)
 		b = binary.AppendUvarint(b, uint64(r.PricingVersion))
 		b = binary.AppendVarint(b, r.OccurredAt)
-		b = appendStr(b, r.EventType)
-		b = appendStr(b, r.Subject)
-		b = appendOptBytes(b, r.Data)
+		b = enc.AppendStr(b, r.EventType)
+		b = enc.AppendStr(b, r.Subject)
+		b = enc.AppendOptBytes(b, r.Data)
 		b = binary.AppendUvarint(b, uint64(len(r.Charges)))
 		for i := range r.Charges {
 			b = appendChargeResult(b, r.Charges[i].Account, &r.Charges[i])
 		}
 	case idemTopUp:
-		b = appendStr(b, r.BucketID)
+		b = enc.AppendStr(b, r.BucketID)
 		b = append(b, r.TopUpStatus)
 		b = binary.AppendVarint(b, r.ReversedAt)
 	}
@@ -71,61 +73,58 @@ func (r *record) append(b []byte) []byte {
 // record's and the log command's encoding (the log writes "" for the
 // account its command's charge names).
 func appendChargeResult(b []byte, account string, c *ChargeResult) []byte {
-	b = appendStr(b, account)
+	b = enc.AppendStr(b, account)
 	b = append(b, c.Scale)
 	b = binary.AppendVarint(b, c.Amount)
 	b = binary.AppendVarint(b, c.BalanceAfter)
 	b = binary.AppendUvarint(b, uint64(len(c.Parts)))
 	for _, p := range c.Parts {
-		b = appendStr(b, p.BucketID)
+		b = enc.AppendStr(b, p.BucketID)
 		b = binary.AppendVarint(b, p.Amount)
 	}
 	return b
 }
 
 func decodeRecord(b []byte) (*record, error) {
-	d := decoder{b: b}
-	if v := d.byte1(); d.err == nil && v != recordVersion {
+	d := enc.Decoder{B: b}
+	if v := d.Byte1(); d.Err == nil && v != recordVersion {
 		return nil, fmt.Errorf("balance: idempotency record: unknown format version %d", v)
 	}
-	r := &record{Kind: d.byte1()}
-	copy(r.Hash[:], d.raw(16, 16))
-	r.RecordedAt = d.v()
-	r.ExpireAt = d.v()
+	r := &record{Kind: d.Byte1()}
+	copy(r.Hash[:], d.Raw(16, 16))
+	r.RecordedAt = d.V()
+	r.ExpireAt = d.V()
 	switch r.Kind {
 	case idemEvent:
-		r.Status = d.byte1()
-		r.PricingVersion = uint32(d.u())
-		r.OccurredAt = d.v()
-		r.EventType = d.str()
-		r.Subject = d.str()
-		r.Data = d.optBytes()
-		r.Charges = make([]ChargeResult, d.count(EventChargesMax, 5))
+		r.Status = d.Byte1()
+		r.PricingVersion = uint32(d.U())
+		r.OccurredAt = d.V()
+		r.EventType = d.Str()
+		r.Subject = d.Str()
+		r.Data = d.OptBytes()
+		r.Charges = make([]ChargeResult, d.Count(EventChargesMax, 5))
 		for i := range r.Charges {
 			c := &r.Charges[i]
-			c.Account = d.internStr()
-			c.Scale = d.byte1()
-			c.Amount = d.v()
-			c.BalanceAfter = d.v()
-			c.Parts = make([]Part, d.count(AccountBucketsMax+1, 2))
+			c.Account = d.InternStr()
+			c.Scale = d.Byte1()
+			c.Amount = d.V()
+			c.BalanceAfter = d.V()
+			c.Parts = make([]Part, d.Count(AccountBucketsMax+1, 2))
 			for j := range c.Parts {
-				c.Parts[j].BucketID = d.str()
-				c.Parts[j].Amount = d.v()
+				c.Parts[j].BucketID = d.Str()
+				c.Parts[j].Amount = d.V()
 			}
 		}
 	case idemTopUp:
-		r.BucketID = d.str()
-		r.TopUpStatus = d.byte1()
-		r.ReversedAt = d.v()
+		r.BucketID = d.Str()
+		r.TopUpStatus = d.Byte1()
+		r.ReversedAt = d.V()
 	case idemAdjustment:
 	default:
-		d.fail(fmt.Errorf("unknown kind %q", r.Kind))
+		d.Fail(fmt.Errorf("unknown kind %q", r.Kind))
 	}
-	if d.err == nil && d.off != len(d.b) {
-		d.fail(fmt.Errorf("%d bytes after the end", len(d.b)-d.off))
-	}
-	if d.err != nil {
-		return nil, fmt.Errorf("balance: idempotency record: %w", d.err)
+	if d.End() != nil {
+		return nil, fmt.Errorf("balance: idempotency record: %w", d.Err)
 	}
 	return r, nil
 }

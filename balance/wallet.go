@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"sync"
 
+	"github.com/meterd/meterd/balance/internal/enc"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -161,64 +161,6 @@ func parseBucketID(id string) (uint64, bool) {
 	return n, true
 }
 
-// internMax bounds the intern table. Past it, new strings are no longer
-// shared: still correct, only larger in memory.
-const internMax = 1 << 14
-
-// internTable holds one copy of each low-cardinality string of wallets
-// (account ids and so names and assets, sources), shared by every wallet
-// that uses it so that a million wallets do not hold a million copies. It
-// is a cache with no observable effect on any result. (unique.Make would
-// forget a string at each GC once no Handle holds it; wallets hold strings.)
-var internTable struct {
-	sync.RWMutex
-	m map[string]string
-}
-
-// intern returns the shared copy of s.
-func intern(s string) string {
-	if s == "" {
-		return ""
-	}
-	internTable.RLock()
-	t, ok := internTable.m[s]
-	internTable.RUnlock()
-	if ok {
-		return t
-	}
-	return internInsert(s)
-}
-
-// internBytes returns the shared copy of string(b), allocating only the
-// first time.
-func internBytes(b []byte) string {
-	if len(b) == 0 {
-		return ""
-	}
-	internTable.RLock()
-	t, ok := internTable.m[string(b)]
-	internTable.RUnlock()
-	if ok {
-		return t
-	}
-	return internInsert(string(b))
-}
-
-func internInsert(s string) string {
-	internTable.Lock()
-	defer internTable.Unlock()
-	if t, ok := internTable.m[s]; ok {
-		return t
-	}
-	if internTable.m == nil {
-		internTable.m = make(map[string]string)
-	}
-	if len(internTable.m) < internMax {
-		internTable.m[s] = s
-	}
-	return s
-}
-
 // NewWallet returns an empty wallet of a customer with a copy of settings s.
 // Zero Status and Policy in s mean StatusActive and PolicyReject; other
 // values must be valid (the caller validates settings): an unknown one is a
@@ -349,7 +291,7 @@ func (w *Wallet) accountOf(name, asset string) *Account {
 
 // newAccount returns an empty account; name is at most 64 bytes (the caller checked).
 func newAccount(name, asset string, scale uint8) *Account {
-	return &Account{id: intern(name + ":" + asset), nameLen: uint8(len(name)), Scale: scale}
+	return &Account{id: enc.Intern(name + ":" + asset), nameLen: uint8(len(name)), Scale: scale}
 }
 
 // ID returns the account's id "name:ASSET".
@@ -591,7 +533,7 @@ func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) 
 		if rem > 0 {
 			a.insertBucket(Bucket{
 				ID: id, Kind: g.kind, Priority: g.priority, Amount: g.amount, Remaining: rem,
-				EffectiveAt: now, ExpiresAt: g.expiresAt, Source: intern(g.source), Reference: g.reference, Metadata: string(md),
+				EffectiveAt: now, ExpiresAt: g.expiresAt, Source: enc.Intern(g.source), Reference: g.reference, Metadata: string(md),
 				Alloc: g.alloc,
 			})
 		}
