@@ -9,6 +9,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/meterd/meterd/balance/internal/enc"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -73,7 +74,7 @@ func logKeySeq(key []byte) (uint64, error) {
 // record body (the header is logHeader's): applied when Wallet.Charge ran
 // for it, and r the event's idempotency record when it was accepted (nil:
 // refused).
-func appendLogCmd(b []byte, customer string, c *UsageCmd, applied bool, r *record) []byte {
+func appendLogCmd(b []byte, customer string, c *wallet.UsageCmd, applied bool, r *record) []byte {
 	b = enc.AppendStr(b, customer)
 	b = enc.AppendStr(b, c.EventID)
 	b = binary.AppendVarint(b, c.OccurredAt)
@@ -124,7 +125,7 @@ type logReader struct {
 	version byte
 	now     int64
 	left    int
-	cmd     UsageCmd
+	cmd     wallet.UsageCmd
 	last    meter.Charge // the last charge's account, name and asset: most commands repeat them
 
 	// The command's flags and, with logID, its idempotency record: status,
@@ -133,8 +134,8 @@ type logReader struct {
 	flags  byte
 	status uint8
 	hash   [16]byte
-	res    []ChargeResult
-	parts  []Part
+	res    []wallet.ChargeResult
+	parts  []wallet.Part
 }
 
 func newLogReader(b []byte) (*logReader, error) {
@@ -172,7 +173,7 @@ func (r *logReader) next() (customer string, ok bool, err error) {
 	c.OccurredAt = d.V()
 	pv := d.U()
 	c.HoldID = d.View()
-	n := d.Count(EventChargesMax, 4)
+	n := d.Count(wallet.EventChargesMax, 4)
 	c.Charges = c.Charges[:0]
 	for range n {
 		var ch meter.Charge
@@ -180,7 +181,7 @@ func (r *logReader) next() (customer string, ok bool, err error) {
 			ch.Account, ch.Name, ch.Asset = r.last.Account, r.last.Name, r.last.Asset
 		} else {
 			ch.Account = enc.InternBytes(account)
-			ch.Name, ch.Asset, _ = splitAccountID(ch.Account)
+			ch.Name, ch.Asset, _ = wallet.SplitAccountID(ch.Account)
 			r.last = ch
 		}
 		ch.Scale = d.Byte1()
@@ -210,19 +211,19 @@ func (r *logReader) decodeID(n int) {
 	d := &r.d
 	r.status = d.Byte1()
 	copy(r.hash[:], d.Raw(16, 16))
-	k := d.Count(EventChargesMax, 4)
+	k := d.Count(wallet.EventChargesMax, 4)
 	for i := range k {
-		res := ChargeResult{Account: d.View()}
+		res := wallet.ChargeResult{Account: d.View()}
 		if res.Account == "" && i < n {
 			res.Account = r.cmd.Charges[i].Account
 		}
 		res.Scale = d.Byte1()
 		res.Amount = d.V()
 		res.BalanceAfter = d.V()
-		np := d.Count(AccountBucketsMax+1, 2)
+		np := d.Count(wallet.AccountBucketsMax+1, 2)
 		start := len(r.parts)
 		for range np {
-			r.parts = append(r.parts, Part{BucketID: d.View(), Amount: d.V()})
+			r.parts = append(r.parts, wallet.Part{BucketID: d.View(), Amount: d.V()})
 		}
 		res.Parts = r.parts[start:len(r.parts):len(r.parts)]
 		r.res = append(r.res, res)
@@ -241,8 +242,8 @@ func (r *logReader) record() *record {
 	if len(r.res) == 0 {
 		return rec
 	}
-	rec.Charges = make([]ChargeResult, len(r.res))
-	parts := make([]Part, len(r.parts))
+	rec.Charges = make([]wallet.ChargeResult, len(r.res))
+	parts := make([]wallet.Part, len(r.parts))
 	for i, res := range r.res {
 		res.Account = enc.InternBytes([]byte(res.Account))
 		if len(res.Parts) == 0 {
@@ -251,7 +252,7 @@ func (r *logReader) record() *record {
 			ps := parts[:len(res.Parts):len(res.Parts)]
 			parts = parts[len(res.Parts):]
 			for j, p := range res.Parts {
-				ps[j] = Part{BucketID: strings.Clone(p.BucketID), Amount: p.Amount}
+				ps[j] = wallet.Part{BucketID: strings.Clone(p.BucketID), Amount: p.Amount}
 			}
 			res.Parts = ps
 		}
@@ -284,19 +285,19 @@ func findLogID(v []byte, customer, id string) (*record, error) {
 // checkpoints is a shard's record of the wallets changed by logged commands
 // since their last snapshot, oldest first.
 type checkpoints struct {
-	first map[*Wallet]uint64 // wallet -> seq of the first group that changed it since its snapshot
-	queue []ckItem           // in first-change order; an item whose seq is not first[w] is stale
+	first map[*wallet.Wallet]uint64 // wallet -> seq of the first group that changed it since its snapshot
+	queue []ckItem                  // in first-change order; an item whose seq is not first[w] is stale
 	head  int
 }
 
 type ckItem struct {
-	w   *Wallet
+	w   *wallet.Wallet
 	seq uint64
 	at  time.Time // when that group started
 }
 
 // changed notes that a logged command of group g changed w.
-func (c *checkpoints) changed(g *group, w *Wallet) {
+func (c *checkpoints) changed(g *group, w *wallet.Wallet) {
 	if _, ok := c.first[w]; ok {
 		return
 	}
@@ -490,15 +491,15 @@ func (x *idSegments) expire(now int64) (floor uint64, expireAt int64) {
 // made gets the ledger entries each command made (nil: dropped). snapSeq
 // holds the snapshot seq of every wallet whose snapshot is at or after
 // from; a wallet absent from it is older.
-func replayLog(db *pebble.DB, from uint64, walletOf func(string) *Wallet, snapSeq map[string]uint64, made func(*Wallet, []Entry), id func(seq uint64, customer string, r *logReader)) (changed map[*Wallet]struct{}, records, events int, err error) {
+func replayLog(db *pebble.DB, from uint64, walletOf func(string) *wallet.Wallet, snapSeq map[string]uint64, made func(*wallet.Wallet, []wallet.Entry), id func(seq uint64, customer string, r *logReader)) (changed map[*wallet.Wallet]struct{}, records, events int, err error) {
 	it, err := db.NewIter(prefixRange(prefixLog))
 	if err != nil {
 		return nil, 0, 0, err
 	}
 	defer it.Close()
-	changed = make(map[*Wallet]struct{})
-	var res []ChargeResult
-	var entries []Entry
+	changed = make(map[*wallet.Wallet]struct{})
+	var res []wallet.ChargeResult
+	var entries []wallet.Entry
 	for ok := it.First(); ok; ok = it.Next() {
 		seq, err := logKeySeq(it.Key())
 		if err != nil {
@@ -551,9 +552,9 @@ func replayLog(db *pebble.DB, from uint64, walletOf func(string) *Wallet, snapSe
 // floor past the last record, in one synced batch.
 func (e *Engine) recoverLog(from uint64, snapSeq map[string]uint64) error {
 	start := time.Now()
-	walletOf := func(c string) *Wallet { return e.shardOf(c).wallets[c] }
-	scratch := &group{dirty: map[*Wallet]struct{}{}} // writeEntries' outbox copy and early flush mark are not used here
-	made := func(w *Wallet, entries []Entry) {
+	walletOf := func(c string) *wallet.Wallet { return e.shardOf(c).wallets[c] }
+	scratch := &group{dirty: map[*wallet.Wallet]struct{}{}} // writeEntries' outbox copy and early flush mark are not used here
+	made := func(w *wallet.Wallet, entries []wallet.Entry) {
 		e.shardOf(w.Customer).writeEntries(scratch, w, entries)
 		scratch.outbox = outboxGroup{}
 		clear(scratch.dirty)
@@ -607,7 +608,7 @@ func (e *Engine) recoverLog(from uint64, snapSeq map[string]uint64) error {
 		g := &group{batch: b}
 		s.flushLedger(g, w)
 		key = walletKey(key[:0], w.Customer)
-		val = appendWalletAt(val[:0], w, last)
+		val = wallet.AppendWalletAt(val[:0], w, last)
 		if err := b.Set(key, val, nil); err != nil {
 			return err
 		}

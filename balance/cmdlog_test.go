@@ -16,18 +16,19 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 )
 
 func TestLogRecordRoundTrip(t *testing.T) {
 	cmds := []struct {
 		customer string
-		cmd      UsageCmd
+		cmd      wallet.UsageCmd
 	}{
-		{"c1", UsageCmd{EventID: "e1", OccurredAt: 1_700_000_000_000_000_000, PricingVersion: 3,
+		{"c1", wallet.UsageCmd{EventID: "e1", OccurredAt: 1_700_000_000_000_000_000, PricingVersion: 3,
 			Charges: []meter.Charge{{Account: "default:CREDITS", Name: "default", Asset: "CREDITS", Amount: meter.Fine{Units: 40, Sub: 7}}}}},
-		{"c-2", UsageCmd{EventID: "e2", HoldID: "h1", PricingVersion: 1 << 31}},
-		{"c3", UsageCmd{EventID: "e3", OccurredAt: -5, Charges: []meter.Charge{
+		{"c-2", wallet.UsageCmd{EventID: "e2", HoldID: "h1", PricingVersion: 1 << 31}},
+		{"c3", wallet.UsageCmd{EventID: "e3", OccurredAt: -5, Charges: []meter.Charge{
 			{Account: "a:USD", Name: "a", Asset: "USD", Scale: 2, Amount: meter.Fine{Units: 1}},
 			{Account: "b:USD", Name: "b", Asset: "USD", Scale: 2, Amount: meter.Fine{Sub: meter.SubUnitsPerUnit - 1}},
 		}}},
@@ -35,10 +36,10 @@ func TestLogRecordRoundTrip(t *testing.T) {
 	// The first command was charged, the second refused, the third
 	// recorded with no charge.
 	recs := []*record{
-		{Kind: idemEvent, Hash: [16]byte{1, 2}, Status: EventCharged, Charges: []ChargeResult{
-			{Account: "default:CREDITS", Amount: 41, BalanceAfter: -3, Parts: []Part{{BucketID: "b1", Amount: 40}, {BucketID: "b2", Amount: 1}}}}},
+		{Kind: idemEvent, Hash: [16]byte{1, 2}, Status: EventCharged, Charges: []wallet.ChargeResult{
+			{Account: "default:CREDITS", Amount: 41, BalanceAfter: -3, Parts: []wallet.Part{{BucketID: "b1", Amount: 40}, {BucketID: "b2", Amount: 1}}}}},
 		nil,
-		{Kind: idemEvent, Hash: [16]byte{3}, Status: EventRecorded, Charges: []ChargeResult{{Account: "other:USD", Scale: 2}}},
+		{Kind: idemEvent, Hash: [16]byte{3}, Status: EventRecorded, Charges: []wallet.ChargeResult{{Account: "other:USD", Scale: 2}}},
 	}
 	var body []byte
 	for i := range cmds {
@@ -113,8 +114,8 @@ func logRecordErr(b []byte) error {
 }
 
 func FuzzDecodeLogRecord(f *testing.F) {
-	cmd := UsageCmd{EventID: "e1", HoldID: "h", Charges: []meter.Charge{{Account: "default:CREDITS", Amount: meter.Fine{Units: 3}}}}
-	r := &record{Kind: idemEvent, Status: EventCharged, Charges: []ChargeResult{{Account: "default:CREDITS", Amount: 3, Parts: []Part{{BucketID: "b", Amount: 3}}}}}
+	cmd := wallet.UsageCmd{EventID: "e1", HoldID: "h", Charges: []meter.Charge{{Account: "default:CREDITS", Amount: meter.Fine{Units: 3}}}}
+	r := &record{Kind: idemEvent, Status: EventCharged, Charges: []wallet.ChargeResult{{Account: "default:CREDITS", Amount: 3, Parts: []wallet.Part{{BucketID: "b", Amount: 3}}}}}
 	f.Add(append(logHeader(nil, 1, 1), appendLogCmd(nil, "c1", &cmd, true, r)...))
 	f.Add(append(logHeader(nil, 1, 1), appendLogCmd(nil, "c1", &cmd, true, nil)...))
 	f.Add([]byte{logFormatV1, 0, 0})
@@ -160,7 +161,7 @@ func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
 	const customers = 20
 	for i := range customers {
 		c := "r" + strconv.Itoa(i)
-		if _, err := e.PutCustomer(c, Settings{}); err != nil {
+		if _, err := e.PutCustomer(c, wallet.Settings{}); err != nil {
 			t.Fatal(err)
 		}
 		// Customer r0 can pay for three images only: later ones are refused.
@@ -168,11 +169,11 @@ func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
 		if i == 0 {
 			amount = 120
 		}
-		if _, err := e.TopUp(c, &TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: amount}, [16]byte{1}); err != nil {
+		if _, err := e.TopUp(c, &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: amount}, [16]byte{1}); err != nil {
 			t.Fatal(err)
 		}
 		if i%4 == 1 {
-			if _, _, err := e.PlaceHold(c, &HoldCmd{ID: "hold-" + c, Account: "default:CREDITS", Amount: 500, ExpiresAt: clock.Now() + int64(time.Hour)}); err != nil {
+			if _, _, err := e.PlaceHold(c, &wallet.HoldCmd{ID: "hold-" + c, Account: "default:CREDITS", Amount: 500, ExpiresAt: clock.Now() + int64(time.Hour)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -216,7 +217,7 @@ func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want[c] = AppendWallet(nil, w)
+		want[c] = wallet.AppendWallet(nil, w)
 	}
 	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
 	e.Close()
@@ -232,7 +233,7 @@ func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := AppendWallet(nil, w); !bytes.Equal(got, enc) {
+		if got := wallet.AppendWallet(nil, w); !bytes.Equal(got, enc) {
 			t.Errorf("customer %s after replay differs:\n got  %+v\n want %+v", c, w, mustDecodeWallet(t, enc))
 		}
 		if sum, avail := ledgerSum(t, e, c), w.Accounts[0].Available(); sum != avail {
@@ -267,8 +268,8 @@ func fs2Crash(t *testing.T, e *Engine, fs *vfs.MemFS, dir string, clock Clock, r
 	return openCrashable(t, crashed, dir, clock, time.Hour, func(n int) { *replayed += n })
 }
 
-func mustDecodeWallet(t *testing.T, b []byte) *Wallet {
-	w, err := DecodeWallet(b)
+func mustDecodeWallet(t *testing.T, b []byte) *wallet.Wallet {
+	w, err := wallet.DecodeWallet(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,10 +305,10 @@ func TestCheckpointsTruncateTheLog(t *testing.T) {
 	clock := &testClock{}
 	clock.ns.Store(time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC).UnixNano())
 	e := openCrashable(t, fs, "/data", clock, 5*time.Millisecond, nil)
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.TopUp("c1", &TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1_000_000}, [16]byte{1}); err != nil {
+	if _, err := e.TopUp("c1", &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1_000_000}, [16]byte{1}); err != nil {
 		t.Fatal(err)
 	}
 	for n := range 50 {
@@ -382,24 +383,24 @@ func BenchmarkReplay(b *testing.B) {
 	}
 	defer st.close()
 	now := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC).UnixNano()
-	base := make([]*Wallet, customers)
+	base := make([]*wallet.Wallet, customers)
 	for i := range base {
-		w := NewWallet("customer-"+strconv.Itoa(i), Settings{}, now)
-		if _, _, berr := w.TopUp(&TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1 << 40}, now, nil); berr != nil {
+		w := wallet.NewWallet("customer-"+strconv.Itoa(i), wallet.Settings{}, now)
+		if _, _, berr := w.TopUp(&wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1 << 40}, now, nil); berr != nil {
 			b.Fatal(berr)
 		}
 		base[i] = w
 	}
 	charge := []meter.Charge{{Account: "default:CREDITS", Name: "default", Asset: "CREDITS", Amount: meter.Fine{Units: 3, Sub: meter.SubUnitsPerUnit / 3}}}
-	rec := &record{Kind: idemEvent, Hash: [16]byte{7}, Status: EventCharged, Charges: []ChargeResult{
-		{Account: "default:CREDITS", Amount: 3, BalanceAfter: 1 << 39, Parts: []Part{{BucketID: "t", Amount: 3}}}}}
+	rec := &record{Kind: idemEvent, Hash: [16]byte{7}, Status: EventCharged, Charges: []wallet.ChargeResult{
+		{Account: "default:CREDITS", Amount: 3, BalanceAfter: 1 << 39, Parts: []wallet.Part{{BucketID: "t", Amount: 3}}}}}
 	batch := st.db.NewBatch()
 	var body, val []byte
 	rng := rand.New(rand.NewPCG(1, 1))
 	for g := range events / perGroup {
 		body = body[:0]
 		for k := range perGroup {
-			cmd := UsageCmd{EventID: "e" + strconv.Itoa(g*perGroup+k), OccurredAt: now, PricingVersion: 1, Charges: charge}
+			cmd := wallet.UsageCmd{EventID: "e" + strconv.Itoa(g*perGroup+k), OccurredAt: now, PricingVersion: 1, Charges: charge}
 			body = appendLogCmd(body, base[rng.IntN(customers)].Customer, &cmd, true, rec)
 		}
 		val = append(logHeader(val[:0], now+int64(g), perGroup), body...)
@@ -422,9 +423,9 @@ func BenchmarkReplay(b *testing.B) {
 			var total time.Duration
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				wallets := make(map[string]*Wallet, customers)
+				wallets := make(map[string]*wallet.Wallet, customers)
 				for _, w := range base {
-					wallets[w.Customer] = w.clone()
+					wallets[w.Customer] = w.Clone()
 				}
 				seed := maphash.MakeSeed()
 				idx := make([]*idIndex, benchShards)
@@ -448,7 +449,7 @@ func BenchmarkReplay(b *testing.B) {
 				}
 				b.StartTimer()
 				start := time.Now()
-				_, _, n, err := replayLog(st.db, from, func(c string) *Wallet { return wallets[c] }, nil, nil, id)
+				_, _, n, err := replayLog(st.db, from, func(c string) *wallet.Wallet { return wallets[c] }, nil, nil, id)
 				load.build(idx, now)
 				total += time.Since(start)
 				if want := map[bool]int{true: events}[mode.replay]; err != nil || n != want {
@@ -491,10 +492,10 @@ func TestIDSegments(t *testing.T) {
 func TestResendInItsOwnGroupKeepsItsAnswer(t *testing.T) {
 	e := openTestEngine(t, &testClock{}, 0)
 	defer e.Close()
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.TopUp("c1", &TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: 1000}, [16]byte{9}); err != nil {
+	if _, err := e.TopUp("c1", &wallet.TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: 1000}, [16]byte{9}); err != nil {
 		t.Fatal(err)
 	}
 	ev := func(id string) *EventIn {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -72,10 +73,10 @@ func dedupEdgeRun(t *testing.T, seed uint64) {
 		clock := &testClock{}
 		clock.ns.Store(time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC).UnixNano() + rng.Int64N(int64(365*24*time.Hour)))
 		e := openTestEngine(t, clock, window)
-		if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+		if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := e.TopUp("c1", &TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: funds}, [16]byte{9}); err != nil {
+		if _, err := e.TopUp("c1", &wallet.TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: funds}, [16]byte{9}); err != nil {
 			t.Fatal(err)
 		}
 		charged := 0

@@ -61,6 +61,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -86,12 +87,9 @@ const (
 	StorageDiskFull = "disk_full" // writes are refused for lack of disk space; reads are served
 )
 
-// CodeStorageFull refuses a write while the disk of the data directory is full.
-const CodeStorageFull = "storage_full"
-
 // ErrStorageFull refuses a write, whole and before anything is applied, while
 // the disk is full: retry with the same ids once space is freed.
-var ErrStorageFull = &Error{Code: CodeStorageFull,
+var ErrStorageFull = &wallet.Error{Code: wallet.CodeStorageFull,
 	Message: "the disk of meterd's data directory is full: writes are refused until space is freed (reads still work); nothing was applied: retry with the same ids"}
 
 // DiskFullError is returned by Open when the disk of the data directory has

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/meterd/meterd/balance/wallet"
 )
 
 // faultFS fails writes to WAL files with ENOSPC on demand.
@@ -151,7 +152,7 @@ func waitStorage(t *testing.T, e *Engine, want string) {
 }
 
 func rigTopUp(e *Engine, id string, amount int64) (TopUpResult, error) {
-	return e.TopUp("c1", &TopUpCmd{ID: id, Account: "default", Asset: "CREDITS", Amount: amount}, [16]byte{byte(amount)})
+	return e.TopUp("c1", &wallet.TopUpCmd{ID: id, Account: "default", Asset: "CREDITS", Amount: amount}, [16]byte{byte(amount)})
 }
 
 func available(t *testing.T, e *Engine) int64 {
@@ -175,7 +176,7 @@ func TestDiskFullRefusesWritesKeepsReadsAndResumes(t *testing.T) {
 	if state, ok := e.Storage(); state != StorageOpen || !ok || !r.reserveExists() {
 		t.Fatalf("fresh engine: storage %q, reserve in place %v", state, r.reserveExists())
 	}
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := rigTopUp(e, "t1", 100); err != nil {
@@ -201,7 +202,7 @@ func TestDiskFullRefusesWritesKeepsReadsAndResumes(t *testing.T) {
 	if err := e.Events([]*EventIn{ev}); err != ErrStorageFull {
 		t.Fatalf("events on a full disk: %v, want storage_full", err)
 	}
-	if _, err := e.PutCustomer("c2", Settings{}); err != ErrStorageFull {
+	if _, err := e.PutCustomer("c2", wallet.Settings{}); err != ErrStorageFull {
 		t.Fatalf("new customer on a full disk: %v, want storage_full", err)
 	}
 	if err := e.SetCursor("x", 1); err != ErrStorageFull {
@@ -257,7 +258,7 @@ func TestDiskNearlyFullRefusesBeforeENOSPC(t *testing.T) {
 	r := newDiskRig(t)
 	e := r.open()
 	defer e.Close()
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
 	r.free.Store(rigReserveBytes - 1)
@@ -284,7 +285,7 @@ func TestDiskNearlyFullRefusesBeforeENOSPC(t *testing.T) {
 func TestCommitFailureStopsWithSpaceNeeded(t *testing.T) {
 	r := newDiskRig(t)
 	e := r.open() // not closed: its Pebble instance is wedged by design
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
 	r.fs.walFails.Store(-1) // every WAL write fails, even after the reserve is given up
@@ -321,7 +322,7 @@ func TestCommitFailureStopsWithSpaceNeeded(t *testing.T) {
 func TestOpenOnFullDisk(t *testing.T) {
 	r := newDiskRig(t)
 	e := r.open()
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := rigTopUp(e, "t1", 100); err != nil {

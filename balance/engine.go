@@ -15,6 +15,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -150,17 +151,8 @@ type Engine struct {
 	holdClaims map[string]bool // hold ids being placed: ids are global, customers are on different shards
 }
 
-// Error codes of the engine, beside the state machine's.
-const (
-	CodeUnknownCustomer     = "unknown_customer"
-	CodeIdempotencyConflict = "idempotency_conflict"
-	CodeNotFound            = "not_found"
-	CodeOverloaded          = "overloaded"
-	CodeUnavailable         = "unavailable"
-)
-
 // ErrOverloaded is returned when a shard's queue is full: retry with the same ids.
-var ErrOverloaded = &Error{Code: CodeOverloaded, Message: "meterd is overloaded; retry with the same ids"}
+var ErrOverloaded = &wallet.Error{Code: wallet.CodeOverloaded, Message: "meterd is overloaded; retry with the same ids"}
 
 // Open opens the store in opts.Dir, recovers every wallet and starts the shards.
 func Open(opts Options) (*Engine, error) {
@@ -218,7 +210,7 @@ func Open(opts Options) (*Engine, error) {
 	// Wallets are gathered per shard first and put in maps made at their
 	// final size: growing a map of a million wallets rehashes it again
 	// and again.
-	loaded := make([][]*Wallet, len(e.shards))
+	loaded := make([][]*wallet.Wallet, len(e.shards))
 	// Snapshot seqs matter to the replay only for wallets snapshotted at or
 	// after the first log record (cmdlog.go): after a clean stop, none.
 	logFirst, logLast, err := st.logBounds()
@@ -238,7 +230,7 @@ func Open(opts Options) (*Engine, error) {
 	e.logFloor, e.logDropped = floor, logFirst
 	snapSeq := make(map[string]uint64)
 	maxSeq := logLast
-	if err := st.loadWallets(func(w *Wallet, seq uint64) {
+	if err := st.loadWallets(func(w *wallet.Wallet, seq uint64) {
 		s := e.shardOf(w.Customer)
 		loaded[s.id] = append(loaded[s.id], w)
 		// Scheduled while the wallet just decoded is in the CPU's cache,
@@ -255,7 +247,7 @@ func Open(opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("recover wallets: %w", err)
 	}
 	for i, s := range e.shards {
-		s.wallets = make(map[string]*Wallet, len(loaded[i]))
+		s.wallets = make(map[string]*wallet.Wallet, len(loaded[i]))
 		for _, w := range loaded[i] {
 			s.wallets[w.Customer] = w
 		}
@@ -358,22 +350,22 @@ func (e *Engine) do(customer string, fn func(s *shard, g *group)) error {
 // once the group is durable; a customer that does not exist is
 // unknown_customer. fn's refusal is returned as the error. It is a write:
 // refused with ErrStorageFull while the disk is full.
-func (e *Engine) customerOp(customer string, fn func(sh *shard, g *group, w *Wallet) *Error) error {
+func (e *Engine) customerOp(customer string, fn func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error) error {
 	return e.onCustomer(customer, e.doShard, fn)
 }
 
 // customerRead is customerOp for a read: it runs while the disk is full, and
 // fn writes only when sh.writable() says so.
-func (e *Engine) customerRead(customer string, fn func(sh *shard, g *group, w *Wallet) *Error) error {
+func (e *Engine) customerRead(customer string, fn func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error) error {
 	return e.onCustomer(customer, e.readShard, fn)
 }
 
-func (e *Engine) onCustomer(customer string, run func(*shard, func(*shard, *group)) error, fn func(sh *shard, g *group, w *Wallet) *Error) error {
-	var ferr *Error
+func (e *Engine) onCustomer(customer string, run func(*shard, func(*shard, *group)) error, fn func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error) error {
+	var ferr *wallet.Error
 	err := run(e.shardOf(customer), func(sh *shard, g *group) {
 		w := sh.wallets[customer]
 		if w == nil {
-			ferr = &Error{Code: CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
+			ferr = &wallet.Error{Code: wallet.CodeUnknownCustomer, Message: "customer " + customer + " does not exist"}
 			return
 		}
 		ferr = fn(sh, g, w)
@@ -438,7 +430,7 @@ type EventResult struct {
 	Code           string // for EventRejected
 	Message        string
 	Field          string
-	Charges        []ChargeResult
+	Charges        []wallet.ChargeResult
 	PricingVersion uint32
 }
 
@@ -521,11 +513,11 @@ func (e *Engine) send(fill func(send func(*shard, *op) bool) bool) bool {
 }
 
 // PutCustomer creates a customer or replaces its settings. It reports whether it created it.
-func (e *Engine) PutCustomer(customer string, s Settings) (created bool, err error) {
+func (e *Engine) PutCustomer(customer string, s wallet.Settings) (created bool, err error) {
 	err = e.do(customer, func(sh *shard, g *group) {
 		w := sh.wallets[customer]
 		if w == nil {
-			w = NewWallet(customer, s, g.now)
+			w = wallet.NewWallet(customer, s, g.now)
 			sh.wallets[customer] = w
 			e.metrics.wallets.Inc()
 			created = true
@@ -544,15 +536,15 @@ func (e *Engine) PutCustomer(customer string, s Settings) (created bool, err err
 // Wallet returns a copy of the customer's wallet as of now (expiring what is
 // due, durably). While the disk is full, what came due is applied to the copy
 // only: the answer is as exact, and nothing is written.
-func (e *Engine) Wallet(customer string) (*Wallet, error) {
-	var out *Wallet
-	err := e.customerRead(customer, func(sh *shard, g *group, w *Wallet) *Error {
+func (e *Engine) Wallet(customer string) (*wallet.Wallet, error) {
+	var out *wallet.Wallet
+	err := e.customerRead(customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
 		if sh.writable() {
 			sh.expire(g, w)
-			out = w.clone()
+			out = w.Clone()
 			return nil
 		}
-		out = w.clone()
+		out = w.Clone()
 		out.Advance(g.now, nil)
 		return nil
 	})
@@ -566,7 +558,7 @@ func (e *Engine) Wallet(customer string) (*Wallet, error) {
 // With ledger set, the customer's pending ledger entries are written too
 // (ledger.go), so that a read of the store sees every one acknowledged.
 func (e *Engine) advanceCustomer(customer string, ledger bool) error {
-	return e.customerRead(customer, func(sh *shard, g *group, w *Wallet) *Error {
+	return e.customerRead(customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
 		if sh.writable() {
 			sh.expire(g, w)
 			if ledger && sh.ledger[w] != nil {
@@ -577,24 +569,11 @@ func (e *Engine) advanceCustomer(customer string, ledger bool) error {
 	})
 }
 
-func (s *shard) expire(g *group, w *Wallet) {
+func (s *shard) expire(g *group, w *wallet.Wallet) {
 	if next := w.NextDue(); next == 0 || next > g.now {
 		return
 	}
 	s.written(g, w, w.Advance(g.now, s.entries[:0]))
-}
-
-// clone returns a deep copy of the wallet, safe to read on another goroutine.
-func (w *Wallet) clone() *Wallet {
-	c := *w
-	c.Accounts = make([]*Account, len(w.Accounts))
-	for i, a := range w.Accounts {
-		ac := *a
-		ac.Buckets = append([]Bucket(nil), a.Buckets...)
-		c.Accounts[i] = &ac
-	}
-	c.Life = cloneLife(w.Life)
-	return &c
 }
 
 // TopUpResult is the outcome of a top-up or of its reversal.
@@ -607,20 +586,17 @@ type TopUpResult struct {
 	Replayed   bool  // the same top-up was seen before: nothing was applied now
 }
 
-// CodeInvalidTimestamp refuses a write whose expires_at is not in the future.
-const CodeInvalidTimestamp = "invalid_timestamp"
-
 // checkFuture refuses an expiry at or before now; replays are answered before it is checked.
-func checkFuture(expiresAt, now int64) *Error {
+func checkFuture(expiresAt, now int64) *wallet.Error {
 	if expiresAt > 0 && expiresAt <= now {
-		return &Error{Code: CodeInvalidTimestamp, Message: "expires_at must be in the future"}
+		return &wallet.Error{Code: wallet.CodeInvalidTimestamp, Message: "expires_at must be in the future"}
 	}
 	return nil
 }
 
 // resolvedExpiry returns a command's expiry as applied at instant at.
-func resolvedExpiry(w *Wallet, expiresAt, at int64) int64 {
-	if expiresAt == ExpiresPeriodEnd {
+func resolvedExpiry(w *wallet.Wallet, expiresAt, at int64) int64 {
+	if expiresAt == wallet.ExpiresPeriodEnd {
 		end, _ := w.PeriodEnd(at)
 		return end
 	}
@@ -628,9 +604,9 @@ func resolvedExpiry(w *Wallet, expiresAt, at int64) int64 {
 }
 
 // TopUp applies a top-up once per id; hash identifies its content.
-func (e *Engine) TopUp(customer string, c *TopUpCmd, hash [16]byte) (TopUpResult, error) {
+func (e *Engine) TopUp(customer string, c *wallet.TopUpCmd, hash [16]byte) (TopUpResult, error) {
 	var res TopUpResult
-	err := e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
+	err := e.customerOp(customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
 		key := idemKey(nil, idemTopUp, customer, c.ID)
 		rec, ferr := sh.lookupWrite(g, key)
 		if ferr != nil {
@@ -638,7 +614,7 @@ func (e *Engine) TopUp(customer string, c *TopUpCmd, hash [16]byte) (TopUpResult
 		}
 		if rec != nil {
 			if rec.Hash != hash {
-				return &Error{Code: CodeIdempotencyConflict, Message: "top-up id " + c.ID + " was already used with different content"}
+				return &wallet.Error{Code: wallet.CodeIdempotencyConflict, Message: "top-up id " + c.ID + " was already used with different content"}
 			}
 			res = TopUpResult{BucketID: rec.BucketID, Status: rec.TopUpStatus, CreatedAt: rec.RecordedAt, ReversedAt: rec.ReversedAt,
 				ExpiresAt: resolvedExpiry(w, c.ExpiresAt, rec.RecordedAt), Replayed: true}
@@ -662,14 +638,14 @@ func (e *Engine) TopUp(customer string, c *TopUpCmd, hash [16]byte) (TopUpResult
 // ReverseTopUp takes back a top-up if none of it was spent and it is inside the reversal window.
 func (e *Engine) ReverseTopUp(customer, id string) (TopUpResult, error) {
 	var res TopUpResult
-	err := e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
+	err := e.customerOp(customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
 		key := idemKey(nil, idemTopUp, customer, id)
 		rec, ferr := sh.lookupWrite(g, key)
 		if ferr != nil {
 			return ferr
 		}
 		if rec == nil {
-			return &Error{Code: CodeNotFound, Message: "top-up " + id + " does not exist"}
+			return &wallet.Error{Code: wallet.CodeNotFound, Message: "top-up " + id + " does not exist"}
 		}
 		if rec.TopUpStatus == TopUpReversed {
 			res = TopUpResult{BucketID: rec.BucketID, Status: TopUpReversed, CreatedAt: rec.RecordedAt, ReversedAt: rec.ReversedAt, Replayed: true}
@@ -700,9 +676,9 @@ type AdjustResult struct {
 }
 
 // Adjust applies an adjustment once per transaction id; hash identifies its content.
-func (e *Engine) Adjust(customer string, c *AdjustCmd, hash [16]byte) (AdjustResult, error) {
+func (e *Engine) Adjust(customer string, c *wallet.AdjustCmd, hash [16]byte) (AdjustResult, error) {
 	var res AdjustResult
-	err := e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
+	err := e.customerOp(customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
 		key := idemKey(nil, idemAdjustment, customer, c.TransactionID)
 		rec, ferr := sh.lookupWrite(g, key)
 		if ferr != nil {
@@ -710,7 +686,7 @@ func (e *Engine) Adjust(customer string, c *AdjustCmd, hash [16]byte) (AdjustRes
 		}
 		if rec != nil {
 			if rec.Hash != hash {
-				return &Error{Code: CodeIdempotencyConflict, Message: "transaction id " + c.TransactionID + " was already used with different content"}
+				return &wallet.Error{Code: wallet.CodeIdempotencyConflict, Message: "transaction id " + c.TransactionID + " was already used with different content"}
 			}
 			res = AdjustResult{CreatedAt: rec.RecordedAt, Replayed: true}
 			return nil
@@ -732,7 +708,7 @@ func (e *Engine) Adjust(customer string, c *AdjustCmd, hash [16]byte) (AdjustRes
 
 // LedgerPage is one page of a customer's ledger, newest first.
 type LedgerPage struct {
-	Entries []Entry
+	Entries []wallet.Entry
 	Next    uint64 // the cursor for the next page (entries with Seq < Next), 0 when there is none
 }
 
@@ -740,7 +716,7 @@ type LedgerPage struct {
 // Seq < before (0 = from the newest), optionally of one account only.
 func (e *Engine) Ledger(customer, account string, before uint64, limit int) (LedgerPage, error) {
 	if limit < 1 {
-		return LedgerPage{}, &Error{Code: CodeInvalidRequest, Message: "limit must be at least 1"}
+		return LedgerPage{}, &wallet.Error{Code: wallet.CodeInvalidRequest, Message: "limit must be at least 1"}
 	}
 	var page LedgerPage
 	// An unknown customer is refused by the shard.
@@ -933,11 +909,11 @@ func (e *Engine) dropExpiredRecords() error {
 
 // Resume sets a paused customer back to active.
 func (e *Engine) Resume(customer string) error {
-	return e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
+	return e.customerOp(customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
 		sh.written(g, w, w.Advance(g.now, sh.entries[:0]))
-		if w.Settings.Status != StatusActive {
+		if w.Settings.Status != wallet.StatusActive {
 			s := *w.Settings
-			s.Status = StatusActive
+			s.Status = wallet.StatusActive
 			w.Configure(s, g.now)
 			g.dirty[w] = struct{}{}
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -107,17 +108,17 @@ func TestEngineDuplicateInOneBatch(t *testing.T) {
 	clock := &testClock{}
 	clock.ns.Store(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC).UnixNano())
 	e := openTestEngine(t, clock, 35*24*time.Hour)
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.TopUp("c1", &TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: 1000}, [16]byte{9}); err != nil {
+	if _, err := e.TopUp("c1", &wallet.TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: 1000}, [16]byte{9}); err != nil {
 		t.Fatal(err)
 	}
 	a, b, c := imageEvent("e1", 1), imageEvent("e1", 1), imageEvent("e1", 2)
 	if err := e.Events([]*EventIn{a, b, c}); err != nil {
 		t.Fatal(err)
 	}
-	if a.Result.Status != EventCharged || b.Result.Status != EventDuplicate || c.Result.Code != CodeIdempotencyConflict {
+	if a.Result.Status != EventCharged || b.Result.Status != EventDuplicate || c.Result.Code != wallet.CodeIdempotencyConflict {
 		t.Fatalf("statuses %d %d %q, want charged, duplicate, idempotency_conflict", a.Result.Status, b.Result.Status, c.Result.Code)
 	}
 	if b.Result.Charges[0].Amount != 40 || b.Result.Charges[0].Parts[0].BucketID != a.Result.Charges[0].Parts[0].BucketID {
@@ -140,10 +141,10 @@ func TestEngineDropsExpiredIdempotencyRecords(t *testing.T) {
 	clock := &testClock{}
 	clock.ns.Store(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC).UnixNano())
 	e := openTestEngine(t, clock, window)
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.TopUp("c1", &TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: 1000}, [16]byte{9}); err != nil {
+	if _, err := e.TopUp("c1", &wallet.TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: 1000}, [16]byte{9}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Events([]*EventIn{imageEvent("old", 1)}); err != nil {
@@ -195,22 +196,22 @@ func TestEngineDropsExpiredIdempotencyRecords(t *testing.T) {
 // TestEntryBucketKind: every ledger entry drawn from or granting a bucket
 // names the bucket's kind, so consumption can be split by kind downstream.
 func TestEntryBucketKind(t *testing.T) {
-	w := NewWallet("c1", Settings{Policy: PolicyOverdraft, CreditLimits: []Limit{{Account: "default:CREDITS", Units: 100}}}, 1)
-	var out []Entry
-	var err *Error
-	out, err = w.Adjust(&AdjustCmd{TransactionID: "p", Account: "default", Asset: "CREDITS", Amount: 10, Kind: KindPromotional, Priority: -1}, 1, out)
+	w := wallet.NewWallet("c1", wallet.Settings{Policy: wallet.PolicyOverdraft, CreditLimits: []wallet.Limit{{Account: "default:CREDITS", Units: 100}}}, 1)
+	var out []wallet.Entry
+	var err *wallet.Error
+	out, err = w.Adjust(&wallet.AdjustCmd{TransactionID: "p", Account: "default", Asset: "CREDITS", Amount: 10, Kind: wallet.KindPromotional, Priority: -1}, 1, out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, out, err = w.TopUp(&TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 10}, 1, out)
+	_, out, err = w.TopUp(&wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 10}, 1, out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, out, err = w.Charge(&UsageCmd{EventID: "e", Charges: []meter.Charge{{Account: "default:CREDITS", Name: "default", Asset: "CREDITS", Amount: meter.Fine{Units: 25}}}}, 2, nil, out)
+	_, out, err = w.Charge(&wallet.UsageCmd{EventID: "e", Charges: []meter.Charge{{Account: "default:CREDITS", Name: "default", Asset: "CREDITS", Amount: meter.Fine{Units: 25}}}}, 2, nil, out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Kind{KindPromotional, KindRecharge, KindPromotional, KindRecharge, 0}
+	want := []wallet.Kind{wallet.KindPromotional, wallet.KindRecharge, wallet.KindPromotional, wallet.KindRecharge, 0}
 	if len(out) != len(want) {
 		t.Fatalf("%d entries, want %d: %+v", len(out), len(want), out)
 	}
@@ -218,8 +219,8 @@ func TestEntryBucketKind(t *testing.T) {
 		if e.BucketKind != want[i] {
 			t.Fatalf("entry %d (%s, bucket %q): kind %d, want %d", i, e.Type, e.BucketID, e.BucketKind, want[i])
 		}
-		var back Entry
-		if err := DecodeEntry(AppendEntry(nil, &e), &back); err != nil || back.BucketKind != e.BucketKind {
+		var back wallet.Entry
+		if err := wallet.DecodeEntry(wallet.AppendEntry(nil, &e), &back); err != nil || back.BucketKind != e.BucketKind {
 			t.Fatalf("entry %d: codec lost the kind: %v %d", i, err, back.BucketKind)
 		}
 	}

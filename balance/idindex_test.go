@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -109,10 +110,10 @@ func TestIndexAfterRestart(t *testing.T) {
 		return e
 	}
 	e := open()
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.TopUp("c1", &TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: 1000}, [16]byte{9}); err != nil {
+	if _, err := e.TopUp("c1", &wallet.TopUpCmd{ID: "t1", Account: "default", Asset: "CREDITS", Amount: 1000}, [16]byte{9}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Events([]*EventIn{imageEvent("e1", 1), imageEvent("e2", 1)}); err != nil {
@@ -191,11 +192,11 @@ func TestEngineAPIDefends(t *testing.T) {
 	clock := &testClock{}
 	clock.ns.Store(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC).UnixNano())
 	e := openTestEngine(t, clock, 24*time.Hour)
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, limit := range []int{0, -1} {
-		if _, err := e.Ledger("c1", "", 0, limit); err == nil || err.(*Error).Code != CodeInvalidRequest {
+		if _, err := e.Ledger("c1", "", 0, limit); err == nil || err.(*wallet.Error).Code != wallet.CodeInvalidRequest {
 			t.Fatalf("Ledger with limit %d: %v, want invalid_request", limit, err)
 		}
 	}
@@ -240,7 +241,7 @@ func TestEventsNeverBlockOnAFullQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
 	// Hold the shard in an op, then fill its queue.

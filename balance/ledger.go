@@ -6,6 +6,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/meterd/meterd/balance/internal/enc"
+	"github.com/meterd/meterd/balance/wallet"
 )
 
 // Ledger chunks. A wallet's ledger entries are not written one key each as
@@ -37,7 +38,7 @@ type pendingLedger struct {
 
 // writeEntries adds ledger entries to the wallet's pending chunk and to
 // the group's outbox record. The caller marks the wallet dirty or changed.
-func (s *shard) writeEntries(g *group, w *Wallet, entries []Entry) {
+func (s *shard) writeEntries(g *group, w *wallet.Wallet, entries []wallet.Entry) {
 	if len(entries) == 0 {
 		return
 	}
@@ -51,7 +52,7 @@ func (s *shard) writeEntries(g *group, w *Wallet, entries []Entry) {
 		s.ledger[w] = p
 	}
 	for i := range entries {
-		s.val = AppendEntry(s.val[:0], &entries[i])
+		s.val = wallet.AppendEntry(s.val[:0], &entries[i])
 		p.buf = binary.AppendUvarint(p.buf, uint64(len(s.val)))
 		p.buf = append(p.buf, s.val...)
 		p.n++
@@ -66,7 +67,7 @@ func (s *shard) writeEntries(g *group, w *Wallet, entries []Entry) {
 }
 
 // flushLedger writes w's pending entries into g, as one entry or a chunk.
-func (s *shard) flushLedger(g *group, w *Wallet) {
+func (s *shard) flushLedger(g *group, w *wallet.Wallet) {
 	p := s.ledger[w]
 	if p == nil {
 		return
@@ -90,13 +91,13 @@ func (s *shard) flushLedger(g *group, w *Wallet) {
 
 // appendLedgerValue appends the entries of one stored ledger value (an
 // entry or a chunk) to out, oldest first.
-func appendLedgerValue(out []Entry, v []byte) ([]Entry, error) {
+func appendLedgerValue(out []wallet.Entry, v []byte) ([]wallet.Entry, error) {
 	if len(v) == 0 {
 		return out, fmt.Errorf("balance: ledger value: empty")
 	}
 	if v[0] != ledgerChunkV1 {
-		var en Entry
-		if err := DecodeEntry(v, &en); err != nil {
+		var en wallet.Entry
+		if err := wallet.DecodeEntry(v, &en); err != nil {
 			return out, err
 		}
 		return append(out, en), nil
@@ -109,8 +110,8 @@ func appendLedgerValue(out []Entry, v []byte) ([]Entry, error) {
 		if d.Err != nil {
 			break
 		}
-		var en Entry
-		if err := DecodeEntry(raw, &en); err != nil {
+		var en wallet.Entry
+		if err := wallet.DecodeEntry(raw, &en); err != nil {
 			return out, fmt.Errorf("balance: ledger chunk: %w", err)
 		}
 		out = append(out, en)
@@ -124,7 +125,7 @@ func appendLedgerValue(out []Entry, v []byte) ([]Entry, error) {
 // readLedger reads the stored entries of a customer with Seq < before (0 =
 // all), newest first, of one account or all (""), at most limit of them;
 // next is the cursor of the next page, 0 when there is none.
-func (s *store) readLedger(customer, account string, before uint64, limit int) (entries []Entry, next uint64, err error) {
+func (s *store) readLedger(customer, account string, before uint64, limit int) (entries []wallet.Entry, next uint64, err error) {
 	lower := ledgerPrefix(nil, customer)
 	upper := ledgerPrefix(nil, customer)
 	upper[len(upper)-1] = 1
@@ -142,7 +143,7 @@ func (s *store) readLedger(customer, account string, before uint64, limit int) (
 	} else {
 		ok = it.Last()
 	}
-	var chunk []Entry
+	var chunk []wallet.Entry
 	for ; ok; ok = it.Prev() {
 		if chunk, err = appendLedgerValue(chunk[:0], it.Value()); err != nil {
 			return nil, 0, fmt.Errorf("ledger key %x: %w", it.Key(), err)

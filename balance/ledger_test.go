@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/balance/wallet"
 )
 
 // TestLedgerChunksReadAsEntries writes a customer's entries as chunks of
@@ -22,19 +23,19 @@ func TestLedgerChunksReadAsEntries(t *testing.T) {
 	}
 	defer st.close()
 	rng := rand.New(rand.NewPCG(7, 7))
-	w := &Wallet{Customer: "c1"}
-	s := &shard{ledger: make(map[*Wallet]*pendingLedger)}
-	var all []Entry // oldest first
+	w := &wallet.Wallet{Customer: "c1"}
+	s := &shard{ledger: make(map[*wallet.Wallet]*pendingLedger)}
+	var all []wallet.Entry // oldest first
 	const n = 400
 	for seq := uint64(1); seq <= n; {
-		g := &group{batch: st.db.NewBatch(), dirty: make(map[*Wallet]struct{})}
+		g := &group{batch: st.db.NewBatch(), dirty: make(map[*wallet.Wallet]struct{})}
 		size := 1 + rng.IntN(30)
 		if rng.IntN(3) == 0 {
 			size = 1
 		}
-		var chunk []Entry
+		var chunk []wallet.Entry
 		for ; size > 0 && seq <= n; size-- {
-			en := Entry{Seq: seq, Type: EntryUsage, Account: []string{"a:CREDITS", "b:CREDITS"}[rng.IntN(2)], Amount: -int64(seq), BucketID: "b_1", EventID: "e"}
+			en := wallet.Entry{Seq: seq, Type: wallet.EntryUsage, Account: []string{"a:CREDITS", "b:CREDITS"}[rng.IntN(2)], Amount: -int64(seq), BucketID: "b_1", EventID: "e"}
 			chunk = append(chunk, en)
 			seq++
 		}
@@ -45,8 +46,8 @@ func TestLedgerChunksReadAsEntries(t *testing.T) {
 		}
 		all = append(all, chunk...)
 	}
-	want := func(before uint64, account string, limit int) ([]Entry, uint64) {
-		var out []Entry
+	want := func(before uint64, account string, limit int) ([]wallet.Entry, uint64) {
+		var out []wallet.Entry
 		for i := len(all) - 1; i >= 0; i-- {
 			en := all[i]
 			if before > 0 && en.Seq >= before || account != "" && en.Account != account {
@@ -74,7 +75,7 @@ func TestLedgerChunksReadAsEntries(t *testing.T) {
 			}
 		}
 	}
-	var walked []Entry
+	var walked []wallet.Entry
 	for before := uint64(0); ; {
 		page, next, err := st.readLedger("c1", "", before, 13)
 		if err != nil {
@@ -92,7 +93,7 @@ func TestLedgerChunksReadAsEntries(t *testing.T) {
 }
 
 func FuzzDecodeLedgerValue(f *testing.F) {
-	en := AppendEntry(nil, &Entry{Seq: 3, Type: EntryUsage, Account: "default:CREDITS", Amount: -5, BucketID: "b_1"})
+	en := wallet.AppendEntry(nil, &wallet.Entry{Seq: 3, Type: wallet.EntryUsage, Account: "default:CREDITS", Amount: -5, BucketID: "b_1"})
 	chunk := append([]byte{ledgerChunkV1, 2}, byte(len(en)))
 	chunk = append(chunk, en...)
 	chunk = append(chunk, byte(len(en)))

@@ -9,13 +9,14 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/balance/wallet"
 )
 
 // Keys of the lifecycle's records (see keys.go):
 //
-//	'n' customer 0x00 seq(8, BE)   -> notification (appendNote)
+//	'n' customer 0x00 seq(8, BE)   -> notification (wallet.AppendNote)
 //	'r' customer 0x00 seq(8, BE)   -> auto-reload request (AppendReload)
-//	'h' hold id                    -> hold record (appendHoldRecord); hold ids are global
+//	'h' hold id                    -> hold record (wallet.AppendHoldRecord); hold ids are global
 const (
 	prefixNote   = 'n'
 	prefixReload = 'r'
@@ -35,16 +36,16 @@ func holdKey(id string) []byte { return append([]byte{prefixHold}, id...) }
 // in the group's batch (and its outbox record), and schedules w's next due
 // instant. Its caller has marked w changed (dirty, or changed by a logged
 // command).
-func (s *shard) effects(g *group, w *Wallet) {
+func (s *shard) effects(g *group, w *wallet.Wallet) {
 	s.schedule(w)
-	if w.Life == nil || w.Life.fx.Empty() {
+	if !w.HasEffects() {
 		return
 	}
 	fx := w.TakeEffects()
 	for i := range fx.Notes {
 		n := &fx.Notes[i]
 		s.key = customerSeqKey(s.key[:0], prefixNote, w.Customer, n.Seq)
-		s.val = appendNote(s.val[:0], n)
+		s.val = wallet.AppendNote(s.val[:0], n)
 		s.set(g, s.key, s.val)
 		if s.outboxOn {
 			g.outbox.addNote(n)
@@ -53,13 +54,13 @@ func (s *shard) effects(g *group, w *Wallet) {
 	}
 	for i := range fx.Holds {
 		h := &fx.Holds[i]
-		s.val = appendHoldRecord(s.val[:0], h)
+		s.val = wallet.AppendHoldRecord(s.val[:0], h)
 		s.set(g, holdKey(h.ID), s.val)
 	}
 	for i := range fx.Reloads {
 		r := &fx.Reloads[i]
 		s.key = customerSeqKey(s.key[:0], prefixReload, w.Customer, reloadSeq(r.ID))
-		s.val = AppendReload(s.val[:0], r)
+		s.val = wallet.AppendReload(s.val[:0], r)
 		s.set(g, s.key, s.val)
 	}
 }
@@ -104,15 +105,15 @@ type timers struct {
 }
 
 // schedule queues w's next due instant, if it has one earlier than what is queued.
-func (s *shard) schedule(w *Wallet) {
+func (s *shard) schedule(w *wallet.Wallet) {
 	at := w.NextDue()
 	if at == 0 {
 		return
 	}
-	if w.queuedAt != 0 && w.queuedAt <= at {
+	if w.QueuedAt != 0 && w.QueuedAt <= at {
 		return
 	}
-	w.queuedAt = at
+	w.QueuedAt = at
 	if s.timers.loading {
 		s.timers.heap = append(s.timers.heap, dueItem{at: at, customer: w.Customer})
 		return
@@ -146,8 +147,8 @@ func (s *shard) runDue(g *group) (more bool) {
 		if w == nil {
 			continue
 		}
-		if w.queuedAt == it.at {
-			w.queuedAt = 0
+		if w.QueuedAt == it.at {
+			w.QueuedAt = 0
 		}
 		if next := w.NextDue(); next != 0 && next <= g.now {
 			s.written(g, w, w.Advance(g.now, s.entries[:0]))
@@ -238,21 +239,18 @@ func (c *ManualClock) Now() int64 { return c.now.Load() }
 // the way to move time and run what came due.
 func (c *ManualClock) Set(t int64) { c.now.Store(t) }
 
-// CodeClockBackwards refuses moving the test clock back.
-const CodeClockBackwards = "clock_backwards"
-
 // SetClock moves the engine's test clock forward to t and runs everything
 // that came due (plan grants, expiries, hold expiries) before returning,
 // durably. Only for an engine opened with a *ManualClock.
 func (e *Engine) SetClock(t int64) error {
 	c, ok := e.clock.(*ManualClock)
 	if !ok {
-		return &Error{Code: CodeNotFound, Message: "the engine does not run on a test clock"}
+		return &wallet.Error{Code: wallet.CodeNotFound, Message: "the engine does not run on a test clock"}
 	}
 	e.clockMu.Lock()
 	defer e.clockMu.Unlock()
 	if t < c.Now() {
-		return &Error{Code: CodeClockBackwards, Message: "the test clock only moves forward"}
+		return &wallet.Error{Code: wallet.CodeClockBackwards, Message: "the test clock only moves forward"}
 	}
 	c.now.Store(t)
 	for _, s := range e.shards {
@@ -278,11 +276,11 @@ func (e *Engine) SetClock(t int64) error {
 // PlaceHold places a hold once per hold id (hold ids are global: the same id
 // for another customer or with other content is idempotency_conflict).
 // replayed reports a hold seen before; the record is then its current state.
-func (e *Engine) PlaceHold(customer string, c *HoldCmd) (rec HoldRecord, replayed bool, err error) {
+func (e *Engine) PlaceHold(customer string, c *wallet.HoldCmd) (rec wallet.HoldRecord, replayed bool, err error) {
 	e.holdMu.Lock()
 	if e.holdClaims[c.ID] {
 		e.holdMu.Unlock()
-		return rec, false, &Error{Code: CodeIdempotencyConflict, Message: "hold " + c.ID + " is being placed by another request"}
+		return rec, false, &wallet.Error{Code: wallet.CodeIdempotencyConflict, Message: "hold " + c.ID + " is being placed by another request"}
 	}
 	e.holdClaims[c.ID] = true
 	e.holdMu.Unlock()
@@ -295,49 +293,49 @@ func (e *Engine) PlaceHold(customer string, c *HoldCmd) (rec HoldRecord, replaye
 		return rec, false, err
 	} else if ok {
 		if old.Customer != customer || old.Hash != c.Hash {
-			return rec, false, &Error{Code: CodeIdempotencyConflict, Message: "hold id " + c.ID + " was already used with different content"}
+			return rec, false, &wallet.Error{Code: wallet.CodeIdempotencyConflict, Message: "hold id " + c.ID + " was already used with different content"}
 		}
 		rec, err = e.Hold(c.ID)
 		return rec, true, err
 	}
-	err = e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
+	err = e.customerOp(customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
 		entries, berr := w.PlaceHold(c, g.now, sh.entries[:0])
 		sh.written(g, w, entries)
 		if berr != nil {
 			return berr
 		}
 		h, _ := w.ActiveHold(c.ID)
-		rec = HoldRecord{Hold: h, Customer: customer, Scale: w.accountScale(h.Account), Status: HoldActive, UpdatedAt: g.now}
+		rec = wallet.HoldRecord{Hold: h, Customer: customer, Scale: w.Account(h.Account).Scale, Status: wallet.HoldActive, UpdatedAt: g.now}
 		return nil
 	})
 	return rec, false, err
 }
 
 // holdRecord reads a hold's durable record.
-func (e *Engine) holdRecord(id string) (HoldRecord, bool, error) {
+func (e *Engine) holdRecord(id string) (wallet.HoldRecord, bool, error) {
 	v, err := e.st.get(holdKey(id))
 	if err != nil || v == nil {
-		return HoldRecord{}, false, err
+		return wallet.HoldRecord{}, false, err
 	}
-	h, err := decodeHoldRecord(v)
+	h, err := wallet.DecodeHoldRecord(v)
 	if err != nil {
-		return HoldRecord{}, false, err
+		return wallet.HoldRecord{}, false, err
 	}
 	return h, true, nil
 }
 
 // Hold returns a hold as of now: an active hold past its expiry is expired
 // first (durably), so a read never shows a hold that no longer holds.
-func (e *Engine) Hold(id string) (HoldRecord, error) {
+func (e *Engine) Hold(id string) (wallet.HoldRecord, error) {
 	h, ok, err := e.holdRecord(id)
 	if err != nil {
 		return h, err
 	}
 	if !ok {
-		return h, &Error{Code: CodeNotFound, Message: "hold " + id + " does not exist"}
+		return h, &wallet.Error{Code: wallet.CodeNotFound, Message: "hold " + id + " does not exist"}
 	}
-	if h.Status == HoldActive && h.ExpiresAt <= e.clock.Now() {
-		if err := e.customerOp(h.Customer, func(sh *shard, g *group, w *Wallet) *Error {
+	if h.Status == wallet.HoldActive && h.ExpiresAt <= e.clock.Now() {
+		if err := e.customerOp(h.Customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
 			sh.written(g, w, w.Advance(g.now, sh.entries[:0]))
 			return nil
 		}); err != nil {
@@ -352,21 +350,21 @@ func (e *Engine) Hold(id string) (HoldRecord, error) {
 
 // ReleaseHold releases an active hold. Releasing a released hold again
 // returns it; a settled or expired hold is hold_not_active.
-func (e *Engine) ReleaseHold(id string) (HoldRecord, error) {
+func (e *Engine) ReleaseHold(id string) (wallet.HoldRecord, error) {
 	h, ok, err := e.holdRecord(id)
 	if err != nil {
 		return h, err
 	}
 	if !ok {
-		return h, &Error{Code: CodeNotFound, Message: "hold " + id + " does not exist"}
+		return h, &wallet.Error{Code: wallet.CodeNotFound, Message: "hold " + id + " does not exist"}
 	}
-	err = e.customerOp(h.Customer, func(sh *shard, g *group, w *Wallet) *Error {
+	err = e.customerOp(h.Customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
 		entries, berr := w.ReleaseHold(id, g.now, sh.entries[:0])
 		sh.written(g, w, entries)
 		return berr
 	})
 	if err != nil {
-		if be, ok := err.(*Error); !ok || be.Code != CodeHoldNotActive {
+		if be, ok := err.(*wallet.Error); !ok || be.Code != wallet.CodeHoldNotActive {
 			return h, err
 		}
 	}
@@ -374,8 +372,8 @@ func (e *Engine) ReleaseHold(id string) (HoldRecord, error) {
 	if h, _, err = e.holdRecord(id); err != nil {
 		return h, err
 	}
-	if h.Status != HoldReleased {
-		return h, &Error{Code: CodeHoldNotActive, Message: "hold " + id + " is " + h.Status.String()}
+	if h.Status != wallet.HoldReleased {
+		return h, &wallet.Error{Code: wallet.CodeHoldNotActive, Message: "hold " + id + " is " + h.Status.String()}
 	}
 	return h, nil
 }
@@ -384,10 +382,10 @@ func (e *Engine) ReleaseHold(id string) (HoldRecord, error) {
 
 // ReloadRequests lists a customer's auto-reload requests, newest first,
 // with sequence numbers below before (0 = from the newest).
-func (e *Engine) ReloadRequests(customer string, before uint64, limit int) ([]ReloadRequest, uint64, error) {
-	var out []ReloadRequest
+func (e *Engine) ReloadRequests(customer string, before uint64, limit int) ([]wallet.ReloadRequest, uint64, error) {
+	var out []wallet.ReloadRequest
 	next, err := e.scanCustomer(prefixReload, customer, before, limit, func(v []byte) error {
-		r, err := DecodeReload(v)
+		r, err := wallet.DecodeReload(v)
 		out = append(out, r)
 		return err
 	})
@@ -395,33 +393,33 @@ func (e *Engine) ReloadRequests(customer string, before uint64, limit int) ([]Re
 }
 
 // ReloadRequest returns one auto-reload request.
-func (e *Engine) ReloadRequest(customer, id string) (ReloadRequest, error) {
+func (e *Engine) ReloadRequest(customer, id string) (wallet.ReloadRequest, error) {
 	if len(id) < 3 || id[:2] != "r_" {
-		return ReloadRequest{}, &Error{Code: CodeNotFound, Message: "auto-reload request " + id + " does not exist"}
+		return wallet.ReloadRequest{}, &wallet.Error{Code: wallet.CodeNotFound, Message: "auto-reload request " + id + " does not exist"}
 	}
 	for i := 2; i < len(id); i++ {
 		if id[i] < '0' || id[i] > '9' || i > 20 {
-			return ReloadRequest{}, &Error{Code: CodeNotFound, Message: "auto-reload request " + id + " does not exist"}
+			return wallet.ReloadRequest{}, &wallet.Error{Code: wallet.CodeNotFound, Message: "auto-reload request " + id + " does not exist"}
 		}
 	}
 	v, err := e.st.get(customerSeqKey(nil, prefixReload, customer, reloadSeq(id)))
 	if err != nil {
-		return ReloadRequest{}, err
+		return wallet.ReloadRequest{}, err
 	}
 	if v == nil {
-		return ReloadRequest{}, &Error{Code: CodeNotFound, Message: "auto-reload request " + id + " does not exist"}
+		return wallet.ReloadRequest{}, &wallet.Error{Code: wallet.CodeNotFound, Message: "auto-reload request " + id + " does not exist"}
 	}
-	return DecodeReload(v)
+	return wallet.DecodeReload(v)
 }
 
 // ResolveReload confirms (ok) or fails a pending auto-reload request.
 // Repeating the same outcome returns the request; the other outcome on a
 // finished request is reload_not_pending.
-func (e *Engine) ResolveReload(customer, id string, ok bool) (ReloadRequest, error) {
-	var res ReloadRequest
-	err := e.customerOp(customer, func(sh *shard, g *group, w *Wallet) *Error {
-		var entries []Entry
-		var berr *Error
+func (e *Engine) ResolveReload(customer, id string, ok bool) (wallet.ReloadRequest, error) {
+	var res wallet.ReloadRequest
+	err := e.customerOp(customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
+		var entries []wallet.Entry
+		var berr *wallet.Error
 		if ok {
 			res, entries, berr = w.ConfirmReload(id, g.now, sh.entries[:0])
 		} else {
@@ -433,7 +431,7 @@ func (e *Engine) ResolveReload(customer, id string, ok bool) (ReloadRequest, err
 	if err == nil {
 		return res, nil
 	}
-	if be, isErr := err.(*Error); !isErr || be.Code != CodeReloadNotPending {
+	if be, isErr := err.(*wallet.Error); !isErr || be.Code != wallet.CodeReloadNotPending {
 		return res, err
 	}
 	// Durable now: this group committed after any earlier one.
@@ -441,10 +439,10 @@ func (e *Engine) ResolveReload(customer, id string, ok bool) (ReloadRequest, err
 	if rerr != nil {
 		return r, rerr
 	}
-	if (ok && r.Status == ReloadCompleted) || (!ok && r.Status == ReloadFailed) {
+	if (ok && r.Status == wallet.ReloadCompleted) || (!ok && r.Status == wallet.ReloadFailed) {
 		return r, nil
 	}
-	return r, &Error{Code: CodeReloadNotPending, Message: "auto-reload request " + id + " is " + r.Status.String()}
+	return r, &wallet.Error{Code: wallet.CodeReloadNotPending, Message: "auto-reload request " + id + " is " + r.Status.String()}
 }
 
 // ---- Notifications ----
@@ -452,10 +450,10 @@ func (e *Engine) ResolveReload(customer, id string, ok bool) (ReloadRequest, err
 // Notifications lists a customer's notifications, newest first, with
 // sequence numbers below before (0 = from the newest). next is the cursor
 // of the following page, 0 at the end.
-func (e *Engine) Notifications(customer string, before uint64, limit int) ([]Notification, uint64, error) {
-	var out []Notification
+func (e *Engine) Notifications(customer string, before uint64, limit int) ([]wallet.Notification, uint64, error) {
+	var out []wallet.Notification
 	next, err := e.scanCustomer(prefixNote, customer, before, limit, func(v []byte) error {
-		n, err := decodeNote(customer, v)
+		n, err := wallet.DecodeNote(customer, v)
 		out = append(out, n)
 		return err
 	})

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/meterd/meterd/balance/internal/enc"
+	"github.com/meterd/meterd/balance/wallet"
 )
 
 // The outbox: when sinks are configured (Options.Sinks), every commit group
@@ -37,13 +38,13 @@ type OutboxRecord struct {
 	RecordedAt int64 // the group's time, unix ns: every entry and usage record of it was recorded then
 	Entries    []OutboxEntry
 	Usage      []OutboxUsage
-	Notes      []Notification
+	Notes      []wallet.Notification
 }
 
 // OutboxEntry is one ledger entry of a customer.
 type OutboxEntry struct {
 	Customer string
-	Entry
+	wallet.Entry
 }
 
 // OutboxUsage is one applied usage event (charged or recorded).
@@ -56,7 +57,7 @@ type OutboxUsage struct {
 	RecordedAt     int64
 	Status         uint8 // EventCharged or EventRecorded
 	PricingVersion uint32
-	Charges        []ChargeResult
+	Charges        []wallet.ChargeResult
 	Data           []byte
 }
 
@@ -87,10 +88,10 @@ func (o *outboxGroup) addUsage(customer, eventID string, rec []byte) {
 	o.usage++
 }
 
-func (o *outboxGroup) addNote(n *Notification) {
+func (o *outboxGroup) addNote(n *wallet.Notification) {
 	o.buf = append(o.buf, 'n')
 	o.buf = enc.AppendStr(o.buf, n.Customer)
-	o.scratch = appendNote(o.scratch[:0], n)
+	o.scratch = wallet.AppendNote(o.scratch[:0], n)
 	o.buf = binary.AppendUvarint(o.buf, uint64(len(o.scratch)))
 	o.buf = append(o.buf, o.scratch...)
 	o.notes++
@@ -117,7 +118,7 @@ func decodeOutbox(seq uint64, b []byte) (*OutboxRecord, error) {
 			oe := OutboxEntry{Customer: d.Str()}
 			raw := d.Raw(d.U(), 1<<20)
 			if d.Err == nil {
-				if err := DecodeEntry(raw, &oe.Entry); err != nil {
+				if err := wallet.DecodeEntry(raw, &oe.Entry); err != nil {
 					d.Fail(err)
 				}
 			}
@@ -142,7 +143,7 @@ func decodeOutbox(seq uint64, b []byte) (*OutboxRecord, error) {
 			if d.Err != nil {
 				break
 			}
-			n, err := decodeNote(customer, raw)
+			n, err := wallet.DecodeNote(customer, raw)
 			if err != nil {
 				d.Fail(err)
 				break

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meterd/meterd/balance/wallet"
 )
 
 func openOutboxEngine(t *testing.T, dir string, sinks []string) *Engine {
@@ -36,10 +38,10 @@ func TestOutboxCarriesEveryEntryAndUsageRecord(t *testing.T) {
 	var wg sync.WaitGroup
 	for c := 0; c < customers; c++ {
 		id := fmt.Sprintf("c%d", c)
-		if _, err := e.PutCustomer(id, Settings{}); err != nil {
+		if _, err := e.PutCustomer(id, wallet.Settings{}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := e.TopUp(id, &TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 40 * perCustomer / 2}, [16]byte{1}); err != nil {
+		if _, err := e.TopUp(id, &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 40 * perCustomer / 2}, [16]byte{1}); err != nil {
 			t.Fatal(err)
 		}
 		wg.Add(1)
@@ -114,7 +116,7 @@ func TestOutboxCarriesEveryEntryAndUsageRecord(t *testing.T) {
 	e.Close()
 	e = openOutboxEngine(t, dir, []string{"test"})
 	defer e.Close()
-	if _, err := e.TopUp("c0", &TopUpCmd{ID: "t2", Account: "default", Asset: "CREDITS", Amount: 1}, [16]byte{2}); err != nil {
+	if _, err := e.TopUp("c0", &wallet.TopUpCmd{ID: "t2", Account: "default", Asset: "CREDITS", Amount: 1}, [16]byte{2}); err != nil {
 		t.Fatal(err)
 	}
 	recs = readAll(t, e, last)
@@ -126,10 +128,10 @@ func TestOutboxCarriesEveryEntryAndUsageRecord(t *testing.T) {
 func TestOutboxNotWrittenWithoutSinks(t *testing.T) {
 	e := openOutboxEngine(t, t.TempDir(), nil)
 	defer e.Close()
-	if _, err := e.PutCustomer("c1", Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.TopUp("c1", &TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 100}, [16]byte{1}); err != nil {
+	if _, err := e.TopUp("c1", &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 100}, [16]byte{1}); err != nil {
 		t.Fatal(err)
 	}
 	if n := countKeys(t, e, prefixOutbox); n != 0 || e.OutboxWatermark() != 0 {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/meterd/meterd/balance/internal/enc"
+	"github.com/meterd/meterd/balance/wallet"
 )
 
 // Status of an applied usage event, as stored in its idempotency record.
@@ -36,7 +37,7 @@ type record struct {
 	EventType      string
 	Subject        string
 	Data           []byte
-	Charges        []ChargeResult
+	Charges        []wallet.ChargeResult
 
 	// Top-ups.
 	BucketID    string
@@ -72,7 +73,7 @@ func (r *record) append(b []byte) []byte {
 // appendChargeResult appends what one charge took, under account: the
 // record's and the log command's encoding (the log writes "" for the
 // account its command's charge names).
-func appendChargeResult(b []byte, account string, c *ChargeResult) []byte {
+func appendChargeResult(b []byte, account string, c *wallet.ChargeResult) []byte {
 	b = enc.AppendStr(b, account)
 	b = append(b, c.Scale)
 	b = binary.AppendVarint(b, c.Amount)
@@ -102,14 +103,14 @@ func decodeRecord(b []byte) (*record, error) {
 		r.EventType = d.Str()
 		r.Subject = d.Str()
 		r.Data = d.OptBytes()
-		r.Charges = make([]ChargeResult, d.Count(EventChargesMax, 5))
+		r.Charges = make([]wallet.ChargeResult, d.Count(wallet.EventChargesMax, 5))
 		for i := range r.Charges {
 			c := &r.Charges[i]
 			c.Account = d.InternStr()
 			c.Scale = d.Byte1()
 			c.Amount = d.V()
 			c.BalanceAfter = d.V()
-			c.Parts = make([]Part, d.Count(AccountBucketsMax+1, 2))
+			c.Parts = make([]wallet.Part, d.Count(wallet.AccountBucketsMax+1, 2))
 			for j := range c.Parts {
 				c.Parts[j].BucketID = d.Str()
 				c.Parts[j].Amount = d.V()

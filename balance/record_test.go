@@ -3,15 +3,17 @@ package balance
 import (
 	"reflect"
 	"testing"
+
+	"github.com/meterd/meterd/balance/wallet"
 )
 
 func TestRecordRoundTrip(t *testing.T) {
 	recs := []*record{
 		{Kind: idemEvent, Hash: [16]byte{1, 2, 3}, RecordedAt: 10, ExpireAt: 20, Status: EventCharged, PricingVersion: 7,
 			OccurredAt: 5, EventType: "message_completed", Subject: "chat_1", Data: []byte(`{"model":"x"}`),
-			Charges: []ChargeResult{{Account: "default:USD", Scale: 6, Amount: 282282, BalanceAfter: -5,
-				Parts: []Part{{BucketID: "b_1", Amount: 282280}, {BucketID: "", Amount: 2}}}}},
-		{Kind: idemEvent, Hash: [16]byte{9}, RecordedAt: 1, ExpireAt: 2, Status: EventRecorded, Charges: []ChargeResult{}},
+			Charges: []wallet.ChargeResult{{Account: "default:USD", Scale: 6, Amount: 282282, BalanceAfter: -5,
+				Parts: []wallet.Part{{BucketID: "b_1", Amount: 282280}, {BucketID: "", Amount: 2}}}}},
+		{Kind: idemEvent, Hash: [16]byte{9}, RecordedAt: 1, ExpireAt: 2, Status: EventRecorded, Charges: []wallet.ChargeResult{}},
 		{Kind: idemTopUp, Hash: [16]byte{4}, RecordedAt: 3, ExpireAt: 4, BucketID: "b_9", TopUpStatus: TopUpReversed, ReversedAt: 5},
 		{Kind: idemAdjustment, Hash: [16]byte{5}, RecordedAt: 6, ExpireAt: 7},
 	}
@@ -37,7 +39,7 @@ func TestRecordRoundTrip(t *testing.T) {
 }
 
 func FuzzDecodeRecord(f *testing.F) {
-	f.Add((&record{Kind: idemEvent, Charges: []ChargeResult{{Account: "a:B", Parts: []Part{{BucketID: "b_1", Amount: 1}}}}}).append(nil))
+	f.Add((&record{Kind: idemEvent, Charges: []wallet.ChargeResult{{Account: "a:B", Parts: []wallet.Part{{BucketID: "b_1", Amount: 1}}}}}).append(nil))
 	f.Add((&record{Kind: idemTopUp, BucketID: "b_2"}).append(nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeRecord(b)

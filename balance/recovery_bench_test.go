@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/balance/wallet"
 )
 
 // benchWallets is the wallet count of BenchmarkRecovery; METERD_BENCH_WALLETS overrides it.
@@ -40,18 +41,18 @@ func BenchmarkRecovery(b *testing.B) {
 	monthEnd := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC).UnixNano()
 	batch := st.db.NewBatch()
 	var key, val []byte
-	var out []Entry
+	var out []wallet.Entry
 	for i := 0; i < n; i++ {
-		w := NewWallet("customer-"+strconv.Itoa(i), Settings{}, now)
-		var berr *Error
-		if _, out, berr = w.TopUp(&TopUpCmd{ID: "top_1", Account: "default", Asset: "CREDITS", Amount: 5000, Source: "custom_credits"}, now, out[:0]); berr != nil {
+		w := wallet.NewWallet("customer-"+strconv.Itoa(i), wallet.Settings{}, now)
+		var berr *wallet.Error
+		if _, out, berr = w.TopUp(&wallet.TopUpCmd{ID: "top_1", Account: "default", Asset: "CREDITS", Amount: 5000, Source: "custom_credits"}, now, out[:0]); berr != nil {
 			b.Fatal(berr)
 		}
-		if out, berr = w.Adjust(&AdjustCmd{TransactionID: "grant_1", Account: "default", Asset: "CREDITS", Amount: 20000, Kind: KindPlan, Priority: -1, ExpiresAt: monthEnd}, now, out[:0]); berr != nil {
+		if out, berr = w.Adjust(&wallet.AdjustCmd{TransactionID: "grant_1", Account: "default", Asset: "CREDITS", Amount: 20000, Kind: wallet.KindPlan, Priority: -1, ExpiresAt: monthEnd}, now, out[:0]); berr != nil {
 			b.Fatal(berr)
 		}
 		key = walletKey(key[:0], w.Customer)
-		val = AppendWallet(val[:0], w)
+		val = wallet.AppendWallet(val[:0], w)
 		if err := batch.Set(key, val, nil); err != nil {
 			b.Fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -34,7 +35,7 @@ type group struct {
 	batch     *pebble.Batch
 	ops       []*op
 	events    int
-	dirty     map[*Wallet]struct{}
+	dirty     map[*wallet.Wallet]struct{}
 	pricing   *meter.Pricing
 	outbox    outboxGroup
 	expireMax int64 // the latest ExpireAt of the records the group stored under their own keys
@@ -48,12 +49,12 @@ type shard struct {
 	in         chan *op
 	slots      atomic.Int64 // ops sent or being sent to in and not yet taken by run: at most cap(in)
 	commitQ    chan *group
-	wallets    map[string]*Wallet
+	wallets    map[string]*wallet.Wallet
 	cache      idemCache
 	ids        idIndex // every idempotency key this shard holds in the store
 	timers     timers
 	ck         checkpoints
-	ledger     map[*Wallet]*pendingLedger // entries not yet written (ledger.go)
+	ledger     map[*wallet.Wallet]*pendingLedger // entries not yet written (ledger.go)
 	ledgerFree []*pendingLedger
 	floor      atomic.Uint64 // log records below it are covered by this shard's durable snapshots
 	ckOldest   atomic.Int64  // unix ns when the oldest change not yet snapshotted began; 0 = none
@@ -74,8 +75,8 @@ type shard struct {
 	logRead  []byte // scratch: that group's log record, for a look-up in it
 	seqs     []uint64
 	val      []byte
-	entries  []Entry
-	results  []ChargeResult
+	entries  []wallet.Entry
+	results  []wallet.ChargeResult
 	charges  []meter.Charge
 	slabs    slabs
 }
@@ -92,11 +93,11 @@ func newShard(id int, e *Engine) *shard {
 		e:           e,
 		in:          make(chan *op, e.opts.QueueMax),
 		commitQ:     make(chan *group, commitQueueMax),
-		wallets:     make(map[string]*Wallet),
+		wallets:     make(map[string]*wallet.Wallet),
 		cache:       newIdemCache(e.opts.IdemCacheMax),
 		ids:         newIDIndex(e.idSeed),
-		ck:          checkpoints{first: make(map[*Wallet]uint64)},
-		ledger:      make(map[*Wallet]*pendingLedger),
+		ck:          checkpoints{first: make(map[*wallet.Wallet]uint64)},
+		ledger:      make(map[*wallet.Wallet]*pendingLedger),
 		outboxOn:    len(e.opts.Sinks) > 0,
 		done:        make(chan struct{}),
 	}
@@ -155,7 +156,7 @@ func (s *shard) open() *group {
 		started: time.Now(),
 		now:     s.e.clock.Now(),
 		batch:   s.e.st.db.NewBatch(),
-		dirty:   make(map[*Wallet]struct{}),
+		dirty:   make(map[*wallet.Wallet]struct{}),
 		pricing: s.e.pricing.Load(),
 	}
 }
@@ -182,7 +183,7 @@ func (s *shard) close(g *group, last bool) {
 		delete(s.ck.first, w)
 		s.flushLedger(g, w)
 		s.key = walletKey(s.key[:0], w.Customer)
-		s.val = appendWalletAt(s.val[:0], w, g.seq)
+		s.val = wallet.AppendWalletAt(s.val[:0], w, g.seq)
 		s.set(g, s.key, s.val)
 	}
 	if len(s.expiring) > 0 {
@@ -396,18 +397,18 @@ func (s *shard) fromLog(g *group, seq uint64, key []byte) (*record, error) {
 
 // lookupWrite is lookup for the writes of customerOp: a store error becomes
 // a refusal the caller can retry.
-func (s *shard) lookupWrite(g *group, key []byte) (*record, *Error) {
+func (s *shard) lookupWrite(g *group, key []byte) (*record, *wallet.Error) {
 	rec, err := s.lookup(g, key)
 	if err != nil {
 		s.e.log.Error("idempotency look-up failed", "err", err)
-		return nil, &Error{Code: CodeUnavailable, Message: "the idempotency record could not be read; retry with the same id"}
+		return nil, &wallet.Error{Code: wallet.CodeUnavailable, Message: "the idempotency record could not be read; retry with the same id"}
 	}
 	return rec, nil
 }
 
 // written records the ledger entries a wallet method returned (expiries
 // included, even when the method then refused) and marks the wallet dirty.
-func (s *shard) written(g *group, w *Wallet, entries []Entry) {
+func (s *shard) written(g *group, w *wallet.Wallet, entries []wallet.Entry) {
 	s.entries = entries
 	s.writeEntries(g, w, entries)
 	g.dirty[w] = struct{}{}
@@ -461,7 +462,7 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 	rec, err := s.lookup(g, s.idem)
 	if err != nil {
 		s.e.log.Error("idempotency look-up failed", "err", err)
-		res.reject(CodeUnavailable, "the idempotency record could not be read; retry with the same id", "")
+		res.reject(wallet.CodeUnavailable, "the idempotency record could not be read; retry with the same id", "")
 		return
 	}
 	if rec != nil {
@@ -480,7 +481,7 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 	// event is older than the window. OccurredAt 0 is an event without an
 	// occurred_at: it occurs now.
 	if ev.OccurredAt != 0 && OccurredTooOld(ev.OccurredAt, g.now, s.e.opts.DedupWindow) {
-		res.reject(CodeOutOfWindow, "occurred_at is older than the dedup window when the event is applied", "occurred_at")
+		res.reject(wallet.CodeOutOfWindow, "occurred_at is older than the dedup window when the event is applied", "occurred_at")
 		return
 	}
 	if ev.HoldID != "" {
@@ -489,7 +490,7 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 			// that never existed for this customer is a mistake.
 			h, ok, err := s.e.holdRecord(ev.HoldID)
 			if err != nil {
-				res.reject(CodeUnavailable, "the hold could not be read; retry with the same id", "")
+				res.reject(wallet.CodeUnavailable, "the hold could not be read; retry with the same id", "")
 				return
 			}
 			if !ok || h.Customer != ev.CustomerID {
@@ -519,13 +520,13 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		Subject:        ev.Subject,
 		Data:           ev.DataJSON,
 	}
-	cmd := UsageCmd{EventID: ev.ID, OccurredAt: ev.OccurredAt, PricingVersion: g.pricing.Version, HoldID: ev.HoldID}
+	cmd := wallet.UsageCmd{EventID: ev.ID, OccurredAt: ev.OccurredAt, PricingVersion: g.pricing.Version, HoldID: ev.HoldID}
 	applied := matched || ev.HoldID != ""
 	if !applied {
 		r.Status = EventRecorded
 	} else {
 		cmd.Charges = s.charges
-		var berr *Error
+		var berr *wallet.Error
 		s.results, s.entries, berr = w.Charge(&cmd, g.now, s.results[:0], s.entries[:0])
 		s.ck.changed(g, w)
 		if len(s.entries) > 0 {
@@ -554,14 +555,14 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 }
 
 // logCmd adds a usage command to the group's log record.
-func (s *shard) logCmd(g *group, customer string, cmd *UsageCmd, applied bool, r *record) {
+func (s *shard) logCmd(g *group, customer string, cmd *wallet.UsageCmd, applied bool, r *record) {
 	s.logBody = appendLogCmd(s.logBody, customer, cmd, applied, r)
 	g.cmds++
 }
 
 // copyCharges copies src (results and parts) out of the shard's slabs:
 // they outlive the group in the idempotency cache and the caller's answer.
-func (s *shard) copyCharges(src []ChargeResult) []ChargeResult {
+func (s *shard) copyCharges(src []wallet.ChargeResult) []wallet.ChargeResult {
 	if len(src) == 0 {
 		return nil
 	}
@@ -584,16 +585,16 @@ func (s *shard) copyCharges(src []ChargeResult) []ChargeResult {
 // carved from larger arrays: one allocation per slabLen of them instead of
 // one each. An array lives while any piece of it is referenced.
 type slabs struct {
-	r []ChargeResult
-	p []Part
+	r []wallet.ChargeResult
+	p []wallet.Part
 	c []record
 }
 
 const slabLen = 512
 
-func (b *slabs) results(n int) []ChargeResult { return carve(&b.r, n) }
+func (b *slabs) results(n int) []wallet.ChargeResult { return carve(&b.r, n) }
 
-func (b *slabs) parts(n int) []Part { return carve(&b.p, n) }
+func (b *slabs) parts(n int) []wallet.Part { return carve(&b.p, n) }
 
 // carve cuts n elements off the front of *slab, first making a new slab
 // when it has fewer.

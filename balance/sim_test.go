@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -178,15 +179,15 @@ type sim struct {
 	stopped atomic.Bool
 
 	crashes, inDoubt        int
-	refused                 map[string]int    // refusals by code (s.mu)
-	entries                 map[EntryType]int // ledger entries by type, at the last check
-	replayed, replayCrashes int               // log commands replayed at recoveries; crashes in the middle of one
-	midReplay               *vfs.MemFS        // the file system as a crash during the last open's replay would leave it
+	refused                 map[string]int           // refusals by code (s.mu)
+	entries                 map[wallet.EntryType]int // ledger entries by type, at the last check
+	replayed, replayCrashes int                      // log commands replayed at recoveries; crashes in the middle of one
+	midReplay               *vfs.MemFS               // the file system as a crash during the last open's replay would leave it
 }
 
 func newSim(t *testing.T, seed uint64) *sim {
 	s := &sim{t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), fs: vfs.NewCrashableMem(),
-		dir: t.TempDir(), clock: &testClock{}, refused: map[string]int{}, entries: map[EntryType]int{}}
+		dir: t.TempDir(), clock: &testClock{}, refused: map[string]int{}, entries: map[wallet.EntryType]int{}}
 	s.clock.ns.Store(simEpoch)
 	for w := range s.workers {
 		s.workers[w] = &simWorker{id: w}
@@ -276,21 +277,21 @@ func simHash(id string) (h [16]byte) {
 }
 
 // simSettings are the settings a customer may be given.
-func simPreset(i int) Settings {
+func simPreset(i int) wallet.Settings {
 	switch i {
 	case 1: // overdraft down to -300
-		return Settings{Policy: PolicyOverdraft, CreditLimits: []Limit{{Account: simAccount, Units: 300}}, BalanceAlerts: []string{"100"}}
+		return wallet.Settings{Policy: wallet.PolicyOverdraft, CreditLimits: []wallet.Limit{{Account: simAccount, Units: 300}}, BalanceAlerts: []string{"100"}}
 	case 2: // a daily plan of 1,500 and auto-reload of 800 below 120
-		return Settings{
-			Plan: &Plan{ID: "daily", Allocations: []Allocation{{Account: "default", Asset: "CREDITS", Amount: 1500,
-				Period: PeriodDay, Anchor: simEpoch + int64(2*time.Hour), Strategy: StrategyExpireAndReplace}}},
-			AutoReload: &AutoReload{Enabled: true, Account: "default", Asset: "CREDITS", Threshold: 120, Amount: 800,
+		return wallet.Settings{
+			Plan: &wallet.Plan{ID: "daily", Allocations: []wallet.Allocation{{Account: "default", Asset: "CREDITS", Amount: 1500,
+				Period: wallet.PeriodDay, Anchor: simEpoch + int64(2*time.Hour), Strategy: wallet.StrategyExpireAndReplace}}},
+			AutoReload: &wallet.AutoReload{Enabled: true, Account: "default", Asset: "CREDITS", Threshold: 120, Amount: 800,
 				Price: "8.00", Currency: "USD", Charge: "8.00", MaxPerPeriod: 3},
 		}
 	case 3:
-		return Settings{Status: StatusPaused}
+		return wallet.Settings{Status: wallet.StatusPaused}
 	}
-	return Settings{}
+	return wallet.Settings{}
 }
 
 func (s *sim) run(events int) {
@@ -390,7 +391,7 @@ func (s *sim) walletBytes(e *Engine) [][]byte {
 		if err != nil {
 			s.fatalf("after crash %d: wallet %d: %v", s.crashes, c, err)
 		}
-		out[c] = appendWalletAt(nil, w, 0)
+		out[c] = wallet.AppendWalletAt(nil, w, 0)
 	}
 	return out
 }
@@ -400,8 +401,8 @@ func (s *sim) sameWallets(e *Engine, twin [][]byte) {
 	s.t.Helper()
 	for c, b := range s.walletBytes(e) {
 		if !bytes.Equal(b, twin[c]) {
-			a, _ := DecodeWallet(b)
-			t, _ := DecodeWallet(twin[c])
+			a, _ := wallet.DecodeWallet(b)
+			t, _ := wallet.DecodeWallet(twin[c])
 			s.fatalf("after crash %d: two recoveries of the same files differ on %s:\n%+v\n%+v", s.crashes, simCustomer(c), a, t)
 		}
 	}
@@ -544,7 +545,7 @@ func (s *sim) send(e *Engine, cmd *simCmd) error {
 	switch cmd.kind {
 	case simTopUp:
 		var res TopUpResult
-		res, err = e.TopUp(customer, &TopUpCmd{ID: cmd.id, Account: "default", Asset: "CREDITS", Amount: cmd.amount, ExpiresAt: cmd.expires}, simHash(cmd.id))
+		res, err = e.TopUp(customer, &wallet.TopUpCmd{ID: cmd.id, Account: "default", Asset: "CREDITS", Amount: cmd.amount, ExpiresAt: cmd.expires}, simHash(cmd.id))
 		replayed = res.Replayed
 	case simReverse:
 		var res TopUpResult
@@ -552,12 +553,12 @@ func (s *sim) send(e *Engine, cmd *simCmd) error {
 		replayed = res.Replayed
 	case simAdjust:
 		var res AdjustResult
-		res, err = e.Adjust(customer, &AdjustCmd{TransactionID: cmd.id, Account: "default", Asset: "CREDITS", Amount: cmd.amount, Priority: -1}, simHash(cmd.id))
+		res, err = e.Adjust(customer, &wallet.AdjustCmd{TransactionID: cmd.id, Account: "default", Asset: "CREDITS", Amount: cmd.amount, Priority: -1}, simHash(cmd.id))
 		replayed = res.Replayed
 	case simHold:
-		_, replayed, err = e.PlaceHold(customer, &HoldCmd{ID: cmd.id, Account: simAccount, Amount: cmd.amount, ExpiresAt: cmd.expires, Hash: simHash(cmd.id)})
+		_, replayed, err = e.PlaceHold(customer, &wallet.HoldCmd{ID: cmd.id, Account: simAccount, Amount: cmd.amount, ExpiresAt: cmd.expires, Hash: simHash(cmd.id)})
 	case simRelease:
-		var h HoldRecord
+		var h wallet.HoldRecord
 		h, err = e.ReleaseHold(cmd.target.id)
 		// A release answers the hold's record either way: one updated
 		// before now was released before (a release is never counted as
@@ -576,7 +577,7 @@ func (s *sim) send(e *Engine, cmd *simCmd) error {
 	cmd.pending = false
 	s.ackSeq++
 	if err != nil {
-		var be *Error
+		var be *wallet.Error
 		if !errors.As(err, &be) || !simRefusal(cmd, be.Code) {
 			return fmt.Errorf("%s %s of %s: %w", simKindNames[cmd.kind], cmd.name(), customer, err)
 		}
@@ -626,18 +627,18 @@ func (w *simWorker) newID() string {
 func simRefusal(cmd *simCmd, code string) bool {
 	switch cmd.kind {
 	case simEvent:
-		return code == CodeInsufficientFunds || code == CodeAccountPaused ||
+		return code == wallet.CodeInsufficientFunds || code == wallet.CodeAccountPaused ||
 			code == "invalid_event" && cmd.target != nil && !cmd.target.done
 	case simTopUp:
-		return code == CodeInvalidTimestamp // its expiry passed before it was first applied
+		return code == wallet.CodeInvalidTimestamp // its expiry passed before it was first applied
 	case simReverse:
-		return code == CodeTopUpSpent || code == CodeReversalWindowElapsed || code == CodeNotFound && !cmd.target.done
+		return code == wallet.CodeTopUpSpent || code == wallet.CodeReversalWindowElapsed || code == wallet.CodeNotFound && !cmd.target.done
 	case simAdjust:
-		return code == CodeInsufficientFunds
+		return code == wallet.CodeInsufficientFunds
 	case simHold:
-		return code == CodeInsufficientFunds || code == CodeInvalidTimestamp
+		return code == wallet.CodeInsufficientFunds || code == wallet.CodeInvalidTimestamp
 	case simRelease:
-		return code == CodeHoldNotActive || code == CodeNotFound && !cmd.target.done
+		return code == wallet.CodeHoldNotActive || code == wallet.CodeNotFound && !cmd.target.done
 	}
 	return false
 }
@@ -837,8 +838,8 @@ func (s *sim) checkLedgers(e *Engine, last bool) {
 }
 
 // ledger reads a customer's whole ledger, oldest first.
-func (s *sim) ledger(e *Engine, customer string) []Entry {
-	var all []Entry
+func (s *sim) ledger(e *Engine, customer string) []wallet.Entry {
+	var all []wallet.Entry
 	before := uint64(0)
 	for {
 		page, err := e.Ledger(customer, "", before, 1000)
@@ -858,7 +859,7 @@ func (s *sim) ledger(e *Engine, customer string) []Entry {
 // gives with the wallet: each entry's balance_after, every account's
 // available balance, every bucket's remaining amount, held plus debt, and
 // the active holds.
-func simReplayLedger(w *Wallet, entries []Entry) error {
+func simReplayLedger(w *wallet.Wallet, entries []wallet.Entry) error {
 	type key struct{ account, bucket string }
 	running := map[string]int64{}
 	buckets := map[key]int64{}
@@ -873,7 +874,7 @@ func simReplayLedger(w *Wallet, entries []Entry) error {
 				en.Seq, en.Type, en.Account, en.BalanceAfter, running[en.Account])
 		}
 		buckets[key{en.Account, en.BucketID}] += en.Amount
-		if en.Type == EntryHold || en.Type == EntryHoldRelease {
+		if en.Type == wallet.EntryHold || en.Type == wallet.EntryHoldRelease {
 			holds[en.Reference] += en.Amount
 		}
 	}
@@ -926,21 +927,21 @@ func simReplayLedger(w *Wallet, entries []Entry) error {
 // simAppliedOnce checks that the ledger holds each of a customer's commands
 // exactly once when it was applied and not at all when it was not, and
 // nothing of a command nobody sent.
-func simAppliedOnce(cmds []*simCmd, entries []Entry) error {
+func simAppliedOnce(cmds []*simCmd, entries []wallet.Entry) error {
 	type key struct {
-		t  EntryType
+		t  wallet.EntryType
 		id string
 	}
 	sums := map[key]int64{}
 	for _, en := range entries {
 		switch en.Type {
-		case EntryUsage:
+		case wallet.EntryUsage:
 			sums[key{en.Type, en.EventID}] += en.Amount
-		case EntryTopUp, EntryTopUpReversal, EntryAdjustment, EntryHold, EntryHoldRelease:
+		case wallet.EntryTopUp, wallet.EntryTopUpReversal, wallet.EntryAdjustment, wallet.EntryHold, wallet.EntryHoldRelease:
 			sums[key{en.Type, en.Reference}] += en.Amount
 		}
 	}
-	want := func(t EntryType, id string, amount int64, what string) error {
+	want := func(t wallet.EntryType, id string, amount int64, what string) error {
 		k := key{t, id}
 		got := sums[k]
 		delete(sums, k)
@@ -959,25 +960,25 @@ func simAppliedOnce(cmds []*simCmd, entries []Entry) error {
 		var err error
 		switch cmd.kind {
 		case simEvent:
-			err = want(EntryUsage, cmd.id, if0(cmd.done, -simEventCost), "event")
+			err = want(wallet.EntryUsage, cmd.id, if0(cmd.done, -simEventCost), "event")
 		case simTopUp:
-			if err = want(EntryTopUp, cmd.id, if0(cmd.done, cmd.amount), "top-up"); err == nil {
-				err = want(EntryTopUpReversal, cmd.id, if0(cmd.reversed, -cmd.amount), "top-up")
+			if err = want(wallet.EntryTopUp, cmd.id, if0(cmd.done, cmd.amount), "top-up"); err == nil {
+				err = want(wallet.EntryTopUpReversal, cmd.id, if0(cmd.reversed, -cmd.amount), "top-up")
 			}
 		case simAdjust:
-			err = want(EntryAdjustment, cmd.id, if0(cmd.done, cmd.amount), "adjustment")
+			err = want(wallet.EntryAdjustment, cmd.id, if0(cmd.done, cmd.amount), "adjustment")
 		case simHold:
-			if err = want(EntryHold, cmd.id, if0(cmd.done, -cmd.amount), "hold"); err == nil && cmd.released {
-				err = want(EntryHoldRelease, cmd.id, cmd.amount, "released hold")
+			if err = want(wallet.EntryHold, cmd.id, if0(cmd.done, -cmd.amount), "hold"); err == nil && cmd.released {
+				err = want(wallet.EntryHoldRelease, cmd.id, cmd.amount, "released hold")
 			}
-			delete(sums, key{EntryHoldRelease, cmd.id}) // ended by an event or its expiry, or still active
+			delete(sums, key{wallet.EntryHoldRelease, cmd.id}) // ended by an event or its expiry, or still active
 		}
 		if err != nil {
 			return fmt.Errorf("%w (sent %s)", err, time.Duration(cmd.sentAt-simEpoch))
 		}
 	}
 	for k, sum := range sums {
-		if sum != 0 && k.t != EntryHoldRelease {
+		if sum != 0 && k.t != wallet.EntryHoldRelease {
 			return fmt.Errorf("%s entries of %s, which nobody sent or which was not applied, sum to %d", k.t, k.id, sum)
 		}
 	}

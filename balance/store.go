@@ -11,6 +11,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -111,14 +112,14 @@ func (s *store) loadPricing() (*meter.Pricing, error) {
 
 // loadWallets calls fn for every stored wallet, with the log seq its
 // snapshot reflects.
-func (s *store) loadWallets(fn func(*Wallet, uint64)) error {
+func (s *store) loadWallets(fn func(*wallet.Wallet, uint64)) error {
 	it, err := s.db.NewIter(prefixRange(prefixWallet))
 	if err != nil {
 		return err
 	}
 	defer it.Close()
 	for ok := it.First(); ok; ok = it.Next() {
-		w, seq, err := decodeWalletAt(it.Value())
+		w, seq, err := wallet.DecodeWalletAt(it.Value())
 		if err != nil {
 			return fmt.Errorf("wallet %q: %w", it.Key()[1:], err)
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -34,10 +35,10 @@ func BenchmarkStoredBytes(b *testing.B) {
 	}
 	customer := func(i int) string { return "cust_" + strconv.Itoa(100_000+i%customers) }
 	for i := range customers {
-		if _, err := e.PutCustomer(customer(i), Settings{}); err != nil {
+		if _, err := e.PutCustomer(customer(i), wallet.Settings{}); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := e.TopUp(customer(i), &TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1 << 50}, [16]byte{1}); err != nil {
+		if _, err := e.TopUp(customer(i), &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1 << 50}, [16]byte{1}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -39,10 +39,6 @@ const FutureSkewMax = 5 * time.Minute
 // original charges rather than out_of_window.
 const DedupMargin = time.Second
 
-// CodeOutOfWindow refuses an event whose occurred_at is outside the dedup
-// window at the instant it is checked.
-const CodeOutOfWindow = "out_of_window"
-
 // OccurredTooOld reports whether an event that occurred at occurred (unix
 // ns) is older than the dedup window at now: occurred < now-window. An event
 // exactly window old is inside it.

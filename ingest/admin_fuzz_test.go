@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter/strictjson"
 	"github.com/valyala/fastjson"
 )
@@ -106,7 +107,7 @@ var adminFuzzSeeds = []string{
 type adminDecoder func(body []byte) (any, error)
 
 type topUpDecoded struct {
-	Cmd   *balance.TopUpCmd
+	Cmd   *wallet.TopUpCmd
 	Price priceText
 }
 
@@ -123,7 +124,7 @@ func (s *Server) fuzzTopUp(body []byte) (any, error) {
 }
 
 type adjustDecoded struct {
-	Cmd         *balance.AdjustCmd
+	Cmd         *wallet.AdjustCmd
 	Description string // hashed with the command
 }
 
@@ -153,7 +154,7 @@ func (s *Server) fuzzCustomer(body []byte) (any, error) {
 
 type holdDecoded struct {
 	Customer  string
-	Cmd       *balance.HoldCmd
+	Cmd       *wallet.HoldCmd
 	ExpiresAt *string // as given: hashed
 }
 
@@ -281,7 +282,7 @@ func timeText(ns int64) any {
 	switch ns {
 	case 0:
 		return nil
-	case balance.ExpiresPeriodEnd:
+	case wallet.ExpiresPeriodEnd:
 		return "period_end"
 	}
 	return time.Unix(0, ns).UTC().Format(time.RFC3339Nano)

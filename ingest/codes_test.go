@@ -16,7 +16,7 @@ import (
 // it is, across the packages whose errors reach an HTTP answer.
 var codeArgs = map[string]int{
 	"errf":             0, // meter
-	"errorf":           0, // balance
+	"Errorf":           0, // balance/wallet
 	"badRequest":       0, // ingest
 	"reqErr":           1, // ingest decoder
 	"writeError":       1, // ingest
@@ -28,15 +28,15 @@ var codeArgs = map[string]int{
 // as literals or constants, and Code: fields of composite literals.
 func sourceCodes(t *testing.T, dirs ...string) map[string]string {
 	t.Helper()
-	codes := map[string]string{} // code -> where
+	codes := map[string]string{}  // code -> where
+	consts := map[string]string{} // constants of every dir: wallet's codes are used by balance
+	var parsed []*ast.File
 	fset := token.NewFileSet()
 	for _, dir := range dirs {
 		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		consts := map[string]string{}
-		var parsed []*ast.File
 		for _, f := range files {
 			if strings.HasSuffix(f, "_test.go") {
 				continue
@@ -66,43 +66,48 @@ func sourceCodes(t *testing.T, dirs ...string) map[string]string {
 				return true
 			})
 		}
-		value := func(e ast.Expr) (string, bool) {
-			if s, ok := stringLit(e); ok {
-				return s, true
-			}
-			var name string
-			switch x := e.(type) {
-			case *ast.Ident:
-				name = x.Name
-			case *ast.SelectorExpr:
-				name = x.Sel.Name
-			}
-			s, ok := consts[name]
-			return s, ok
+	}
+	value := func(e ast.Expr) (string, bool) {
+		if s, ok := stringLit(e); ok {
+			return s, true
 		}
-		for _, af := range parsed {
-			ast.Inspect(af, func(n ast.Node) bool {
-				switch x := n.(type) {
-				case *ast.CallExpr:
-					id, ok := x.Fun.(*ast.Ident)
-					if !ok {
-						return true
-					}
-					if i, ok := codeArgs[id.Name]; ok && i < len(x.Args) {
-						if s, ok := value(x.Args[i]); ok {
-							codes[s] = fset.Position(x.Pos()).String()
-						}
-					}
-				case *ast.KeyValueExpr:
-					if k, ok := x.Key.(*ast.Ident); ok && k.Name == "Code" {
-						if s, ok := value(x.Value); ok {
-							codes[s] = fset.Position(x.Pos()).String()
-						}
+		var name string
+		switch x := e.(type) {
+		case *ast.Ident:
+			name = x.Name
+		case *ast.SelectorExpr:
+			name = x.Sel.Name
+		}
+		s, ok := consts[name]
+		return s, ok
+	}
+	for _, af := range parsed {
+		ast.Inspect(af, func(n ast.Node) bool {
+			switch x := n.(type) {
+			case *ast.CallExpr:
+				var name string
+				switch f := x.Fun.(type) {
+				case *ast.Ident:
+					name = f.Name
+				case *ast.SelectorExpr:
+					if pkg, ok := f.X.(*ast.Ident); ok && pkg.Name == "wallet" {
+						name = f.Sel.Name // not fmt.Errorf
 					}
 				}
-				return true
-			})
-		}
+				if i, ok := codeArgs[name]; ok && i < len(x.Args) {
+					if s, ok := value(x.Args[i]); ok {
+						codes[s] = fset.Position(x.Pos()).String()
+					}
+				}
+			case *ast.KeyValueExpr:
+				if k, ok := x.Key.(*ast.Ident); ok && k.Name == "Code" {
+					if s, ok := value(x.Value); ok {
+						codes[s] = fset.Position(x.Pos()).String()
+					}
+				}
+			}
+			return true
+		})
 	}
 	return codes
 }
@@ -119,7 +124,7 @@ func stringLit(e ast.Expr) (string, bool) {
 // TestEveryCodeHasAStatus fails when the server can produce an error code
 // that codeStatus does not map: such a code would be answered 500.
 func TestEveryCodeHasAStatus(t *testing.T) {
-	codes := sourceCodes(t, ".", "../balance", "../meter")
+	codes := sourceCodes(t, ".", "../balance", "../balance/wallet", "../meter")
 	// The reader must see the codes of each package, or it proves nothing.
 	for _, want := range []string{"field_too_long", "metadata_too_large", "too_many_balance_alerts",
 		"too_many_credit_limits", "insufficient_funds", "clock_backwards", "invalid_pricing", "too_many_events"} {

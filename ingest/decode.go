@@ -68,6 +68,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -193,7 +194,7 @@ func (e *EventError) Error() string {
 // Per-event codes produced by the decoder.
 const (
 	CodeInvalidEvent = "invalid_event"
-	CodeOutOfWindow  = balance.CodeOutOfWindow
+	CodeOutOfWindow  = wallet.CodeOutOfWindow
 )
 
 // Per-event reasons. All have Code CodeInvalidEvent except the two

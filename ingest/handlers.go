@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 	"github.com/valyala/fasthttp"
 )
@@ -115,13 +116,13 @@ func (s *Server) putCustomer(ctx *fasthttp.RequestCtx, id string) {
 	s.getCustomer(ctx, id)
 }
 
-func (s *Server) settings(body *customerBody) (balance.Settings, error) {
-	set := balance.Settings{Status: balance.StatusActive, Policy: balance.PolicyReject}
+func (s *Server) settings(body *customerBody) (wallet.Settings, error) {
+	set := wallet.Settings{Status: wallet.StatusActive, Policy: wallet.PolicyReject}
 	if body.Status != nil {
 		switch *body.Status {
 		case "active":
 		case "paused":
-			set.Status = balance.StatusPaused
+			set.Status = wallet.StatusPaused
 		default:
 			return set, badRequest("invalid_request", "status", "status must be active or paused")
 		}
@@ -130,7 +131,7 @@ func (s *Server) settings(body *customerBody) (balance.Settings, error) {
 		switch *body.InsufficientFunds {
 		case "reject":
 		case "overdraft":
-			set.Policy = balance.PolicyOverdraft
+			set.Policy = wallet.PolicyOverdraft
 		default:
 			return set, badRequest("invalid_request", "insufficient_funds", "insufficient_funds must be reject or overdraft")
 		}
@@ -166,7 +167,7 @@ func (s *Server) settings(body *customerBody) (balance.Settings, error) {
 		if units < 0 {
 			return set, badRequest("invalid_amount", field, "a credit limit cannot be negative")
 		}
-		set.CreditLimits = append(set.CreditLimits, balance.Limit{Account: account, Units: units})
+		set.CreditLimits = append(set.CreditLimits, wallet.Limit{Account: account, Units: units})
 	}
 	sortLimits(set.CreditLimits)
 	if len(body.BalanceAlerts) > balanceAlertsMax {
@@ -188,7 +189,7 @@ func (s *Server) settings(body *customerBody) (balance.Settings, error) {
 	return set, nil
 }
 
-func sortLimits(l []balance.Limit) {
+func sortLimits(l []wallet.Limit) {
 	for i := 1; i < len(l); i++ {
 		for j := i; j > 0 && l[j].Account < l[j-1].Account; j-- {
 			l[j], l[j-1] = l[j-1], l[j]
@@ -322,7 +323,7 @@ func parseExpiry(v *string, field string) (int64, error) {
 		return 0, nil
 	}
 	if *v == "period_end" {
-		return balance.ExpiresPeriodEnd, nil // the engine resolves it at apply time
+		return wallet.ExpiresPeriodEnd, nil // the engine resolves it at apply time
 	}
 	if len(*v) > timeInputLenMax {
 		return 0, badRequest("invalid_timestamp", field, "%s is too long for a timestamp", field)
@@ -385,7 +386,7 @@ func (s *Server) getCustomer(ctx *fasthttp.RequestCtx, id string) {
 	ctx.SetBody(b)
 }
 
-func scaleOf(w *balance.Wallet, account string, p *meter.Pricing) uint8 {
+func scaleOf(w *wallet.Wallet, account string, p *meter.Pricing) uint8 {
 	if a := w.Account(account); a != nil {
 		return a.Scale
 	}
@@ -404,7 +405,7 @@ func (s *Server) getWallet(ctx *fasthttp.RequestCtx, id string) {
 	ctx.SetBody(appendWallet(nil, w))
 }
 
-func appendWallet(b []byte, w *balance.Wallet) []byte {
+func appendWallet(b []byte, w *wallet.Wallet) []byte {
 	b = append(b, `{"customer_id":`...)
 	b = appendString(b, w.Customer)
 	b = append(b, `,"accounts":[`...)
@@ -568,7 +569,7 @@ func topUpStatus(st uint8) string {
 
 type priceText struct{ amount, currency string }
 
-func (s *Server) topUpCmd(body *topUpBody) (*balance.TopUpCmd, priceText, error) {
+func (s *Server) topUpCmd(body *topUpBody) (*wallet.TopUpCmd, priceText, error) {
 	var price priceText
 	if !validID(body.ID) {
 		return nil, price, badRequest("invalid_id", "id", "id must be 1-128 characters of [A-Za-z0-9._:-]")
@@ -617,7 +618,7 @@ func (s *Server) topUpCmd(body *topUpBody) (*balance.TopUpCmd, priceText, error)
 	if err != nil {
 		return nil, price, err
 	}
-	return &balance.TopUpCmd{ID: body.ID, Account: name, Asset: asset.Code, Scale: asset.Scale, Amount: amount,
+	return &wallet.TopUpCmd{ID: body.ID, Account: name, Asset: asset.Code, Scale: asset.Scale, Amount: amount,
 		Source: source, ExpiresAt: exp, Metadata: md}, price, nil
 }
 
@@ -704,7 +705,7 @@ func (s *Server) adjust(ctx *fasthttp.RequestCtx, customer string) {
 	ctx.SetBody(b)
 }
 
-func (s *Server) adjustCmd(body *adjustBody) (*balance.AdjustCmd, error) {
+func (s *Server) adjustCmd(body *adjustBody) (*wallet.AdjustCmd, error) {
 	if !validID(body.TransactionID) {
 		return nil, badRequest("invalid_id", "transaction_id", "transaction_id must be 1-128 characters of [A-Za-z0-9._:-]")
 	}
@@ -733,9 +734,9 @@ func (s *Server) adjustCmd(body *adjustBody) (*balance.AdjustCmd, error) {
 	if err := checkLen(body.Reason, "reason", sourceLenMax); err != nil {
 		return nil, err
 	}
-	kind := balance.KindRecharge
+	kind := wallet.KindRecharge
 	if body.Kind != nil {
-		k, ok := balance.ParseKind(*body.Kind)
+		k, ok := wallet.ParseKind(*body.Kind)
 		if !ok {
 			return nil, badRequest("invalid_request", "kind", "kind must be promotional, plan or recharge")
 		}
@@ -760,7 +761,7 @@ func (s *Server) adjustCmd(body *adjustBody) (*balance.AdjustCmd, error) {
 	if source == "" {
 		source = defaultAdjustSource
 	}
-	return &balance.AdjustCmd{TransactionID: body.TransactionID, Account: name, Asset: asset.Code, Scale: asset.Scale,
+	return &wallet.AdjustCmd{TransactionID: body.TransactionID, Account: name, Asset: asset.Code, Scale: asset.Scale,
 		Amount: amount, Kind: kind, Priority: prio, ExpiresAt: exp, Source: source, Metadata: md}, nil
 }
 
@@ -794,7 +795,7 @@ func appendOptString(b []byte, s string) []byte {
 	return appendString(b, s)
 }
 
-func appendEntry(b []byte, customer string, e *balance.Entry) []byte {
+func appendEntry(b []byte, customer string, e *wallet.Entry) []byte {
 	b = append(b, `{"id":"`...)
 	b = append(b, customer...)
 	b = append(b, '/')

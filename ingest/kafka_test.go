@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
@@ -68,10 +69,10 @@ func openKafkaEngine(t *testing.T, o balance.Options, credits map[string]int64) 
 		t.Fatal(err)
 	}
 	for c, n := range credits {
-		if _, err := e.PutCustomer(c, balance.Settings{}); err != nil {
+		if _, err := e.PutCustomer(c, wallet.Settings{}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := e.TopUp(c, &balance.TopUpCmd{ID: "t-" + c, Account: "default", Asset: "CREDITS", Amount: n}, [16]byte{1}); err != nil {
+		if _, err := e.TopUp(c, &wallet.TopUpCmd{ID: "t-" + c, Account: "default", Asset: "CREDITS", Amount: n}, [16]byte{1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -233,7 +234,7 @@ func usageEvents(t *testing.T, e *balance.Engine, customer string) map[string]in
 	}
 	ids := map[string]int{}
 	for _, en := range page.Entries {
-		if en.Type == balance.EntryUsage {
+		if en.Type == wallet.EntryUsage {
 			ids[en.EventID]++
 		}
 	}

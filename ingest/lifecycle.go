@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/valyala/fasthttp"
 )
 
@@ -58,7 +58,7 @@ func prefixed(err error, prefix string) error {
 }
 
 // plan parses a customer's plan.
-func (s *Server) plan(raw json.RawMessage) (*balance.Plan, error) {
+func (s *Server) plan(raw json.RawMessage) (*wallet.Plan, error) {
 	var body planBody
 	if err := decodeStrictAt("plan", raw, &body); err != nil {
 		return nil, err
@@ -66,16 +66,16 @@ func (s *Server) plan(raw json.RawMessage) (*balance.Plan, error) {
 	if !validID(body.ID) {
 		return nil, badRequest("invalid_id", "plan.id", "plan.id must be 1-128 characters of [A-Za-z0-9._:-]")
 	}
-	if len(body.Allocations) == 0 || len(body.Allocations) > balance.PlanAllocationsMax {
-		return nil, badRequest("invalid_request", "plan.allocations", "a plan has 1 to %d allocations", balance.PlanAllocationsMax)
+	if len(body.Allocations) == 0 || len(body.Allocations) > wallet.PlanAllocationsMax {
+		return nil, badRequest("invalid_request", "plan.allocations", "a plan has 1 to %d allocations", wallet.PlanAllocationsMax)
 	}
-	p := &balance.Plan{ID: body.ID}
+	p := &wallet.Plan{ID: body.ID}
 	pr := s.e.Pricing()
 	now := s.e.Now()
 	for i := range body.Allocations {
 		ab := &body.Allocations[i]
 		f := "plan.allocations[" + strconv.Itoa(i) + "]"
-		al := balance.Allocation{Account: defaultAccountName, Asset: ab.Asset, Strategy: balance.StrategyExpireAndReplace, Kind: balance.KindPlan}
+		al := wallet.Allocation{Account: defaultAccountName, Asset: ab.Asset, Strategy: wallet.StrategyExpireAndReplace, Kind: wallet.KindPlan}
 		if ab.Account != nil {
 			al.Account = *ab.Account
 		}
@@ -90,11 +90,11 @@ func (s *Server) plan(raw json.RawMessage) (*balance.Plan, error) {
 		if al.Amount, err = parseAmount(ab.Amount, asset.Scale, f+".amount"); err != nil {
 			return nil, err
 		}
-		if al.Amount <= 0 || al.Amount > balance.CommandUnitsMax {
-			return nil, badRequest("invalid_amount", f+".amount", "amount must be positive and at most %d units", balance.CommandUnitsMax)
+		if al.Amount <= 0 || al.Amount > wallet.CommandUnitsMax {
+			return nil, badRequest("invalid_amount", f+".amount", "amount must be positive and at most %d units", wallet.CommandUnitsMax)
 		}
 		var ok bool
-		if al.Period, ok = balance.ParsePeriodUnit(ab.Period); !ok {
+		if al.Period, ok = wallet.ParsePeriodUnit(ab.Period); !ok {
 			return nil, badRequest("invalid_request", f+".period", "period must be day, week, month or year")
 		}
 		al.Anchor = now
@@ -109,24 +109,24 @@ func (s *Server) plan(raw json.RawMessage) (*balance.Plan, error) {
 			switch *ab.Strategy {
 			case "expire_and_replace":
 			case "accumulate":
-				al.Strategy = balance.StrategyAccumulate
+				al.Strategy = wallet.StrategyAccumulate
 			default:
 				return nil, badRequest("invalid_request", f+".strategy", "strategy must be expire_and_replace or accumulate")
 			}
 		}
 		if !isNull(ab.Cap) {
-			if al.Strategy != balance.StrategyAccumulate {
+			if al.Strategy != wallet.StrategyAccumulate {
 				return nil, badRequest("invalid_request", f+".cap", "cap applies to the accumulate strategy only")
 			}
 			if al.Cap, err = parseAmount(ab.Cap, asset.Scale, f+".cap"); err != nil {
 				return nil, err
 			}
-			if al.Cap <= 0 || al.Cap > balance.CommandUnitsMax {
-				return nil, badRequest("invalid_amount", f+".cap", "cap must be positive and at most %d units", balance.CommandUnitsMax)
+			if al.Cap <= 0 || al.Cap > wallet.CommandUnitsMax {
+				return nil, badRequest("invalid_amount", f+".cap", "cap must be positive and at most %d units", wallet.CommandUnitsMax)
 			}
 		}
 		if ab.Kind != nil {
-			k, ok := balance.ParseKind(*ab.Kind)
+			k, ok := wallet.ParseKind(*ab.Kind)
 			if !ok {
 				return nil, badRequest("invalid_request", f+".kind", "kind must be promotional, plan or recharge")
 			}
@@ -153,13 +153,13 @@ func parseTime(v, field string) (int64, error) {
 }
 
 // autoReload parses a customer's auto-reload settings.
-func (s *Server) autoReload(raw json.RawMessage, plan *balance.Plan) (*balance.AutoReload, error) {
+func (s *Server) autoReload(raw json.RawMessage, plan *wallet.Plan) (*wallet.AutoReload, error) {
 	var body autoReloadBody
 	if err := decodeStrictAt("auto_reload", raw, &body); err != nil {
 		return nil, err
 	}
 	const f = "auto_reload"
-	r := &balance.AutoReload{Enabled: true, Account: defaultAccountName, Asset: body.Asset, Mode: balance.ReloadGrantImmediately}
+	r := &wallet.AutoReload{Enabled: true, Account: defaultAccountName, Asset: body.Asset, Mode: wallet.ReloadGrantImmediately}
 	if body.Enabled != nil {
 		r.Enabled = *body.Enabled
 	}
@@ -177,14 +177,14 @@ func (s *Server) autoReload(raw json.RawMessage, plan *balance.Plan) (*balance.A
 	if r.Threshold, err = parseAmount(body.Threshold, asset.Scale, f+".threshold"); err != nil {
 		return nil, err
 	}
-	if r.Threshold < 0 || r.Threshold > balance.CommandUnitsMax {
-		return nil, badRequest("invalid_amount", f+".threshold", "threshold must be from 0 to %d units", balance.CommandUnitsMax)
+	if r.Threshold < 0 || r.Threshold > wallet.CommandUnitsMax {
+		return nil, badRequest("invalid_amount", f+".threshold", "threshold must be from 0 to %d units", wallet.CommandUnitsMax)
 	}
 	if r.Amount, err = parseAmount(body.Amount, asset.Scale, f+".amount"); err != nil {
 		return nil, err
 	}
-	if r.Amount <= 0 || r.Amount > balance.CommandUnitsMax {
-		return nil, badRequest("invalid_amount", f+".amount", "amount must be positive and at most %d units", balance.CommandUnitsMax)
+	if r.Amount <= 0 || r.Amount > wallet.CommandUnitsMax {
+		return nil, badRequest("invalid_amount", f+".amount", "amount must be positive and at most %d units", wallet.CommandUnitsMax)
 	}
 	if body.Price == nil {
 		return nil, badRequest("invalid_request", f+".price", "price {\"amount\",\"currency\"} is required: it is what each reload bills")
@@ -220,7 +220,7 @@ func (s *Server) autoReload(raw json.RawMessage, plan *balance.Plan) (*balance.A
 		switch *body.Mode {
 		case "grant_immediately":
 		case "await_payment":
-			r.Mode = balance.ReloadAwaitPayment
+			r.Mode = wallet.ReloadAwaitPayment
 		default:
 			return nil, badRequest("invalid_request", f+".mode", "mode must be grant_immediately or await_payment")
 		}
@@ -274,7 +274,7 @@ func withSurcharge(price, pct string) (string, error) {
 }
 
 // appendLifecycleSettings appends the plan, auto_reload and period members of a customer.
-func appendLifecycleSettings(b []byte, w *balance.Wallet, now int64) []byte {
+func appendLifecycleSettings(b []byte, w *wallet.Wallet, now int64) []byte {
 	b = append(b, `"plan":`...)
 	if p := w.Settings.Plan; p == nil {
 		b = append(b, "null"...)
@@ -298,7 +298,7 @@ func appendLifecycleSettings(b []byte, w *balance.Wallet, now int64) []byte {
 			b = append(b, `,"anchor":`...)
 			b = appendTime(b, al.Anchor)
 			b = append(b, `,"strategy":`...)
-			if al.Strategy == balance.StrategyAccumulate {
+			if al.Strategy == wallet.StrategyAccumulate {
 				b = append(b, `"accumulate"`...)
 			} else {
 				b = append(b, `"expire_and_replace"`...)
@@ -346,7 +346,7 @@ func appendLifecycleSettings(b []byte, w *balance.Wallet, now int64) []byte {
 		b = append(b, `},"max_per_period":`...)
 		b = strconv.AppendInt(b, int64(r.MaxPerPeriod), 10)
 		b = append(b, `,"mode":`...)
-		if r.Mode == balance.ReloadAwaitPayment {
+		if r.Mode == wallet.ReloadAwaitPayment {
 			b = append(b, `"await_payment"`...)
 		} else {
 			b = append(b, `"grant_immediately"`...)
@@ -400,7 +400,7 @@ func (s *Server) placeHold(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	rec, replayed, err := s.e.PlaceHold(body.CustomerID, cmd)
-	if be, ok := err.(*balance.Error); ok && be.Code == balance.CodeInsufficientFunds {
+	if be, ok := err.(*wallet.Error); ok && be.Code == wallet.CodeInsufficientFunds {
 		// The contract's status for a hold that does not fit: 402.
 		writeErrorStatus(ctx, fasthttp.StatusPaymentRequired, be.Code, "the hold is larger than what the account has available", "amount")
 		return
@@ -417,7 +417,7 @@ func (s *Server) placeHold(ctx *fasthttp.RequestCtx) {
 
 // holdCmd checks a decoded hold request and returns the command for
 // body.CustomerID; the content hash covers expires_at as given.
-func (s *Server) holdCmd(body *holdBody) (*balance.HoldCmd, error) {
+func (s *Server) holdCmd(body *holdBody) (*wallet.HoldCmd, error) {
 	if !validID(body.ID) {
 		return nil, badRequest("invalid_id", "id", "id must be 1-128 characters of [A-Za-z0-9._:-]")
 	}
@@ -443,7 +443,7 @@ func (s *Server) holdCmd(body *holdBody) (*balance.HoldCmd, error) {
 		if expires, err = parseExpiry(body.ExpiresAt, "expires_at"); err != nil {
 			return nil, err
 		}
-		if expires == balance.ExpiresPeriodEnd {
+		if expires == wallet.ExpiresPeriodEnd {
 			return nil, badRequest("invalid_timestamp", "expires_at", "a hold's expires_at must be a time")
 		}
 		if expires-now > int64(holdTTLMax) {
@@ -452,10 +452,10 @@ func (s *Server) holdCmd(body *holdBody) (*balance.HoldCmd, error) {
 	}
 	var h hasher
 	hash := h.str(body.CustomerID).str(body.Account).int(amount).str(expText).sum()
-	return &balance.HoldCmd{ID: body.ID, Account: body.Account, Amount: amount, ExpiresAt: expires, Hash: hash}, nil
+	return &wallet.HoldCmd{ID: body.ID, Account: body.Account, Amount: amount, ExpiresAt: expires, Hash: hash}, nil
 }
 
-func writeHold(ctx *fasthttp.RequestCtx, h *balance.HoldRecord) {
+func writeHold(ctx *fasthttp.RequestCtx, h *wallet.HoldRecord) {
 	b := append([]byte(nil), `{"id":`...)
 	b = appendString(b, h.ID)
 	b = append(b, `,"customer_id":`...)
@@ -475,7 +475,7 @@ func writeHold(ctx *fasthttp.RequestCtx, h *balance.HoldRecord) {
 	b = append(b, `,"settled_by":`...)
 	b = appendOptString(b, h.EventID)
 	b = append(b, `,"settled_amount":`...)
-	if h.Status == balance.HoldSettled {
+	if h.Status == wallet.HoldSettled {
 		b = appendUnits(b, h.Settled, h.Scale)
 	} else {
 		b = append(b, "null"...)
@@ -519,7 +519,7 @@ func (s *Server) holdRoute(ctx *fasthttp.RequestCtx, method, rest string) string
 
 // ---- Auto-reload requests ----
 
-func appendReload(b []byte, r *balance.ReloadRequest) []byte {
+func appendReload(b []byte, r *wallet.ReloadRequest) []byte {
 	b = append(b, `{"id":`...)
 	b = appendString(b, r.ID)
 	b = append(b, `,"status":`...)
@@ -533,7 +533,7 @@ func appendReload(b []byte, r *balance.ReloadRequest) []byte {
 	b = append(b, `,"currency":`...)
 	b = appendString(b, r.Currency)
 	b = append(b, `},"mode":`...)
-	if r.Mode == balance.ReloadAwaitPayment {
+	if r.Mode == wallet.ReloadAwaitPayment {
 		b = append(b, `"await_payment"`...)
 	} else {
 		b = append(b, `"grant_immediately"`...)

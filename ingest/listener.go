@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -87,11 +88,11 @@ var (
 // bound: the contract's error body with code overloaded.
 func refusalAnswer(msg string) []byte {
 	body := []byte(`{"error":{"code":`)
-	body = appendString(body, balance.CodeOverloaded)
+	body = appendString(body, wallet.CodeOverloaded)
 	body = append(body, `,"message":`...)
 	body = appendString(body, msg)
 	body = append(body, "}}"...)
-	status := statusOf(balance.CodeOverloaded)
+	status := statusOf(wallet.CodeOverloaded)
 	head := fmt.Sprintf("HTTP/1.1 %d Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"+
 		"Connection: close\r\nContent-Length: %d\r\n\r\n", status, len(body))
 	return append([]byte(head), body...)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 )
 
 const benchPricing = `{"assets":[{"code":"CREDITS","scale":0},{"code":"USD","scale":6}],
@@ -39,11 +40,11 @@ func openBenchEngine(b *testing.B, dir string, customers int) *balance.Engine {
 			defer wg.Done()
 			for i := w; i < customers; i += 64 {
 				id := "bench-" + strconv.Itoa(i)
-				if _, err := eng.PutCustomer(id, balance.Settings{Status: balance.StatusActive, Policy: balance.PolicyReject}); err != nil {
+				if _, err := eng.PutCustomer(id, wallet.Settings{Status: wallet.StatusActive, Policy: wallet.PolicyReject}); err != nil {
 					errs <- err
 					return
 				}
-				cmd := &balance.TopUpCmd{ID: "t", Account: "default", Asset: "USD", Scale: 6, Amount: 1_000_000_000_000_000, Source: "bench"}
+				cmd := &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "USD", Scale: 6, Amount: 1_000_000_000_000_000, Source: "bench"}
 				if _, err := eng.TopUp(id, cmd, [16]byte{1}); err != nil {
 					errs <- err
 					return

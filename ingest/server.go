@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
@@ -400,7 +401,7 @@ func (s *Server) writeErr(ctx *fasthttp.RequestCtx, err error) {
 		}
 		msg := err.Error()
 		switch e := err.(type) {
-		case *balance.Error:
+		case *wallet.Error:
 			msg = e.Message
 		case *apiError:
 			msg = e.Message

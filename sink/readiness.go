@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 )
 
 // Backlog policies: what happens when the outbox not yet shipped by the
@@ -99,7 +100,7 @@ func (g *Gate) Admit() error {
 		return nil
 	}
 	if over, _ := g.check(); over {
-		return &balance.Error{Code: "sink_backlog", Message: "the sinks are too far behind; retry with the same ids"}
+		return &wallet.Error{Code: "sink_backlog", Message: "the sinks are too far behind; retry with the same ids"}
 	}
 	return nil
 }

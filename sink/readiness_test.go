@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -20,10 +21,10 @@ func TestGateBacklogPolicies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	if _, err := e.PutCustomer("c1", balance.Settings{}); err != nil {
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.TopUp("c1", &balance.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1 << 40}, [16]byte{1}); err != nil {
+	if _, err := e.TopUp("c1", &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1 << 40}, [16]byte{1}); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 2000; i++ {
@@ -73,7 +74,7 @@ func TestGateBacklogPolicies(t *testing.T) {
 	if ready, _ := refuse.Readiness(); ready {
 		t.Fatal("refuse policy over the bound: ready")
 	}
-	var be *balance.Error
+	var be *wallet.Error
 	if err := refuse.Admit(); !errors.As(err, &be) || be.Code != "sink_backlog" {
 		t.Fatalf("refuse policy over the bound: admit %v, want sink_backlog", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 	"github.com/meterd/meterd/sink/chtest"
 )
@@ -60,10 +61,10 @@ func BenchmarkTailer(b *testing.B) {
 		const customers = 1000
 		for c := 0; c < customers; c++ {
 			id := "c" + strconv.Itoa(c)
-			if _, err := eng.PutCustomer(id, balance.Settings{}); err != nil {
+			if _, err := eng.PutCustomer(id, wallet.Settings{}); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := eng.TopUp(id, &balance.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1 << 40}, [16]byte{1}); err != nil {
+			if _, err := eng.TopUp(id, &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1 << 40}, [16]byte{1}); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/ingest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
@@ -684,11 +685,11 @@ func kxBenchEngine(b *testing.B, dir string) (*balance.Engine, Config) {
 			defer wg.Done()
 			for i := w; i < kxBenchCustomers; i += 64 {
 				id := "bench-" + strconv.Itoa(i)
-				if _, err := eng.PutCustomer(id, balance.Settings{Status: balance.StatusActive, Policy: balance.PolicyReject}); err != nil {
+				if _, err := eng.PutCustomer(id, wallet.Settings{Status: wallet.StatusActive, Policy: wallet.PolicyReject}); err != nil {
 					failed.Store(err)
 					return
 				}
-				cmd := &balance.TopUpCmd{ID: "t", Account: "default", Asset: "USD", Scale: 6, Amount: 1_000_000_000_000_000, Source: "bench"}
+				cmd := &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "USD", Scale: 6, Amount: 1_000_000_000_000_000, Source: "bench"}
 				if _, err := eng.TopUp(id, cmd, [16]byte{1}); err != nil {
 					failed.Store(err)
 					return

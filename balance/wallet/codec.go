@@ -1,4 +1,4 @@
-package balance
+package wallet
 
 import (
 	"encoding/binary"
@@ -127,9 +127,9 @@ func readBucketID(d *enc.Decoder) string {
 	return string(s)
 }
 
-// appendWalletAt is AppendWallet for the store: version 3 adds the seq of
-// the last log record the snapshot reflects (cmdlog.go) after the body.
-func appendWalletAt(dst []byte, w *Wallet, seq uint64) []byte {
+// AppendWalletAt is AppendWallet for the store: version 3 adds the seq of
+// the last log record the snapshot reflects (balance/cmdlog.go) after the body.
+func AppendWalletAt(dst []byte, w *Wallet, seq uint64) []byte {
 	start := len(dst)
 	dst = AppendWallet(dst, w)
 	dst[start] = walletFormatV3
@@ -142,17 +142,17 @@ func appendWalletAt(dst []byte, w *Wallet, seq uint64) []byte {
 // shared with every other wallet that uses them, to keep wallets small in
 // memory. The result does not alias b.
 func DecodeWallet(b []byte) (*Wallet, error) {
-	w, _, err := decodeWalletAt(b)
+	w, _, err := DecodeWalletAt(b)
 	return w, err
 }
 
-// decodeWalletAt is DecodeWallet that also returns the log seq of a
-// snapshot written by appendWalletAt (0 for the older versions).
-func decodeWalletAt(b []byte) (*Wallet, uint64, error) {
+// DecodeWalletAt is DecodeWallet that also returns the log seq of a
+// snapshot written by AppendWalletAt (0 for the older versions).
+func DecodeWalletAt(b []byte) (*Wallet, uint64, error) {
 	d := enc.Decoder{B: b}
 	version := d.Byte1()
 	if d.Err == nil && (version < walletFormatV1 || version > walletFormatV3) {
-		return nil, 0, fmt.Errorf("balance: wallet record: unknown format version %d", version)
+		return nil, 0, fmt.Errorf("wallet: wallet record: unknown format version %d", version)
 	}
 	w := &Wallet{}
 	w.Customer = d.Str()
@@ -203,7 +203,7 @@ func decodeWalletAt(b []byte) (*Wallet, uint64, error) {
 			key := append(append(append(idBuf[:0], name...), ':'), asset...)
 			id := enc.InternBytes(key)
 			if len(name) > 64 {
-				d.Fail(errors.New("balance: wallet record: account name longer than 64 bytes"))
+				d.Fail(errors.New("wallet: wallet record: account name longer than 64 bytes"))
 			}
 			a = &Account{id: id, nameLen: uint8(len(name))}
 		} else {
@@ -246,13 +246,13 @@ func decodeWalletAt(b []byte) (*Wallet, uint64, error) {
 		seq = d.U()
 	}
 	if d.Err != nil {
-		return nil, 0, fmt.Errorf("balance: wallet record: %w", d.Err)
+		return nil, 0, fmt.Errorf("wallet: wallet record: %w", d.Err)
 	}
 	if d.Off != len(b) {
-		return nil, 0, fmt.Errorf("balance: wallet record: %d bytes after the end", len(b)-d.Off)
+		return nil, 0, fmt.Errorf("wallet: wallet record: %d bytes after the end", len(b)-d.Off)
 	}
 	if err := w.Check(); err != nil {
-		return nil, 0, fmt.Errorf("balance: wallet record: %w", err)
+		return nil, 0, fmt.Errorf("wallet: wallet record: %w", err)
 	}
 	return w, seq, nil
 }
@@ -264,7 +264,7 @@ func DecodeEntry(b []byte, e *Entry) error {
 	d := enc.Decoder{B: b}
 	if v := d.Byte1(); d.Err == nil && v != entryFormatV1 {
 		*e = Entry{}
-		return fmt.Errorf("balance: entry record: unknown format version %d", v)
+		return fmt.Errorf("wallet: entry record: unknown format version %d", v)
 	}
 	*e = Entry{
 		Seq:          d.U(),
@@ -296,7 +296,7 @@ func DecodeEntry(b []byte, e *Entry) error {
 	e.PricingVersion = uint32(pv)
 	if d.End() != nil {
 		*e = Entry{}
-		return fmt.Errorf("balance: entry record: %w", d.Err)
+		return fmt.Errorf("wallet: entry record: %w", d.Err)
 	}
 	return nil
 }

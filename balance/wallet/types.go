@@ -1,4 +1,4 @@
-package balance
+package wallet
 
 import "github.com/meterd/meterd/meter"
 
@@ -175,9 +175,11 @@ type Wallet struct {
 	// one account (the common case): it saves an allocation and fits in the
 	// Wallet's size class. A Wallet must therefore not be copied by value.
 	accounts0 [1]*Account
-	// queuedAt is the engine's: the earliest due instant its shard has
-	// queued for this wallet (lifecycle_engine.go), 0 = none. Not stored.
-	queuedAt int64
+	// QueuedAt belongs to the engine that holds the wallet: the earliest
+	// due instant its shard has queued for it (balance's
+	// lifecycle_engine.go), 0 = none. The state machine never reads it,
+	// and it is not stored.
+	QueuedAt int64
 }
 
 // Entry is one ledger entry. Its id is Customer + "/" + Seq.
@@ -197,26 +199,6 @@ type Entry struct {
 	PricingVersion uint32
 	Metadata       []byte // raw JSON object, or nil
 }
-
-// Error is a refusal by the state machine, with a stable snake_case code.
-type Error struct {
-	Code    string
-	Message string
-}
-
-func (e *Error) Error() string { return e.Code + ": " + e.Message }
-
-// ErrorCode returns the stable code of the error.
-func (e *Error) ErrorCode() string { return e.Code }
-
-// Codes of the errors the state machine returns.
-const (
-	CodeInsufficientFunds     = "insufficient_funds"
-	CodeAccountPaused         = "account_paused"
-	CodeTopUpSpent            = "topup_spent"
-	CodeReversalWindowElapsed = "reversal_window_elapsed"
-	CodeUnknownBucket         = "unknown_bucket"
-)
 
 // TopUpCmd is a one-time purchase: a new recharge bucket.
 type TopUpCmd struct {

@@ -1,4 +1,4 @@
-package balance
+package wallet
 
 import (
 	"bytes"
@@ -29,24 +29,10 @@ const (
 	PriorityMax = 100
 )
 
-// Codes of the validation refusals of the state machine, in addition to the
-// codes of types.go. The shard layer validates commands before they get
-// here; these exist so that a bad command is an error and never a panic or
-// a corrupted wallet.
-const (
-	CodeInvalidAmount  = "invalid_amount"  // an amount is <= 0, malformed, or above a limit
-	CodeInvalidRequest = "invalid_request" // a kind, priority, expiry or account name is malformed
-	CodeLimitExceeded  = "limit_exceeded"  // too many buckets in an account or accounts in a wallet
-)
-
 var (
 	errInsufficientFunds = &Error{Code: CodeInsufficientFunds, Message: "the debit is larger than what the account may spend"}
 	errAccountPaused     = &Error{Code: CodeAccountPaused, Message: "the customer is paused: usage events are rejected"}
 )
-
-func errorf(code, format string, args ...any) *Error {
-	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
-}
 
 // DefaultPriority returns the default priority of a bucket kind:
 // promotional 10, plan 20, recharge 30. Unknown kinds get 30, like recharge.
@@ -197,7 +183,7 @@ func normalizeSettings(s Settings) *Settings {
 		s.Policy = PolicyReject
 	}
 	if s.Status > StatusPaused || s.Policy > PolicyOverdraft {
-		panic(fmt.Sprintf("balance: invalid settings: status %d, policy %d", s.Status, s.Policy))
+		panic(fmt.Sprintf("wallet: invalid settings: status %d, policy %d", s.Status, s.Policy))
 	}
 	if len(s.CreditLimits) == 0 {
 		s.CreditLimits = nil
@@ -385,7 +371,7 @@ func (w *Wallet) post(out []Entry, a *Account, t *Entry, amount int64, bucketID 
 	a.Ledger += amount
 	avail := a.Available()
 	if a.Ledger != avail {
-		panic(fmt.Sprintf("balance: invariant violated: customer %q account %q: ledger sum %d != available %d after a %s entry of %d",
+		panic(fmt.Sprintf("wallet: invariant violated: customer %q account %q: ledger sum %d != available %d after a %s entry of %d",
 			w.Customer, a.ID(), a.Ledger, avail, t.Type, amount))
 	}
 	w.Seq++
@@ -471,26 +457,26 @@ type grant struct {
 // checkGrant validates a grant against the wallet without changing it.
 func (w *Wallet) checkGrant(g *grant) *Error {
 	if g.amount <= 0 || g.amount > CommandUnitsMax {
-		return errorf(CodeInvalidAmount, "amount %d is not in [1, %d]", g.amount, CommandUnitsMax)
+		return Errorf(CodeInvalidAmount, "amount %d is not in [1, %d]", g.amount, CommandUnitsMax)
 	}
 	if g.name == "" || g.asset == "" {
-		return errorf(CodeInvalidRequest, "account name and asset must not be empty")
+		return Errorf(CodeInvalidRequest, "account name and asset must not be empty")
 	}
 	if g.expiresAt < 0 {
-		return errorf(CodeInvalidRequest, "expires_at %d is negative", g.expiresAt)
+		return Errorf(CodeInvalidRequest, "expires_at %d is negative", g.expiresAt)
 	}
 	a := w.accountOf(g.name, g.asset)
 	if a == nil {
 		if len(w.Accounts) >= WalletAccountsMax {
-			return errorf(CodeLimitExceeded, "a wallet holds at most %d accounts", WalletAccountsMax)
+			return Errorf(CodeLimitExceeded, "a wallet holds at most %d accounts", WalletAccountsMax)
 		}
 		return nil
 	}
 	if len(a.Buckets) >= AccountBucketsMax {
-		return errorf(CodeLimitExceeded, "account %s holds %d buckets, the most allowed", a.ID(), len(a.Buckets))
+		return Errorf(CodeLimitExceeded, "account %s holds %d buckets, the most allowed", a.ID(), len(a.Buckets))
 	}
 	if a.Available()+a.Held+a.Debt > AccountUnitsMax-g.amount {
-		return errorf(CodeInvalidAmount, "account %s would hold more than %d", a.ID(), AccountUnitsMax)
+		return Errorf(CodeInvalidAmount, "account %s would hold more than %d", a.ID(), AccountUnitsMax)
 	}
 	return nil
 }
@@ -606,16 +592,16 @@ func (w *Wallet) ReverseTopUp(bucketID, topUpID string, window, now int64, out [
 				continue
 			}
 			if b.Reference != topUpID {
-				return out, errorf(CodeUnknownBucket, "bucket %s does not come from top-up %s", bucketID, topUpID)
+				return out, Errorf(CodeUnknownBucket, "bucket %s does not come from top-up %s", bucketID, topUpID)
 			}
 			if b.Remaining != b.Amount {
-				return out, errorf(CodeTopUpSpent, "%d of top-up %s is already spent", b.Amount-b.Remaining, topUpID)
+				return out, Errorf(CodeTopUpSpent, "%d of top-up %s is already spent", b.Amount-b.Remaining, topUpID)
 			}
 			if now-b.EffectiveAt > window {
-				return out, errorf(CodeReversalWindowElapsed, "top-up %s is older than the reversal window", topUpID)
+				return out, Errorf(CodeReversalWindowElapsed, "top-up %s is older than the reversal window", topUpID)
 			}
 			if b.Amount > a.Available() {
-				return out, errorf(CodeTopUpSpent, "top-up %s is reserved by a hold", topUpID)
+				return out, Errorf(CodeTopUpSpent, "top-up %s is reserved by a hold", topUpID)
 			}
 			amount, kind := b.Amount, b.Kind
 			a.removeBucket(i)
@@ -625,9 +611,9 @@ func (w *Wallet) ReverseTopUp(bucketID, topUpID string, window, now int64, out [
 		}
 	}
 	if n, ok := parseBucketID(bucketID); ok && n >= 1 && n <= w.BucketSeq {
-		return out, errorf(CodeTopUpSpent, "bucket %s of top-up %s no longer holds its amount", bucketID, topUpID)
+		return out, Errorf(CodeTopUpSpent, "bucket %s of top-up %s no longer holds its amount", bucketID, topUpID)
 	}
-	return out, errorf(CodeUnknownBucket, "no bucket %s in this wallet", bucketID)
+	return out, Errorf(CodeUnknownBucket, "no bucket %s in this wallet", bucketID)
 }
 
 // Adjust applies an adjustment. A positive amount creates a bucket of c.Kind
@@ -649,12 +635,12 @@ func (w *Wallet) Adjust(c *AdjustCmd, now int64, out []Entry) ([]Entry, *Error) 
 			kind = KindRecharge
 		}
 		if kind > KindRecharge {
-			return out, errorf(CodeInvalidRequest, "unknown bucket kind %d", c.Kind)
+			return out, Errorf(CodeInvalidRequest, "unknown bucket kind %d", c.Kind)
 		}
 		prio := DefaultPriority(kind)
 		if c.Priority >= 0 {
 			if c.Priority > PriorityMax {
-				return out, errorf(CodeInvalidRequest, "priority %d is not in [0, %d]", c.Priority, PriorityMax)
+				return out, Errorf(CodeInvalidRequest, "priority %d is not in [0, %d]", c.Priority, PriorityMax)
 			}
 			prio = uint8(c.Priority)
 		}
@@ -678,10 +664,10 @@ func (w *Wallet) Adjust(c *AdjustCmd, now int64, out []Entry) ([]Entry, *Error) 
 		return out, nil
 	}
 	if c.Amount == 0 || c.Amount < -CommandUnitsMax {
-		return out, errorf(CodeInvalidAmount, "adjustment amount %d is 0 or below -%d", c.Amount, CommandUnitsMax)
+		return out, Errorf(CodeInvalidAmount, "adjustment amount %d is 0 or below -%d", c.Amount, CommandUnitsMax)
 	}
 	if c.Account == "" || c.Asset == "" {
-		return out, errorf(CodeInvalidRequest, "account name and asset must not be empty")
+		return out, Errorf(CodeInvalidRequest, "account name and asset must not be empty")
 	}
 	units := -c.Amount
 	a := w.accountOf(c.Account, c.Asset)
@@ -700,7 +686,7 @@ func (w *Wallet) Adjust(c *AdjustCmd, now int64, out []Entry) ([]Entry, *Error) 
 	}
 	if a == nil {
 		if len(w.Accounts) >= WalletAccountsMax {
-			return out, errorf(CodeLimitExceeded, "a wallet holds at most %d accounts", WalletAccountsMax)
+			return out, Errorf(CodeLimitExceeded, "a wallet holds at most %d accounts", WalletAccountsMax)
 		}
 		a = w.addAccount(c.Account, c.Asset, c.Scale)
 	}
@@ -758,9 +744,9 @@ func (w *Wallet) debit(a *Account, units int64, t *Entry, now int64, out []Entry
 	return out, parts
 }
 
-// splitAccountID returns the name and asset of "name:ASSET", split at the
+// SplitAccountID returns the name and asset of "name:ASSET", split at the
 // last colon (names may contain colons, asset codes do not).
-func splitAccountID(id string) (name, asset string, ok bool) {
+func SplitAccountID(id string) (name, asset string, ok bool) {
 	for i := len(id) - 1; i >= 0; i-- {
 		if id[i] == ':' {
 			return id[:i], id[i+1:], i > 0 && i < len(id)-1
@@ -795,7 +781,7 @@ func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry)
 	}
 	cs := c.Charges
 	if len(cs) > EventChargesMax {
-		return res, out, errorf(CodeInvalidRequest, "an event carries at most %d charges, not %d", EventChargesMax, len(cs))
+		return res, out, Errorf(CodeInvalidRequest, "an event carries at most %d charges, not %d", EventChargesMax, len(cs))
 	}
 	hold := -1
 	holdAccount := ""
@@ -821,7 +807,7 @@ func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry)
 		// in grant_immediately mode its credits may cover it at once.
 		name, asset := cs[failed].Name, cs[failed].Asset
 		if name == "" || asset == "" {
-			name, asset, _ = splitAccountID(cs[failed].Account)
+			name, asset, _ = SplitAccountID(cs[failed].Account)
 		}
 		if attempt == 0 && w.reloadAllowed(name, asset, now) {
 			var granted bool
@@ -832,7 +818,7 @@ func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry)
 		return res, out, errInsufficientFunds
 	}
 	if len(w.Accounts)+newAccounts > WalletAccountsMax {
-		return res, out, errorf(CodeLimitExceeded, "a wallet holds at most %d accounts", WalletAccountsMax)
+		return res, out, Errorf(CodeLimitExceeded, "a wallet holds at most %d accounts", WalletAccountsMax)
 	}
 	if len(cs) > 0 {
 		w.UpdatedAt = now
@@ -859,7 +845,7 @@ func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry)
 		if a == nil {
 			name, asset := ch.Name, ch.Asset
 			if name == "" || asset == "" {
-				name, asset, _ = splitAccountID(ch.Account)
+				name, asset, _ = SplitAccountID(ch.Account)
 			}
 			a = w.addAccount(name, asset, ch.Scale)
 		}
@@ -897,10 +883,10 @@ func (w *Wallet) chargeUnits(cs []meter.Charge, holdAccount string, holdAmount i
 	for i := range cs {
 		ch := &cs[i]
 		if ch.Amount.Units < 0 || ch.Amount.Units > CommandUnitsMax || ch.Amount.Sub >= meter.SubUnitsPerUnit {
-			return 0, -1, errorf(CodeInvalidAmount, "charge %d: amount %d+%d/1e18 is out of range", i, ch.Amount.Units, ch.Amount.Sub)
+			return 0, -1, Errorf(CodeInvalidAmount, "charge %d: amount %d+%d/1e18 is out of range", i, ch.Amount.Units, ch.Amount.Sub)
 		}
 		if !validChargeAccount(ch) {
-			return 0, -1, errorf(CodeInvalidRequest, "charge %d: account %q does not match name %q and asset %q", i, ch.Account, ch.Name, ch.Asset)
+			return 0, -1, Errorf(CodeInvalidRequest, "charge %d: account %q does not match name %q and asset %q", i, ch.Account, ch.Name, ch.Asset)
 		}
 		a := w.Account(ch.Account)
 		var c0 uint64
@@ -939,7 +925,7 @@ func (w *Wallet) chargeUnits(cs []meter.Charge, holdAccount string, holdAmount i
 // Account is "Name:Asset", or Name and Asset are empty and Account splits.
 func validChargeAccount(ch *meter.Charge) bool {
 	if ch.Name == "" && ch.Asset == "" {
-		_, _, ok := splitAccountID(ch.Account)
+		_, _, ok := SplitAccountID(ch.Account)
 		return ok
 	}
 	n := len(ch.Name)

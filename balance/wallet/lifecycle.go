@@ -1,4 +1,4 @@
-package balance
+package wallet
 
 import (
 	"slices"
@@ -26,15 +26,6 @@ const (
 	// advanceStepsMax bounds the due instants one Advance applies; the rest
 	// is applied by the next one (NextDue stays in the past).
 	advanceStepsMax = 4096
-)
-
-// Codes of the lifecycle's refusals.
-const (
-	CodeUnknownHold      = "unknown_hold"
-	CodeHoldNotActive    = "hold_not_active"
-	CodeUnknownRequest   = "unknown_request"
-	CodeReloadNotPending = "reload_not_pending"
-	CodeNoPlanPeriod     = "no_plan_period"
 )
 
 // Lifecycle is a wallet's lifecycle state. Wallets that never used any of it
@@ -209,7 +200,7 @@ func (w *Wallet) PlanPeriod(now int64) (start, end int64, ok bool) {
 func (w *Wallet) PeriodEnd(now int64) (int64, *Error) {
 	_, end, ok := w.PlanPeriod(now)
 	if !ok {
-		return 0, errorf(CodeNoPlanPeriod, "expires_at \"period_end\" needs a plan period, and customer %s has none now", w.Customer)
+		return 0, Errorf(CodeNoPlanPeriod, "expires_at \"period_end\" needs a plan period, and customer %s has none now", w.Customer)
 	}
 	return end, nil
 }
@@ -490,16 +481,16 @@ func (w *Wallet) PlaceHold(c *HoldCmd, now int64, out []Entry) ([]Entry, *Error)
 	defer w.alertsSince(&snap, now)
 	out = w.advance(now, out)
 	if c.Amount <= 0 || c.Amount > CommandUnitsMax {
-		return out, errorf(CodeInvalidAmount, "hold amount %d is not in [1, %d]", c.Amount, CommandUnitsMax)
+		return out, Errorf(CodeInvalidAmount, "hold amount %d is not in [1, %d]", c.Amount, CommandUnitsMax)
 	}
 	if c.ExpiresAt <= now {
-		return out, errorf(CodeInvalidTimestamp, "a hold's expires_at must be in the future")
+		return out, Errorf(CodeInvalidTimestamp, "a hold's expires_at must be in the future")
 	}
 	if w.findHold(c.ID) >= 0 {
-		return out, errorf(CodeIdempotencyConflict, "hold %s is already active", c.ID)
+		return out, Errorf(CodeIdempotencyConflict, "hold %s is already active", c.ID)
 	}
 	if w.Life != nil && len(w.Life.Holds) >= WalletHoldsMax {
-		return out, errorf(CodeLimitExceeded, "a wallet holds at most %d active holds", WalletHoldsMax)
+		return out, Errorf(CodeLimitExceeded, "a wallet holds at most %d active holds", WalletHoldsMax)
 	}
 	a := w.Account(c.Account)
 	if a == nil || c.Amount > a.Available() {
@@ -566,7 +557,7 @@ func (w *Wallet) ReleaseHold(id string, now int64, out []Entry) ([]Entry, *Error
 	out = w.advance(now, out)
 	i := w.findHold(id)
 	if i < 0 {
-		return out, errorf(CodeHoldNotActive, "hold %s is not active", id)
+		return out, Errorf(CodeHoldNotActive, "hold %s is not active", id)
 	}
 	out = w.endHold(i, HoldReleased, now, "", 0, out)
 	w.UpdatedAt = now
@@ -658,7 +649,7 @@ func reloadFields(req *ReloadRequest) []noteField {
 // grantReload grants a request's credits with an auto_reload entry.
 func (w *Wallet) grantReload(req *ReloadRequest, now int64, out []Entry) ([]Entry, bool) {
 	r := w.Settings.AutoReload
-	name, asset, _ := splitAccountID(req.Account)
+	name, asset, _ := SplitAccountID(req.Account)
 	var expires int64
 	if r != nil && r.PeriodEnd {
 		if end, err := w.PeriodEnd(now); err == nil {
@@ -682,7 +673,7 @@ func (w *Wallet) grantReload(req *ReloadRequest, now int64, out []Entry) ([]Entr
 // reloadMark posts a zero auto_reload entry: a request or an outcome that
 // moves no credit still shows in the ledger.
 func (w *Wallet) reloadMark(req *ReloadRequest, now int64, out []Entry) []Entry {
-	name, asset, _ := splitAccountID(req.Account)
+	name, asset, _ := SplitAccountID(req.Account)
 	a := w.accountOf(name, asset)
 	if a == nil {
 		if len(w.Accounts) >= WalletAccountsMax {
@@ -699,7 +690,7 @@ func (w *Wallet) reloadMark(req *ReloadRequest, now int64, out []Entry) []Entry 
 func (w *Wallet) takePending(id string, st ReloadStatus, now int64) (*ReloadRequest, *Error) {
 	l := w.Life
 	if l == nil || l.Pending == nil || l.Pending.ID != id {
-		return nil, errorf(CodeReloadNotPending, "auto-reload request %s is not pending", id)
+		return nil, Errorf(CodeReloadNotPending, "auto-reload request %s is not pending", id)
 	}
 	req := l.Pending
 	l.Pending = nil
@@ -761,6 +752,23 @@ func (w *Wallet) FailReload(id string, now int64, out []Entry) (ReloadRequest, [
 }
 
 // cloneLife returns a deep copy of l without its effects.
+// Clone returns a deep copy of the wallet, safe to read on another goroutine.
+func (w *Wallet) Clone() *Wallet {
+	c := *w
+	c.Accounts = make([]*Account, len(w.Accounts))
+	for i, a := range w.Accounts {
+		ac := *a
+		ac.Buckets = append([]Bucket(nil), a.Buckets...)
+		c.Accounts[i] = &ac
+	}
+	c.Life = cloneLife(w.Life)
+	return &c
+}
+
+// HasEffects reports whether operations made effects not taken yet
+// (TakeEffects).
+func (w *Wallet) HasEffects() bool { return w.Life != nil && !w.Life.fx.Empty() }
+
 func cloneLife(l *Lifecycle) *Lifecycle {
 	if l == nil {
 		return nil

@@ -1,4 +1,4 @@
-package balance
+package wallet
 
 import (
 	"encoding/binary"
@@ -97,10 +97,10 @@ func newNote(customer string, seq uint64, typ, account string, at int64, data []
 
 func units(u int64, scale uint8) string { return meter.FormatUnits(u, scale) }
 
-// appendNote appends the stored form of a notification:
+// AppendNote appends the stored form of a notification:
 //
 //	version=1 seq type at body
-func appendNote(b []byte, n *Notification) []byte {
+func AppendNote(b []byte, n *Notification) []byte {
 	b = append(b, 1)
 	b = binary.AppendUvarint(b, n.Seq)
 	b = enc.AppendStr(b, n.Type)
@@ -108,11 +108,11 @@ func appendNote(b []byte, n *Notification) []byte {
 	return enc.AppendStr(b, string(n.Body))
 }
 
-// decodeNote decodes a notification stored by appendNote.
-func decodeNote(customer string, v []byte) (Notification, error) {
+// DecodeNote decodes a notification stored by AppendNote.
+func DecodeNote(customer string, v []byte) (Notification, error) {
 	d := enc.Decoder{B: v}
 	if ver := d.Byte1(); d.Err == nil && ver != 1 {
-		return Notification{}, errorf("corrupt", "unknown notification format %d", ver)
+		return Notification{}, Errorf("corrupt", "unknown notification format %d", ver)
 	}
 	n := Notification{Customer: customer, Seq: d.U(), Type: d.Str(), At: d.V()}
 	n.Body = d.Raw(d.U(), enc.MetadataLenMax)

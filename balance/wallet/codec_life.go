@@ -1,4 +1,4 @@
-package balance
+package wallet
 
 import (
 	"encoding/binary"
@@ -22,7 +22,7 @@ import (
 
 const walletFormatV2 = 2
 
-// Version 3 (the store's snapshots, appendWalletAt) is version 2 followed
+// Version 3 (the store's snapshots, AppendWalletAt) is version 2 followed
 // by the uvarint seq of the last command-log record it reflects.
 const walletFormatV3 = 3
 
@@ -199,14 +199,14 @@ func DecodeReload(b []byte) (ReloadRequest, error) {
 	d := enc.Decoder{B: b}
 	r := readReload(&d)
 	if d.End() != nil {
-		return ReloadRequest{}, fmt.Errorf("balance: reload request: %w", d.Err)
+		return ReloadRequest{}, fmt.Errorf("wallet: reload request: %w", d.Err)
 	}
 	return r, nil
 }
 
-// appendHoldRecord appends the stored form of a hold with its outcome; hash
+// AppendHoldRecord appends the stored form of a hold with its outcome; hash
 // is the content hash of the request that created it (idempotency).
-func appendHoldRecord(b []byte, h *HoldRecord) []byte {
+func AppendHoldRecord(b []byte, h *HoldRecord) []byte {
 	b = append(b, 1)
 	b = append(b, h.Hash[:]...)
 	b = enc.AppendStr(b, h.Customer)
@@ -222,7 +222,7 @@ func appendHoldRecord(b []byte, h *HoldRecord) []byte {
 	return b
 }
 
-func decodeHoldRecord(b []byte) (HoldRecord, error) {
+func DecodeHoldRecord(b []byte) (HoldRecord, error) {
 	d := enc.Decoder{B: b}
 	if v := d.Byte1(); d.Err == nil && v != 1 {
 		d.Fail(fmt.Errorf("unknown hold record format %d", v))
@@ -241,7 +241,7 @@ func decodeHoldRecord(b []byte) (HoldRecord, error) {
 	h.EventID = d.Str()
 	h.Settled = d.V()
 	if d.End() != nil {
-		return HoldRecord{}, fmt.Errorf("balance: hold record: %w", d.Err)
+		return HoldRecord{}, fmt.Errorf("wallet: hold record: %w", d.Err)
 	}
 	return h, nil
 }
