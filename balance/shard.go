@@ -455,7 +455,7 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 	res := &in.Result
 	w := s.wallets[ev.CustomerID]
 	if w == nil {
-		res.reject("unknown_customer", "customer "+ev.CustomerID+" does not exist", "customer_id")
+		res.reject(wallet.CodeUnknownCustomer, "customer "+ev.CustomerID+" does not exist", "customer_id")
 		return
 	}
 	s.idem = idemKey(s.idem[:0], idemEvent, ev.CustomerID, ev.ID)
@@ -467,7 +467,7 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 	}
 	if rec != nil {
 		if rec.Hash != in.Hash {
-			res.reject("idempotency_conflict", "event id "+ev.ID+" was already used with different content", "id")
+			res.reject(wallet.CodeIdempotencyConflict, "event id "+ev.ID+" was already used with different content", "id")
 			return
 		}
 		res.Status = EventDuplicate

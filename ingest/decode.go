@@ -162,7 +162,7 @@ const (
 	CodeTooManyEvents  = "too_many_events"
 	CodeLineTooLong    = "line_too_long"
 	CodeMalformedJSON  = "malformed_json"
-	CodeInvalidRequest = "invalid_request"
+	CodeInvalidRequest = wallet.CodeInvalidRequest // the one definition of the code
 )
 
 // EventError is the rejection of one event (status "rejected" in the
