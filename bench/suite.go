@@ -128,8 +128,9 @@ type SuiteConfig struct {
 	MeterdArgs []string // more flags for it
 	// MeterdTarget is a running meterd to drive instead of starting one
 	// (http://127.0.0.1:PORT); MeterdKey its API key. Its CPU is not
-	// measured, and its state outlives the run: give each run its own
-	// RunID and CustomerPrefix.
+	// measured, and its state outlives the run: give each suite its own
+	// RunID and CustomerPrefix (each run of a suite adds its number to
+	// both).
 	MeterdTarget, MeterdKey string
 	RunID                   string // prefix of every event id (with the mode and run number)
 	CustomerPrefix          string // of every customer id; "" is "bc-"
@@ -314,8 +315,14 @@ func (cfg *SuiteConfig) runOne(ctx context.Context, mode Mode, sysName string, s
 		}
 	}()
 
+	prefix := cfg.CustomerPrefix
+	if cfg.MeterdTarget != "" {
+		// The server outlives the run: a run on customers an earlier
+		// run charged would find that run's entries in their ledgers.
+		prefix += runIDOf(mode, seq) + "-"
+	}
 	sc := Scenario{Name: mode.Name, Customers: mode.Customers, Dist: mode.Dist, Batch: mode.Batch, Seed: uint64(seq) + 1,
-		HoldEvery: mode.HoldEvery, Prefix: cfg.CustomerPrefix}
+		HoldEvery: mode.HoldEvery, Prefix: prefix}
 	initial := int64(suiteBalance)
 	if mode.Lifecycle {
 		initial = 0 // MeterdLifecycle's Balance counts the top-up as a credit

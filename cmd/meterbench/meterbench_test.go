@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -200,5 +202,44 @@ func TestQuickSuite(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "meterd/X") {
 		t.Errorf("stdout lacks the table:\n%s", stdout.String())
+	}
+	targetRounds(t, dir)
+}
+
+// targetRounds runs two turns of a mode against one meterd that outlives
+// them (--target): each turn's check must see its own customers only.
+func targetRounds(t *testing.T, dir string) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	srv := exec.Command(filepath.Join(dir, "meterd"), "--data-dir", filepath.Join(dir, "target-data"), "--listen", addr)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	for start := time.Now(); ; time.Sleep(50 * time.Millisecond) {
+		if r, err := http.Get("http://" + addr + "/healthz"); err == nil {
+			r.Body.Close()
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatal("meterd did not come up")
+		}
+	}
+	out := filepath.Join(dir, "target-results")
+	b, err := exec.Command(filepath.Join(dir, "meterbench"), "--target", "http://"+addr, "--suite", "quick", "--modes", "batch",
+		"--duration", "2s", "--rounds", "2", "--warmup", "0s", "--out", out).CombinedOutput()
+	if err != nil {
+		t.Fatalf("meterbench --target: %v\n%s", err, b)
+	}
+	var rep bench.SuiteReport
+	if b, err := os.ReadFile(filepath.Join(out, "suite.json")); err != nil || json.Unmarshal(b, &rep) != nil {
+		t.Fatalf("suite.json: %v\n%s", err, b)
+	}
+	if len(rep.Runs) != 1 || !rep.Runs[0].Check.OK || rep.Runs[0].Check.EventsApplied == 0 || rep.Runs[0].Rounds != 2 {
+		t.Fatalf("--target, 2 rounds: %+v", rep.Runs)
 	}
 }
