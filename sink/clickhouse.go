@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +12,6 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/shopspring/decimal"
 )
 
 // The ClickHouse writer: ledger entries into ledger_entries, usage rows into
@@ -141,12 +141,12 @@ type ClickHouse struct {
 
 	migrateMu sync.Mutex
 
-	mu     sync.Mutex // serializes Write; guards everything below
-	ledger tableWriter
-	usage  tableWriter
-	lbuf   ledgerBuf
-	ubuf   usageBuf
-	stats  ClickHouseStats
+	mu      sync.Mutex // serializes Write; guards everything below
+	ledger  tableWriter
+	usage   tableWriter
+	lbuf    ledgerBuf
+	ubuf    usageBuf
+	batches uint64 // Write calls that succeeded
 }
 
 // ClickHouseStats counts what Write did since Open.
@@ -172,6 +172,10 @@ type tableWriter struct {
 	// the table (valid when done).
 	done             bool
 	doneFrom, doneTo uint64
+	// stats counts this table's inserts, rows and checks (Batches unused):
+	// the two tables of a batch are written at once, each by its own
+	// goroutine, so each keeps its own.
+	stats ClickHouseStats
 }
 
 // OpenClickHouse connects, detects what the server supports and migrates the
@@ -214,8 +218,8 @@ func OpenClickHouse(ctx context.Context, cfg ClickHouseConfig) (*ClickHouse, err
 		caps:   caps,
 		schema: s,
 		log:    cfg.Log.With("sink", "clickhouse", "addr", cfg.Addr, "database", cfg.Database),
-		ledger: newTableWriter(s, tableLedger, "entry_id", ledgerColumns),
-		usage:  newTableWriter(s, tableUsage, "event_id, account", usageColumns),
+		ledger: newTableWriter(s, tableLedger, "entry_id", ledgerInsert),
+		usage:  newTableWriter(s, tableUsage, "event_id, account", usageInsert),
 	}
 	if err := c.Migrate(ctx); err != nil {
 		conn.Close()
@@ -266,7 +270,9 @@ func (c *ClickHouse) Config() ClickHouseConfig { return c.cfg }
 func (c *ClickHouse) Stats() ClickHouseStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.stats
+	l, u := c.ledger.stats, c.usage.stats
+	return ClickHouseStats{Batches: c.batches, Inserts: l.Inserts + u.Inserts, RowsInserted: l.RowsInserted + u.RowsInserted,
+		Checks: l.Checks + u.Checks, RowsSkipped: l.RowsSkipped + u.RowsSkipped}
 }
 
 // WriteError is the error of a sink's Write. Retryable says whether writing
@@ -350,20 +356,24 @@ func (c *ClickHouse) Write(ctx context.Context, b *Batch) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.writeTable(ctx, &c.ledger, b, month, len(b.Ledger),
-		func(i int) uint64 { return b.Ledger[i].OutboxSeq },
-		func(keep func(int) bool) []any {
-			c.lbuf.reset()
-			for i := range b.Ledger {
-				if keep == nil || keep(i) {
-					c.lbuf.add(&b.Ledger[i], c.cfg.OutboxID)
+	// The two tables are independent (each its own INSERT, its own
+	// exactly-once state, its own connection of the pool): writing them at
+	// once lets the server insert one while this side encodes the other.
+	ledgerErr := make(chan error, 1)
+	go func() {
+		ledgerErr <- c.writeTable(ctx, &c.ledger, b, month, len(b.Ledger),
+			func(i int) uint64 { return b.Ledger[i].OutboxSeq },
+			func(keep func(int) bool) []any {
+				c.lbuf.reset()
+				for i := range b.Ledger {
+					if keep == nil || keep(i) {
+						c.lbuf.add(&b.Ledger[i], c.cfg.OutboxID)
+					}
 				}
-			}
-			return c.lbuf.columns()
-		}); err != nil {
-		return err
-	}
-	if err := c.writeTable(ctx, &c.usage, b, month, len(b.Usage),
+				return c.lbuf.columns()
+			})
+	}()
+	usageErr := c.writeTable(ctx, &c.usage, b, month, len(b.Usage),
 		func(i int) uint64 { return b.Usage[i].OutboxSeq },
 		func(keep func(int) bool) []any {
 			c.ubuf.reset()
@@ -373,10 +383,11 @@ func (c *ClickHouse) Write(ctx context.Context, b *Batch) error {
 				}
 			}
 			return c.ubuf.columns()
-		}); err != nil {
+		})
+	if err := cmp.Or(<-ledgerErr, usageErr); err != nil {
 		return err
 	}
-	c.stats.Batches++
+	c.batches++
 	return nil
 }
 
@@ -473,13 +484,13 @@ func (c *ClickHouse) writeTable(ctx context.Context, t *tableWriter, b *Batch, m
 		return nil
 	}
 	if t.clean && t.done && b.From >= t.doneFrom && b.To <= t.doneTo {
-		c.stats.RowsSkipped += uint64(n)
+		t.stats.RowsSkipped += uint64(n)
 		return nil
 	}
 
 	// The outcome of an earlier attempt is unknown: ask.
 	t.clean = false
-	c.stats.Checks++
+	t.stats.Checks++
 	present, above, err := c.present(ctx, t, b, month)
 	if err != nil {
 		return c.writeError(t.name, b, err)
@@ -510,7 +521,7 @@ func (c *ClickHouse) writeTable(ctx context.Context, t *tableWriter, b *Batch, m
 			}
 		}
 	}
-	c.stats.RowsSkipped += uint64(n - kept)
+	t.stats.RowsSkipped += uint64(n - kept)
 	if kept > 0 {
 		var cols []any
 		suffix := ""
@@ -609,14 +620,9 @@ func (c *ClickHouse) insert(ctx context.Context, t *tableWriter, b *Batch, cols 
 	if err := batch.Send(); err != nil {
 		return fmt.Errorf("insert: %w", err)
 	}
-	c.stats.Inserts++
-	c.stats.RowsInserted += uint64(nRows)
+	t.stats.Inserts++
+	t.stats.RowsInserted += uint64(nRows)
 	return nil
-}
-
-// amountDecimal is units*10^-scale, exactly.
-func amountDecimal(units int64, scale uint8) decimal.Decimal {
-	return decimal.New(units, -int32(scale))
 }
 
 func nsTime(ns int64) time.Time { return time.Unix(0, ns).UTC() }
@@ -629,7 +635,8 @@ type ledgerBuf struct {
 	entryID, customerID, account, asset, typ, bucketID, bucketKind,
 	eventID, reference, metadata, outboxID []string
 	seq, occurredMs, recordedMs, outboxSeq []uint64
-	amount, balanceAfter                   []decimal.Decimal
+	amountUnits, balanceAfterUnits         []int64
+	scale                                  []uint8
 	occurredAt, recordedAt                 []time.Time
 	pricingVersion                         []uint32
 }
@@ -640,7 +647,7 @@ func (l *ledgerBuf) reset() {
 		typ: l.typ[:0], bucketID: l.bucketID[:0], bucketKind: l.bucketKind[:0], eventID: l.eventID[:0],
 		reference: l.reference[:0], metadata: l.metadata[:0], outboxID: l.outboxID[:0],
 		seq: l.seq[:0], occurredMs: l.occurredMs[:0], recordedMs: l.recordedMs[:0], outboxSeq: l.outboxSeq[:0],
-		amount: l.amount[:0], balanceAfter: l.balanceAfter[:0],
+		amountUnits: l.amountUnits[:0], balanceAfterUnits: l.balanceAfterUnits[:0], scale: l.scale[:0],
 		occurredAt: l.occurredAt[:0], recordedAt: l.recordedAt[:0], pricingVersion: l.pricingVersion[:0],
 	}
 }
@@ -652,8 +659,9 @@ func (l *ledgerBuf) add(r *LedgerRow, outboxID string) {
 	l.account = append(l.account, r.Account)
 	l.asset = append(l.asset, r.Asset)
 	l.typ = append(l.typ, r.Type)
-	l.amount = append(l.amount, amountDecimal(r.Amount, r.Scale))
-	l.balanceAfter = append(l.balanceAfter, amountDecimal(r.BalanceAfter, r.Scale))
+	l.amountUnits = append(l.amountUnits, r.Amount)
+	l.balanceAfterUnits = append(l.balanceAfterUnits, r.BalanceAfter)
+	l.scale = append(l.scale, r.Scale)
 	l.bucketID = append(l.bucketID, r.BucketID)
 	l.bucketKind = append(l.bucketKind, r.BucketKind)
 	l.eventID = append(l.eventID, r.EventID)
@@ -668,9 +676,9 @@ func (l *ledgerBuf) add(r *LedgerRow, outboxID string) {
 	l.outboxSeq = append(l.outboxSeq, r.OutboxSeq)
 }
 
-// columns is in ledgerColumns' order.
+// columns is in ledgerInsert's order.
 func (l *ledgerBuf) columns() []any {
-	return []any{l.entryID, l.seq, l.customerID, l.account, l.asset, l.typ, l.amount, l.balanceAfter,
+	return []any{l.entryID, l.seq, l.customerID, l.account, l.asset, l.typ, l.amountUnits, l.balanceAfterUnits, l.scale,
 		l.bucketID, l.bucketKind, l.eventID, l.reference, l.occurredAt, l.occurredMs, l.recordedAt,
 		l.recordedMs, l.pricingVersion, l.metadata, l.outboxID, l.outboxSeq}
 }
@@ -680,7 +688,8 @@ type usageBuf struct {
 	eventID, customerID, eventType, subject, status, account, asset, data, outboxID []string
 	occurredMs, recordedMs, outboxSeq                                               []uint64
 	occurredAt, recordedAt                                                          []time.Time
-	charge                                                                          []decimal.Decimal
+	chargeUnits                                                                     []int64
+	scale                                                                           []uint8
 	pricingVersion                                                                  []uint32
 }
 
@@ -689,7 +698,7 @@ func (u *usageBuf) reset() {
 		eventID: u.eventID[:0], customerID: u.customerID[:0], eventType: u.eventType[:0], subject: u.subject[:0],
 		status: u.status[:0], account: u.account[:0], asset: u.asset[:0], data: u.data[:0], outboxID: u.outboxID[:0],
 		occurredMs: u.occurredMs[:0], recordedMs: u.recordedMs[:0], outboxSeq: u.outboxSeq[:0],
-		occurredAt: u.occurredAt[:0], recordedAt: u.recordedAt[:0], charge: u.charge[:0],
+		occurredAt: u.occurredAt[:0], recordedAt: u.recordedAt[:0], chargeUnits: u.chargeUnits[:0], scale: u.scale[:0],
 		pricingVersion: u.pricingVersion[:0],
 	}
 }
@@ -704,7 +713,8 @@ func (u *usageBuf) add(r *UsageRow, outboxID string) {
 	u.recordedAt = append(u.recordedAt, nsTime(r.RecordedAt))
 	u.recordedMs = append(u.recordedMs, nsMs(r.RecordedAt))
 	u.status = append(u.status, r.Status)
-	u.charge = append(u.charge, amountDecimal(r.Charge, r.Scale))
+	u.chargeUnits = append(u.chargeUnits, r.Charge)
+	u.scale = append(u.scale, r.Scale)
 	u.account = append(u.account, r.Account)
 	u.asset = append(u.asset, r.Asset)
 	u.pricingVersion = append(u.pricingVersion, r.PricingVersion)
@@ -713,9 +723,9 @@ func (u *usageBuf) add(r *UsageRow, outboxID string) {
 	u.outboxSeq = append(u.outboxSeq, r.OutboxSeq)
 }
 
-// columns is in usageColumns' order.
+// columns is in usageInsert's order.
 func (u *usageBuf) columns() []any {
 	return []any{u.eventID, u.customerID, u.eventType, u.subject, u.occurredAt, u.occurredMs,
-		u.recordedAt, u.recordedMs, u.status, u.charge, u.account, u.asset, u.pricingVersion,
+		u.recordedAt, u.recordedMs, u.status, u.chargeUnits, u.scale, u.account, u.asset, u.pricingVersion,
 		u.data, u.outboxID, u.outboxSeq}
 }

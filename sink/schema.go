@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,6 +32,15 @@ import (
 //     columns whose DEFAULT is computed from the *_ms columns: the writer
 //     never sends them, and rows written before the column existed read the
 //     same exact value.
+//   - Amounts are Decimal(38, 9) columns, exact. Since migration 5 the
+//     writer sends each as an Int64 of the asset's smallest unit beside the
+//     asset's scale (amount_units, balance_after_units, charge_units,
+//     scale), and the Decimal columns are DEFAULTs the server computes from
+//     them: building a Decimal on the client went through math/big for
+//     every value and was the largest cost of the writer. The views see the
+//     computed Decimals (defaults are filled before a block reaches them).
+//     18.16 has no ADD COLUMN IF NOT EXISTS: a migration's addColumns are
+//     added only where system.columns lacks them.
 //   - On servers with non_replicated_deduplication_window (21.x+), migration
 //     4 sets it on the base tables (plain variant only; replicated tables
 //     always deduplicate), so that an INSERT repeated with the same
@@ -194,9 +204,10 @@ func (s schema) createMigrations() string {
 	}, s.engine(tableMigrations, "ReplacingMergeTree", "applied_at"), "", "version")
 }
 
-// ledgerColumns and usageColumns are the base tables' columns, in the order
-// the writer sends them (the INSERT names them explicitly).
-var ledgerColumns = []string{
+// ledgerColumnsV1 and usageColumnsV1 are the base tables' columns as
+// migration 1 creates them: what analysts read. Later migrations add columns;
+// ledgerInsert and usageInsert are the ones the writer sends.
+var ledgerColumnsV1 = []string{
 	"entry_id String",
 	"seq UInt64",
 	"customer_id String",
@@ -219,7 +230,7 @@ var ledgerColumns = []string{
 	"outbox_seq UInt64",
 }
 
-var usageColumns = []string{
+var usageColumnsV1 = []string{
 	"event_id String",
 	"customer_id String",
 	"event_type String",
@@ -238,6 +249,47 @@ var usageColumns = []string{
 	"outbox_seq UInt64",
 }
 
+// ledgerUnits and usageUnits are what migration 5 adds: each amount as an
+// Int64 in the asset's smallest unit and the asset's scale. The Decimal
+// columns become DEFAULTs computed from them, so the writer sends integers
+// and the server makes the Decimal (exactly: units*10^9 / 10^scale, scale
+// at most 9, in Decimal128).
+var (
+	ledgerUnits = []string{"amount_units Int64", "balance_after_units Int64", "scale UInt8"}
+	usageUnits  = []string{"charge_units Int64", "scale UInt8"}
+)
+
+// ledgerInsert and usageInsert are the columns the writer sends, in the
+// order of its buffers (the INSERT names them): migration 1's, less the
+// Decimal amounts, plus migration 5's units.
+var (
+	ledgerInsert = columnsInsert(ledgerColumnsV1, ledgerUnits, "amount", "balance_after")
+	usageInsert  = columnsInsert(usageColumnsV1, usageUnits, "charge")
+)
+
+// columnsInsert is base without the columns named in derived, with units
+// in place of the first of them.
+func columnsInsert(base, units []string, derived ...string) []string {
+	var out []string
+	for _, d := range base {
+		name, _, _ := strings.Cut(d, " ")
+		switch {
+		case name == derived[0]:
+			out = append(out, units...)
+		case slices.Contains(derived, name):
+		default:
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// unitsDefault is the DEFAULT of a Decimal(38, 9) amount column made from
+// its units column and scale.
+func unitsDefault(units string) string {
+	return "toDecimal128(" + units + ", 9) / toDecimal128(intExp10(scale), 0)"
+}
+
 // columnNames is the names of "name Type" column definitions.
 func columnNames(defs []string) []string {
 	names := make([]string, len(defs))
@@ -247,13 +299,32 @@ func columnNames(defs []string) []string {
 	return names
 }
 
-// migration is one step of the schema. statements renders its DDL; requires,
-// when set, says whether the server can run it at all.
+// migration is one step of the schema. addColumns, when set, are added
+// first, each only where it is missing (18.16 has no ADD COLUMN IF NOT
+// EXISTS); statements renders the rest of its DDL; requires, when set, says
+// whether the server can run it at all.
 type migration struct {
 	version    uint32
 	name       string
 	requires   func(serverCaps, schema) bool
+	addColumns []tableColumns
 	statements func(schema) []string
+}
+
+// tableColumns is column definitions ("name Type") of one table.
+type tableColumns struct {
+	table string
+	defs  []string
+}
+
+// addColumn renders ALTER TABLE ... ADD COLUMN def.
+func (s schema) addColumn(table, def string) string {
+	return "ALTER TABLE " + s.table(table) + s.onCluster() + " ADD COLUMN " + def
+}
+
+// modifyDefault renders ALTER TABLE ... MODIFY COLUMN def DEFAULT expr.
+func (s schema) modifyDefault(table, def, expr string) string {
+	return "ALTER TABLE " + s.table(table) + s.onCluster() + " MODIFY COLUMN " + def + " DEFAULT " + expr
 }
 
 // migrations is the schema's history, in version order. Never edit a
@@ -267,10 +338,10 @@ var migrations = []migration{
 			// always in the same partition. outbox_id is part of the key:
 			// two meterd instances sharing a database must never have their
 			// rows merged into one, even if their customer ids overlap.
-			s.createTable(tableLedger, ledgerColumns,
+			s.createTable(tableLedger, ledgerColumnsV1,
 				s.engine(tableLedger, "ReplacingMergeTree", "outbox_seq"),
 				"toYYYYMM(recorded_at)", "(customer_id, entry_id, outbox_id)"),
-			s.createTable(tableUsage, usageColumns,
+			s.createTable(tableUsage, usageColumnsV1,
 				s.engine(tableUsage, "ReplacingMergeTree", "outbox_seq"),
 				"toYYYYMM(recorded_at)", "(customer_id, event_id, account, outbox_id)"),
 		}
@@ -332,6 +403,17 @@ var migrations = []migration{
 			}
 			return out
 		}},
+	{version: 5, name: "amounts as scaled integers",
+		addColumns: []tableColumns{{tableLedger, ledgerUnits}, {tableUsage, usageUnits}},
+		statements: func(s schema) []string {
+			// Rows written before this migration keep their stored
+			// amounts; their units columns read 0.
+			return []string{
+				s.modifyDefault(tableLedger, "amount Decimal(38, 9)", unitsDefault("amount_units")),
+				s.modifyDefault(tableLedger, "balance_after Decimal(38, 9)", unitsDefault("balance_after_units")),
+				s.modifyDefault(tableUsage, "charge Decimal(38, 9)", unitsDefault("charge_units")),
+			}
+		}},
 }
 
 // plan is the DDL Migrate would run on a fresh database, in order: the
@@ -341,6 +423,11 @@ func (s schema) plan(caps serverCaps) []string {
 	out := []string{s.createDatabase(), s.createMigrations()}
 	for _, m := range migrations {
 		if m.requires == nil || m.requires(caps, s) {
+			for _, tc := range m.addColumns {
+				for _, d := range tc.defs {
+					out = append(out, s.addColumn(tc.table, d))
+				}
+			}
 			out = append(out, m.statements(s)...)
 		}
 	}
@@ -376,6 +463,11 @@ func (s schema) migrate(ctx context.Context, conn driver.Conn, caps serverCaps, 
 		if done[m.version] || m.requires != nil && !m.requires(caps, s) {
 			continue
 		}
+		for _, tc := range m.addColumns {
+			if err := s.addMissing(ctx, conn, tc); err != nil {
+				return applied, fmt.Errorf("clickhouse migration %d (%s): %w", m.version, m.name, err)
+			}
+		}
 		for _, q := range m.statements(s) {
 			if err := conn.Exec(ctx, q); err != nil {
 				return applied, fmt.Errorf("clickhouse migration %d (%s): %w\n%s", m.version, m.name, err, q)
@@ -405,30 +497,65 @@ func (s schema) migrate(ctx context.Context, conn driver.Conn, caps serverCaps, 
 	return applied, s.verify(ctx, conn)
 }
 
-// verify checks that the base tables have every column the writer sends,
-// with the type it expects: a table created by something else under the same
+// addMissing adds the columns of tc the table lacks. A process migrating at
+// the same time may add one between the look and the ALTER: an ALTER that
+// fails is forgiven when the column is there afterwards.
+func (s schema) addMissing(ctx context.Context, conn driver.Conn, tc tableColumns) error {
+	for _, d := range tc.defs {
+		have, err := s.columns(ctx, conn, tc.table)
+		if err != nil {
+			return err
+		}
+		name, _, _ := strings.Cut(d, " ")
+		if _, ok := have[name]; ok {
+			continue
+		}
+		q := s.addColumn(tc.table, d)
+		if err := conn.Exec(ctx, q); err != nil {
+			if have, err2 := s.columns(ctx, conn, tc.table); err2 == nil && have[name] != "" {
+				continue
+			}
+			return fmt.Errorf("%w\n%s", err, q)
+		}
+	}
+	return nil
+}
+
+// columns is name -> type of every column of table.
+func (s schema) columns(ctx context.Context, conn driver.Conn, table string) (map[string]string, error) {
+	have := map[string]string{}
+	rows, err := conn.Query(ctx, "SELECT name, type FROM system.columns WHERE database = ? AND table = ?", s.db, table)
+	if err != nil {
+		return nil, fmt.Errorf("columns of %s: %w", table, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var n, typ string
+		if err := rows.Scan(&n, &typ); err != nil {
+			return nil, fmt.Errorf("columns of %s: %w", table, err)
+		}
+		have[n] = typ
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("columns of %s: %w", table, err)
+	}
+	return have, nil
+}
+
+// verify checks that the base tables have every column the writer sends and
+// analysts read, with the type it expects: a table created by something else under the same
 // name fails here, at Open, instead of at the first Write.
 func (s schema) verify(ctx context.Context, conn driver.Conn) error {
 	for _, t := range []struct {
 		name string
 		defs []string
-	}{{tableLedger, ledgerColumns}, {tableUsage, usageColumns}} {
-		have := map[string]string{}
-		rows, err := conn.Query(ctx, "SELECT name, type FROM system.columns WHERE database = ? AND table = ?", s.db, t.name)
+	}{
+		{tableLedger, slices.Concat(ledgerColumnsV1, ledgerUnits)},
+		{tableUsage, slices.Concat(usageColumnsV1, usageUnits)},
+	} {
+		have, err := s.columns(ctx, conn, t.name)
 		if err != nil {
-			return fmt.Errorf("clickhouse verify %s: %w", t.name, err)
-		}
-		for rows.Next() {
-			var n, typ string
-			if err := rows.Scan(&n, &typ); err != nil {
-				rows.Close()
-				return fmt.Errorf("clickhouse verify %s: %w", t.name, err)
-			}
-			have[n] = typ
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("clickhouse verify %s: %w", t.name, err)
+			return fmt.Errorf("clickhouse verify: %w", err)
 		}
 		for _, d := range t.defs {
 			name, typ, _ := strings.Cut(d, " ")
