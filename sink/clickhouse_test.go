@@ -70,7 +70,8 @@ func TestClickHouseMigrate(t *testing.T) {
 	t.Logf("server %s, caps %+v", c.ServerVersion(), c.caps)
 	before := schemaOf(t, srv, db)
 	for _, table := range []string{tableLedger, tableUsage, tableUsageHourly, tableUsageDaily, tableBucketConsumed,
-		tableUsageHourly + "_mv", tableUsageDaily + "_mv", tableBucketConsumed + "_mv", tableMigrations} {
+		tableCreditFlows, tableUsageHourly + "_mv", tableUsageDaily + "_mv", tableBucketConsumed + "_mv",
+		tableCreditFlows + "_mv", tableMigrations} {
 		if !strings.Contains(before, table+"\t") {
 			t.Errorf("no table %s in\n%s", table, before)
 		}
@@ -376,14 +377,29 @@ func genBatches(seed uint64, first uint64, n, per int, day time.Time) []*Batch {
 				EventID: evt, OccurredAt: occ, RecordedAt: rec, PricingVersion: 2})
 		}
 		if r.IntN(20) == 0 {
+			// Now and then an entry of another kind, with the sign its
+			// kind has (a hold release may come back positive).
+			other := otherEntries[r.IntN(len(otherEntries))]
+			amount := r.Int64N(1e9)
+			if other.out {
+				amount = -amount
+			}
 			seqs[cust]++
 			b.Ledger = append(b.Ledger, LedgerRow{OutboxSeq: seq, EntryID: fmt.Sprintf("%s/%d", cust, seqs[cust]),
-				Seq: seqs[cust], CustomerID: cust, Account: acc.name, Asset: acc.asset, Type: "grant", Scale: acc.scale,
-				Amount: r.Int64N(1e9), BucketKind: "plan", OccurredAt: occ, RecordedAt: rec})
+				Seq: seqs[cust], CustomerID: cust, Account: acc.name, Asset: acc.asset, Type: other.typ, Scale: acc.scale,
+				Amount: amount, BucketKind: "plan", OccurredAt: occ, RecordedAt: rec})
 		}
 	}
 	return out
 }
+
+// otherEntries are the ledger entry types besides usage, and whether each
+// takes credit out.
+var otherEntries = []struct {
+	typ string
+	out bool
+}{{"grant", false}, {"topup", false}, {"adjustment", false}, {"adjustment", true}, {"auto_reload", false},
+	{"expiry", true}, {"topup_reversal", true}, {"hold", true}, {"hold_release", false}}
 
 func rowsOf(bs []*Batch) (ledger, usage int) {
 	for _, b := range bs {
@@ -609,6 +625,15 @@ func TestClickHouseViews(t *testing.T) {
 		{"bucket_consumption_daily",
 			"SELECT toDate(occurred_at) AS day, customer_id, bucket_kind, account, count(), toString(sum(-amount)) FROM DB.ledger_entries FINAL WHERE type = 'usage' GROUP BY day, customer_id, bucket_kind, account ORDER BY day, customer_id, bucket_kind, account",
 			"SELECT day, customer_id, bucket_kind, account, sum(entries), toString(sum(consumed)) FROM DB.bucket_consumption_daily GROUP BY day, customer_id, bucket_kind, account ORDER BY day, customer_id, bucket_kind, account"},
+		{"credit_flows_daily",
+			"SELECT toDate(occurred_at) AS day, customer_id, account, count(), toString(sumIf(amount, type = 'grant')), toString(sumIf(amount, type = 'topup')), " +
+				"toString(sumIf(amount, type = 'adjustment')), toString(sumIf(amount, type = 'auto_reload')), toString(-sumIf(amount, type = 'usage')), " +
+				"toString(-sumIf(amount, type = 'expiry')), toString(-sumIf(amount, type = 'topup_reversal')), " +
+				"toString(sumIf(amount, type IN ('hold', 'hold_release'))), toString(sum(amount)) " +
+				"FROM DB.ledger_entries FINAL GROUP BY day, customer_id, account ORDER BY day, customer_id, account",
+			"SELECT day, customer_id, account, sum(entries), toString(sum(granted)), toString(sum(topped_up)), toString(sum(adjusted)), " +
+				"toString(sum(auto_reloaded)), toString(sum(used)), toString(sum(expired)), toString(sum(reversed)), toString(sum(held)), toString(sum(net)) " +
+				"FROM DB.credit_flows_daily GROUP BY day, customer_id, account ORDER BY day, customer_id, account"},
 	} {
 		base := srv.Query(t, strings.ReplaceAll(q.base, "DB", db))
 		view := srv.Query(t, strings.ReplaceAll(q.view, "DB", db))
@@ -617,6 +642,18 @@ func TestClickHouseViews(t *testing.T) {
 		}
 		if n := strings.Count(base, "\n") + 1; n < 20 {
 			t.Errorf("%s: only %d groups", q.name, n)
+		}
+	}
+	// Every kind of flow was there to be summed.
+	flows := []string{"granted", "topped_up", "adjusted", "auto_reloaded", "used", "expired", "reversed", "held", "net"}
+	var counts []string
+	for _, f := range flows {
+		counts = append(counts, "countIf("+f+" != 0)")
+	}
+	got := srv.Query(t, "SELECT "+strings.Join(counts, ", ")+" FROM "+db+".credit_flows_daily")
+	for i, n := range strings.Split(got, "\t") {
+		if n == "0" {
+			t.Errorf("credit_flows_daily: %s is 0 in every row", flows[i])
 		}
 	}
 	// The grand totals, against the generator's.
@@ -630,7 +667,7 @@ func TestClickHouseViews(t *testing.T) {
 			}
 		}
 	}
-	got := srv.Query(t, "SELECT account, sum(events), toString(sum(charge)) FROM "+db+".usage_daily WHERE account != '' GROUP BY account ORDER BY account")
+	got = srv.Query(t, "SELECT account, sum(events), toString(sum(charge)) FROM "+db+".usage_daily WHERE account != '' GROUP BY account ORDER BY account")
 	var want []string
 	for _, a := range slices.Sorted(func(yield func(string) bool) {
 		for k := range charge {

@@ -74,6 +74,7 @@ const (
 	tableUsageHourly     = "usage_hourly"
 	tableUsageDaily      = "usage_daily"
 	tableBucketConsumed  = "bucket_consumption_daily"
+	tableCreditFlows     = "credit_flows_daily"
 	dedupWindowBlocks    = 1000 // non_replicated_deduplication_window where supported
 	clickHouseNameLenMax = 64
 	dateTime64Major      = 20 // DateTime64 appeared in 20.1
@@ -414,6 +415,38 @@ var migrations = []migration{
 				s.modifyDefault(tableUsage, "charge Decimal(38, 9)", unitsDefault("charge_units")),
 			}
 		}},
+	{version: 6, name: "credit flows", statements: func(s schema) []string {
+		// Every ledger entry of an account, per day it occurred, in one
+		// column per kind of flow: credit in (granted by plans, topped up,
+		// adjusted, auto-reloaded), credit out as positive amounts (used,
+		// expired unused, reversed top-ups), the net of holds placed and
+		// released, and the net of all of them, which sums to available.
+		flows := []struct{ col, expr string }{
+			{"granted", "sumIf(amount, type = 'grant')"},
+			{"topped_up", "sumIf(amount, type = 'topup')"},
+			{"adjusted", "sumIf(amount, type = 'adjustment')"},
+			{"auto_reloaded", "sumIf(amount, type = 'auto_reload')"},
+			{"used", "-sumIf(amount, type = 'usage')"},
+			{"expired", "-sumIf(amount, type = 'expiry')"},
+			{"reversed", "-sumIf(amount, type = 'topup_reversal')"},
+			{"held", "sumIf(amount, type IN ('hold', 'hold_release'))"},
+			{"net", "sum(amount)"},
+		}
+		cols := []string{"day Date", "customer_id String", "account String", "entries UInt64"}
+		sums := []string{"entries"}
+		sel := []string{"toDate(occurred_at) AS day", "customer_id", "account", "count() AS entries"}
+		for _, f := range flows {
+			cols = append(cols, f.col+" Decimal(38, 9)")
+			sums = append(sums, f.col)
+			sel = append(sel, f.expr+" AS "+f.col)
+		}
+		return []string{
+			s.createTable(tableCreditFlows, cols, s.engine(tableCreditFlows, "SummingMergeTree", "("+strings.Join(sums, ", ")+")"),
+				"toYYYYMM(day)", "(customer_id, account, day)"),
+			s.createView(tableCreditFlows+"_mv", tableCreditFlows,
+				"SELECT "+strings.Join(sel, ", ")+"\nFROM "+s.table(tableLedger)+"\nGROUP BY day, customer_id, account"),
+		}
+	}},
 }
 
 // plan is the DDL Migrate would run on a fresh database, in order: the

@@ -31,6 +31,7 @@ func TestClickHouseDDL(t *testing.T) {
 	engineTables := map[string]string{
 		tableMigrations: "ReplacingMergeTree", tableLedger: "ReplacingMergeTree", tableUsage: "ReplacingMergeTree",
 		tableUsageHourly: "SummingMergeTree", tableUsageDaily: "SummingMergeTree", tableBucketConsumed: "SummingMergeTree",
+		tableCreditFlows: "SummingMergeTree",
 	}
 	for _, caps := range []serverCaps{caps18, capsNow} {
 		plain := schema{db: "meterd"}.plan(caps)

@@ -1079,19 +1079,25 @@ func TestClickHouseSinkExactlyOnceUnderFaults(t *testing.T) {
 	// ClickHouse crash between the base part and the views' parts.
 	viewUsage := one("SELECT toString(sum(events)) FROM " + db + ".usage_daily")
 	viewEntries := one("SELECT toString(sum(entries)) FROM " + db + ".bucket_consumption_daily")
+	viewFlows := one("SELECT toString(sum(entries)) FROM " + db + ".credit_flows_daily")
 	baseEntries := one("SELECT toString(uniqExact(entry_id)) FROM " + db + ".ledger_entries WHERE type = 'usage'")
 	cmpCount := func(view, base string) int {
 		v, _ := strconv.ParseInt(view, 10, 64)
 		b, _ := strconv.ParseInt(base, 10, 64)
 		return int(v - b)
 	}
-	t.Logf("ClickHouse: ledger_entries count %s uniq %s; usage_events count %s uniq %s; views saw %s usage rows and %s usage entries (of %s)",
-		ledgerCount[0], ledgerCount[1], usageCount[0], usageCount[1], viewUsage[0], viewEntries[0], baseEntries[0])
+	t.Logf("ClickHouse: ledger_entries count %s uniq %s; usage_events count %s uniq %s; views saw %s usage rows, %s usage entries (of %s) and %s ledger entries",
+		ledgerCount[0], ledgerCount[1], usageCount[0], usageCount[1], viewUsage[0], viewEntries[0], baseEntries[0], viewFlows[0])
 	if d := cmpCount(viewUsage[0], usageCount[1]); d > 0 {
 		t.Errorf("usage_daily counted %s inserted usage rows, usage_events holds %s distinct: %d rows were inserted twice", viewUsage[0], usageCount[1], d)
 	}
 	if d := cmpCount(viewEntries[0], baseEntries[0]); d > 0 {
 		t.Errorf("bucket_consumption_daily counted %s inserted usage entries, ledger_entries holds %s distinct: %d entries were inserted twice", viewEntries[0], baseEntries[0], d)
+	}
+	if d := cmpCount(viewFlows[0], ledgerCount[1]); d > 0 {
+		t.Errorf("credit_flows_daily counted %s inserted ledger entries, ledger_entries holds %s distinct: %d entries were inserted twice", viewFlows[0], ledgerCount[1], d)
+	} else if d < 0 {
+		t.Logf("credit_flows_daily is %d entries short of ledger_entries: a ClickHouse kill fell between a base part and its views' parts", -d)
 	}
 
 	// Every ledger entry of every customer, nothing missing, nothing extra.
