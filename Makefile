@@ -3,7 +3,9 @@
 # `make test` is the one command a newcomer types on a fresh machine, and the
 # one CI runs (.ci/run): it installs what the tests need (test-deps), then
 # runs go vet and every test. Nothing here needs the network beyond the Go
-# module proxy (for the modules in go.mod).
+# module proxy (for the modules in go.mod), Debian's archive (apt-get) and
+# npm's registry (chDB, for the current-engine test), each only for what is
+# missing.
 
 GO                  ?= go
 FUZZTIME            ?= 30s
@@ -20,7 +22,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := build
 
-.PHONY: build test test-deps race sim bench bench-quick bench-go fuzz lint clean
+.PHONY: build test test-deps test-packages race sim bench bench-quick bench-go fuzz lint clean
 
 ## build: the binaries of cmd/... into bin/
 build:
@@ -34,7 +36,7 @@ build:
 ## (golang/go#75804, fixed in Go 1.27); a count has no deadline to race.
 test: test-deps
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 20m ./...
+	METERD_CHDB_REQUIRED=1 METERD_CHDB_MODULES=$(CURDIR)/$(CHDB_DIR)/node_modules $(GO) test -count=1 -timeout 20m ./...
 	@if [ "$(FUZZTIME_TEST)" != 0 ]; then $(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST); fi
 
 ## sim: the crash simulation of balance/ (TestSimulatedCrashes) for SIM_RUNS
@@ -59,16 +61,31 @@ sim:
 ## clickhouse-client is needed. Quiet when everything is present. (A user's
 ## PATH often lacks /usr/sbin, where Debian puts clickhouse-server; Debian
 ## keeps PostgreSQL's server binaries under /usr/lib/postgresql/VERSION/bin.)
+## And chDB (npm's chdb, a current ClickHouse as a library, driven by node)
+## for the current-engine test of sink/, installed into CHDB_DIR with npm
+## (node and npm from apt-get when missing). CHDB_DIR= skips it.
 TEST_PACKAGES ?= clickhouse-server clickhouse-client redis-server postgresql
-test-deps:
+CHDB_DIR      ?= .cache/chdb
+CHDB_VERSION  ?= 3.4.0
+test-deps: test-packages
+	@if [ -n "$(CHDB_DIR)" ] && [ ! -e "$(CHDB_DIR)/node_modules/chdb/package.json" ]; then \
+	  echo "make test-deps: installing chdb@$(CHDB_VERSION) into $(CHDB_DIR) (npm)"; \
+	  mkdir -p "$(CHDB_DIR)"; \
+	  npm install --prefix "$(CHDB_DIR)" --no-save --no-audit --no-fund --loglevel=error chdb@$(CHDB_VERSION) </dev/null; \
+	fi
+
+test-packages:
 	@command -v $(GO) >/dev/null || { \
 	  echo "make test-deps: '$(GO)' not found; install Go $$(sed -n 's/^go //p' go.mod) or newer (https://go.dev/doc/install)" >&2; \
 	  exit 1; }
 	@has() { case "$$1" in \
 	  postgresql) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ;; \
+	  nodejs) command -v node >/dev/null ;; \
 	  *) PATH="$$PATH:/usr/sbin:/usr/bin" command -v "$$1" >/dev/null ;; esac; }; \
 	missing=; \
-	for pkg in $(TEST_PACKAGES); do \
+	pkgs="$(TEST_PACKAGES)"; \
+	if [ -n "$(CHDB_DIR)" ]; then pkgs="$$pkgs nodejs npm"; fi; \
+	for pkg in $$pkgs; do \
 	  if [ "$$pkg" = clickhouse-server ] && [ -n "$${METERD_TEST_CLICKHOUSE:-}" ]; then continue; fi; \
 	  has "$$pkg" || missing="$$missing $$pkg"; \
 	done; \
@@ -98,14 +115,14 @@ race: test-deps
 ## postgresql with apt-get when missing. MB_FLAGS adds meterbench flags.
 MB_FLAGS ?=
 bench: build
-	@$(MAKE) --no-print-directory test-deps TEST_PACKAGES="redis-server postgresql"
+	@$(MAKE) --no-print-directory test-packages TEST_PACKAGES="redis-server postgresql" CHDB_DIR=
 	bin/meterbench --publish $(MB_FLAGS)
 
 ## bench-quick: the same suite in about two minutes (3 s per run, 1,000
 ## customers), into bench/results/<date>-quick/; BENCHMARKS.md is left as it
 ## is (MB_FLAGS=--publish to update it anyway)
 bench-quick: build
-	@$(MAKE) --no-print-directory test-deps TEST_PACKAGES="redis-server postgresql"
+	@$(MAKE) --no-print-directory test-packages TEST_PACKAGES="redis-server postgresql" CHDB_DIR=
 	bin/meterbench --suite quick $(MB_FLAGS)
 
 ## bench-go: every Go benchmark (go test -bench), with allocations

@@ -38,9 +38,10 @@ import (
 //     confirmed (the caller retrying after the other table failed) is
 //     skipped without asking.
 //  4. Where the server has insert_deduplication_token (22.x+), every INSERT
-//     also carries a token naming the table and the batch, and the table has
-//     a deduplication window (schema migration 4): a duplicate that got past
-//     the check anyway is dropped by the server. Replicated tables
+//     also carries a token naming the table and the batch, and the tables
+//     have a deduplication window (schema migrations 4 and 7): a duplicate
+//     that got past the check anyway is dropped by the server, from the base
+//     table and from every view. Replicated tables
 //     deduplicate identical blocks by themselves.
 //  5. Whatever still gets in twice (two processes shipping the same outbox,
 //     which is not supported) collapses in the ReplacingMergeTree, keyed by
@@ -599,7 +600,7 @@ func (c *ClickHouse) insert(ctx context.Context, t *tableWriter, b *Batch, cols 
 		if c.cfg.OutboxID != "" {
 			token = c.cfg.OutboxID + "/" + token
 		}
-		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"insert_deduplication_token": token}))
+		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(dedupSettings(token)))
 	}
 	batch, err := c.conn.PrepareBatch(ctx, t.insert)
 	if err != nil {
@@ -623,6 +624,18 @@ func (c *ClickHouse) insert(ctx context.Context, t *tableWriter, b *Batch, cols 
 	t.stats.Inserts++
 	t.stats.RowsInserted += uint64(nRows)
 	return nil
+}
+
+// dedupSettings are the settings of an INSERT carrying token, on servers
+// with insert_deduplication_token: the server drops a block whose token it
+// has seen in the table's deduplication window, and, with the second
+// setting, the views' blocks of it too (else a dropped duplicate would still
+// be counted by every view).
+func dedupSettings(token string) clickhouse.Settings {
+	return clickhouse.Settings{
+		"insert_deduplication_token":                         token,
+		"deduplicate_blocks_in_dependent_materialized_views": 1,
+	}
 }
 
 func nsTime(ns int64) time.Time { return time.Unix(0, ns).UTC() }

@@ -600,6 +600,30 @@ func TestClickHouseServerDies(t *testing.T) {
 	assertOnce(t, srv, db, l, u)
 }
 
+// viewChecks are, for each analyst view, a query of the view and the same
+// aggregate of its base table (FINAL): after any run the two must print the
+// same. DB stands for the database.
+var viewChecks = []struct{ name, base, view string }{
+	{"usage_hourly",
+		"SELECT toStartOfHour(occurred_at) AS hour, customer_id, event_type, account, count(), toString(sum(charge)) FROM DB.usage_events FINAL GROUP BY hour, customer_id, event_type, account ORDER BY hour, customer_id, event_type, account",
+		"SELECT hour, customer_id, event_type, account, sum(events), toString(sum(charge)) FROM DB.usage_hourly GROUP BY hour, customer_id, event_type, account ORDER BY hour, customer_id, event_type, account"},
+	{"usage_daily",
+		"SELECT toDate(occurred_at) AS day, customer_id, event_type, account, count(), toString(sum(charge)) FROM DB.usage_events FINAL GROUP BY day, customer_id, event_type, account ORDER BY day, customer_id, event_type, account",
+		"SELECT day, customer_id, event_type, account, sum(events), toString(sum(charge)) FROM DB.usage_daily GROUP BY day, customer_id, event_type, account ORDER BY day, customer_id, event_type, account"},
+	{"bucket_consumption_daily",
+		"SELECT toDate(occurred_at) AS day, customer_id, bucket_kind, account, count(), toString(sum(-amount)) FROM DB.ledger_entries FINAL WHERE type = 'usage' GROUP BY day, customer_id, bucket_kind, account ORDER BY day, customer_id, bucket_kind, account",
+		"SELECT day, customer_id, bucket_kind, account, sum(entries), toString(sum(consumed)) FROM DB.bucket_consumption_daily GROUP BY day, customer_id, bucket_kind, account ORDER BY day, customer_id, bucket_kind, account"},
+	{"credit_flows_daily",
+		"SELECT toDate(occurred_at) AS day, customer_id, account, count(), toString(sumIf(amount, type = 'grant')), toString(sumIf(amount, type = 'topup')), " +
+			"toString(sumIf(amount, type = 'adjustment')), toString(sumIf(amount, type = 'auto_reload')), toString(-sumIf(amount, type = 'usage')), " +
+			"toString(-sumIf(amount, type = 'expiry')), toString(-sumIf(amount, type = 'topup_reversal')), " +
+			"toString(sumIf(amount, type IN ('hold', 'hold_release'))), toString(sum(amount)) " +
+			"FROM DB.ledger_entries FINAL GROUP BY day, customer_id, account ORDER BY day, customer_id, account",
+		"SELECT day, customer_id, account, sum(entries), toString(sum(granted)), toString(sum(topped_up)), toString(sum(adjusted)), " +
+			"toString(sum(auto_reloaded)), toString(sum(used)), toString(sum(expired)), toString(sum(reversed)), toString(sum(held)), toString(sum(net)) " +
+			"FROM DB.credit_flows_daily GROUP BY day, customer_id, account ORDER BY day, customer_id, account"},
+}
+
 func TestClickHouseViews(t *testing.T) {
 	srv := chtest.Start(t)
 	db := srv.Database(t)
@@ -615,26 +639,7 @@ func TestClickHouseViews(t *testing.T) {
 	t.Logf("%d batches, %d ledger rows, %d usage rows", len(bs), l, u)
 	assertOnce(t, srv, db, l, u)
 
-	for _, q := range []struct{ name, base, view string }{
-		{"usage_hourly",
-			"SELECT toStartOfHour(occurred_at) AS hour, customer_id, event_type, account, count(), toString(sum(charge)) FROM DB.usage_events FINAL GROUP BY hour, customer_id, event_type, account ORDER BY hour, customer_id, event_type, account",
-			"SELECT hour, customer_id, event_type, account, sum(events), toString(sum(charge)) FROM DB.usage_hourly GROUP BY hour, customer_id, event_type, account ORDER BY hour, customer_id, event_type, account"},
-		{"usage_daily",
-			"SELECT toDate(occurred_at) AS day, customer_id, event_type, account, count(), toString(sum(charge)) FROM DB.usage_events FINAL GROUP BY day, customer_id, event_type, account ORDER BY day, customer_id, event_type, account",
-			"SELECT day, customer_id, event_type, account, sum(events), toString(sum(charge)) FROM DB.usage_daily GROUP BY day, customer_id, event_type, account ORDER BY day, customer_id, event_type, account"},
-		{"bucket_consumption_daily",
-			"SELECT toDate(occurred_at) AS day, customer_id, bucket_kind, account, count(), toString(sum(-amount)) FROM DB.ledger_entries FINAL WHERE type = 'usage' GROUP BY day, customer_id, bucket_kind, account ORDER BY day, customer_id, bucket_kind, account",
-			"SELECT day, customer_id, bucket_kind, account, sum(entries), toString(sum(consumed)) FROM DB.bucket_consumption_daily GROUP BY day, customer_id, bucket_kind, account ORDER BY day, customer_id, bucket_kind, account"},
-		{"credit_flows_daily",
-			"SELECT toDate(occurred_at) AS day, customer_id, account, count(), toString(sumIf(amount, type = 'grant')), toString(sumIf(amount, type = 'topup')), " +
-				"toString(sumIf(amount, type = 'adjustment')), toString(sumIf(amount, type = 'auto_reload')), toString(-sumIf(amount, type = 'usage')), " +
-				"toString(-sumIf(amount, type = 'expiry')), toString(-sumIf(amount, type = 'topup_reversal')), " +
-				"toString(sumIf(amount, type IN ('hold', 'hold_release'))), toString(sum(amount)) " +
-				"FROM DB.ledger_entries FINAL GROUP BY day, customer_id, account ORDER BY day, customer_id, account",
-			"SELECT day, customer_id, account, sum(entries), toString(sum(granted)), toString(sum(topped_up)), toString(sum(adjusted)), " +
-				"toString(sum(auto_reloaded)), toString(sum(used)), toString(sum(expired)), toString(sum(reversed)), toString(sum(held)), toString(sum(net)) " +
-				"FROM DB.credit_flows_daily GROUP BY day, customer_id, account ORDER BY day, customer_id, account"},
-	} {
+	for _, q := range viewChecks {
 		base := srv.Query(t, strings.ReplaceAll(q.base, "DB", db))
 		view := srv.Query(t, strings.ReplaceAll(q.view, "DB", db))
 		if base != view {

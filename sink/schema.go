@@ -108,21 +108,30 @@ func detectCaps(ctx context.Context, conn driver.Conn) (serverCaps, error) {
 	if err != nil {
 		return serverCaps{}, fmt.Errorf("server version: %w", err)
 	}
-	caps := serverCaps{major: v.Version.Major, minor: v.Version.Minor, patch: v.Version.Patch}
-	var n uint64
-	q := `SELECT count() FROM system.settings WHERE name = 'insert_deduplication_token'`
-	if err := conn.QueryRow(ctx, q).Scan(&n); err != nil {
+	return capsOf(v.Version.Major, v.Version.Minor, v.Version.Patch, func(q string) (uint64, error) {
+		var n uint64
+		err := conn.QueryRow(ctx, q).Scan(&n)
+		return n, err
+	})
+}
+
+// capsOf is detectCaps' answer for a server of the version given, where
+// count runs a query of one count().
+func capsOf(major, minor, patch uint64, count func(q string) (uint64, error)) (serverCaps, error) {
+	caps := serverCaps{major: major, minor: minor, patch: patch}
+	n, err := count(`SELECT count() FROM system.settings WHERE name = 'insert_deduplication_token'`)
+	if err != nil {
 		return caps, fmt.Errorf("detect insert_deduplication_token: %w", err)
 	}
 	caps.dedupToken = n > 0
-	q = `SELECT count() FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'`
-	if err := conn.QueryRow(ctx, q).Scan(&n); err != nil {
+	n, err = count(`SELECT count() FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'`)
+	if err != nil {
 		return caps, fmt.Errorf("detect non_replicated_deduplication_window: %w", err)
 	}
 	caps.dedupWindow = n > 0
 	if caps.atLeast(dateTime64Major, dateTime64Minor) {
-		q = `SELECT count() FROM system.functions WHERE name = 'fromUnixTimestamp64Milli'`
-		if err := conn.QueryRow(ctx, q).Scan(&n); err != nil {
+		n, err = count(`SELECT count() FROM system.functions WHERE name = 'fromUnixTimestamp64Milli'`)
+		if err != nil {
 			return caps, fmt.Errorf("detect fromUnixTimestamp64Milli: %w", err)
 		}
 		caps.dateTime64 = n > 0
@@ -447,6 +456,19 @@ var migrations = []migration{
 				"SELECT "+strings.Join(sel, ", ")+"\nFROM "+s.table(tableLedger)+"\nGROUP BY day, customer_id, account"),
 		}
 	}},
+	{version: 7, name: "deduplication window of the views",
+		requires: func(c serverCaps, s schema) bool { return c.dedupWindow && s.cluster == "" },
+		statements: func(s schema) []string {
+			// An INSERT the server drops as a duplicate must be dropped
+			// from the views too (dedupSettings); their tables need the
+			// window for that.
+			var out []string
+			for _, t := range []string{tableUsageHourly, tableUsageDaily, tableBucketConsumed, tableCreditFlows} {
+				out = append(out, fmt.Sprintf("ALTER TABLE %s%s MODIFY SETTING non_replicated_deduplication_window = %d",
+					s.table(t), s.onCluster(), dedupWindowBlocks))
+			}
+			return out
+		}},
 }
 
 // plan is the DDL Migrate would run on a fresh database, in order: the
