@@ -43,7 +43,10 @@ import (
 //     that got past the check anyway is dropped by the server, from the base
 //     table and from every view. Replicated tables
 //     deduplicate identical blocks by themselves.
-//  5. Whatever still gets in twice (two processes shipping the same outbox,
+//  5. The views of a batch found already there may be short of it (an
+//     INSERT cut between the base part and the views' parts): they are
+//     repaired before anything else is written (repair.go).
+//  6. Whatever still gets in twice (two processes shipping the same outbox,
 //     which is not supported) collapses in the ReplacingMergeTree, keyed by
 //     the entry's own identity, at merge time and under FINAL.
 //
@@ -157,6 +160,7 @@ type ClickHouseStats struct {
 	RowsInserted uint64
 	Checks       uint64 // times a table was asked what of a batch it holds
 	RowsSkipped  uint64 // rows found already present, or confirmed earlier
+	Repairs      uint64 // views made equal to their base table after an unknown outcome (repair.go)
 }
 
 // tableWriter is the exactly-once state of one table; see the top of this file.
@@ -273,7 +277,7 @@ func (c *ClickHouse) Stats() ClickHouseStats {
 	defer c.mu.Unlock()
 	l, u := c.ledger.stats, c.usage.stats
 	return ClickHouseStats{Batches: c.batches, Inserts: l.Inserts + u.Inserts, RowsInserted: l.RowsInserted + u.RowsInserted,
-		Checks: l.Checks + u.Checks, RowsSkipped: l.RowsSkipped + u.RowsSkipped}
+		Checks: l.Checks + u.Checks, RowsSkipped: l.RowsSkipped + u.RowsSkipped, Repairs: l.Repairs + u.Repairs}
 }
 
 // WriteError is the error of a sink's Write. Retryable says whether writing
@@ -489,9 +493,13 @@ func (c *ClickHouse) writeTable(ctx context.Context, t *tableWriter, b *Batch, m
 		return nil
 	}
 
-	// The outcome of an earlier attempt is unknown: ask.
+	// The outcome of an earlier attempt is unknown: once no insert of
+	// this outbox into the table is running any more, ask.
 	t.clean = false
 	t.stats.Checks++
+	if err := c.settle(ctx, t); err != nil {
+		return c.writeError(t.name, b, err)
+	}
 	present, above, err := c.present(ctx, t, b, month)
 	if err != nil {
 		return c.writeError(t.name, b, err)
@@ -511,6 +519,12 @@ func (c *ClickHouse) writeTable(ctx context.Context, t *tableWriter, b *Batch, m
 		if got.rows > got.distinct {
 			c.log.Warn("clickhouse: rows already duplicated; ReplacingMergeTree will collapse them",
 				"table", t.name, "outbox_seq", seq, "rows", got.rows, "distinct", got.distinct)
+		}
+	}
+	if len(present) > 0 {
+		// The views of what is there may be short of it (repair.go).
+		if err := c.repair(ctx, t, b, month); err != nil {
+			return c.writeError(t.name, b, err)
 		}
 	}
 	kept := n
@@ -537,7 +551,7 @@ func (c *ClickHouse) writeTable(ctx context.Context, t *tableWriter, b *Batch, m
 		}
 	}
 	if len(present) > 0 {
-		c.log.Info("clickhouse: batch already (partly) present", "table", t.name,
+		c.log.Info("clickhouse: batch already (partly) present; its views repaired", "table", t.name,
 			"from", b.From, "to", b.To, "rows_present", n-kept, "rows_inserted", kept)
 	}
 	t.clean = true
@@ -602,6 +616,7 @@ func (c *ClickHouse) insert(ctx context.Context, t *tableWriter, b *Batch, cols 
 		}
 		ctx = clickhouse.Context(ctx, clickhouse.WithSettings(dedupSettings(token)))
 	}
+	ctx = clickhouse.Context(ctx, clickhouse.WithQueryID(c.queryID(t, b)))
 	batch, err := c.conn.PrepareBatch(ctx, t.insert)
 	if err != nil {
 		return fmt.Errorf("prepare: %w", err)

@@ -59,12 +59,12 @@ import (
 //
 // Materialized views feed SummingMergeTree tables from the base tables. They
 // see each INSERT block as it lands; the writer inserts every block once, so
-// the views count each row once. The one exception is a crash between the
-// base table's part being committed and the views' parts (ClickHouse 18.16
-// writes them one after the other): the base table is then right and the
-// view short. The views are derived data; rebuild a month with
-// INSERT INTO <view table> SELECT ... FROM <base> FINAL after a
-// ALTER TABLE <view table> DROP PARTITION.
+// the views count each row once. A crash between the base table's part being
+// committed and the views' parts (ClickHouse writes them one after the
+// other) leaves the base table right and a view short: the writer repairs
+// that when it finds the batch already there (repair.go). The views are
+// derived data; rebuild a month with INSERT INTO <view table> SELECT ...
+// FROM <base> FINAL after an ALTER TABLE <view table> DROP PARTITION.
 
 // Names of the tables the writer and the tests use.
 const (
@@ -426,34 +426,24 @@ var migrations = []migration{
 		}},
 	{version: 6, name: "credit flows", statements: func(s schema) []string {
 		// Every ledger entry of an account, per day it occurred, in one
-		// column per kind of flow: credit in (granted by plans, topped up,
-		// adjusted, auto-reloaded), credit out as positive amounts (used,
-		// expired unused, reversed top-ups), the net of holds placed and
-		// released, and the net of all of them, which sums to available.
-		flows := []struct{ col, expr string }{
-			{"granted", "sumIf(amount, type = 'grant')"},
-			{"topped_up", "sumIf(amount, type = 'topup')"},
-			{"adjusted", "sumIf(amount, type = 'adjustment')"},
-			{"auto_reloaded", "sumIf(amount, type = 'auto_reload')"},
-			{"used", "-sumIf(amount, type = 'usage')"},
-			{"expired", "-sumIf(amount, type = 'expiry')"},
-			{"reversed", "-sumIf(amount, type = 'topup_reversal')"},
-			{"held", "sumIf(amount, type IN ('hold', 'hold_release'))"},
-			{"net", "sum(amount)"},
-		}
-		cols := []string{"day Date", "customer_id String", "account String", "entries UInt64"}
-		sums := []string{"entries"}
-		sel := []string{"toDate(occurred_at) AS day", "customer_id", "account", "count() AS entries"}
-		for _, f := range flows {
-			cols = append(cols, f.col+" Decimal(38, 9)")
-			sums = append(sums, f.col)
-			sel = append(sel, f.expr+" AS "+f.col)
+		// column per kind of flow (creditFlows): credit in (granted by
+		// plans, topped up, adjusted, auto-reloaded), credit out as
+		// positive amounts (used, expired unused, reversed top-ups), the
+		// net of holds placed and released, and the net of all of them,
+		// which sums to available.
+		r := rollupOf(tableCreditFlows)
+		cols := []string{"day Date", "customer_id String", "account String"}
+		for _, v := range r.sums {
+			typ := "Decimal(38, 9)"
+			if v.name == "entries" {
+				typ = "UInt64"
+			}
+			cols = append(cols, v.name+" "+typ)
 		}
 		return []string{
-			s.createTable(tableCreditFlows, cols, s.engine(tableCreditFlows, "SummingMergeTree", "("+strings.Join(sums, ", ")+")"),
+			s.createTable(tableCreditFlows, cols, s.engine(tableCreditFlows, "SummingMergeTree", "("+columnList(r.sums)+")"),
 				"toYYYYMM(day)", "(customer_id, account, day)"),
-			s.createView(tableCreditFlows+"_mv", tableCreditFlows,
-				"SELECT "+strings.Join(sel, ", ")+"\nFROM "+s.table(tableLedger)+"\nGROUP BY day, customer_id, account"),
+			s.createView(tableCreditFlows+"_mv", tableCreditFlows, s.viewSelect(r)),
 		}
 	}},
 	{version: 7, name: "deduplication window of the views",

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -75,6 +76,12 @@ func TestClickHouseDDL(t *testing.T) {
 		} {
 			if !strings.Contains(allc, e) {
 				t.Errorf("cluster DDL: no %q", e)
+			}
+		}
+		// The repair's description of each view is the view.
+		for _, r := range rollups {
+			if v := (schema{db: "meterd"}).createView(r.table+"_mv", r.table, (schema{db: "meterd"}).viewSelect(r)); !slices.Contains(plain, v) {
+				t.Errorf("no view in the DDL is the rollup of %s:\n%s", r.table, v)
 			}
 		}
 		has64 := strings.Contains(all, "DateTime64(3, 'UTC')")

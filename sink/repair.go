@@ -1,0 +1,210 @@
+package sink
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Keeping the analyst views exact when an INSERT's outcome is unknown.
+//
+// ClickHouse commits an INSERT's block to the base table first, then to each
+// materialized view's table, one after the other. An INSERT cut short (the
+// server killed, the connection lost) can therefore leave the base table
+// holding the block and some views without it. The writer finds such blocks
+// with its check of what landed (clickhouse.go, step 2): a record already in
+// the base table is one whose views may be short. For those, and before it
+// writes anything else to the table, it makes each view equal to the
+// aggregate of the base table over the keys the records touch, by inserting
+// the difference (a SummingMergeTree adds it). Two rules make that exact:
+//
+//   - nothing of this outbox is still being inserted into the table while
+//     the check and the repair run: every INSERT carries a query id naming
+//     the outbox and the table, and settle waits until the server runs none
+//     (an INSERT whose client died may still be writing its views);
+//   - the repair reads and writes while this writer holds the table, so no
+//     insert of its own lands between the two reads. Rows of the same keys
+//     from another meterd instance (another outbox) must not be in flight
+//     at the same time: a customer's rows come from one instance.
+//
+// A view that already holds the block gets a difference of zero, and no row.
+
+// rollup is an analyst view as data, for the repair: its table, the base
+// table it reads, its key and summed columns with their expressions over the
+// base table, and which base rows it reads ("" for all).
+type rollup struct {
+	table, base string
+	keys        []rollupCol
+	sums        []rollupCol
+	where       string
+}
+
+type rollupCol struct{ name, expr string }
+
+// creditFlows are the summed columns of credit_flows_daily.
+var creditFlows = []rollupCol{
+	{"entries", "count()"},
+	{"granted", "sumIf(amount, type = 'grant')"},
+	{"topped_up", "sumIf(amount, type = 'topup')"},
+	{"adjusted", "sumIf(amount, type = 'adjustment')"},
+	{"auto_reloaded", "sumIf(amount, type = 'auto_reload')"},
+	{"used", "-sumIf(amount, type = 'usage')"},
+	{"expired", "-sumIf(amount, type = 'expiry')"},
+	{"reversed", "-sumIf(amount, type = 'topup_reversal')"},
+	{"held", "sumIf(amount, type IN ('hold', 'hold_release'))"},
+	{"net", "sum(amount)"},
+}
+
+// rollups are every view of the schema (migrations 2 and 6), by base table.
+var rollups = []rollup{
+	{table: tableUsageHourly, base: tableUsage,
+		keys: []rollupCol{{"hour", "toStartOfHour(occurred_at)"}, {"customer_id", "customer_id"}, {"event_type", "event_type"}, {"account", "account"}},
+		sums: []rollupCol{{"events", "count()"}, {"charge", "sum(charge)"}}},
+	{table: tableUsageDaily, base: tableUsage,
+		keys: []rollupCol{{"day", "toDate(occurred_at)"}, {"customer_id", "customer_id"}, {"event_type", "event_type"}, {"account", "account"}},
+		sums: []rollupCol{{"events", "count()"}, {"charge", "sum(charge)"}}},
+	{table: tableBucketConsumed, base: tableLedger, where: "type = 'usage'",
+		keys: []rollupCol{{"day", "toDate(occurred_at)"}, {"customer_id", "customer_id"}, {"account", "account"}, {"bucket_kind", "bucket_kind"}},
+		sums: []rollupCol{{"entries", "count()"}, {"consumed", "sum(-amount)"}}},
+	{table: tableCreditFlows, base: tableLedger,
+		keys: []rollupCol{{"day", "toDate(occurred_at)"}, {"customer_id", "customer_id"}, {"account", "account"}},
+		sums: creditFlows},
+}
+
+// repairQuery is the INSERT that adds to view r the difference between the
+// aggregate of its base table and what it holds, over the keys of the base
+// rows of outbox_id in outbox_seq from..to recorded in [from, until) (the
+// four arguments, in that order, twice).
+func (s schema) repairQuery(r rollup) string {
+	var keyNames, keyExprs, keyAs, baseSums, viewSums, diffs, differs []string
+	for _, k := range r.keys {
+		keyNames = append(keyNames, k.name)
+		keyExprs = append(keyExprs, k.expr)
+		if k.expr == k.name {
+			keyAs = append(keyAs, k.name)
+		} else {
+			keyAs = append(keyAs, k.expr+" AS "+k.name)
+		}
+	}
+	for _, v := range r.sums {
+		baseSums = append(baseSums, v.expr+" AS b_"+v.name)
+		viewSums = append(viewSums, "sum("+v.name+") AS v_"+v.name)
+		diffs = append(diffs, "b_"+v.name+" - v_"+v.name)
+		differs = append(differs, "b_"+v.name+" != v_"+v.name)
+	}
+	where := ""
+	if r.where != "" {
+		where = " AND " + r.where
+	}
+	touched := "SELECT " + strings.Join(keyExprs, ", ") + " FROM " + s.table(r.base) +
+		" WHERE outbox_id = ? AND outbox_seq >= ? AND outbox_seq <= ? AND recorded_at >= toDateTime(?) AND recorded_at < toDateTime(?)" + where
+	names := strings.Join(keyNames, ", ")
+	return "INSERT INTO " + s.table(r.table) + " (" + names + ", " + columnList(r.sums) + ")\n" +
+		"SELECT " + names + ", " + strings.Join(diffs, ", ") + "\nFROM (\n" +
+		"    SELECT " + strings.Join(keyAs, ", ") + ", " + strings.Join(baseSums, ", ") +
+		"\n    FROM " + s.table(r.base) + " FINAL\n    WHERE (" + strings.Join(keyExprs, ", ") + ") IN (" + touched + ")" + where +
+		"\n    GROUP BY " + names + "\n) AS b ANY LEFT JOIN (\n" +
+		"    SELECT " + names + ", " + strings.Join(viewSums, ", ") +
+		"\n    FROM " + s.table(r.table) + "\n    WHERE (" + names + ") IN (" + touched + ")" +
+		"\n    GROUP BY " + names + "\n) AS v USING (" + names + ")\nWHERE " + strings.Join(differs, " OR ")
+}
+
+// rollupOf is the rollup of table.
+func rollupOf(table string) rollup {
+	for _, r := range rollups {
+		if r.table == table {
+			return r
+		}
+	}
+	panic("sink: no rollup " + table)
+}
+
+func columnList(cols []rollupCol) string {
+	names := make([]string, len(cols))
+	for i, c := range cols {
+		names[i] = c.name
+	}
+	return strings.Join(names, ", ")
+}
+
+// viewSelect is the SELECT of r's materialized view.
+func (s schema) viewSelect(r rollup) string {
+	var sel, names []string
+	for _, k := range r.keys {
+		names = append(names, k.name)
+		if k.expr == k.name {
+			sel = append(sel, k.name)
+		} else {
+			sel = append(sel, k.expr+" AS "+k.name)
+		}
+	}
+	for _, v := range r.sums {
+		sel = append(sel, v.expr+" AS "+v.name)
+	}
+	q := "SELECT " + strings.Join(sel, ", ") + "\nFROM " + s.table(r.base)
+	if r.where != "" {
+		q += "\nWHERE " + r.where
+	}
+	return q + "\nGROUP BY " + strings.Join(names, ", ")
+}
+
+// repair makes every view of table t equal to its base table over the keys
+// of the rows of b's records present there (see the top of this file).
+func (c *ClickHouse) repair(ctx context.Context, t *tableWriter, b *Batch, month time.Time) error {
+	from, until := uint32(month.Unix()), uint32(month.AddDate(0, 1, 0).Unix())
+	for _, r := range rollups {
+		if r.base != t.name {
+			continue
+		}
+		args := []any{c.cfg.OutboxID, b.From, b.To, from, until}
+		if err := c.conn.Exec(ctx, c.schema.repairQuery(r), append(args, args...)...); err != nil {
+			return fmt.Errorf("repair %s: %w", r.table, err)
+		}
+		t.stats.Repairs++
+	}
+	return nil
+}
+
+// queryIDPrefix starts the query id of every INSERT of this outbox into t.
+func (c *ClickHouse) queryIDPrefix(t *tableWriter) string {
+	return "meterd/" + c.cfg.OutboxID + "/" + t.name + "/"
+}
+
+// queryID is a new INSERT's query id: the prefix, the batch, and random
+// bytes (the server refuses a query id that is running already).
+func (c *ClickHouse) queryID(t *tableWriter, b *Batch) string {
+	var r [6]byte
+	_, _ = rand.Read(r[:])
+	return fmt.Sprintf("%s%d-%d/%s", c.queryIDPrefix(t), b.From, b.To, hex.EncodeToString(r[:]))
+}
+
+// settlePoll is how often settle asks the server.
+const settlePoll = 50 * time.Millisecond
+
+// settle waits until the server runs no INSERT of this outbox into t, at
+// most ReadTimeout.
+func (c *ClickHouse) settle(ctx context.Context, t *tableWriter) error {
+	prefix := c.queryIDPrefix(t)
+	q := "SELECT count() FROM system.processes WHERE substring(query_id, 1, ?) = ?"
+	deadline := time.Now().Add(c.cfg.ReadTimeout)
+	for {
+		var n uint64
+		if err := c.conn.QueryRow(ctx, q, len(prefix), prefix).Scan(&n); err != nil {
+			return fmt.Errorf("settle: %w", err)
+		}
+		if n == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("settle: an earlier insert into %s is still running after %v", t.name, c.cfg.ReadTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(settlePoll):
+		}
+	}
+}
