@@ -300,6 +300,28 @@ func TestClickHouseCurrentEngine(t *testing.T) {
 		}
 	}
 
+	// Retention: a TTL on every table, as engine_full shows it (what retain
+	// compares), then changed, then removed.
+	engines := func() map[string]string {
+		out := map[string]string{}
+		for _, l := range strings.Split(c.must(chdbStmt{SQL: "SELECT name, engine_full FROM system.tables WHERE database = '" + db + "'"})[0], "\n") {
+			name, engine, _ := strings.Cut(l, "\t")
+			out[name] = engine
+		}
+		return out
+	}
+	for _, days := range []int{30, 400, 0} {
+		for _, rt := range retentionTables {
+			c.must(chdbStmt{SQL: s.retentionStatement(rt, days)})
+		}
+		e := engines()
+		for _, rt := range retentionTables {
+			if has := strings.Contains(e[rt.name], " TTL "); has != (days > 0) || days > 0 && !strings.Contains(e[rt.name], ttlClause(rt.column, days)) {
+				t.Errorf("retention %d days: %s is %s", days, rt.name, e[rt.name])
+			}
+		}
+	}
+
 	// Every query of docs/CLICKHOUSE.md runs and names the documented columns.
 	for _, stmts := range docQueries(t, db) {
 		if len(stmts) > 1 || !strings.HasPrefix(stmts[0], "SELECT ") {

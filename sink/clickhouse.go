@@ -71,6 +71,11 @@ type ClickHouseConfig struct {
 	// 100,000, at most 1,000,000 so that one INSERT stays one block under
 	// ClickHouse's max_insert_block_size (1,048,576).
 	BatchRowsMax int
+	// RetentionDays: rows of ledger_entries and usage_events are deleted
+	// this many days after recorded_at; RollupRetentionDays: rows of the
+	// views' tables this many days after their day. 0 (the default): kept
+	// forever. Needs ClickHouse 19.6+ (TTL) when not 0; see schema.go.
+	RetentionDays, RollupRetentionDays int
 	// BatchAge: the outbox reader may ship a smaller batch once its first
 	// record is this old. Default 1s. The writer only carries it.
 	BatchAge    time.Duration
@@ -127,6 +132,9 @@ func (cfg ClickHouseConfig) validate() error {
 	}
 	if cfg.BatchAge < 0 || cfg.DialTimeout < 0 || cfg.ReadTimeout < 0 {
 		return errors.New("clickhouse: negative duration")
+	}
+	if cfg.RetentionDays < 0 || cfg.RetentionDays > RetentionDaysMax || cfg.RollupRetentionDays < 0 || cfg.RollupRetentionDays > RetentionDaysMax {
+		return fmt.Errorf("clickhouse: retention %d and %d days: want 0..%d", cfg.RetentionDays, cfg.RollupRetentionDays, RetentionDaysMax)
 	}
 	if len(cfg.OutboxID) > clickHouseOutboxIDLenMax {
 		return fmt.Errorf("clickhouse: OutboxID longer than %d", clickHouseOutboxIDLenMax)
@@ -254,7 +262,10 @@ func (c *ClickHouse) Migrate(ctx context.Context) error {
 	if len(applied) > 0 {
 		c.log.Info("clickhouse schema migrated", "versions", applied)
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	return c.schema.retain(ctx, c.conn, c.caps, c.cfg.RetentionDays, c.cfg.RollupRetentionDays)
 }
 
 // Name is the name of the ClickHouse sink and of its outbox cursor.

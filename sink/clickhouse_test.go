@@ -187,6 +187,19 @@ func trimZeros(tsv string) string {
 
 var trailingZeros = regexp.MustCompile(`(\.\d*?[1-9])0+\b|\.0+\b`)
 
+// A retention on a server without TTL is refused at Open, saying what to do.
+func TestClickHouseRetentionNeedsTTL(t *testing.T) {
+	srv := chtest.Start(t)
+	c := openCH(t, srv, srv.Database(t))
+	if c.caps.atLeast(ttlMajor, ttlMinor) {
+		t.Skipf("server %s has TTL (the current-engine test sets retentions)", c.ServerVersion())
+	}
+	_, err := OpenClickHouse(testCtx(t), ClickHouseConfig{Addr: srv.Addr, Database: srv.Database(t), RetentionDays: 30, Log: testLog})
+	if err == nil || !strings.Contains(err.Error(), "needs ClickHouse 19.6 or later") || !strings.Contains(err.Error(), "set the retention to 0 days") {
+		t.Fatalf("OpenClickHouse with a retention on %s: %v", c.ServerVersion(), err)
+	}
+}
+
 // Times of the tests: November 2026, UTC.
 var testDay = time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)
 

@@ -621,3 +621,74 @@ func (s schema) verify(ctx context.Context, conn driver.Conn) error {
 func normalizeType(t string) string {
 	return strings.NewReplacer(" ", "", `\'`, "'").Replace(t)
 }
+
+// Retention: how long rows stay, set per table as a TTL (ClickHouse 19.6 and
+// later), from ClickHouseConfig's RetentionDays (the base tables, by
+// recorded_at) and RollupRetentionDays (the views' tables, by their day or
+// hour). It is configuration, not a migration: every Open makes each
+// table's TTL what is configured (0: none), touching only tables whose TTL
+// differs (a changed TTL makes ClickHouse rewrite the table's parts).
+
+// ttlMajor, ttlMinor: TTL of MergeTree tables appeared in 19.6.
+const (
+	ttlMajor, ttlMinor = 19, 6
+	// RetentionDaysMax bounds the retention settings (100 years).
+	RetentionDaysMax = 36_500
+)
+
+// retentionTable is a table whose rows expire, and the time column they
+// expire by.
+type retentionTable struct {
+	name, column string
+	rollup       bool
+}
+
+var retentionTables = []retentionTable{
+	{tableLedger, "recorded_at", false}, {tableUsage, "recorded_at", false},
+	{tableUsageHourly, "hour", true}, {tableUsageDaily, "day", true},
+	{tableBucketConsumed, "day", true}, {tableCreditFlows, "day", true},
+}
+
+// ttlClause is how system.tables' engine_full shows a TTL of days on column.
+func ttlClause(column string, days int) string {
+	return fmt.Sprintf("TTL %s + toIntervalDay(%d)", column, days)
+}
+
+// retentionStatement is the ALTER that sets a TTL of days on t (0: removes it).
+func (s schema) retentionStatement(t retentionTable, days int) string {
+	if days == 0 {
+		return "ALTER TABLE " + s.table(t.name) + s.onCluster() + " REMOVE TTL"
+	}
+	return fmt.Sprintf("ALTER TABLE %s%s MODIFY TTL %s + INTERVAL %d DAY", s.table(t.name), s.onCluster(), t.column, days)
+}
+
+// retain makes every table's TTL what base (the base tables) and rollup
+// (the views) say, in days, 0 for none.
+func (s schema) retain(ctx context.Context, conn driver.Conn, caps serverCaps, base, rollup int) error {
+	if (base > 0 || rollup > 0) && !caps.atLeast(ttlMajor, ttlMinor) {
+		return fmt.Errorf("clickhouse: a retention (TTL) needs ClickHouse %d.%d or later; this server is %d.%d.%d: set the retention to 0 days, or upgrade",
+			ttlMajor, ttlMinor, caps.major, caps.minor, caps.patch)
+	}
+	if !caps.atLeast(ttlMajor, ttlMinor) {
+		return nil
+	}
+	for _, t := range retentionTables {
+		days := base
+		if t.rollup {
+			days = rollup
+		}
+		var engine string
+		if err := conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?", s.db, t.name).Scan(&engine); err != nil {
+			return fmt.Errorf("clickhouse retention of %s: %w", t.name, err)
+		}
+		has := strings.Contains(engine, " TTL ")
+		if days == 0 && !has || days > 0 && strings.Contains(engine, ttlClause(t.column, days)) {
+			continue
+		}
+		q := s.retentionStatement(t, days)
+		if err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("clickhouse retention: %w\n%s", err, q)
+		}
+	}
+	return nil
+}

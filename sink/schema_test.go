@@ -15,6 +15,8 @@ func TestClickHouseConfig(t *testing.T) {
 		{Addr: "x:9000", Cluster: "a b"},
 		{Addr: "x:9000", BatchRowsMax: 1_048_576},
 		{Addr: "x:9000", DialTimeout: -1},
+		{Addr: "x:9000", RetentionDays: -1},
+		{Addr: "x:9000", RollupRetentionDays: RetentionDaysMax + 1},
 	} {
 		if _, err := OpenClickHouse(context.Background(), cfg); err == nil {
 			t.Errorf("OpenClickHouse(%+v): no error", cfg)

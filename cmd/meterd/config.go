@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meterd/meterd/sink"
 	"gopkg.in/yaml.v3"
 )
 
@@ -28,45 +29,47 @@ import (
 // The settings are declared once, in settings; flags, environment variables,
 // YAML keys and the --help text are all derived from that table.
 type Config struct {
-	Listen              string        // --listen HOST:PORT
-	DataDir             string        // --data-dir DIR
-	Pricing             string        // --pricing FILE: made the pricing in force at start (a new version when it differs)
-	APIKeys             string        // --api-keys FILE (see ingest.LoadKeys); empty = no auth, loopback only
-	TestClock           bool          // --test-clock
-	TestClockStart      string        // --test-clock-start RFC3339 (needs --test-clock)
-	ClickHouseAddr      string        // --clickhouse-addr HOST:PORT, empty = no ClickHouse sink
-	ClickHouseDatabase  string        // --clickhouse-database NAME
-	ClickHouseCluster   string        // --clickhouse-cluster NAME: ReplicatedMergeTree ... ON CLUSTER NAME
-	ClickHouseUser      string        // --clickhouse-user
-	ClickHousePassword  string        // --clickhouse-password (prefer METERD_CLICKHOUSE_PASSWORD)
-	SinkBatchRows       int           // --sink-batch-rows N
-	SinkBatchAge        time.Duration // --sink-batch-age DURATION
-	SinkBacklogMaxBytes int           // --sink-backlog-max-bytes N, 0 = no bound
-	SinkBacklogPolicy   string        // --sink-backlog-policy alert|refuse
-	WebhookURL          string        // --webhook-url: deliver notifications there; empty = no webhook
-	WebhookSecret       string        // --webhook-secret: HMAC-SHA256 key of the signature header (prefer METERD_WEBHOOK_SECRET)
-	KafkaBrokers        string        // --kafka-brokers LIST (comma-separated HOST:PORT), empty = no Kafka
-	KafkaTopic          string        // --kafka-topic NAME
-	KafkaGroup          string        // --kafka-group NAME
-	KafkaPublish        bool          // --kafka-publish: publish every ledger entry to --kafka-ledger-topic
-	KafkaLedgerTopic    string        // --kafka-ledger-topic NAME
-	KafkaNoticesTopic   string        // --kafka-notifications-topic NAME
-	Shards              int           // --shards N, 0 = number of CPUs
-	DedupWindow         time.Duration // --dedup-window DURATION, at least 24h
-	ReversalWindow      time.Duration // --reversal-window DURATION
-	BodyBytesMax        int           // --body-bytes-max N
-	EventsPerRequestMax int           // --events-per-request-max N
-	BodyMemoryMax       int           // --http-body-memory-max N: bytes of request bodies being read, server-wide
-	HTTPConnsMax        int           // --http-conns-max N: open HTTP connections, 0 = derived from RLIMIT_NOFILE (see planDescriptors)
-	HTTPConnsPerIPMax   int           // --http-conns-per-ip-max N: from one client address, 0 = derived
-	ShardQueueMax       int           // --shard-queue-max N: requests waiting per shard before 503
-	CommitEventsMax     int           // --commit-events-max N: events per commit group
-	CheckpointInterval  time.Duration // --checkpoint-interval DURATION: how long a wallet's usage may live in the command log alone
-	IdemCacheMax        int           // --idem-cache-max N: idempotency records cached per shard
-	CacheBytes          int           // --cache-bytes N: Pebble block cache
-	DiskReserveBytes    int           // --disk-reserve-bytes N: kept in reserve for a full disk
-	LogLevel            string        // --log-level debug|info|warn|error
-	Config              string        // --config FILE (YAML); not itself a YAML key
+	Listen                    string        // --listen HOST:PORT
+	DataDir                   string        // --data-dir DIR
+	Pricing                   string        // --pricing FILE: made the pricing in force at start (a new version when it differs)
+	APIKeys                   string        // --api-keys FILE (see ingest.LoadKeys); empty = no auth, loopback only
+	TestClock                 bool          // --test-clock
+	TestClockStart            string        // --test-clock-start RFC3339 (needs --test-clock)
+	ClickHouseAddr            string        // --clickhouse-addr HOST:PORT, empty = no ClickHouse sink
+	ClickHouseDatabase        string        // --clickhouse-database NAME
+	ClickHouseCluster         string        // --clickhouse-cluster NAME: ReplicatedMergeTree ... ON CLUSTER NAME
+	ClickHouseUser            string        // --clickhouse-user
+	ClickHousePassword        string        // --clickhouse-password (prefer METERD_CLICKHOUSE_PASSWORD)
+	ClickHouseRetention       int           // --clickhouse-retention-days N: TTL of the base tables, 0 = none
+	ClickHouseRollupRetention int           // --clickhouse-rollup-retention-days N: TTL of the views' tables, 0 = none
+	SinkBatchRows             int           // --sink-batch-rows N
+	SinkBatchAge              time.Duration // --sink-batch-age DURATION
+	SinkBacklogMaxBytes       int           // --sink-backlog-max-bytes N, 0 = no bound
+	SinkBacklogPolicy         string        // --sink-backlog-policy alert|refuse
+	WebhookURL                string        // --webhook-url: deliver notifications there; empty = no webhook
+	WebhookSecret             string        // --webhook-secret: HMAC-SHA256 key of the signature header (prefer METERD_WEBHOOK_SECRET)
+	KafkaBrokers              string        // --kafka-brokers LIST (comma-separated HOST:PORT), empty = no Kafka
+	KafkaTopic                string        // --kafka-topic NAME
+	KafkaGroup                string        // --kafka-group NAME
+	KafkaPublish              bool          // --kafka-publish: publish every ledger entry to --kafka-ledger-topic
+	KafkaLedgerTopic          string        // --kafka-ledger-topic NAME
+	KafkaNoticesTopic         string        // --kafka-notifications-topic NAME
+	Shards                    int           // --shards N, 0 = number of CPUs
+	DedupWindow               time.Duration // --dedup-window DURATION, at least 24h
+	ReversalWindow            time.Duration // --reversal-window DURATION
+	BodyBytesMax              int           // --body-bytes-max N
+	EventsPerRequestMax       int           // --events-per-request-max N
+	BodyMemoryMax             int           // --http-body-memory-max N: bytes of request bodies being read, server-wide
+	HTTPConnsMax              int           // --http-conns-max N: open HTTP connections, 0 = derived from RLIMIT_NOFILE (see planDescriptors)
+	HTTPConnsPerIPMax         int           // --http-conns-per-ip-max N: from one client address, 0 = derived
+	ShardQueueMax             int           // --shard-queue-max N: requests waiting per shard before 503
+	CommitEventsMax           int           // --commit-events-max N: events per commit group
+	CheckpointInterval        time.Duration // --checkpoint-interval DURATION: how long a wallet's usage may live in the command log alone
+	IdemCacheMax              int           // --idem-cache-max N: idempotency records cached per shard
+	CacheBytes                int           // --cache-bytes N: Pebble block cache
+	DiskReserveBytes          int           // --disk-reserve-bytes N: kept in reserve for a full disk
+	LogLevel                  string        // --log-level debug|info|warn|error
+	Config                    string        // --config FILE (YAML); not itself a YAML key
 }
 
 // Limits of the configuration itself. A value past an upper bound is far more
@@ -127,6 +130,10 @@ func settings(c *Config) []setting {
 			usage: "ClickHouse user"},
 		{name: "clickhouse-password", arg: "SECRET", def: "", ptr: &c.ClickHousePassword,
 			usage: "ClickHouse password (prefer the environment variable to the command line)"},
+		{name: "clickhouse-retention-days", arg: "N", def: "0", ptr: &c.ClickHouseRetention,
+			usage: "delete ledger_entries and usage_events rows N days after recorded_at (a ClickHouse TTL, 19.6+); 0 = keep"},
+		{name: "clickhouse-rollup-retention-days", arg: "N", def: "0", ptr: &c.ClickHouseRollupRetention,
+			usage: "delete rows of the ClickHouse rollups (usage_daily, credit_flows_daily, ...) N days after their day; 0 = keep"},
 		{name: "sink-batch-rows", arg: "N", def: "100000", ptr: &c.SinkBatchRows,
 			usage: "most rows a sink ships in one batch (one insert per table)"},
 		{name: "sink-batch-age", arg: "DURATION", def: "1s", ptr: &c.SinkBatchAge,
@@ -550,6 +557,14 @@ func (c *Config) validate() error {
 	}
 	if c.HTTPConnsMax > 0 && c.HTTPConnsPerIPMax > c.HTTPConnsMax {
 		return invalid("http-conns-per-ip-max", "%d is more than --http-conns-max %d", c.HTTPConnsPerIPMax, c.HTTPConnsMax)
+	}
+	for _, r := range []struct {
+		name string
+		days int
+	}{{"clickhouse-retention-days", c.ClickHouseRetention}, {"clickhouse-rollup-retention-days", c.ClickHouseRollupRetention}} {
+		if r.days < 0 || r.days > sink.RetentionDaysMax {
+			return invalid(r.name, "%d is outside 0..%d", r.days, sink.RetentionDaysMax)
+		}
 	}
 	if c.SinkBatchRows < 1 || c.SinkBatchRows > 1_000_000 {
 		return invalid("sink-batch-rows", "%d is outside 1..1000000 (one insert must stay one ClickHouse block)", c.SinkBatchRows)

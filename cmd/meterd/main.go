@@ -192,6 +192,7 @@ func run(cfg Config, fds fdPlan) error {
 	if cfg.ClickHouseAddr != "" {
 		chCfg := sink.ClickHouseConfig{Addr: cfg.ClickHouseAddr, Database: cfg.ClickHouseDatabase, Cluster: cfg.ClickHouseCluster,
 			Username: cfg.ClickHouseUser, Password: cfg.ClickHousePassword, BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
+			RetentionDays: cfg.ClickHouseRetention, RollupRetentionDays: cfg.ClickHouseRollupRetention,
 			OutboxID: eng.InstanceID(), Log: log}
 		dest := sink.Lazy("clickhouse", func(ctx context.Context) (sink.Destination, error) {
 			ch, err := sink.OpenClickHouse(ctx, chCfg)
