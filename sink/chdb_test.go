@@ -196,8 +196,7 @@ func TestClickHouseCurrentEngine(t *testing.T) {
 	bs, extra := all[:len(all)-1], all[len(all)-1] // extra: for the repair, below
 	var lbuf ledgerBuf
 	var ubuf usageBuf
-	var inserts []chdbStmt
-	for _, b := range append([]*Batch{bs[0]}, bs...) {
+	fill := func(b *Batch) { // the writer's column buffers of b
 		lbuf.reset()
 		ubuf.reset()
 		for j := range b.Ledger {
@@ -206,6 +205,10 @@ func TestClickHouseCurrentEngine(t *testing.T) {
 		for j := range b.Usage {
 			ubuf.add(&b.Usage[j], "")
 		}
+	}
+	var inserts []chdbStmt
+	for _, b := range append([]*Batch{bs[0]}, bs...) {
+		fill(b)
 		token := func(table string) string {
 			var set []string
 			for k, v := range dedupSettings(fmt.Sprintf("%s:%d-%d", table, b.From, b.To)) {
@@ -269,14 +272,7 @@ func TestClickHouseCurrentEngine(t *testing.T) {
 	// The repair of views an INSERT left short (repair.go) on this engine:
 	// the next batch lands while two views are detached, then each view is
 	// repaired over the batch's keys, and every view equals its base again.
-	lbuf.reset()
-	ubuf.reset()
-	for j := range extra.Ledger {
-		lbuf.add(&extra.Ledger[j], "")
-	}
-	for j := range extra.Usage {
-		ubuf.add(&extra.Usage[j], "")
-	}
+	fill(extra)
 	short := []string{tableUsageDaily, tableCreditFlows}
 	var stmts []string
 	for _, v := range short {

@@ -44,6 +44,14 @@ type rollup struct {
 
 type rollupCol struct{ name, expr string }
 
+// selected is the column in a select list: its expression named.
+func (k rollupCol) selected() string {
+	if k.expr == k.name {
+		return k.name
+	}
+	return k.expr + " AS " + k.name
+}
+
 // creditFlows are the summed columns of credit_flows_daily.
 var creditFlows = []rollupCol{
 	{"entries", "count()"},
@@ -83,11 +91,7 @@ func (s schema) repairQuery(r rollup) string {
 	for _, k := range r.keys {
 		keyNames = append(keyNames, k.name)
 		keyExprs = append(keyExprs, k.expr)
-		if k.expr == k.name {
-			keyAs = append(keyAs, k.name)
-		} else {
-			keyAs = append(keyAs, k.expr+" AS "+k.name)
-		}
+		keyAs = append(keyAs, k.selected())
 	}
 	for _, v := range r.sums {
 		baseSums = append(baseSums, v.expr+" AS b_"+v.name)
@@ -135,11 +139,7 @@ func (s schema) viewSelect(r rollup) string {
 	var sel, names []string
 	for _, k := range r.keys {
 		names = append(names, k.name)
-		if k.expr == k.name {
-			sel = append(sel, k.name)
-		} else {
-			sel = append(sel, k.expr+" AS "+k.name)
-		}
+		sel = append(sel, k.selected())
 	}
 	for _, v := range r.sums {
 		sel = append(sel, v.expr+" AS "+v.name)
