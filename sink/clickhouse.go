@@ -532,14 +532,12 @@ func (c *ClickHouse) writeTable(ctx context.Context, t *tableWriter, b *Batch, m
 				"table", t.name, "outbox_seq", seq, "rows", got.rows, "distinct", got.distinct)
 		}
 	}
+	kept := n
 	if len(present) > 0 {
 		// The views of what is there may be short of it (repair.go).
 		if err := c.repair(ctx, t, b, month); err != nil {
 			return c.writeError(t.name, b, err)
 		}
-	}
-	kept := n
-	if len(present) > 0 {
 		kept = 0
 		for i := 0; i < n; i++ {
 			if _, ok := present[seqOf(i)]; !ok {

@@ -52,7 +52,9 @@ func (k rollupCol) selected() string {
 	return k.expr + " AS " + k.name
 }
 
-// creditFlows are the summed columns of credit_flows_daily.
+// creditFlows are the summed columns of credit_flows_daily. Migration 6
+// creates the table and its view from this list: it is released DDL, so it
+// changes only together with a new migration that alters the table.
 var creditFlows = []rollupCol{
 	{"entries", "count()"},
 	{"granted", "sumIf(amount, type = 'grant')"},
