@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
 )
 
 // Keeping the analyst views exact when an INSERT's outcome is unknown.
@@ -21,10 +23,11 @@ import (
 // aggregate of the base table over the keys the records touch, by inserting
 // the difference (a SummingMergeTree adds it). Two rules make that exact:
 //
-//   - nothing of this outbox is still being inserted into the table while
-//     the check and the repair run: every INSERT carries a query id naming
-//     the outbox and the table, and settle waits until the server runs none
-//     (an INSERT whose client died may still be writing its views);
+//   - nothing of this outbox is still being inserted into the table or its
+//     views while the check and the repair run: every INSERT, the repair's
+//     too, carries a query id naming the outbox and the table, and settle
+//     waits until the server runs none (an INSERT whose client died may
+//     still be writing its views);
 //   - the repair reads and writes while this writer holds the table, so no
 //     insert of its own lands between the two reads. Rows of the same keys
 //     from another meterd instance (another outbox) must not be in flight
@@ -162,7 +165,17 @@ func (c *ClickHouse) repair(ctx context.Context, t *tableWriter, b *Batch, month
 			continue
 		}
 		args := []any{c.cfg.OutboxID, b.From, b.To, from, until}
-		if err := c.conn.Exec(ctx, c.schema.repairQuery(r), append(args, args...)...); err != nil {
+		// Under t's query id prefix, like the inserts: a repair whose
+		// client died mid-way is waited for by the next settle too.
+		id := c.queryID(t, b)
+		qctx := clickhouse.Context(ctx, clickhouse.WithQueryID(id))
+		if c.caps.dedupToken {
+			// The views' tables deduplicate within their window (migration
+			// 7); a token of its own keeps a repair from being taken for
+			// an earlier block of the same content.
+			qctx = clickhouse.Context(qctx, clickhouse.WithSettings(clickhouse.Settings{"insert_deduplication_token": id}))
+		}
+		if err := c.conn.Exec(qctx, c.schema.repairQuery(r), append(args, args...)...); err != nil {
 			return fmt.Errorf("repair %s: %w", r.table, err)
 		}
 		t.stats.Repairs++
