@@ -12,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/shopspring/decimal"
 )
 
 // The current-engine test: the schema, the writer's rows and every query of
@@ -236,22 +234,9 @@ func TestClickHouseCurrentEngine(t *testing.T) {
 			sumUnits[r.Account] += r.Amount
 		}
 	}
-	var want []string
-	for _, a := range slices.Sorted(func(yield func(string) bool) {
-		for k := range sumUnits {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
-		scale := int32(0)
-		if strings.HasSuffix(a, "USD") {
-			scale = 6
-		}
-		want = append(want, a+"\t"+decimal.New(sumUnits[a], -scale).String())
-	}
 	checks = append(checks, struct{ query, want string }{
-		"SELECT account, toString(sum(amount)) FROM meterd.ledger_entries GROUP BY account ORDER BY account", strings.Join(want, "\n")})
+		"SELECT account, toString(sum(amount)) FROM meterd.ledger_entries GROUP BY account ORDER BY account",
+		strings.Join(accountTotals(sumUnits), "\n")})
 	first := bs[0].Ledger[0]
 	checks = append(checks, struct{ query, want string }{
 		"SELECT toString(occurred_at64), toString(recorded_at64) FROM meterd.ledger_entries WHERE entry_id = '" + first.EntryID + "'",

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"regexp"
@@ -414,6 +415,20 @@ var otherEntries = []struct {
 }{{"grant", false}, {"topup", false}, {"adjustment", false}, {"adjustment", true}, {"auto_reload", false},
 	{"expiry", true}, {"topup_reversal", true}, {"hold", true}, {"hold_release", false}}
 
+// accountTotals is "account\tdecimal" for each account of units (sums in
+// the smallest unit of genBatches' assets), in account order.
+func accountTotals(units map[string]int64) []string {
+	var out []string
+	for _, a := range slices.Sorted(maps.Keys(units)) {
+		scale := int32(0)
+		if strings.HasSuffix(a, "USD") {
+			scale = 6
+		}
+		out = append(out, a+"\t"+decimal.New(units[a], -scale).String())
+	}
+	return out
+}
+
 func rowsOf(bs []*Batch) (ledger, usage int) {
 	for _, b := range bs {
 		ledger += len(b.Ledger)
@@ -686,20 +701,7 @@ func TestClickHouseViews(t *testing.T) {
 		}
 	}
 	got = srv.Query(t, "SELECT account, sum(events), toString(sum(charge)) FROM "+db+".usage_daily WHERE account != '' GROUP BY account ORDER BY account")
-	var want []string
-	for _, a := range slices.Sorted(func(yield func(string) bool) {
-		for k := range charge {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
-		scale := int32(0)
-		if strings.HasSuffix(a, "USD") {
-			scale = 6
-		}
-		want = append(want, fmt.Sprintf("%s\t%s", a, decimal.New(charge[a], -scale).String()))
-	}
+	want := accountTotals(charge)
 	var gotAcc []string
 	n := 0
 	for _, l := range strings.Split(got, "\n") {

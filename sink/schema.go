@@ -546,11 +546,11 @@ func (s schema) migrate(ctx context.Context, conn driver.Conn, caps serverCaps, 
 // the same time may add one between the look and the ALTER: an ALTER that
 // fails is forgiven when the column is there afterwards.
 func (s schema) addMissing(ctx context.Context, conn driver.Conn, tc tableColumns) error {
+	have, err := s.columns(ctx, conn, tc.table)
+	if err != nil {
+		return err
+	}
 	for _, d := range tc.defs {
-		have, err := s.columns(ctx, conn, tc.table)
-		if err != nil {
-			return err
-		}
 		name, _, _ := strings.Cut(d, " ")
 		if _, ok := have[name]; ok {
 			continue
