@@ -258,11 +258,14 @@ func newTableWriter(s schema, name, identity string, defs []string) tableWriter 
 func (c *ClickHouse) Migrate(ctx context.Context) error {
 	c.migrateMu.Lock()
 	defer c.migrateMu.Unlock()
-	applied, err := c.schema.migrate(ctx, c.conn, c.caps, time.Now)
+	applied, err := c.schema.migrate(ctx, c.conn, c.caps, migrations, time.Now)
 	if len(applied) > 0 {
 		c.log.Info("clickhouse schema migrated", "versions", applied)
 	}
 	if err != nil {
+		return err
+	}
+	if err := c.schema.verify(ctx, c.conn); err != nil {
 		return err
 	}
 	return c.schema.retain(ctx, c.conn, c.caps, c.cfg.RetentionDays, c.cfg.RollupRetentionDays)
@@ -722,18 +725,19 @@ func (l *ledgerBuf) columns() []any {
 
 // usageBuf holds one INSERT's usage columns, reused across batches.
 type usageBuf struct {
-	eventID, customerID, eventType, subject, status, account, asset, data, outboxID []string
-	occurredMs, recordedMs, outboxSeq                                               []uint64
-	occurredAt, recordedAt                                                          []time.Time
-	chargeUnits                                                                     []int64
-	scale                                                                           []uint8
-	pricingVersion                                                                  []uint32
+	eventID, customerID, eventType, subject, status, account, asset, data, outboxID, dimension []string
+	occurredMs, recordedMs, outboxSeq                                                          []uint64
+	occurredAt, recordedAt                                                                     []time.Time
+	chargeUnits                                                                                []int64
+	scale                                                                                      []uint8
+	pricingVersion                                                                             []uint32
 }
 
 func (u *usageBuf) reset() {
 	*u = usageBuf{
 		eventID: u.eventID[:0], customerID: u.customerID[:0], eventType: u.eventType[:0], subject: u.subject[:0],
 		status: u.status[:0], account: u.account[:0], asset: u.asset[:0], data: u.data[:0], outboxID: u.outboxID[:0],
+		dimension:  u.dimension[:0],
 		occurredMs: u.occurredMs[:0], recordedMs: u.recordedMs[:0], outboxSeq: u.outboxSeq[:0],
 		occurredAt: u.occurredAt[:0], recordedAt: u.recordedAt[:0], chargeUnits: u.chargeUnits[:0], scale: u.scale[:0],
 		pricingVersion: u.pricingVersion[:0],
@@ -758,11 +762,12 @@ func (u *usageBuf) add(r *UsageRow, outboxID string) {
 	u.data = append(u.data, r.Data)
 	u.outboxID = append(u.outboxID, outboxID)
 	u.outboxSeq = append(u.outboxSeq, r.OutboxSeq)
+	u.dimension = append(u.dimension, r.Dimension)
 }
 
 // columns is in usageInsert's order.
 func (u *usageBuf) columns() []any {
 	return []any{u.eventID, u.customerID, u.eventType, u.subject, u.occurredAt, u.occurredMs,
 		u.recordedAt, u.recordedMs, u.status, u.chargeUnits, u.scale, u.account, u.asset, u.pricingVersion,
-		u.data, u.outboxID, u.outboxSeq}
+		u.data, u.outboxID, u.outboxSeq, u.dimension}
 }

@@ -181,6 +181,96 @@ func TestClickHouseMigrateAmounts(t *testing.T) {
 	}
 }
 
+// A database whose base tables had rows before a view existed gets them in
+// the view: migration 8 fills the dimension views and credit_flows_daily
+// (which migration 6 created empty) from the base tables, and a second
+// backfill adds nothing.
+func TestClickHouseMigrateBackfills(t *testing.T) {
+	srv := chtest.Start(t)
+	ctx := testCtx(t)
+	conn := srv.Conn(t)
+	caps, err := detectCaps(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rows as the release before migration 6 wrote them: copied from a
+	// database the current writer filled, less the dimension.
+	src := srv.Database(t)
+	w := openCH(t, srv, src)
+	bs := genBatches(11, 1, 3000, 1000, testDay)
+	for _, b := range bs {
+		if err := w.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db := srv.Database(t)
+	s := schema{db: db}
+	if _, err := s.migrate(ctx, conn, caps, migrations[:5], time.Now); err != nil {
+		t.Fatal(err)
+	}
+	for table, cols := range map[string][]string{
+		tableLedger: slices.Concat(ledgerColumnsV1, ledgerUnits),
+		tableUsage:  slices.Concat(usageColumnsV1, usageUnits),
+	} {
+		names := strings.Join(columnNames(cols), ", ")
+		srv.Query(t, "INSERT INTO "+s.table(table)+" ("+names+") SELECT "+names+" FROM "+src+"."+table)
+	}
+	// Then the current release opens it.
+	c := openCH(t, srv, db)
+	if got, want := srv.Query(t, "SELECT version, count() FROM "+db+".schema_migrations GROUP BY version ORDER BY version"), wantVersions(c); got != want {
+		t.Fatalf("schema_migrations:\n%s\nwant\n%s", got, want)
+	}
+	check := func(when string) {
+		t.Helper()
+		for _, q := range viewChecks {
+			base := srv.Query(t, strings.ReplaceAll(q.base, "DB", db))
+			if view := srv.Query(t, strings.ReplaceAll(q.view, "DB", db)); base != view {
+				t.Errorf("%s: %s differs from its base table:\nview\n%s\nbase\n%s", when, q.name, view, base)
+			}
+			if base == "" {
+				t.Errorf("%s: %s is empty", when, q.name)
+			}
+		}
+	}
+	check("after the migration")
+	if got := srv.Query(t, "SELECT DISTINCT dimension FROM "+db+".usage_dimension_daily"); got != "" {
+		t.Errorf("rows written before migration 8 have dimensions %q, want only \"\"", got)
+	}
+	// A backfill of views already equal adds no row.
+	for _, r := range rollups {
+		q := "SELECT count() FROM " + s.table(r.table)
+		before := srv.Query(t, q)
+		srv.Query(t, s.backfillQuery(r))
+		if after := srv.Query(t, q); after != before {
+			t.Errorf("a second backfill of %s: %s rows, then %s", r.table, before, after)
+		}
+	}
+	// New rows, with their dimensions, land in the views as they are written.
+	more := genBatches(12, 3001, 2000, 1000, testDay)
+	for _, b := range more {
+		if err := c.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("after new rows")
+	got := srv.Query(t, "SELECT dimension, sum(events) FROM "+db+".usage_dimension_daily WHERE event_type = 'message_completed' AND dimension != '' GROUP BY dimension ORDER BY dimension")
+	want := map[string]int{}
+	for _, b := range more {
+		for _, r := range b.Usage {
+			if r.Dimension != "" {
+				want[r.Dimension]++
+			}
+		}
+	}
+	var wantText []string
+	for _, m := range slices.Sorted(maps.Keys(want)) {
+		wantText = append(wantText, fmt.Sprintf("%s\t%d", m, want[m]))
+	}
+	if got != strings.Join(wantText, "\n") {
+		t.Errorf("events per model:\n%s\nwant\n%s", got, strings.Join(wantText, "\n"))
+	}
+}
+
 // trimZeros drops the trailing zeros of every decimal fraction in TSV text.
 func trimZeros(tsv string) string {
 	return trailingZeros.ReplaceAllString(tsv, "$1")
@@ -338,10 +428,14 @@ func TestClickHouseWriteColumns(t *testing.T) {
 	}
 }
 
+// models are the dimension values genBatches gives message_completed.
+var models = []string{"gpt-4-1", "claude-sonnet", "llama-3/eu"}
+
 // genBatches makes n outbox records from seq first on, one day of traffic:
 // each record one usage event with its ledger entries (one per bucket it
 // drew from), and now and then a grant. It returns them cut into batches of
-// up to per records.
+// up to per records. A customer's ledger entries are numbered from first
+// too, so that two calls with disjoint seqs make distinct entries.
 func genBatches(seed uint64, first uint64, n, per int, day time.Time) []*Batch {
 	r := rand.New(rand.NewPCG(seed, 7))
 	customers := 17
@@ -362,6 +456,9 @@ func genBatches(seed uint64, first uint64, n, per int, day time.Time) []*Batch {
 		}
 		b.To = seq
 		cust := fmt.Sprintf("cust_%02d", r.IntN(customers))
+		if _, ok := seqs[cust]; !ok {
+			seqs[cust] = first - 1 // a customer's entries are numbered from first
+		}
 		occ := day.Add(time.Duration(r.Int64N(int64(24 * time.Hour)))).UnixNano()
 		rec := day.Add(time.Duration(i) * (24 * time.Hour / time.Duration(n))).UnixNano()
 		acc := accounts[r.IntN(len(accounts))]
@@ -373,9 +470,13 @@ func genBatches(seed uint64, first uint64, n, per int, day time.Time) []*Batch {
 			continue
 		}
 		charge := r.Int64N(5_000_000)
+		dim := "" // the model of an AI call, as the tailer finds it (sink/dimension.go)
+		if et == "message_completed" {
+			dim = models[seq%uint64(len(models))]
+		}
 		b.Usage = append(b.Usage, UsageRow{OutboxSeq: seq, EventID: evt, CustomerID: cust, EventType: et,
 			Subject: "s", OccurredAt: occ, RecordedAt: rec, Status: "charged", Account: acc.name, Asset: acc.asset,
-			Scale: acc.scale, Charge: charge, PricingVersion: 2, Data: `{"n":1}`})
+			Scale: acc.scale, Charge: charge, PricingVersion: 2, Data: `{"n":1}`, Dimension: dim})
 		parts := 1 + r.IntN(3)
 		left := charge
 		for p := range parts {
@@ -650,6 +751,12 @@ var viewChecks = []struct{ name, base, view string }{
 		"SELECT day, customer_id, account, sum(entries), toString(sum(granted)), toString(sum(topped_up)), toString(sum(adjusted)), " +
 			"toString(sum(auto_reloaded)), toString(sum(used)), toString(sum(expired)), toString(sum(reversed)), toString(sum(held)), toString(sum(net)) " +
 			"FROM DB.credit_flows_daily GROUP BY day, customer_id, account ORDER BY day, customer_id, account"},
+	{"usage_dimension_hourly",
+		"SELECT toStartOfHour(occurred_at) AS hour, customer_id, event_type, account, dimension, count(), toString(sum(charge)) FROM DB.usage_events FINAL GROUP BY hour, customer_id, event_type, account, dimension ORDER BY hour, customer_id, event_type, account, dimension",
+		"SELECT hour, customer_id, event_type, account, dimension, sum(events), toString(sum(charge)) FROM DB.usage_dimension_hourly GROUP BY hour, customer_id, event_type, account, dimension ORDER BY hour, customer_id, event_type, account, dimension"},
+	{"usage_dimension_daily",
+		"SELECT toDate(occurred_at) AS day, customer_id, event_type, account, dimension, count(), toString(sum(charge)) FROM DB.usage_events FINAL GROUP BY day, customer_id, event_type, account, dimension ORDER BY day, customer_id, event_type, account, dimension",
+		"SELECT day, customer_id, event_type, account, dimension, sum(events), toString(sum(charge)) FROM DB.usage_dimension_daily GROUP BY day, customer_id, event_type, account, dimension ORDER BY day, customer_id, event_type, account, dimension"},
 }
 
 func TestClickHouseViews(t *testing.T) {

@@ -91,7 +91,7 @@ func BenchmarkSinkUnderLoad(b *testing.B) {
 			}
 		}
 		dest := &lagRecorder{ClickHouse: openCH(b, srv, srv.Database(b))}
-		tailer := NewTailer(eng, dest, TailerConfig{BatchAge: batchAge, BatchRowsMax: batchRows, Log: testLog})
+		tailer := NewTailer(eng, dest, TailerConfig{BatchAge: batchAge, BatchRowsMax: batchRows, Dimensions: true, Log: testLog})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); tailer.Run(ctx) }()

@@ -71,7 +71,8 @@ var creditFlows = []rollupCol{
 	{"net", "sum(amount)"},
 }
 
-// rollups are every view of the schema (migrations 2 and 6), by base table.
+// rollups are every view of the schema (migrations 2, 6 and 8), by base
+// table.
 var rollups = []rollup{
 	{table: tableUsageHourly, base: tableUsage,
 		keys: []rollupCol{{"hour", "toStartOfHour(occurred_at)"}, {"customer_id", "customer_id"}, {"event_type", "event_type"}, {"account", "account"}},
@@ -85,6 +86,39 @@ var rollups = []rollup{
 	{table: tableCreditFlows, base: tableLedger,
 		keys: []rollupCol{{"day", "toDate(occurred_at)"}, {"customer_id", "customer_id"}, {"account", "account"}},
 		sums: creditFlows},
+	{table: tableDimensionHourly, base: tableUsage,
+		keys: []rollupCol{{"hour", "toStartOfHour(occurred_at)"}, {"customer_id", "customer_id"}, {"event_type", "event_type"},
+			{"account", "account"}, {"dimension", "dimension"}},
+		sums: []rollupCol{{"events", "count()"}, {"charge", "sum(charge)"}}},
+	{table: tableDimensionDaily, base: tableUsage,
+		keys: []rollupCol{{"day", "toDate(occurred_at)"}, {"customer_id", "customer_id"}, {"event_type", "event_type"},
+			{"account", "account"}, {"dimension", "dimension"}},
+		sums: []rollupCol{{"events", "count()"}, {"charge", "sum(charge)"}}},
+}
+
+// columns is the column definitions of r's table: its keys, then its sums.
+// The period keys are hour (DateTime) and day (Date); counts (events,
+// entries) are UInt64; other keys are String and other sums Decimal(38, 9).
+func (r rollup) columns() []string {
+	var out []string
+	for _, k := range r.keys {
+		typ := "String"
+		switch k.name {
+		case "hour":
+			typ = "DateTime('UTC')"
+		case "day":
+			typ = "Date"
+		}
+		out = append(out, k.name+" "+typ)
+	}
+	for _, v := range r.sums {
+		typ := "Decimal(38, 9)"
+		if v.name == "events" || v.name == "entries" {
+			typ = "UInt64"
+		}
+		out = append(out, v.name+" "+typ)
+	}
+	return out
 }
 
 // repairQuery is the INSERT that adds to view r the difference between the
@@ -92,6 +126,27 @@ var rollups = []rollup{
 // rows of outbox_id in outbox_seq from..to recorded in [from, until) (the
 // four arguments, in that order, twice).
 func (s schema) repairQuery(r rollup) string {
+	where := ""
+	if r.where != "" {
+		where = " AND " + r.where
+	}
+	keyExprs := make([]string, len(r.keys))
+	for i, k := range r.keys {
+		keyExprs[i] = k.expr
+	}
+	return s.diffQuery(r, "SELECT "+strings.Join(keyExprs, ", ")+" FROM "+s.table(r.base)+
+		" WHERE outbox_id = ? AND outbox_seq >= ? AND outbox_seq <= ? AND recorded_at >= toDateTime(?) AND recorded_at < toDateTime(?)"+where)
+}
+
+// backfillQuery is the INSERT that adds to view r the difference between
+// the aggregate of its base table and what it holds, over every key: it
+// fills a view created after its base table had rows, and adds nothing to
+// a view that is already equal.
+func (s schema) backfillQuery(r rollup) string { return s.diffQuery(r, "") }
+
+// diffQuery is the INSERT of base aggregate minus view for the keys the
+// query touched returns, or for every key when touched is "".
+func (s schema) diffQuery(r rollup, touched string) string {
 	var keyNames, keyExprs, keyAs, baseSums, viewSums, diffs, differs []string
 	for _, k := range r.keys {
 		keyNames = append(keyNames, k.name)
@@ -104,20 +159,28 @@ func (s schema) repairQuery(r rollup) string {
 		diffs = append(diffs, "b_"+v.name+" - v_"+v.name)
 		differs = append(differs, "b_"+v.name+" != v_"+v.name)
 	}
-	where := ""
-	if r.where != "" {
-		where = " AND " + r.where
-	}
-	touched := "SELECT " + strings.Join(keyExprs, ", ") + " FROM " + s.table(r.base) +
-		" WHERE outbox_id = ? AND outbox_seq >= ? AND outbox_seq <= ? AND recorded_at >= toDateTime(?) AND recorded_at < toDateTime(?)" + where
 	names := strings.Join(keyNames, ", ")
+	var baseWhere, viewWhere []string
+	if touched != "" {
+		baseWhere = append(baseWhere, "("+strings.Join(keyExprs, ", ")+") IN ("+touched+")")
+		viewWhere = append(viewWhere, "("+names+") IN ("+touched+")")
+	}
+	if r.where != "" {
+		baseWhere = append(baseWhere, r.where)
+	}
+	whereOf := func(conds []string) string {
+		if len(conds) == 0 {
+			return ""
+		}
+		return "\n    WHERE " + strings.Join(conds, " AND ")
+	}
 	return "INSERT INTO " + s.table(r.table) + " (" + names + ", " + columnList(r.sums) + ")\n" +
 		"SELECT " + names + ", " + strings.Join(diffs, ", ") + "\nFROM (\n" +
 		"    SELECT " + strings.Join(keyAs, ", ") + ", " + strings.Join(baseSums, ", ") +
-		"\n    FROM " + s.table(r.base) + " FINAL\n    WHERE (" + strings.Join(keyExprs, ", ") + ") IN (" + touched + ")" + where +
+		"\n    FROM " + s.table(r.base) + " FINAL" + whereOf(baseWhere) +
 		"\n    GROUP BY " + names + "\n) AS b ANY LEFT JOIN (\n" +
 		"    SELECT " + names + ", " + strings.Join(viewSums, ", ") +
-		"\n    FROM " + s.table(r.table) + "\n    WHERE (" + names + ") IN (" + touched + ")" +
+		"\n    FROM " + s.table(r.table) + whereOf(viewWhere) +
 		"\n    GROUP BY " + names + "\n) AS v USING (" + names + ")\nWHERE " + strings.Join(differs, " OR ")
 }
 

@@ -61,4 +61,8 @@ type UsageRow struct {
 	Charge         int64 // whole units charged to Account (after the carry)
 	PricingVersion uint32
 	Data           string // the event's data object as JSON
+	// Dimension is the event's value of the charging price's dimensions,
+	// joined with "/" ("" without dimensions); see meter.DimensionReader.
+	// Only destinations that use it get it (ClickHouse).
+	Dimension string
 }

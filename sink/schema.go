@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
@@ -75,6 +76,8 @@ const (
 	tableUsageDaily      = "usage_daily"
 	tableBucketConsumed  = "bucket_consumption_daily"
 	tableCreditFlows     = "credit_flows_daily"
+	tableDimensionHourly = "usage_dimension_hourly"
+	tableDimensionDaily  = "usage_dimension_daily"
 	dedupWindowBlocks    = 1000 // non_replicated_deduplication_window where supported
 	clickHouseNameLenMax = 64
 	dateTime64Major      = 20 // DateTime64 appeared in 20.1
@@ -269,12 +272,16 @@ var (
 	usageUnits  = []string{"charge_units Int64", "scale UInt8"}
 )
 
+// usageDimension is what migration 8 adds to usage_events: the event's
+// value of the charging price's dimensions (UsageRow.Dimension).
+var usageDimension = []string{"dimension String"}
+
 // ledgerInsert and usageInsert are the columns the writer sends, in the
 // order of its buffers (the INSERT names them): migration 1's, less the
-// Decimal amounts, plus migration 5's units.
+// Decimal amounts, plus migration 5's units, plus migration 8's dimension.
 var (
 	ledgerInsert = columnsInsert(ledgerColumnsV1, ledgerUnits, "amount", "balance_after")
-	usageInsert  = columnsInsert(usageColumnsV1, usageUnits, "charge")
+	usageInsert  = append(columnsInsert(usageColumnsV1, usageUnits, "charge"), usageDimension...)
 )
 
 // columnsInsert is base without the columns named in derived, with units
@@ -319,6 +326,12 @@ type migration struct {
 	requires   func(serverCaps, schema) bool
 	addColumns []tableColumns
 	statements func(schema) []string
+	// backfill names views whose tables are filled, after the statements,
+	// with what the base table held before the view existed
+	// (backfillQuery). Like a repair it is exact only while nothing else
+	// writes the base table: run a new meterd's first Open before the
+	// other instances sharing the database are upgraded.
+	backfill []string
 }
 
 // tableColumns is column definitions ("name Type") of one table.
@@ -432,16 +445,8 @@ var migrations = []migration{
 		// net of holds placed and released, and the net of all of them,
 		// which sums to available.
 		r := rollupOf(tableCreditFlows)
-		cols := []string{"day Date", "customer_id String", "account String"}
-		for _, v := range r.sums {
-			typ := "Decimal(38, 9)"
-			if v.name == "entries" {
-				typ = "UInt64"
-			}
-			cols = append(cols, v.name+" "+typ)
-		}
 		return []string{
-			s.createTable(tableCreditFlows, cols, s.engine(tableCreditFlows, "SummingMergeTree", "("+columnList(r.sums)+")"),
+			s.createTable(tableCreditFlows, r.columns(), s.engine(tableCreditFlows, "SummingMergeTree", "("+columnList(r.sums)+")"),
 				"toYYYYMM(day)", "(customer_id, account, day)"),
 			s.createView(tableCreditFlows+"_mv", tableCreditFlows, s.viewSelect(r)),
 		}
@@ -459,11 +464,40 @@ var migrations = []migration{
 			}
 			return out
 		}},
+	{version: 8, name: "usage by dimension",
+		addColumns: []tableColumns{{tableUsage, usageDimension}},
+		statements: func(s schema) []string {
+			// Usage per customer, event type, charged account and
+			// dimension value (the model of an AI call, say), by the hour
+			// and the day it occurred. Rows written before this migration
+			// have dimension "". The tables start with those rows
+			// (backfill), and so does credit_flows_daily, which migration 6
+			// created without the ledger entries already there.
+			var out []string
+			for _, name := range []string{tableDimensionHourly, tableDimensionDaily} {
+				r := rollupOf(name)
+				out = append(out, s.createTable(name, r.columns(), s.engine(name, "SummingMergeTree", "("+columnList(r.sums)+")"),
+					"toYYYYMM("+r.keys[0].name+")", "(customer_id, event_type, account, dimension, "+r.keys[0].name+")"),
+					s.createView(name+"_mv", name, s.viewSelect(r)))
+			}
+			return out
+		},
+		backfill: []string{tableDimensionHourly, tableDimensionDaily, tableCreditFlows}},
+	{version: 9, name: "deduplication window of the dimension views",
+		requires: func(c serverCaps, s schema) bool { return c.dedupWindow && s.cluster == "" },
+		statements: func(s schema) []string {
+			var out []string
+			for _, t := range []string{tableDimensionHourly, tableDimensionDaily} {
+				out = append(out, fmt.Sprintf("ALTER TABLE %s%s MODIFY SETTING non_replicated_deduplication_window = %d",
+					s.table(t), s.onCluster(), dedupWindowBlocks))
+			}
+			return out
+		}},
 }
 
-// plan is the DDL Migrate would run on a fresh database, in order: the
-// bootstrap statements, then each migration the server can run. It is what
-// the tests read and what an operator can print.
+// plan is the SQL Migrate would run on a fresh database, in order: the
+// bootstrap statements, then each migration the server can run, with its
+// backfills. It is what the tests read and what an operator can print.
 func (s schema) plan(caps serverCaps) []string {
 	out := []string{s.createDatabase(), s.createMigrations()}
 	for _, m := range migrations {
@@ -474,13 +508,17 @@ func (s schema) plan(caps serverCaps) []string {
 				}
 			}
 			out = append(out, m.statements(s)...)
+			for _, t := range m.backfill {
+				out = append(out, s.backfillQuery(rollupOf(t)))
+			}
 		}
 	}
 	return out
 }
 
-// migrate brings the database up to date; see the top of this file.
-func (s schema) migrate(ctx context.Context, conn driver.Conn, caps serverCaps, now func() time.Time) (applied []uint32, err error) {
+// migrate brings the database up to date with ms (migrations, or a
+// prefix of it in tests); see the top of this file.
+func (s schema) migrate(ctx context.Context, conn driver.Conn, caps serverCaps, ms []migration, now func() time.Time) (applied []uint32, err error) {
 	for _, q := range []string{s.createDatabase(), s.createMigrations()} {
 		if err := conn.Exec(ctx, q); err != nil {
 			return nil, fmt.Errorf("clickhouse migrate bootstrap: %w\n%s", err, q)
@@ -504,7 +542,7 @@ func (s schema) migrate(ctx context.Context, conn driver.Conn, caps serverCaps, 
 		return nil, fmt.Errorf("clickhouse migrate: read %s: %w", tableMigrations, err)
 	}
 
-	for _, m := range migrations {
+	for _, m := range ms {
 		if done[m.version] || m.requires != nil && !m.requires(caps, s) {
 			continue
 		}
@@ -516,6 +554,15 @@ func (s schema) migrate(ctx context.Context, conn driver.Conn, caps serverCaps, 
 		for _, q := range m.statements(s) {
 			if err := conn.Exec(ctx, q); err != nil {
 				return applied, fmt.Errorf("clickhouse migration %d (%s): %w\n%s", m.version, m.name, err, q)
+			}
+		}
+		// A backfill's block must never be taken for an earlier one of the
+		// same content and dropped.
+		bctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"insert_deduplicate": 0}))
+		for _, t := range m.backfill {
+			q := s.backfillQuery(rollupOf(t))
+			if err := conn.Exec(bctx, q); err != nil {
+				return applied, fmt.Errorf("clickhouse migration %d (%s): backfill %s: %w\n%s", m.version, m.name, t, err, q)
 			}
 		}
 		b, err := conn.PrepareBatch(ctx, "INSERT INTO "+s.table(tableMigrations)+" (version, name, applied_at)")
@@ -539,7 +586,7 @@ func (s schema) migrate(ctx context.Context, conn driver.Conn, caps serverCaps, 
 			return applied, fmt.Errorf("clickhouse migrate: %s: %w", q, err)
 		}
 	}
-	return applied, s.verify(ctx, conn)
+	return applied, nil
 }
 
 // addMissing adds the columns of tc the table lacks. A process migrating at
@@ -596,7 +643,7 @@ func (s schema) verify(ctx context.Context, conn driver.Conn) error {
 		defs []string
 	}{
 		{tableLedger, slices.Concat(ledgerColumnsV1, ledgerUnits)},
-		{tableUsage, slices.Concat(usageColumnsV1, usageUnits)},
+		{tableUsage, slices.Concat(usageColumnsV1, usageUnits, usageDimension)},
 	} {
 		have, err := s.columns(ctx, conn, t.name)
 		if err != nil {

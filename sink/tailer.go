@@ -32,8 +32,11 @@ type TailerConfig struct {
 	BatchAge     time.Duration // how long a partial batch may wait for more rows; default 1s
 	RetryMin     time.Duration // first back-off after a failure; default 100ms
 	RetryMax     time.Duration // longest back-off; default 30s
-	Log          *slog.Logger
-	Metrics      *Metrics // shared by the tailers of a process; nil = none
+	// Dimensions gives usage rows their dimension value (UsageRow.Dimension),
+	// which the ClickHouse destination stores; others do without the cost.
+	Dimensions bool
+	Log        *slog.Logger
+	Metrics    *Metrics // shared by the tailers of a process; nil = none
 }
 
 // Tailer ships the engine's outbox to one destination, exactly once: it
@@ -53,7 +56,8 @@ type Tailer struct {
 	cursor uint64
 	loaded bool
 
-	batch Batch // reused by cut: the destination does not keep a batch after Write returns
+	batch Batch        // reused by cut: the destination does not keep a batch after Write returns
+	dims  *dimensioner // nil without cfg.Dimensions
 }
 
 // Status is what a tailer reports for /readyz and metrics.
@@ -87,6 +91,9 @@ func NewTailer(e *balance.Engine, d Destination, cfg TailerConfig) *Tailer {
 	}
 	t := &Tailer{e: e, d: d, cfg: cfg, log: cfg.Log.With("sink", d.Name()), name: d.Name(),
 		status: Status{Name: d.Name()}}
+	if cfg.Dimensions {
+		t.dims = &dimensioner{e: e}
+	}
 	// Load the cursor now, so that status and backlog are right from the
 	// start; Run retries if the store could not answer.
 	if c, err := e.Cursor(t.name); err == nil {
@@ -201,10 +208,13 @@ func (t *Tailer) cut() (*Batch, int64, error) {
 		} else if ym != month || n+len(r.Entries)+2*len(r.Usage)+len(r.Notes) > t.cfg.BatchRowsMax {
 			return false
 		}
-		n += appendRecord(b, r)
+		n += appendRecord(b, r, t.dims)
 		b.To = r.Seq
 		return n < t.cfg.BatchRowsMax
 	})
+	if err == nil && t.dims != nil && t.dims.err != nil {
+		err, t.dims.err = t.dims.err, nil
+	}
 	return b, oldest, err
 }
 
@@ -269,8 +279,9 @@ const (
 	TableUsageEvents   = "usage_events"
 )
 
-// appendRecord appends an outbox record's rows to b and returns how many.
-func appendRecord(b *Batch, r *balance.OutboxRecord) int {
+// appendRecord appends an outbox record's rows to b and returns how many;
+// with dims, usage rows get their dimension value.
+func appendRecord(b *Batch, r *balance.OutboxRecord, dims *dimensioner) int {
 	n := 0
 	for i := range r.Notes {
 		nt := &r.Notes[i]
@@ -312,6 +323,9 @@ func appendRecord(b *Batch, r *balance.OutboxRecord) int {
 		for _, c := range u.Charges {
 			row.Account, row.Scale, row.Charge = c.Account, c.Scale, c.Amount
 			_, row.Asset, _ = strings.Cut(c.Account, ":")
+			if dims != nil {
+				row.Dimension = dims.value(u, c.Account)
+			}
 			b.Usage = append(b.Usage, row)
 			n++
 		}

@@ -35,8 +35,10 @@ func cpuSeconds(pid int) float64 {
 	return (ut + st) / 100                 // USER_HZ
 }
 
+// benchTailerPricing prices images by size: each usage row's dimension
+// value is read from its event's data (sink/dimension.go).
 const benchTailerPricing = `{"assets":[{"code":"CREDITS","scale":0}],
- "prices":[{"event_type":"image_generated","account":"default:CREDITS","unit_price":"1"}]}`
+ "prices":[{"event_type":"image_generated","account":"default:CREDITS","dimensions":["size"],"unit_price":{"*":"1"}}]}`
 
 // BenchmarkTailer measures the whole sink: reading the durable outbox,
 // cutting batches, building rows, and inserting them into a local ClickHouse
@@ -80,7 +82,7 @@ func BenchmarkTailer(b *testing.B) {
 			}
 		}
 		ch := openCH(b, srv, srv.Database(b))
-		tailer := NewTailer(eng, ch, TailerConfig{BatchRowsMax: 100_000, BatchAge: time.Millisecond, Log: testLog})
+		tailer := NewTailer(eng, ch, TailerConfig{BatchRowsMax: 100_000, BatchAge: time.Millisecond, Dimensions: true, Log: testLog})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		cpu0, ch0 := cpuSeconds(0), cpuSeconds(srv.PID())

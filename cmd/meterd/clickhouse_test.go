@@ -1110,11 +1110,27 @@ func TestClickHouseSinkExactlyOnceUnderFaults(t *testing.T) {
 			"SELECT toString(count()), toString(sum(-amount)) FROM DB.ledger_entries FINAL WHERE type = 'usage'"},
 		{"credit_flows_daily", "SELECT toString(sum(entries)), toString(sum(net)), toString(sum(used)), toString(sum(topped_up) + sum(adjusted)) FROM DB.credit_flows_daily",
 			"SELECT toString(count()), toString(sum(amount)), toString(-sumIf(amount, type = 'usage')), toString(sumIf(amount, type IN ('topup', 'adjustment'))) FROM DB.ledger_entries FINAL"},
+		{"usage_dimension_hourly", "SELECT toString(sum(events)), toString(sum(charge)) FROM DB.usage_dimension_hourly",
+			"SELECT toString(count()), toString(sum(charge)) FROM DB.usage_events FINAL"},
+		{"usage_dimension_daily", "SELECT toString(sum(events)), toString(sum(charge)) FROM DB.usage_dimension_daily",
+			"SELECT toString(count()), toString(sum(charge)) FROM DB.usage_events FINAL"},
 	} {
 		view, base := one(strings.ReplaceAll(v.view, "DB", db)), one(strings.ReplaceAll(v.base, "DB", db))
 		if !slices.Equal(view, base) {
 			t.Errorf("%s totals %v, its base table's %v", v.name, view, base)
 		}
+	}
+	// Usage per model: every charged message_completed row carries its
+	// event's model, and the daily view sums the same per model.
+	if bad := one("SELECT toString(count()) FROM " + db + ".usage_events FINAL WHERE event_type = 'message_completed' AND status = 'charged' AND dimension != visitParamExtractString(data, 'model')"); bad[0] != "0" {
+		t.Errorf("%s charged message_completed rows have a dimension other than their model", bad[0])
+	}
+	perModel := "SELECT dimension, toString(sum(events)), toString(sum(charge)) FROM DB.usage_dimension_daily GROUP BY dimension ORDER BY dimension"
+	perModelBase := "SELECT dimension, toString(count()), toString(sum(charge)) FROM DB.usage_events FINAL GROUP BY dimension ORDER BY dimension"
+	view, base := mustRows(t, conn, strings.ReplaceAll(perModel, "DB", db)), mustRows(t, conn, strings.ReplaceAll(perModelBase, "DB", db))
+	t.Logf("usage_dimension_daily per dimension (value, events, charge): %v", view)
+	if !slices.EqualFunc(view, base, slices.Equal) || len(base) < 3 {
+		t.Errorf("usage_dimension_daily per model %v, its base table's %v (want 3 or more)", view, base)
 	}
 
 	// Every ledger entry of every customer, nothing missing, nothing extra.

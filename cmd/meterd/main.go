@@ -203,7 +203,7 @@ func run(cfg Config, fds fdPlan) error {
 			return ch, nil
 		})
 		runTailer(sink.NewTailer(eng, dest, sink.TailerConfig{BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
-			Log: log, Metrics: sinkMetrics}))
+			Dimensions: true, Log: log, Metrics: sinkMetrics}))
 	}
 	if cfg.WebhookURL != "" {
 		wh, err := sink.NewWebhook(sink.WebhookConfig{URL: cfg.WebhookURL, Secret: []byte(cfg.WebhookSecret), Log: log,
