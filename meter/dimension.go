@@ -26,7 +26,11 @@ func (p *Pricing) Dimensions(eventType, account string) []string {
 type DimensionReader struct {
 	parser fastjson.Parser
 	buf    []byte
+	seen   map[string]string // values returned lately, so that a repeated value is one string
 }
+
+// dimensionValuesKept bounds DimensionReader.seen.
+const dimensionValuesKept = 1024
 
 // Value returns the dimension value of an event whose data object is the
 // JSON data, under a price with dimensions dims: the value of each
@@ -73,5 +77,13 @@ func (r *DimensionReader) Value(dims []string, data []byte) string {
 		b = b[:n]
 	}
 	r.buf = b
-	return string(b)
+	if s, ok := r.seen[string(b)]; ok {
+		return s
+	}
+	if r.seen == nil || len(r.seen) >= dimensionValuesKept {
+		r.seen = make(map[string]string)
+	}
+	s := string(b)
+	r.seen[s] = s
+	return s
 }

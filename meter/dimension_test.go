@@ -2,6 +2,7 @@ package meter
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -62,6 +63,17 @@ func TestDimensionValue(t *testing.T) {
 	}
 }
 
+// Past the values it keeps, the reader still returns each value right.
+func TestDimensionValueMany(t *testing.T) {
+	var r DimensionReader
+	for i := range 3 * dimensionValuesKept {
+		want := "m" + strconv.Itoa(i%(2*dimensionValuesKept))
+		if got := r.Value([]string{"model"}, []byte(`{"model":"`+want+`"}`)); got != want {
+			t.Fatalf("value %d: %q, want %q", i, got, want)
+		}
+	}
+}
+
 // A dimension value that names a price of the unit_price map is that
 // map key: the rollups group usage the way rating priced it.
 func TestDimensionValueIsThePriceKey(t *testing.T) {
@@ -80,6 +92,20 @@ func TestDimensionValueIsThePriceKey(t *testing.T) {
 			if got := r.Value(dims, data); got != key {
 				t.Errorf("Value = %q; the price key is %q", got, key)
 			}
+		}
+	}
+}
+
+// BenchmarkDimensionValue is the sink's cost of a usage row's dimension
+// value: one data object parsed and its dimension members read.
+func BenchmarkDimensionValue(b *testing.B) {
+	var r DimensionReader
+	dims := []string{"model"}
+	data := []byte(`{"model":"gpt-4-1","input_tokens":2353,"output_tokens":34697,"conversation":"c_5f53a2"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if r.Value(dims, data) != "gpt-4-1" {
+			b.Fatal("wrong value")
 		}
 	}
 }

@@ -329,8 +329,7 @@ type migration struct {
 	// backfill names views whose tables are filled, after the statements,
 	// with what the base table held before the view existed
 	// (backfillQuery). Like a repair it is exact only while nothing else
-	// writes the base table: run a new meterd's first Open before the
-	// other instances sharing the database are upgraded.
+	// writes the base table (docs/CLICKHOUSE.md, Schema changes).
 	backfill []string
 }
 
@@ -690,11 +689,15 @@ type retentionTable struct {
 	rollup       bool
 }
 
-var retentionTables = []retentionTable{
-	{tableLedger, "recorded_at", false}, {tableUsage, "recorded_at", false},
-	{tableUsageHourly, "hour", true}, {tableUsageDaily, "day", true},
-	{tableBucketConsumed, "day", true}, {tableCreditFlows, "day", true},
-}
+// retentionTables are the base tables, by recorded_at, and every rollup,
+// by its period (its first key: hour or day).
+var retentionTables = func() []retentionTable {
+	out := []retentionTable{{tableLedger, "recorded_at", false}, {tableUsage, "recorded_at", false}}
+	for _, r := range rollups {
+		out = append(out, retentionTable{r.table, r.keys[0].name, true})
+	}
+	return out
+}()
 
 // ttlClause is how system.tables' engine_full shows a TTL of days on column.
 func ttlClause(column string, days int) string {
