@@ -44,7 +44,7 @@ func TestDimensionValue(t *testing.T) {
 		{two, `{"model":"gpt"}`, "gpt/"},
 		{two, `{}`, "/"},
 		{[]string{"model"}, `{"model":"gpt\u002d4"}`, "gpt-4"}, // escapes decoded, as rating sees them
-		{[]string{"n"}, `{"n":1.50}`, "1.50"},                   // numbers as written
+		{[]string{"n"}, `{"n":1.50}`, "1.50"},                  // numbers as written
 		{[]string{"n"}, `{"n":1e3}`, "1e3"},
 		{[]string{"b"}, `{"b":true}`, "true"},
 		{[]string{"b"}, `{"b":false}`, "false"},
