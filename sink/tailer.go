@@ -57,6 +57,8 @@ type Tailer struct {
 	loaded bool
 
 	batch Batch        // reused by cut: the destination does not keep a batch after Write returns
+	open  openBatch    // what cut knows of batch
+	built int          // rows appendRecord built, in all (each row once: see cut)
 	dims  *dimensioner // nil without cfg.Dimensions
 }
 
@@ -179,7 +181,9 @@ func (t *Tailer) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := t.ship(ctx, b); err != nil {
+		err = t.ship(ctx, b)
+		t.open.active = false // shipped; or, after a failure, cut again from the cursor
+		if err != nil {
 			if !retry(err) {
 				return ctx.Err()
 			}
@@ -189,33 +193,56 @@ func (t *Tailer) Run(ctx context.Context) error {
 	}
 }
 
-// cut reads the next batch after the cursor: whole outbox records up to
+// cut returns the next batch after the cursor: whole outbox records up to
 // BatchRowsMax rows, never two calendar months of recorded time (a
-// ClickHouse insert spanning two monthly partitions is not atomic). It
-// returns nil when there is nothing to ship.
+// ClickHouse insert spanning two monthly partitions is not atomic), and the
+// recorded time of its oldest record. It returns nil when there is nothing
+// to ship. A batch not shipped yet stays open: the next cut reads on after
+// its last record instead of reading and building its rows again (while a
+// partial batch waits for more rows, every advance of the watermark cuts).
 func (t *Tailer) cut() (*Batch, int64, error) {
-	var b *Batch
-	var oldest int64
-	var month int
-	n := 0
-	err := t.e.ReadOutbox(t.shipped(), func(r *balance.OutboxRecord) bool {
+	c := &t.open
+	b := &t.batch
+	if !c.active {
+		b.From, b.To, b.Ledger, b.Usage, b.Notes = t.shipped()+1, t.shipped(), b.Ledger[:0], b.Usage[:0], b.Notes[:0]
+		*c = openBatch{}
+	} else if c.full {
+		return b, c.oldest, nil
+	}
+	err := t.e.ReadOutbox(b.To, func(r *balance.OutboxRecord) bool {
 		y, m, _ := time.Unix(0, r.RecordedAt).UTC().Date()
 		ym := y*12 + int(m)
-		if b == nil {
-			b = &t.batch
-			b.From, b.To, b.Ledger, b.Usage, b.Notes = r.Seq, 0, b.Ledger[:0], b.Usage[:0], b.Notes[:0]
-			oldest, month = r.RecordedAt, ym
-		} else if ym != month || n+len(r.Entries)+2*len(r.Usage)+len(r.Notes) > t.cfg.BatchRowsMax {
+		if !c.active {
+			b.From = r.Seq
+			c.active, c.oldest, c.month = true, r.RecordedAt, ym
+		} else if ym != c.month || c.rows+len(r.Entries)+2*len(r.Usage)+len(r.Notes) > t.cfg.BatchRowsMax {
+			c.full = true
 			return false
 		}
-		n += appendRecord(b, r, t.dims)
+		n := appendRecord(b, r, t.dims)
+		c.rows += n
+		t.built += n
 		b.To = r.Seq
-		return n < t.cfg.BatchRowsMax
+		c.full = c.rows >= t.cfg.BatchRowsMax
+		return !c.full
 	})
 	if err == nil && t.dims != nil && t.dims.err != nil {
 		err, t.dims.err = t.dims.err, nil
 	}
-	return b, oldest, err
+	if err != nil || !c.active {
+		c.active = false // a failed read may have left part of a record
+		return nil, 0, err
+	}
+	return b, c.oldest, nil
+}
+
+// openBatch is the state of the batch being cut (Tailer.batch).
+type openBatch struct {
+	active bool  // the batch holds records not shipped yet
+	full   bool  // no further record can join it
+	rows   int   // rows appended
+	oldest int64 // recorded time of its first record
+	month  int   // year*12 + month of its records
 }
 
 // shipped returns the cursor: the last outbox seq shipped.
