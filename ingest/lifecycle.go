@@ -39,6 +39,7 @@ type autoReloadBody struct {
 	Price        *priceBody      `json:"price"`
 	SurchargePct json.RawMessage `json:"surcharge_pct"`
 	MaxPerPeriod *int            `json:"max_per_period"`
+	MaxUnpaid    *int            `json:"max_unpaid"`
 	Mode         *string         `json:"mode"`
 	ExpiresAt    *string         `json:"expires_at"`
 }
@@ -225,6 +226,17 @@ func (s *Server) autoReload(raw json.RawMessage, plan *wallet.Plan) (*wallet.Aut
 			return nil, badRequest("invalid_request", f+".mode", "mode must be grant_immediately or await_payment")
 		}
 	}
+	if body.MaxUnpaid != nil {
+		// Requests pending at once in grant_immediately mode; null: up to
+		// wallet.ReloadPendingMax (await_payment waits for each).
+		if *body.MaxUnpaid < 1 || *body.MaxUnpaid > wallet.ReloadPendingMax {
+			return nil, badRequest("invalid_request", f+".max_unpaid", "max_unpaid must be from 1 to %d, or null", wallet.ReloadPendingMax)
+		}
+		if r.Mode == wallet.ReloadAwaitPayment && *body.MaxUnpaid > 1 {
+			return nil, badRequest("invalid_request", f+".max_unpaid", "max_unpaid above 1 needs mode grant_immediately: await_payment waits for each payment")
+		}
+		r.MaxUnpaid = *body.MaxUnpaid
+	}
 	if body.ExpiresAt != nil {
 		if *body.ExpiresAt != "period_end" {
 			return nil, badRequest("invalid_request", f+".expires_at", "expires_at must be \"period_end\" or null")
@@ -345,6 +357,12 @@ func appendLifecycleSettings(b []byte, w *wallet.Wallet, now int64) []byte {
 		b = appendString(b, r.Currency)
 		b = append(b, `},"max_per_period":`...)
 		b = strconv.AppendInt(b, int64(r.MaxPerPeriod), 10)
+		b = append(b, `,"max_unpaid":`...)
+		if r.MaxUnpaid == 0 {
+			b = append(b, "null"...)
+		} else {
+			b = strconv.AppendInt(b, int64(r.MaxUnpaid), 10)
+		}
 		b = append(b, `,"mode":`...)
 		if r.Mode == wallet.ReloadAwaitPayment {
 			b = append(b, `"await_payment"`...)

@@ -93,6 +93,7 @@ type lcAutoReload struct {
 	SurchargePct string      `json:"surcharge_pct"`
 	Charge       lcMoney     `json:"charge"`
 	MaxPerPeriod json.Number `json:"max_per_period"`
+	MaxUnpaid    *int        `json:"max_unpaid"`
 	Mode         string      `json:"mode"`
 	ExpiresAt    *string     `json:"expires_at"`
 }
@@ -546,6 +547,97 @@ func TestLifecycleMakeAutoReload(t *testing.T) {
 	}
 	apiWantDec(t, "available after r_9", e.credits(c).Available, "11000")
 	e.checkInvariants(c)
+}
+
+// TestLifecycleMakeBurstUnconfirmed: Make's auto purchase does not wait
+// for payment. On an 80,000-credit plan with purchases of 10,000 credits at
+// 9.00 USD + 30%, at most 8 per period, a burst of 4,000 events of 40
+// credits with no confirmation sent is charged in full by exactly 8
+// purchases of 11.70 USD, all pending, and the next event is refused
+// insufficient_funds. With max_unpaid 2 the third purchase waits for a
+// confirmation.
+func TestLifecycleMakeBurstUnconfirmed(t *testing.T) {
+	e, _ := newLifecycleEnv(t, "2026-11-05T12:00:00Z")
+	burst := func(c string, n int) (charged int, refused *apiResult) {
+		t.Helper()
+		for i := 1; i <= n; i++ {
+			r := e.use(c, fmt.Sprintf("%s_%d", c, i), 40, "")
+			if r.Status != "charged" {
+				return charged, &r
+			}
+			charged++
+		}
+		return charged, nil
+	}
+	pending := func(c string) (ids []string) {
+		for _, rq := range e.reloads(c) {
+			if rq.Status == "pending" {
+				ids = append(ids, rq.ID)
+			}
+		}
+		return ids
+	}
+	settings := func(maxUnpaid string) string {
+		return `{"plan":{"id":"make","allocations":[{"asset":"CREDITS","amount":"80000","period":"month","anchor":"2026-11-01T00:00:00Z"}]},
+		 "auto_reload":{"asset":"CREDITS","threshold":"1","amount":"10000","price":{"amount":"9.00","currency":"USD"},
+		  "surcharge_pct":"30","max_per_period":8,"mode":"grant_immediately","max_unpaid":` + maxUnpaid + `}}`
+	}
+
+	e.newCustomer("make_burst", settings("null"))
+	if charged, refused := burst("make_burst", 4000); charged != 4000 || refused != nil {
+		t.Fatalf("%d of 4000 events charged, then %v", charged, refused)
+	}
+	reqs := e.reloads("make_burst")
+	if len(reqs) != 8 {
+		t.Fatalf("%d purchases, want 8: %+v", len(reqs), reqs)
+	}
+	for _, rq := range reqs {
+		if rq.Status != "pending" || rq.Amount != "10000" || rq.Charge != (lcMoney{"11.70", "USD"}) || rq.BucketID == nil {
+			t.Errorf("purchase %+v, want pending, 10000 credits granted, 11.70 USD", rq)
+		}
+	}
+	r := e.use("make_burst", "make_burst_next", 40, "")
+	apiWantRejected(t, "the event after 8 purchases", r, "insufficient_funds", "", "")
+	apiWantDec(t, "available", e.credits("make_burst").Available, "0")
+	e.checkInvariants("make_burst")
+
+	e.newCustomer("make_unpaid", settings("2"))
+	if mu := e.customer("make_unpaid").AutoReload.MaxUnpaid; mu == nil || *mu != 2 {
+		t.Fatalf("max_unpaid shows %v, want 2", mu)
+	}
+	// 80,000 of the plan and two purchases of 10,000: 2,500 events, then
+	// the third purchase waits.
+	charged, refused := burst("make_unpaid", 4000)
+	if charged != 2500 || refused == nil {
+		t.Fatalf("%d events charged before the third purchase, want 2500", charged)
+	}
+	apiWantRejected(t, "the event that needs a third unpaid purchase", *refused, "insufficient_funds", "", "")
+	if got := pending("make_unpaid"); len(got) != 2 {
+		t.Fatalf("pending %v, want 2", got)
+	}
+	rq := e.resolve("make_unpaid", "r_1", "confirm")
+	if rq.Status != "completed" {
+		t.Fatalf("confirm r_1: %+v", rq)
+	}
+	if r := e.use("make_unpaid", "make_unpaid_after", 40, ""); r.Status != "charged" {
+		t.Fatalf("after a confirmation: %v", r)
+	}
+	if got := pending("make_unpaid"); !slices.Equal(got, []string{"r_3", "r_2"}) {
+		t.Fatalf("pending %v, want r_3 and r_2 (newest first)", got)
+	}
+	e.checkInvariants("make_unpaid")
+
+	// Bad values, each refused with the field named.
+	for _, v := range []string{"0", "65", `"2"`} {
+		r := e.must(400, "PUT", "/v1/customers/make_bad", settings(v))
+		if !strings.Contains(string(r.Body), `"field":"auto_reload.max_unpaid"`) {
+			t.Errorf("max_unpaid %s: %s", v, r.Body)
+		}
+	}
+	r2 := e.must(400, "PUT", "/v1/customers/make_bad", strings.Replace(settings("3"), "grant_immediately", "await_payment", 1))
+	if !strings.Contains(string(r2.Body), `"field":"auto_reload.max_unpaid"`) {
+		t.Errorf("max_unpaid 3 with await_payment: %s", r2.Body)
+	}
 }
 
 // TestLifecycleMakeReloadFailure: in grant_immediately mode a failed payment
@@ -1157,14 +1249,15 @@ func TestLifecycleReplayAfterExpiry(t *testing.T) {
 }
 
 // TestLifecycleAutoReloadConcurrency: 64 clients drain one customer in
-// parallel while a confirmer confirms each pending request: never more
-// than one request pending, at most max_per_period requests, every event
-// charged or rejected insufficient_funds, and the ledger adds up.
+// parallel while a confirmer confirms the pending requests: never more
+// than max_unpaid (2) requests pending, at most max_per_period requests,
+// every event charged or rejected insufficient_funds, and the ledger adds up.
 func TestLifecycleAutoReloadConcurrency(t *testing.T) {
 	e, _ := newLifecycleEnv(t, "2026-11-05T12:00:00Z")
 	const c = "reload_conc"
-	const maxPerPeriod = 40
-	e.newCustomer(c, fmt.Sprintf(`{"auto_reload":{"asset":"CREDITS","threshold":"2000","amount":"2000","price":{"amount":"1.00","currency":"USD"},"max_per_period":%d}}`, maxPerPeriod))
+	const maxPerPeriod, maxUnpaid = 40, 2
+	e.newCustomer(c, fmt.Sprintf(`{"auto_reload":{"asset":"CREDITS","threshold":"2000","amount":"2000","price":{"amount":"1.00","currency":"USD"},"max_per_period":%d,"max_unpaid":%d}}`,
+		maxPerPeriod, maxUnpaid))
 	e.topUp(c, `{"id":"t","asset":"CREDITS","amount":"4000"}`)
 
 	const clients, perClient = 64, 25 // 64000 CREDITS asked, at most 4000 + 40 x 2000 = 84000 given
@@ -1176,23 +1269,23 @@ func TestLifecycleAutoReloadConcurrency(t *testing.T) {
 		listings          atomic.Int64
 	)
 	// observe lists the requests and records how many are pending.
-	observe := func() (pending string, ok bool) {
+	observe := func() (pending []string, ok bool) {
 		r, err := e.try("GET", "/v1/customers/"+c+"/auto-reload/requests?limit=1000", "")
 		if err != nil || r.Status != 200 {
 			failures <- fmt.Sprintf("listing: %v %s", err, r)
-			return "", false
+			return nil, false
 		}
 		var p lcReloadPage
 		if err := json.Unmarshal(r.Body, &p); err != nil {
 			failures <- fmt.Sprintf("listing %s: %v", r.Body, err)
-			return "", false
+			return nil, false
 		}
 		listings.Add(1)
 		n := int64(0)
 		for _, rq := range p.Requests {
 			if rq.Status == "pending" {
 				n++
-				pending = rq.ID
+				pending = append(pending, rq.ID)
 			}
 		}
 		for {
@@ -1229,13 +1322,14 @@ func TestLifecycleAutoReloadConcurrency(t *testing.T) {
 			if !ok {
 				return
 			}
-			if pending != "" {
-				r, err := e.try("POST", "/v1/customers/"+c+"/auto-reload/requests/"+pending+"/confirm", "")
+			for _, id := range pending {
+				r, err := e.try("POST", "/v1/customers/"+c+"/auto-reload/requests/"+id+"/confirm", "")
 				if err != nil || r.Status != 200 {
-					failures <- fmt.Sprintf("confirm %s: %v %s", pending, err, r)
+					failures <- fmt.Sprintf("confirm %s: %v %s", id, err, r)
 					return
 				}
-			} else {
+			}
+			if len(pending) == 0 {
 				time.Sleep(200 * time.Microsecond)
 			}
 		}
@@ -1280,8 +1374,8 @@ func TestLifecycleAutoReloadConcurrency(t *testing.T) {
 		return
 	}
 
-	if n := maxPending.Load(); n > 1 {
-		t.Errorf("a listing showed %d pending requests, want at most 1", n)
+	if n := maxPending.Load(); n > maxUnpaid {
+		t.Errorf("a listing showed %d pending requests, want at most %d", n, maxUnpaid)
 	}
 	if charged.Load()+rejected.Load() != clients*perClient {
 		t.Errorf("%d charged + %d rejected, want %d", charged.Load(), rejected.Load(), clients*perClient)
@@ -1309,7 +1403,7 @@ func TestLifecycleAutoReloadConcurrency(t *testing.T) {
 	if used.Cmp(big.NewRat(40*charged.Load(), 1)) != 0 {
 		t.Errorf("usage entries sum to -%s, want -%d (40 per charged event)", used.RatString(), 40*charged.Load())
 	}
-	t.Logf("%d charged, %d rejected, %d requests, %d listings", charged.Load(), rejected.Load(), len(reqs), listings.Load())
+	t.Logf("%d charged, %d rejected, %d requests, %d listings, at most %d pending", charged.Load(), rejected.Load(), len(reqs), listings.Load(), maxPending.Load())
 	e.checkInvariants(c)
 }
 

@@ -39,9 +39,14 @@ const (
 )
 
 // AppendWallet appends the binary form of w to dst and returns the extended
-// slice. It does not allocate beyond growing dst.
-func AppendWallet(dst []byte, w *Wallet) []byte {
-	b := append(dst, walletFormatV2)
+// slice. It does not allocate beyond growing dst. It is AppendWalletAt with
+// seq 0.
+func AppendWallet(dst []byte, w *Wallet) []byte { return AppendWalletAt(dst, w, 0) }
+
+// AppendWalletAt is AppendWallet for the store, with the seq of the last
+// log record the snapshot reflects (balance/cmdlog.go) after the body.
+func AppendWalletAt(dst []byte, w *Wallet, seq uint64) []byte {
+	b := append(dst, walletFormatV4)
 	b = enc.AppendStr(b, w.Customer)
 	s := w.Settings
 	b = append(b, byte(s.Status), byte(s.Policy))
@@ -90,7 +95,8 @@ func AppendWallet(dst []byte, w *Wallet) []byte {
 			b = append(b, k.Alloc)
 		}
 	}
-	return appendLife(b, w.Life)
+	b = appendLife(b, w.Life)
+	return binary.AppendUvarint(b, seq)
 }
 
 // AppendEntry appends the binary form of e to dst and returns the extended
@@ -127,15 +133,6 @@ func readBucketID(d *enc.Decoder) string {
 	return string(s)
 }
 
-// AppendWalletAt is AppendWallet for the store: version 3 adds the seq of
-// the last log record the snapshot reflects (balance/cmdlog.go) after the body.
-func AppendWalletAt(dst []byte, w *Wallet, seq uint64) []byte {
-	start := len(dst)
-	dst = AppendWallet(dst, w)
-	dst[start] = walletFormatV3
-	return binary.AppendUvarint(dst, seq)
-}
-
 // DecodeWallet decodes a wallet written by AppendWallet, and checks every
 // invariant (Check) so that a corrupt record is an error, never a wallet
 // that breaks later. Names, assets, account ids, sources and bucket ids are
@@ -151,7 +148,7 @@ func DecodeWallet(b []byte) (*Wallet, error) {
 func DecodeWalletAt(b []byte) (*Wallet, uint64, error) {
 	d := enc.Decoder{B: b}
 	version := d.Byte1()
-	if d.Err == nil && (version < walletFormatV1 || version > walletFormatV3) {
+	if d.Err == nil && (version < walletFormatV1 || version > walletFormatV4) {
 		return nil, 0, fmt.Errorf("wallet: wallet record: unknown format version %d", version)
 	}
 	w := &Wallet{}
@@ -177,7 +174,7 @@ func DecodeWalletAt(b []byte) (*Wallet, uint64, error) {
 	}
 	s.Metadata = d.OptBytes()
 	if version >= walletFormatV2 {
-		readPlanSettings(&d, s)
+		readPlanSettings(&d, s, version)
 	}
 	if d.Err == nil {
 		w.Settings = normalizeSettings(*s)
@@ -239,7 +236,7 @@ func DecodeWalletAt(b []byte) (*Wallet, uint64, error) {
 		w.Accounts[i] = a
 	}
 	if version >= walletFormatV2 {
-		w.Life = readLife(&d)
+		w.Life = readLife(&d, version)
 	}
 	var seq uint64
 	if version >= walletFormatV3 {

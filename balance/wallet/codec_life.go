@@ -12,7 +12,7 @@ import (
 //
 //	plan?       (0 | 1 id n {account asset scale amount period anchor strategy cap kind})
 //	auto_reload? (0 | 1 enabled account asset scale threshold amount price currency
-//	              surcharge charge max_per_period mode period_end)
+//	              surcharge charge max_per_period mode period_end [max_unpaid, v4])
 //
 // plus each bucket's alloc byte after its metadata, and after the accounts:
 //
@@ -25,6 +25,15 @@ const walletFormatV2 = 2
 // Version 3 (the store's snapshots, AppendWalletAt) is version 2 followed
 // by the uvarint seq of the last command-log record it reflects.
 const walletFormatV3 = 3
+
+// Version 4 is version 3 with max_unpaid after the auto-reload settings'
+// period_end, and the pending auto-reload requests as a list where version
+// 3 had one optional request:
+//
+//	reload_seq n {request} reload_period reload_count
+//
+// Every wallet is written in version 4; the older ones are read.
+const walletFormatV4 = 4
 
 func appendPlanSettings(b []byte, s *Settings) []byte {
 	b = enc.AppendFlag(b, s.Plan != nil)
@@ -59,11 +68,12 @@ func appendPlanSettings(b []byte, s *Settings) []byte {
 		b = binary.AppendUvarint(b, uint64(r.MaxPerPeriod))
 		b = append(b, byte(r.Mode))
 		b = enc.AppendFlag(b, r.PeriodEnd)
+		b = binary.AppendUvarint(b, uint64(r.MaxUnpaid))
 	}
 	return b
 }
 
-func readPlanSettings(d *enc.Decoder, s *Settings) {
+func readPlanSettings(d *enc.Decoder, s *Settings, version byte) {
 	if d.Flag() {
 		p := &Plan{ID: d.Str()}
 		if n := d.Count(PlanAllocationsMax, 12); n > 0 {
@@ -98,6 +108,13 @@ func readPlanSettings(d *enc.Decoder, s *Settings) {
 		r.MaxPerPeriod = int(d.U())
 		r.Mode = ReloadMode(d.Byte1())
 		r.PeriodEnd = d.Flag()
+		if version >= walletFormatV4 {
+			if u := d.U(); u > ReloadPendingMax {
+				d.Fail(fmt.Errorf("max_unpaid %d is above %d", u, ReloadPendingMax))
+			} else {
+				r.MaxUnpaid = int(u)
+			}
+		}
 		s.AutoReload = r
 	}
 }
@@ -126,16 +143,16 @@ func appendLife(b []byte, l *Lifecycle) []byte {
 		b = append(b, h.Hash[:]...)
 	}
 	b = binary.AppendUvarint(b, l.ReloadSeq)
-	b = enc.AppendFlag(b, l.Pending != nil)
-	if l.Pending != nil {
-		b = AppendReload(b, l.Pending)
+	b = binary.AppendUvarint(b, uint64(len(l.Pending)))
+	for i := range l.Pending {
+		b = AppendReload(b, &l.Pending[i])
 	}
 	b = binary.AppendVarint(b, l.ReloadPeriod)
 	b = binary.AppendUvarint(b, uint64(l.ReloadCount))
 	return b
 }
 
-func readLife(d *enc.Decoder) *Lifecycle {
+func readLife(d *enc.Decoder, version byte) *Lifecycle {
 	if !d.Flag() {
 		return nil
 	}
@@ -154,9 +171,17 @@ func readLife(d *enc.Decoder) *Lifecycle {
 		}
 	}
 	l.ReloadSeq = d.U()
-	if d.Flag() {
-		r := readReload(d)
-		l.Pending = &r
+	n := 0
+	if version >= walletFormatV4 {
+		n = d.Count(ReloadPendingMax, 10)
+	} else if d.Flag() {
+		n = 1
+	}
+	if n > 0 {
+		l.Pending = make([]ReloadRequest, n)
+		for i := range l.Pending {
+			l.Pending[i] = readReload(d)
+		}
 	}
 	l.ReloadPeriod = d.V()
 	l.ReloadCount = uint32(d.U())

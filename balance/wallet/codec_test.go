@@ -38,11 +38,13 @@ func fullWallet(t testing.TB) *Wallet {
 			{Account: "default", Asset: "CREDITS", Amount: 80, Period: PeriodDay, Anchor: t0, Strategy: StrategyAccumulate, Cap: 400, Kind: KindPlan},
 			{Account: "default", Asset: "USD", Scale: 6, Amount: 1_000_000, Period: PeriodMonth, Anchor: t0 + 400*day, Strategy: StrategyExpireAndReplace}}},
 		AutoReload: &AutoReload{Enabled: true, Account: "default", Asset: "CREDITS", Threshold: 100, Amount: 1000, Price: "9.00", Currency: "USD",
-			SurchargePct: "30", Charge: "11.70", MaxPerPeriod: 8, Mode: ReloadAwaitPayment, PeriodEnd: true},
+			SurchargePct: "30", Charge: "11.70", MaxPerPeriod: 8, Mode: ReloadAwaitPayment, PeriodEnd: true, MaxUnpaid: 3},
 	}, t0+5)
 	w.Advance(t0+6, nil)
 	w.Life.ReloadSeq, w.Life.ReloadPeriod, w.Life.ReloadCount = 3, t0, 2
-	w.Life.Pending = &ReloadRequest{ID: "r_3", Account: "default:CREDITS", Amount: 1000, Charge: "11.70", Currency: "USD", Mode: ReloadAwaitPayment, Status: ReloadPending, CreatedAt: t0, UpdatedAt: t0}
+	w.Life.Pending = []ReloadRequest{
+		{ID: "r_2", Account: "default:CREDITS", Amount: 1000, Charge: "11.70", Currency: "USD", Mode: ReloadGrantImmediately, Status: ReloadPending, CreatedAt: t0, UpdatedAt: t0, BucketID: "b_9"},
+		{ID: "r_3", Account: "default:CREDITS", Amount: 1000, Charge: "11.70", Currency: "USD", Mode: ReloadAwaitPayment, Status: ReloadPending, CreatedAt: t0, UpdatedAt: t0}}
 	w.TakeEffects()
 	a := w.Account("default:CREDITS")
 	mustCheck(t, w)
@@ -224,4 +226,40 @@ func FuzzDecodeEntry(f *testing.F) {
 			t.Fatalf("re-encoded entry does not round trip: %v", err)
 		}
 	})
+}
+
+// A snapshot of the release before version 4 (one optional pending
+// auto-reload request: a flag byte, then the request) reads as a list of
+// that one request. Without auto-reload settings, a version 3 snapshot is
+// byte for byte a version 4 one with its version byte changed: the flag 1
+// and the count 1 are the same byte.
+func TestCodecWalletV3PendingReload(t *testing.T) {
+	w := reloadWallet(t, ReloadGrantImmediately, 0)
+	if _, _, err := w.Charge(usage("e1", 600, 0), t0+1, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	s := *w.Settings
+	s.AutoReload = nil
+	w.Configure(s, t0+2)
+	w.TakeEffects()
+	if len(w.Life.Pending) != 1 {
+		t.Fatalf("pending %+v, want one", w.Life.Pending)
+	}
+	b := AppendWalletAt(nil, w, 7)
+	b[0] = walletFormatV3
+	d, seq, err := DecodeWalletAt(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq != 7 || len(d.Life.Pending) != 1 || d.Life.Pending[0] != w.Life.Pending[0] {
+		t.Fatalf("decoded seq %d, pending %+v; want 7 and %+v", seq, d.Life.Pending, w.Life.Pending)
+	}
+	// A version 3 record cannot hold two.
+	w.Life.Pending = append(w.Life.Pending, w.Life.Pending[0])
+	w.Life.Pending[1].ID = "r_2"
+	b = AppendWalletAt(nil, w, 7)
+	b[0] = walletFormatV3
+	if _, _, err := DecodeWalletAt(b); err == nil {
+		t.Fatal("a version 3 record with a count of 2 decoded")
+	}
 }

@@ -23,6 +23,9 @@ const (
 	PlanAllocationsMax = 16   // allocations per plan
 	AlertsMax          = 16   // balance alert thresholds
 	WalletHoldsMax     = 1000 // active holds per wallet
+	// ReloadPendingMax bounds the auto-reload requests pending at once
+	// (grant_immediately mode, when max_unpaid does not bound them lower).
+	ReloadPendingMax = 64
 	// advanceStepsMax bounds the due instants one Advance applies; the rest
 	// is applied by the next one (NextDue stays in the past).
 	advanceStepsMax = 4096
@@ -38,10 +41,10 @@ type Lifecycle struct {
 
 	Holds []Hold // active holds, in creation order
 
-	ReloadSeq    uint64         // last auto-reload request number
-	Pending      *ReloadRequest // the pending request, or nil
-	ReloadPeriod int64          // the period ReloadCount counts (its start, unix ns)
-	ReloadCount  uint32         // requests made in ReloadPeriod
+	ReloadSeq    uint64          // last auto-reload request number
+	Pending      []ReloadRequest // requests pending, oldest first
+	ReloadPeriod int64           // the period ReloadCount counts (its start, unix ns)
+	ReloadCount  uint32          // requests made in ReloadPeriod
 
 	fx Effects // made by the current operation; taken by TakeEffects
 }
@@ -588,7 +591,15 @@ func (w *Wallet) reloadAllowed(name, asset string, now int64) bool {
 	if l == nil {
 		return true
 	}
-	if l.Pending != nil {
+	// await_payment: one request at a time. grant_immediately: the next
+	// purchase does not wait for the last one's payment, up to max_unpaid.
+	unpaid := ReloadPendingMax
+	if r.Mode == ReloadAwaitPayment {
+		unpaid = 1
+	} else if r.MaxUnpaid > 0 {
+		unpaid = r.MaxUnpaid
+	}
+	if len(l.Pending) >= unpaid {
 		return false
 	}
 	if r.MaxPerPeriod > 0 && l.ReloadPeriod == w.reloadPeriodStart(now) && int(l.ReloadCount) >= r.MaxPerPeriod {
@@ -620,13 +631,13 @@ func (w *Wallet) requestReload(now int64, out []Entry) ([]Entry, bool) {
 	if a := w.accountOf(r.Account, r.Asset); a != nil {
 		req.Account = a.ID()
 	}
-	l.Pending = req
 	granted := false
 	if mode == ReloadGrantImmediately {
 		out, granted = w.grantReload(req, now, out)
 	} else {
 		out = w.reloadMark(req, now, out)
 	}
+	l.Pending = append(l.Pending, *req)
 	l.fx.Reloads = append(l.fx.Reloads, *req)
 	w.note(NoteAutoReloadRequested, req.Account, now, reloadFields(req)...)
 	return out, granted
@@ -689,13 +700,20 @@ func (w *Wallet) reloadMark(req *ReloadRequest, now int64, out []Entry) []Entry 
 // takePending ends the pending request id with status st.
 func (w *Wallet) takePending(id string, st ReloadStatus, now int64) (*ReloadRequest, *Error) {
 	l := w.Life
-	if l == nil || l.Pending == nil || l.Pending.ID != id {
+	i := -1
+	if l != nil {
+		i = slices.IndexFunc(l.Pending, func(r ReloadRequest) bool { return r.ID == id })
+	}
+	if i < 0 {
 		return nil, Errorf(CodeReloadNotPending, "auto-reload request %s is not pending", id)
 	}
-	req := l.Pending
-	l.Pending = nil
+	req := l.Pending[i]
+	l.Pending = slices.Delete(l.Pending, i, i+1)
+	if len(l.Pending) == 0 {
+		l.Pending = nil
+	}
 	req.Status, req.UpdatedAt = st, now
-	return req, nil
+	return &req, nil
 }
 
 // ConfirmReload records that billing collected the pending request id. In
@@ -777,9 +795,6 @@ func cloneLife(l *Lifecycle) *Lifecycle {
 	c.fx = Effects{}
 	c.Allocs = slices.Clone(l.Allocs)
 	c.Holds = slices.Clone(l.Holds)
-	if l.Pending != nil {
-		p := *l.Pending
-		c.Pending = &p
-	}
+	c.Pending = slices.Clone(l.Pending)
 	return &c
 }

@@ -729,7 +729,7 @@ func TestAutoReloadAwaitPayment(t *testing.T) {
 	req, out, err := w.ConfirmReload("r_1", t0+3, nil)
 	must(t, err)
 	checkEntries(t, w, out, t0+3, we{typ: EntryAutoReload, amount: 1000, bucket: "b_3", at: t0 + 3, after: 1300, ref: "r_1"})
-	if req.Status != ReloadCompleted || req.BucketID != "b_3" || req.UpdatedAt != t0+3 || w.Life.Pending != nil {
+	if req.Status != ReloadCompleted || req.BucketID != "b_3" || req.UpdatedAt != t0+3 || len(w.Life.Pending) != 0 {
 		t.Fatalf("request %+v", req)
 	}
 	b := w.Account("default:CREDITS").Buckets[1]
@@ -781,7 +781,7 @@ func TestAutoReloadAwaitPayment(t *testing.T) {
 	if md := string(out[0].Metadata); md != `{"request_id":"r_3","status":"failed"}` || req.Status != ReloadFailed || req.BucketID != "" {
 		t.Fatalf("failed request %+v %s", req, md)
 	}
-	if r := w.Settings.AutoReload; r == nil || r.Enabled || w.Settings.Status != StatusActive || w.Life.Pending != nil {
+	if r := w.Settings.AutoReload; r == nil || r.Enabled || w.Settings.Status != StatusActive || len(w.Life.Pending) != 0 {
 		t.Fatalf("settings after failure %+v %+v", w.Settings, r)
 	}
 	if fx := w.TakeEffects(); len(fx.Reloads) != 1 || fx.Reloads[0].Status != ReloadFailed || len(fx.Notes) != 1 || fx.Notes[0].Type != NoteAutoReloadFailed {
@@ -807,7 +807,7 @@ func TestAutoReloadGrantImmediately(t *testing.T) {
 	checkEntries(t, w, out, t0+1,
 		we{typ: EntryUsage, amount: -600, bucket: "b_2", at: t0, after: 400},
 		we{typ: EntryAutoReload, amount: 1000, bucket: "b_3", at: t0 + 1, after: 1400, ref: "r_1"})
-	if p := w.Life.Pending; p == nil || p.ID != "r_1" || p.Status != ReloadPending || p.BucketID != "b_3" || p.Mode != ReloadGrantImmediately {
+	if p := w.Life.Pending; len(p) != 1 || p[0].ID != "r_1" || p[0].Status != ReloadPending || p[0].BucketID != "b_3" || p[0].Mode != ReloadGrantImmediately {
 		t.Fatalf("pending %+v", p)
 	}
 	if b := w.Account("default:CREDITS").Buckets[1]; b.ID != "b_3" || b.Source != "auto_reload" || b.Reference != "r_1" || b.Kind != KindRecharge {
@@ -855,7 +855,7 @@ func TestAutoReloadGrantImmediately(t *testing.T) {
 		we{typ: EntryGrant, amount: 1, bucket: "b_1", at: t0, after: 1, ref: "macro", acct: "default:TOK"},
 		we{typ: EntryAutoReload, amount: 1000, bucket: "b_2", at: t0, after: 1000, ref: "r_1"},
 		we{typ: EntryUsage, amount: -1, bucket: "b_2", at: t0, after: 999})
-	if p := w.Life.Pending; p.ExpiresAt != utc(2026, 12, 1, 0) || w.Account("default:CREDITS").Buckets[0].ExpiresAt != p.ExpiresAt {
+	if p := w.Life.Pending; len(p) != 1 || p[0].ExpiresAt != utc(2026, 12, 1, 0) || w.Account("default:CREDITS").Buckets[0].ExpiresAt != p[0].ExpiresAt {
 		t.Fatalf("reload expiry %+v", p)
 	}
 }
@@ -971,4 +971,78 @@ func TestExpiresPeriodEnd(t *testing.T) {
 		we{typ: EntryExpiry, amount: -100, bucket: "b_2", at: feb28, after: 0, ref: "tx_1"},
 		we{typ: EntryGrant, amount: 1, bucket: "b_1", at: feb28, after: 2, ref: "macro", acct: "default:TOK"},
 		we{typ: EntryTopUp, amount: 100, bucket: "b_3", at: now, after: 100, ref: "top_1"})
+}
+
+// In grant_immediately mode the next purchase does not wait for the last
+// one's payment: requests pile up to max_per_period, or to max_unpaid,
+// and a confirmation makes room for the next. A failure pauses the
+// customer; the other requests stay pending and can still be settled.
+func TestAutoReloadDoesNotWait(t *testing.T) {
+	pendingIDs := func(w *Wallet) []string {
+		var ids []string
+		for _, r := range w.Life.Pending {
+			ids = append(ids, r.ID)
+		}
+		return ids
+	}
+	// Threshold 500, 1,000 per reload, starting from 1,000 credits: each
+	// charge of 1,000 uses what is there and leaves 0, which asks for the
+	// next reload.
+	charge := func(w *Wallet, n int, at int64) {
+		t.Helper()
+		for i := range n {
+			if _, _, err := w.Charge(usage("e"+strconv.Itoa(int(at)+i), 1000, 0), at+int64(i), nil, nil); err != nil {
+				t.Fatalf("charge %d at %d: %v", i, at+int64(i), err)
+			}
+		}
+	}
+	w := reloadWallet(t, ReloadGrantImmediately, 3)
+	charge(w, 4, t0+1)
+	if got := pendingIDs(w); !slices.Equal(got, []string{"r_1", "r_2", "r_3"}) {
+		t.Fatalf("pending %v, want r_1 r_2 r_3 (none waits for a payment)", got)
+	}
+	if _, _, err := w.Charge(usage("e_last", 1000, 0), t0+9, nil, nil); code(err) != CodeInsufficientFunds {
+		t.Fatalf("a fourth purchase in the period: %v, want insufficient_funds (max_per_period 3)", err)
+	}
+
+	// max_unpaid 2: the third purchase waits for a confirmation.
+	s := reloadSettings(ReloadGrantImmediately, 0)
+	s.AutoReload.MaxUnpaid = 2
+	w = NewWallet("c2", s, t0)
+	w.Advance(t0, nil)
+	_, _, err := w.TopUp(topUp("top_1", 1000), t0, nil)
+	must(t, err)
+	charge(w, 3, t0+1)
+	if _, _, err := w.Charge(usage("e_wait", 1000, 0), t0+4, nil, nil); code(err) != CodeInsufficientFunds {
+		t.Fatalf("a third unpaid purchase: %v, want insufficient_funds (max_unpaid 2)", err)
+	}
+	if _, _, err := w.ConfirmReload("r_1", t0+4, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := w.Charge(usage("e_wait", 1000, 0), t0+5, nil, nil); err != nil {
+		t.Fatalf("after a confirmation: %v", err)
+	}
+	if got := pendingIDs(w); !slices.Equal(got, []string{"r_2", "r_3"}) {
+		t.Fatalf("pending %v, want r_2 r_3", got)
+	}
+	// A failure pauses the customer; r_3 stays pending and is confirmed.
+	if _, _, err := w.FailReload("r_2", t0+6, nil); err != nil {
+		t.Fatal(err)
+	}
+	if w.Settings.Status != StatusPaused || w.Settings.AutoReload.Enabled {
+		t.Fatalf("after a failure: %+v %+v", w.Settings, w.Settings.AutoReload)
+	}
+	req, _, err := w.ConfirmReload("r_3", t0+7, nil)
+	if err != nil || req.Status != ReloadCompleted || len(w.Life.Pending) != 0 {
+		t.Fatalf("confirm r_3 after r_2 failed: %+v %v, pending %v", req, err, pendingIDs(w))
+	}
+	mustCheck(t, w)
+	// The wallet with its requests survives its binary form.
+	d, derr := DecodeWallet(AppendWallet(nil, w))
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	if d.Settings.AutoReload.MaxUnpaid != 2 {
+		t.Fatalf("max_unpaid after decoding: %+v", d.Settings.AutoReload)
+	}
 }

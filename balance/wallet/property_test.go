@@ -81,7 +81,7 @@ type model struct {
 	serials int
 
 	reload       *AutoReload
-	pending      *mReload
+	pending      []*mReload // oldest first
 	reloadSeq    uint64
 	reloadPeriod int64
 	reloadCount  int
@@ -684,7 +684,16 @@ func (m *model) reloadStart(now int64) int64 {
 
 func (m *model) reloadAllowed(acct string, now int64) bool {
 	r := m.reload
-	if r == nil || !r.Enabled || m.status != StatusActive || acct != r.Account+":"+r.Asset || m.pending != nil {
+	if r == nil || !r.Enabled || m.status != StatusActive || acct != r.Account+":"+r.Asset {
+		return false
+	}
+	unpaid := ReloadPendingMax
+	if r.Mode == ReloadAwaitPayment {
+		unpaid = 1
+	} else if r.MaxUnpaid > 0 {
+		unpaid = r.MaxUnpaid
+	}
+	if len(m.pending) >= unpaid {
 		return false
 	}
 	return r.MaxPerPeriod == 0 || m.reloadPeriod != m.reloadStart(now) || m.reloadCount < r.MaxPerPeriod
@@ -699,7 +708,7 @@ func (m *model) requestReload(now int64) bool {
 	m.reloadCount++
 	m.reloadSeq++
 	req := &mReload{id: "r_" + strconv.FormatUint(m.reloadSeq, 10), acct: r.Account + ":" + r.Asset, amount: r.Amount, await: r.Mode == ReloadAwaitPayment}
-	m.pending = req
+	m.pending = append(m.pending, req)
 	granted := false
 	if req.await {
 		m.reloadMark(req, now)
@@ -733,11 +742,12 @@ func (m *model) reloadMark(req *mReload, now int64) {
 
 func (m *model) resolveReload(id string, ok bool, now int64) string {
 	m.advance(now)
-	req := m.pending
-	if req == nil || req.id != id {
+	i := slices.IndexFunc(m.pending, func(r *mReload) bool { return r.id == id })
+	if i < 0 {
 		return CodeReloadNotPending
 	}
-	m.pending = nil
+	req := m.pending[i]
+	m.pending = slices.Delete(m.pending, i, i+1)
 	if ok {
 		if req.await {
 			m.grantReload(req, now)
@@ -1127,7 +1137,7 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 				name, asset := pickAcct()
 				curReload = &AutoReload{Enabled: rng.IntN(6) != 0, Account: name, Asset: asset, Threshold: rng.Int64N(800), Amount: 1 + rng.Int64N(1000),
 					Price: "9.00", Currency: "USD", SurchargePct: "30", Charge: "11.70", MaxPerPeriod: rng.IntN(4),
-					Mode: ReloadMode(rng.IntN(3)), PeriodEnd: rng.IntN(3) == 0}
+					Mode: ReloadMode(rng.IntN(3)), PeriodEnd: rng.IntN(3) == 0, MaxUnpaid: rng.IntN(4)}
 			}
 			s.AutoReload = curReload
 			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
@@ -1184,8 +1194,8 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 				op = "reload confirm"
 			}
 			id := "r_" + strconv.Itoa(rng.IntN(int(m.reloadSeq)+2))
-			if m.pending != nil && rng.IntN(5) != 0 {
-				id = m.pending.id
+			if len(m.pending) > 0 && rng.IntN(5) != 0 {
+				id = m.pending[rng.IntN(len(m.pending))].id
 			}
 			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
 				var req ReloadRequest
@@ -1307,6 +1317,9 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 		for _, n := range o.fx.Notes {
 			counts["(note "+n.Type+")"]++
 		}
+		if l := w.Life; l != nil && len(l.Pending) > 1 {
+			counts["(several reloads pending)"]++
+		}
 
 		if err := w.Check(); err != nil {
 			t.Fatalf("seed %d step %d %s: %v", seed, step, op, err)
@@ -1392,7 +1405,7 @@ func checkEffects(t *testing.T, seed uint64, step int, op string, m *model, inv 
 		t.Fatalf("seed %d step %d %s: effects\n notes %v\n holds %v\n reloads %v\nmodel\n notes %v\n holds %v\n reloads %v",
 			seed, step, op, notes, holds, reloads, m.notes, m.holdFx, m.reloadFx)
 	}
-	if len(inv.pending) > 1 {
+	if len(inv.pending) > ReloadPendingMax {
 		t.Fatalf("seed %d step %d %s: %d reload requests pending", seed, step, op, len(inv.pending))
 	}
 }
@@ -1423,8 +1436,21 @@ func (inv *invariants) check(t *testing.T, seed uint64, step int, op string, w *
 				fail("hold %s expiring at %d survives at %d", h.ID, h.ExpiresAt, now)
 			}
 		}
-		if (l.Pending != nil) != (len(inv.pending) == 1) || (l.Pending != nil && !inv.pending[l.Pending.ID]) {
-			fail("pending request %+v, records say %v", l.Pending, inv.pending)
+		if len(l.Pending) != len(inv.pending) || slices.ContainsFunc(l.Pending, func(r ReloadRequest) bool { return !inv.pending[r.ID] }) {
+			fail("pending requests %+v, records say %v", l.Pending, inv.pending)
+		}
+		// await_payment waits for each payment; grant_immediately does not,
+		// up to max_unpaid.
+		if ar := w.Settings.AutoReload; ar != nil && len(fx.Reloads) > 0 && fx.Reloads[len(fx.Reloads)-1].Status == ReloadPending {
+			unpaid := ReloadPendingMax
+			if ar.Mode == ReloadAwaitPayment {
+				unpaid = 1
+			} else if ar.MaxUnpaid > 0 {
+				unpaid = ar.MaxUnpaid
+			}
+			if len(l.Pending) > unpaid {
+				fail("%d requests pending after a new one, settings %+v", len(l.Pending), ar)
+			}
 		}
 	}
 	if next := w.NextDue(); !configure && next != 0 && next <= now {
@@ -1433,6 +1459,7 @@ func (inv *invariants) check(t *testing.T, seed uint64, step int, op string, w *
 
 	// Requests per reload period: a new request counts in the period it
 	// was made in, at most max_per_period.
+	made := false
 	for _, r := range fx.Reloads {
 		if r.Status != ReloadPending {
 			continue
@@ -1447,9 +1474,13 @@ func (inv *invariants) check(t *testing.T, seed uint64, step int, op string, w *
 		if ar := w.Settings.AutoReload; ar == nil || (ar.MaxPerPeriod > 0 && inv.inPeriod > ar.MaxPerPeriod) {
 			fail("%d reload requests in the period starting %d, settings %+v", inv.inPeriod, inv.period, ar)
 		}
-		if int(w.Life.ReloadCount) != inv.inPeriod {
-			fail("reload count %d, %d requests seen", w.Life.ReloadCount, inv.inPeriod)
-		}
+		made = true
+	}
+	// One step may make two requests (grant_immediately: one for an event
+	// it could not cover, one more when the charge leaves available below
+	// the threshold).
+	if made && int(w.Life.ReloadCount) != inv.inPeriod {
+		fail("reload count %d, %d requests seen", w.Life.ReloadCount, inv.inPeriod)
 	}
 
 	// The funds rule. A debit that went through leaves its account at or
@@ -1623,7 +1654,7 @@ func compareModel(t *testing.T, seed uint64, step int, w *Wallet, m *model, sums
 	}
 	l := w.Life
 	if l == nil {
-		if len(m.holds) > 0 || m.pending != nil || m.reloadSeq > 0 || len(m.scheds) > 0 {
+		if len(m.holds) > 0 || len(m.pending) > 0 || m.reloadSeq > 0 || len(m.scheds) > 0 {
 			t.Fatalf("seed %d step %d: no lifecycle state, model %+v %+v %d %+v", seed, step, m.holds, m.pending, m.reloadSeq, m.scheds)
 		}
 		return
@@ -1635,9 +1666,10 @@ func compareModel(t *testing.T, seed uint64, step int, w *Wallet, m *model, sums
 	if !slices.Equal(holds, m.holds) {
 		t.Fatalf("seed %d step %d: holds %+v, model %+v", seed, step, holds, m.holds)
 	}
-	if (l.Pending == nil) != (m.pending == nil) || (l.Pending != nil && (l.Pending.ID != m.pending.id || l.Pending.Account != m.pending.acct ||
-		l.Pending.Amount != m.pending.amount || (l.Pending.Mode == ReloadAwaitPayment) != m.pending.await)) ||
-		l.ReloadSeq != m.reloadSeq || int(l.ReloadCount) != m.reloadCount || l.ReloadPeriod != m.reloadPeriod {
+	samePending := slices.EqualFunc(l.Pending, m.pending, func(p ReloadRequest, q *mReload) bool {
+		return p.ID == q.id && p.Account == q.acct && p.Amount == q.amount && (p.Mode == ReloadAwaitPayment) == q.await
+	})
+	if !samePending || l.ReloadSeq != m.reloadSeq || int(l.ReloadCount) != m.reloadCount || l.ReloadPeriod != m.reloadPeriod {
 		t.Fatalf("seed %d step %d: reload state %+v seq %d count %d period %d, model %+v %d %d %d", seed, step, l.Pending, l.ReloadSeq, l.ReloadCount,
 			l.ReloadPeriod, m.pending, m.reloadSeq, m.reloadCount, m.reloadPeriod)
 	}

@@ -148,11 +148,14 @@ type AutoReload struct {
 	Amount       int64  // credits per reload, > 0
 	Price        string // decimal as given, e.g. "9.00"
 	Currency     string
-	SurchargePct string     // decimal as given, "" = none
-	Charge       string     // what is billed: Price plus the surcharge, exact (computed by the caller)
-	MaxPerPeriod int        // reloads per plan period; 0 = no limit
-	Mode         ReloadMode // 0 = ReloadGrantImmediately
-	PeriodEnd    bool       // reloaded credits expire at the end of the plan period
+	SurchargePct string // decimal as given, "" = none
+	Charge       string // what is billed: Price plus the surcharge, exact (computed by the caller)
+	MaxPerPeriod int    // reloads per plan period; 0 = no limit
+	// MaxUnpaid bounds the requests pending at once in grant_immediately
+	// mode (0 = ReloadPendingMax); await_payment has one at a time.
+	MaxUnpaid int
+	Mode      ReloadMode // 0 = ReloadGrantImmediately
+	PeriodEnd bool       // reloaded credits expire at the end of the plan period
 }
 
 // Wallet is one customer's state.

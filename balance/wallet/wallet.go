@@ -1027,8 +1027,15 @@ func (w *Wallet) Check() error {
 				}
 			}
 		}
-		if l.Pending != nil && l.Pending.Status != ReloadPending {
-			return fmt.Errorf("wallet %q: pending auto-reload request %s has status %s", w.Customer, l.Pending.ID, l.Pending.Status)
+		for i, r := range l.Pending {
+			if r.Status != ReloadPending {
+				return fmt.Errorf("wallet %q: pending auto-reload request %s has status %s", w.Customer, r.ID, r.Status)
+			}
+			for _, o := range l.Pending[:i] {
+				if o.ID == r.ID {
+					return fmt.Errorf("wallet %q: auto-reload request %s is pending twice", w.Customer, r.ID)
+				}
+			}
 		}
 	}
 	slices.Sort(ids)

@@ -5,7 +5,8 @@ package main
 // TestLifecycleCrash is the crash test of crash_test.go extended to the
 // lifecycle. 50 customers have a daily accumulate allocation with a cap on
 // default:CREDITS, half of them a daily expire_and_replace allocation on
-// bonus:CREDITS too, auto-reload (grant_immediately, max_per_period 1),
+// bonus:CREDITS too, auto-reload (grant_immediately, max_per_period 3,
+// max_unpaid 2: a purchase does not wait for the last one's payment),
 // balance alerts (half), overdraft (a quarter), a top-up that never expires
 // and top-ups that expire within hours. Rounds of concurrent load (usage
 // events, some settling holds; holds placed and released; pending
@@ -22,9 +23,9 @@ package main
 // every time the wallet was advanced to; (iii) a bucket due by the final
 // clock is gone, with one expiry entry at its exact expires_at if anything
 // was left of it; (iv) every acknowledged event, top-up, hold and reload
-// outcome replayed returns its original result; (v) auto-reload: never two
-// pending, never more than max_per_period per period, each request granted
-// and marked once; (vi) notifications: seqs 1..N, one per expiry, expired
+// outcome replayed returns its original result; (v) auto-reload: never
+// more than max_unpaid pending, never more than max_per_period per period,
+// each request granted and marked once; (vi) notifications: seqs 1..N, one per expiry, expired
 // hold and reload step, every one delivered to the webhook with the listed
 // body, first attempts in each customer's seq order.
 //
@@ -84,7 +85,8 @@ const (
 	lcCapA         = 700 // ... under this cap
 	lcGrantB       = 60  // daily expire_and_replace allocation on bonus:CREDITS
 	lcReloadAmount = 250
-	lcReloadMax    = 1 // auto_reload max_per_period
+	lcReloadMax    = 3 // auto_reload max_per_period
+	lcReloadUnpaid = 2 // auto_reload max_unpaid
 	lcDay          = 24 * time.Hour
 
 	lcWebhookSecret = "lifecycle-test-webhook-secret-0123456789"
@@ -127,8 +129,8 @@ func (c *lcCustomer) settings() []byte {
  "plan":{"id":"daily","allocations":[
   {"account":"default","asset":"CREDITS","amount":"%d","period":"day","anchor":%q,"strategy":"accumulate","cap":"%d"}%s]},
  "auto_reload":{"enabled":true,"account":"default","asset":"CREDITS","threshold":"100","amount":"%d",
-  "price":{"amount":"9.00","currency":"USD"},"surcharge_pct":"30","max_per_period":%d,"mode":"grant_immediately"},
- "balance_alerts":%s}`, policy, lcGrantA, anchor, lcCapA, replace, lcReloadAmount, lcReloadMax, alerts)
+  "price":{"amount":"9.00","currency":"USD"},"surcharge_pct":"30","max_per_period":%d,"max_unpaid":%d,"mode":"grant_immediately"},
+ "balance_alerts":%s}`, policy, lcGrantA, anchor, lcCapA, replace, lcReloadAmount, lcReloadMax, lcReloadUnpaid, alerts)
 }
 
 // lcPick picks a customer, a heavy one more often than not. The load is
@@ -186,6 +188,7 @@ type lcState struct {
 	holdLog     []lcWrite                       // every hold placement attempted
 
 	holdEvents, holdsRefused, holdsReleased, reloadsConfirmed, reloadsFailed, clockMoves int
+	maxPendingSeen                                                                       int // auto-reload requests pending at once, as the reload worker saw them
 }
 
 func newLCState(start time.Time) *lcState {
@@ -403,17 +406,23 @@ func (s *lcState) reloadWorker(c *http.Client, base string, rng *rand.Rand, cust
 				pending = append(pending, r.ID)
 			}
 		}
-		if len(pending) > 1 {
-			errs.Errorf("customer %s: %d pending auto-reload requests %v: never more than one", cu.id, len(pending), pending)
+		if len(pending) > lcReloadUnpaid {
+			errs.Errorf("customer %s: %d pending auto-reload requests %v: never more than %d", cu.id, len(pending), pending, lcReloadUnpaid)
 		}
 		if len(pending) == 0 {
 			continue
 		}
+		// Any pending request, not only the oldest: payments settle in any
+		// order.
+		id := pending[rng.IntN(len(pending))]
+		s.mu.Lock()
+		s.maxPendingSeen = max(s.maxPendingSeen, len(pending))
+		s.mu.Unlock()
 		action, want := "confirm", "completed"
 		if rng.IntN(100) < 15 {
 			action, want = "fail", "failed"
 		}
-		status, b, err = crashDo(c, "POST", base+"/v1/customers/"+cu.id+"/auto-reload/requests/"+pending[0]+"/"+action, nil)
+		status, b, err = crashDo(c, "POST", base+"/v1/customers/"+cu.id+"/auto-reload/requests/"+id+"/"+action, nil)
 		if err != nil {
 			return
 		}
@@ -421,7 +430,7 @@ func (s *lcState) reloadWorker(c *http.Client, base string, rng *rand.Rand, cust
 		case status == 200:
 			var r lcReload
 			if json.Unmarshal(b, &r) != nil || r.Status != want {
-				errs.Errorf("%s of %s %s: %s", action, cu.id, pending[0], b)
+				errs.Errorf("%s of %s %s: %s", action, cu.id, id, b)
 			}
 			s.mu.Lock()
 			if action == "fail" {
@@ -433,7 +442,7 @@ func (s *lcState) reloadWorker(c *http.Client, base string, rng *rand.Rand, cust
 		case status == 429 || status == 503:
 			continue
 		default:
-			errs.Errorf("%s of %s %s: status %d: %s", action, cu.id, pending[0], status, b)
+			errs.Errorf("%s of %s %s: status %d: %s", action, cu.id, id, status, b)
 			return
 		}
 		if action == "fail" {
@@ -780,6 +789,7 @@ type lcCounts struct {
 	skippedAccumulate, skippedReplace         int // periods without a grant
 	drainedBeforeExpiry, debtSettled          int
 	holdDebtPairs                             int
+	severalPending                            int // customers left with more than one request pending
 	holdsByStatus, notesByType                map[string]int
 }
 
@@ -1232,7 +1242,7 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 		}
 	}
 
-	// (v) Auto-reload requests: never two pending, never more than
+	// (v) Auto-reload requests: never more than max_unpaid pending, never more than
 	// max_per_period per plan period; each granted once, at once, and
 	// marked once when resolved.
 	var reloads []lcReload
@@ -1269,8 +1279,11 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 			errs.Errorf("customer %s: auto-reload request %s is %s, its ledger marks are %v", c, r.ID, r.Status, marks)
 		}
 	}
+	if pending > lcReloadUnpaid {
+		errs.Errorf("customer %s: %d pending auto-reload requests, max_unpaid is %d", c, pending, lcReloadUnpaid)
+	}
 	if pending > 1 {
-		errs.Errorf("customer %s: %d pending auto-reload requests", c, pending)
+		cnt.severalPending++
 	}
 	for id := range reloadGrants {
 		if reloadStatus[id] == "" {
@@ -1825,8 +1838,8 @@ func TestLifecycleCrash(t *testing.T) {
 	t.Logf("%d kill -9s in %v of load; clock moved %d times over %v (one jump of more than a day: %v); events: %d sent, %d acknowledged (%d charged, %d recorded, %d rejected of which %d paused), %d settling holds",
 		lcKills, loadTime.Round(time.Millisecond), s.clockMoves, final.Sub(s.start), s.bigJumps > 0,
 		len(s.events), nAck, nCharged, nRecorded, nRejected, nPaused, s.holdEvents)
-	t.Logf("holds: %d acknowledged, %d refused, %d releases acknowledged, by final status %v; auto-reload: %d requests, %d confirmed, %d failed",
-		len(s.holds), s.holdsRefused, s.holdsReleased, cnt.holdsByStatus, cnt.reloads, s.reloadsConfirmed, s.reloadsFailed)
+	t.Logf("holds: %d acknowledged, %d refused, %d releases acknowledged, by final status %v; auto-reload: %d requests, %d confirmed, %d failed, at most %d seen pending at once, %d customers left with several pending",
+		len(s.holds), s.holdsRefused, s.holdsReleased, cnt.holdsByStatus, cnt.reloads, s.reloadsConfirmed, s.reloadsFailed, s.maxPendingSeen, cnt.severalPending)
 	t.Logf("ledger: %d entries, %d plan grants (%d accumulate periods skipped at the cap, %d expire_and_replace periods skipped by jumps), %d expiries, %d expiring buckets drained before expiry, %d grants and %d hold ends settling debt",
 		cnt.entries, cnt.grants, cnt.skippedAccumulate, cnt.skippedReplace, cnt.expiries, cnt.drainedBeforeExpiry, cnt.debtSettled, cnt.holdDebtPairs)
 	t.Logf("notifications: %d (%s); webhook: %d requests, %d answered 500 (%v spent backing off), %d notifications delivered more than once",
