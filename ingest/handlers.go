@@ -81,6 +81,7 @@ func (s *Server) putPricing(ctx *fasthttp.RequestCtx) {
 
 type customerBody struct {
 	Status            *string                    `json:"status"`
+	PausedUntil       *string                    `json:"paused_until"`
 	InsufficientFunds *string                    `json:"insufficient_funds"`
 	CreditLimit       map[string]json.RawMessage `json:"credit_limit"`
 	Plan              json.RawMessage            `json:"plan"`
@@ -126,6 +127,16 @@ func (s *Server) settings(body *customerBody) (wallet.Settings, error) {
 		default:
 			return set, badRequest("invalid_request", "status", "status must be active or paused")
 		}
+	}
+	if body.PausedUntil != nil {
+		if set.Status != wallet.StatusPaused {
+			return set, badRequest("invalid_request", "paused_until", "paused_until needs status paused")
+		}
+		t, err := parseTime(*body.PausedUntil, "paused_until")
+		if err != nil {
+			return set, err
+		}
+		set.PausedUntil = t
 	}
 	if body.InsufficientFunds != nil {
 		switch *body.InsufficientFunds {
@@ -355,7 +366,13 @@ func (s *Server) getCustomer(ctx *fasthttp.RequestCtx, id string) {
 	b = appendString(b, id)
 	b = append(b, `,"status":"`...)
 	b = append(b, w.Settings.Status.String()...)
-	b = append(b, `","insufficient_funds":"`...)
+	b = append(b, `","paused_until":`...)
+	if w.Settings.PausedUntil == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = appendTime(b, w.Settings.PausedUntil)
+	}
+	b = append(b, `,"insufficient_funds":"`...)
 	b = append(b, w.Settings.Policy.String()...)
 	b = append(b, `","credit_limit":{`...)
 	for i, l := range w.Settings.CreditLimits {

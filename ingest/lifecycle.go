@@ -26,8 +26,9 @@ type allocationBody struct {
 }
 
 type planBody struct {
-	ID          string           `json:"id"`
-	Allocations []allocationBody `json:"allocations"`
+	ID               string           `json:"id"`
+	Allocations      []allocationBody `json:"allocations"`
+	GrantWhilePaused *bool            `json:"grant_while_paused"`
 }
 
 type autoReloadBody struct {
@@ -70,7 +71,7 @@ func (s *Server) plan(raw json.RawMessage) (*wallet.Plan, error) {
 	if len(body.Allocations) == 0 || len(body.Allocations) > wallet.PlanAllocationsMax {
 		return nil, badRequest("invalid_request", "plan.allocations", "a plan has 1 to %d allocations", wallet.PlanAllocationsMax)
 	}
-	p := &wallet.Plan{ID: body.ID}
+	p := &wallet.Plan{ID: body.ID, GrantWhilePaused: body.GrantWhilePaused != nil && *body.GrantWhilePaused}
 	pr := s.e.Pricing()
 	now := s.e.Now()
 	for i := range body.Allocations {
@@ -325,7 +326,9 @@ func appendLifecycleSettings(b []byte, w *wallet.Wallet, now int64) []byte {
 			b = appendString(b, al.Kind.String())
 			b = append(b, '}')
 		}
-		b = append(b, "]}"...)
+		b = append(b, `],"grant_while_paused":`...)
+		b = strconv.AppendBool(b, p.GrantWhilePaused)
+		b = append(b, '}')
 	}
 	b = append(b, `,"auto_reload":`...)
 	if r := w.Settings.AutoReload; r == nil {

@@ -99,11 +99,12 @@ type lcAutoReload struct {
 }
 
 type lcCustomer struct {
-	CustomerID string          `json:"customer_id"`
-	Status     string          `json:"status"`
-	Plan       json.RawMessage `json:"plan"`
-	AutoReload *lcAutoReload   `json:"auto_reload"`
-	Period     *struct {
+	CustomerID  string          `json:"customer_id"`
+	Status      string          `json:"status"`
+	PausedUntil *string         `json:"paused_until"`
+	Plan        json.RawMessage `json:"plan"`
+	AutoReload  *lcAutoReload   `json:"auto_reload"`
+	Period      *struct {
 		Start string `json:"start"`
 		End   string `json:"end"`
 	} `json:"period"`
@@ -637,6 +638,76 @@ func TestLifecycleMakeBurstUnconfirmed(t *testing.T) {
 	r2 := e.must(400, "PUT", "/v1/customers/make_bad", strings.Replace(settings("3"), "grant_immediately", "await_payment", 1))
 	if !strings.Contains(string(r2.Body), `"field":"auto_reload.max_unpaid"`) {
 		t.Errorf("max_unpaid 3 with await_payment: %s", r2.Body)
+	}
+}
+
+// TestLifecyclePausedUntil: APOB's "Paused until". The customer resumes by
+// itself at that exact instant: an event 1 ms before is refused
+// account_paused, 1 ms after it is charged, with the clock set directly
+// (no timer, no test-clock move ran anything in between). A plan period
+// that starts while paused is not granted, nor caught up on resume, unless
+// the plan says grant_while_paused.
+func TestLifecyclePausedUntil(t *testing.T) {
+	e, clk := newLifecycleEnv(t, "2026-11-20T12:00:00Z")
+	settings := func(pause string, whilePaused bool) string {
+		return fmt.Sprintf(`{%s"plan":{"id":"apob","allocations":[{"asset":"CREDITS","amount":"1000","period":"month",
+		 "anchor":"2026-11-01T00:00:00Z","strategy":"accumulate"}],"grant_while_paused":%v}}`, pause, whilePaused)
+	}
+	const c = "apob_pause"
+	e.newCustomer(c, settings("", false))
+	apiWantDec(t, "November's grant", e.credits(c).Available, "1000")
+	e.must(200, "PUT", "/v1/customers/"+c, settings(`"status":"paused","paused_until":"2026-11-25T08:30:00Z",`, false))
+	if cu := e.customer(c); cu.Status != "paused" || cu.PausedUntil == nil || *cu.PausedUntil != "2026-11-25T08:30:00.000Z" {
+		t.Fatalf("customer %+v", cu)
+	}
+	until := time.Date(2026, 11, 25, 8, 30, 0, 0, time.UTC)
+	clk.Set(until.Add(-time.Millisecond).UnixNano())
+	apiWantRejected(t, "1 ms before the end of the pause", e.use(c, "p1", 10, ""), "account_paused", "", "")
+	clk.Set(until.Add(time.Millisecond).UnixNano())
+	if r := e.use(c, "p2", 10, ""); r.Status != "charged" {
+		t.Fatalf("1 ms after the end of the pause: %v", r)
+	}
+	if cu := e.customer(c); cu.Status != "active" || cu.PausedUntil != nil {
+		t.Fatalf("after the pause: %+v", cu)
+	}
+
+	// Paused across December 1 (until December 5): December's 1,000 are not
+	// granted, then or on resume; January's are.
+	e.must(200, "PUT", "/v1/customers/"+c, settings(`"status":"paused","paused_until":"2026-12-05T00:00:00Z",`, false))
+	e.clockTo("2026-12-10T00:00:00Z")
+	if cu := e.customer(c); cu.Status != "active" {
+		t.Fatalf("on December 10: %+v", cu)
+	}
+	apiWantDec(t, "after a paused December 1", e.credits(c).Available, "990")
+	e.clockTo("2027-01-01T00:00:00Z")
+	apiWantDec(t, "January", e.credits(c).Available, "1990")
+	grants := 0
+	for _, en := range e.ledgerAll(c, "default:CREDITS") {
+		if en.Type == "grant" {
+			grants++
+		}
+	}
+	if grants != 2 {
+		t.Errorf("%d plan grants, want 2 (November and January)", grants)
+	}
+
+	// With grant_while_paused, February is granted while paused.
+	e.must(200, "PUT", "/v1/customers/"+c, settings(`"status":"paused","paused_until":"2027-02-05T00:00:00Z",`, true))
+	e.clockTo("2027-02-02T00:00:00Z")
+	apiWantDec(t, "February, paused, granting while paused", e.credits(c).Available, "2990")
+	e.checkInvariants(c)
+
+	// paused_until needs status paused, and a timestamp.
+	for body, field := range map[string]string{
+		settings(`"paused_until":"2027-03-01T00:00:00Z",`, false):                        "paused_until",
+		settings(`"status":"active","paused_until":"2027-03-01T00:00:00Z",`, false):      "paused_until",
+		settings(`"status":"paused","paused_until":"next tuesday",`, false):              "paused_until",
+		settings(`"status":"paused","paused_until":"2027-03-01T00:00:00Z",`, false)[:20]: "",
+	} {
+		r := e.must(400, "PUT", "/v1/customers/"+c, body)
+		if field != "" && !strings.Contains(string(r.Body), `"field":"`+field+`"`) {
+			t.Errorf("%s: %s", body, r.Body)
+		}
 	}
 }
 

@@ -26,9 +26,10 @@ const walletFormatV2 = 2
 // by the uvarint seq of the last command-log record it reflects.
 const walletFormatV3 = 3
 
-// Version 4 is version 3 with max_unpaid after the auto-reload settings'
-// period_end, and the pending auto-reload requests as a list where version
-// 3 had one optional request:
+// Version 4 is version 3 with grant_while_paused after the plan's
+// allocations, max_unpaid after the auto-reload settings' period_end,
+// paused_until after the auto-reload settings, and the pending auto-reload
+// requests as a list where version 3 had one optional request:
 //
 //	reload_seq n {request} reload_period reload_count
 //
@@ -52,6 +53,7 @@ func appendPlanSettings(b []byte, s *Settings) []byte {
 			b = binary.AppendVarint(b, al.Cap)
 			b = append(b, byte(al.Kind))
 		}
+		b = enc.AppendFlag(b, p.GrantWhilePaused)
 	}
 	b = enc.AppendFlag(b, s.AutoReload != nil)
 	if r := s.AutoReload; r != nil {
@@ -70,7 +72,7 @@ func appendPlanSettings(b []byte, s *Settings) []byte {
 		b = enc.AppendFlag(b, r.PeriodEnd)
 		b = binary.AppendUvarint(b, uint64(r.MaxUnpaid))
 	}
-	return b
+	return binary.AppendVarint(b, s.PausedUntil)
 }
 
 func readPlanSettings(d *enc.Decoder, s *Settings, version byte) {
@@ -90,6 +92,9 @@ func readPlanSettings(d *enc.Decoder, s *Settings, version byte) {
 				al.Cap = d.V()
 				al.Kind = Kind(d.Byte1())
 			}
+		}
+		if version >= walletFormatV4 {
+			p.GrantWhilePaused = d.Flag()
 		}
 		s.Plan = p
 	}
@@ -116,6 +121,9 @@ func readPlanSettings(d *enc.Decoder, s *Settings, version byte) {
 			}
 		}
 		s.AutoReload = r
+	}
+	if version >= walletFormatV4 {
+		s.PausedUntil = d.V()
 	}
 }
 

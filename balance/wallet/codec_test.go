@@ -33,8 +33,8 @@ func fullWallet(t testing.TB) *Wallet {
 	must(t, err)
 	_, err = w.PlaceHold(&HoldCmd{ID: "h1", Account: "default:CREDITS", Amount: 40, ExpiresAt: t0 + 10*day}, t0+5, nil)
 	must(t, err)
-	w.Configure(Settings{Status: StatusPaused, Policy: PolicyOverdraft, CreditLimits: []Limit{{Account: "default:USD", Units: 10}}, BalanceAlerts: []string{"5"}, Metadata: []byte(`{"a":[1]}`),
-		Plan: &Plan{ID: "macro", Allocations: []Allocation{
+	w.Configure(Settings{Status: StatusPaused, PausedUntil: t0 + 100*day, Policy: PolicyOverdraft, CreditLimits: []Limit{{Account: "default:USD", Units: 10}}, BalanceAlerts: []string{"5"}, Metadata: []byte(`{"a":[1]}`),
+		Plan: &Plan{ID: "macro", GrantWhilePaused: true, Allocations: []Allocation{
 			{Account: "default", Asset: "CREDITS", Amount: 80, Period: PeriodDay, Anchor: t0, Strategy: StrategyAccumulate, Cap: 400, Kind: KindPlan},
 			{Account: "default", Asset: "USD", Scale: 6, Amount: 1_000_000, Period: PeriodMonth, Anchor: t0 + 400*day, Strategy: StrategyExpireAndReplace}}},
 		AutoReload: &AutoReload{Enabled: true, Account: "default", Asset: "CREDITS", Threshold: 100, Amount: 1000, Price: "9.00", Currency: "USD",
@@ -230,36 +230,48 @@ func FuzzDecodeEntry(f *testing.F) {
 
 // A snapshot of the release before version 4 (one optional pending
 // auto-reload request: a flag byte, then the request) reads as a list of
-// that one request. Without auto-reload settings, a version 3 snapshot is
-// byte for byte a version 4 one with its version byte changed: the flag 1
-// and the count 1 are the same byte.
+// that one request. Without plan and auto-reload settings, a version 3
+// snapshot is a version 4 one less its paused_until byte (found as the one
+// byte two encodings differing only in paused_until differ in), with its
+// version byte changed: the flag 1 and the count 1 are the same byte.
 func TestCodecWalletV3PendingReload(t *testing.T) {
 	w := reloadWallet(t, ReloadGrantImmediately, 0)
 	if _, _, err := w.Charge(usage("e1", 600, 0), t0+1, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	s := *w.Settings
-	s.AutoReload = nil
-	w.Configure(s, t0+2)
+	w.Configure(Settings{Status: StatusPaused}, t0+2)
 	w.TakeEffects()
 	if len(w.Life.Pending) != 1 {
 		t.Fatalf("pending %+v, want one", w.Life.Pending)
 	}
-	b := AppendWalletAt(nil, w, 7)
-	b[0] = walletFormatV3
-	d, seq, err := DecodeWalletAt(b)
+	v3 := func() []byte {
+		t.Helper()
+		b := AppendWalletAt(nil, w, 7)
+		w.Configure(Settings{Status: StatusPaused, PausedUntil: 1}, t0+2)
+		b1 := AppendWalletAt(nil, w, 7)
+		w.Configure(Settings{Status: StatusPaused}, t0+2)
+		if len(b1) != len(b) {
+			t.Fatalf("paused_until 1 takes %d bytes more", len(b1)-len(b))
+		}
+		i := 0
+		for b[i] == b1[i] {
+			i++
+		}
+		b = slices.Delete(b, i, i+1)
+		b[0] = walletFormatV3
+		return b
+	}
+	d, seq, err := DecodeWalletAt(v3())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if seq != 7 || len(d.Life.Pending) != 1 || d.Life.Pending[0] != w.Life.Pending[0] {
-		t.Fatalf("decoded seq %d, pending %+v; want 7 and %+v", seq, d.Life.Pending, w.Life.Pending)
+	if seq != 7 || len(d.Life.Pending) != 1 || d.Life.Pending[0] != w.Life.Pending[0] || d.Settings.Status != StatusPaused {
+		t.Fatalf("decoded seq %d, pending %+v, settings %+v; want 7 and %+v", seq, d.Life.Pending, d.Settings, w.Life.Pending)
 	}
 	// A version 3 record cannot hold two.
 	w.Life.Pending = append(w.Life.Pending, w.Life.Pending[0])
 	w.Life.Pending[1].ID = "r_2"
-	b = AppendWalletAt(nil, w, 7)
-	b[0] = walletFormatV3
-	if _, _, err := DecodeWalletAt(b); err == nil {
+	if _, _, err := DecodeWalletAt(v3()); err == nil {
 		t.Fatal("a version 3 record with a count of 2 decoded")
 	}
 }

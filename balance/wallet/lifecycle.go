@@ -247,6 +247,9 @@ func (w *Wallet) NextDue() int64 {
 			next = t
 		}
 	}
+	if s := w.Settings; s.Status == StatusPaused {
+		earlier(s.PausedUntil)
+	}
 	if l := w.Life; l != nil {
 		for i := range l.Holds {
 			earlier(l.Holds[i].ExpiresAt)
@@ -294,8 +297,15 @@ func (w *Wallet) advance(now int64, out []Entry) []Entry {
 	return out
 }
 
-// runDue applies what is due at t.
+// runDue applies what is due at t. A pause that ends at t ends first: the
+// customer is active at t, and a plan period starting at t is granted.
 func (w *Wallet) runDue(t, now int64, out []Entry) []Entry {
+	if s := w.Settings; s.Status == StatusPaused && s.PausedUntil != 0 && s.PausedUntil <= t {
+		r := *s
+		r.Status, r.PausedUntil = StatusActive, 0
+		w.Settings = normalizeSettings(r)
+		w.UpdatedAt = t
+	}
 	out = w.expireBuckets(t, out)
 	l := w.Life
 	if l == nil {
@@ -320,6 +330,10 @@ func (w *Wallet) runDue(t, now int64, out []Entry) []Entry {
 			continue
 		}
 		al := &p.Allocations[i]
+		if w.Settings.Status == StatusPaused && !p.GrantWhilePaused {
+			st.Last = k // a period that starts while paused is skipped for good
+			continue
+		}
 		if al.Strategy == StrategyExpireAndReplace {
 			if kNow := periodIndex(st.Anchor, st.Period, now); k < kNow {
 				st.Last = kNow - 1 // periods that ended before now would have expired already
@@ -761,7 +775,7 @@ func (w *Wallet) FailReload(id string, now int64, out []Entry) (ReloadRequest, [
 		s.AutoReload = &r
 	}
 	if req.Mode == ReloadGrantImmediately {
-		s.Status = StatusPaused
+		s.Status, s.PausedUntil = StatusPaused, 0 // until resumed, even if it was paused until a time
 	}
 	w.Configure(s, now)
 	l.fx.Reloads = append(l.fx.Reloads, *req)

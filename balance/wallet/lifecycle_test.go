@@ -1046,3 +1046,92 @@ func TestAutoReloadDoesNotWait(t *testing.T) {
 		t.Fatalf("max_unpaid after decoding: %+v", d.Settings.AutoReload)
 	}
 }
+
+// A pause with an end: the customer resumes at that exact instant, with
+// nothing run in between (every operation advances the wallet first).
+// Plan periods that start while paused are skipped and not caught up, unless
+// the plan grants while paused; a period starting at the resume instant is
+// granted.
+func TestPausedUntil(t *testing.T) {
+	const ms = int64(time.Millisecond)
+	plan := func(whilePaused bool) *Plan {
+		p := planOf("apob", Allocation{Account: "default", Asset: "CREDITS", Amount: 1000, Period: PeriodMonth,
+			Anchor: utc(2026, 11, 1, 0), Strategy: StrategyAccumulate})
+		p.GrantWhilePaused = whilePaused
+		return p
+	}
+	granted := func(out []Entry) (n int64) {
+		for _, e := range out {
+			if e.Type == EntryGrant {
+				n += e.Amount
+			}
+		}
+		return n
+	}
+	until := utc(2026, 11, 15, 12)
+	w := NewWallet("c1", Settings{Plan: plan(false)}, utc(2026, 11, 10, 0))
+	w.Advance(utc(2026, 11, 10, 0), nil) // November's 1,000
+	w.Configure(Settings{Status: StatusPaused, PausedUntil: until, Plan: plan(false)}, utc(2026, 11, 10, 0))
+	if _, _, err := w.Charge(usage("e1", 10, 0), until-ms, nil, nil); code(err) != CodeAccountPaused {
+		t.Fatalf("1 ms before the end: %v, want account_paused", err)
+	}
+	if w.NextDue() != until {
+		t.Fatalf("next due %d, want the end of the pause %d", w.NextDue(), until)
+	}
+	if _, _, err := w.Charge(usage("e1", 10, 0), until+ms, nil, nil); err != nil {
+		t.Fatalf("1 ms after the end: %v", err)
+	}
+	if w.Settings.Status != StatusActive || w.Settings.PausedUntil != 0 {
+		t.Fatalf("after the end: %+v", w.Settings)
+	}
+	if a := avail(w, "default:CREDITS"); a != 990 {
+		t.Fatalf("available %d, want 990", a)
+	}
+
+	// Paused across December 1: December is skipped, and not caught up on
+	// resume; January is granted.
+	for _, whilePaused := range []bool{false, true} {
+		w := NewWallet("c2", Settings{Plan: plan(whilePaused)}, utc(2026, 11, 10, 0))
+		out := w.Advance(utc(2026, 11, 10, 0), nil)
+		if granted(out) != 1000 {
+			t.Fatalf("November: granted %d", granted(out))
+		}
+		w.Configure(Settings{Status: StatusPaused, PausedUntil: utc(2026, 12, 5, 0), Plan: plan(whilePaused)}, utc(2026, 11, 20, 0))
+		out = w.Advance(utc(2026, 12, 6, 0), nil)
+		want := int64(0)
+		if whilePaused {
+			want = 1000
+		}
+		if granted(out) != want || w.Settings.Status != StatusActive {
+			t.Fatalf("grant_while_paused %v: December granted %d, want %d; status %v", whilePaused, granted(out), want, w.Settings.Status)
+		}
+		if out = w.Advance(utc(2027, 1, 1, 0), nil); granted(out) != 1000 {
+			t.Fatalf("grant_while_paused %v: January granted %d, want 1000", whilePaused, granted(out))
+		}
+	}
+
+	// A pause that ends exactly at a boundary: active at that instant, so
+	// the period starting then is granted.
+	w = NewWallet("c3", Settings{Plan: plan(false)}, utc(2026, 11, 10, 0))
+	w.Advance(utc(2026, 11, 10, 0), nil)
+	w.Configure(Settings{Status: StatusPaused, PausedUntil: utc(2026, 12, 1, 0), Plan: plan(false)}, utc(2026, 11, 20, 0))
+	if out := w.Advance(utc(2026, 12, 1, 0), nil); granted(out) != 1000 || w.Settings.Status != StatusActive {
+		t.Fatalf("a pause ending at the boundary: granted %d, status %v", granted(out), w.Settings.Status)
+	}
+
+	// A failed auto purchase pauses until resumed, whatever end a pause had.
+	w = reloadWallet(t, ReloadGrantImmediately, 0)
+	if _, _, err := w.Charge(usage("e1", 600, 0), t0+1, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	s := *w.Settings
+	s.Status, s.PausedUntil = StatusPaused, t0+day
+	w.Configure(s, t0+2)
+	if _, _, err := w.FailReload("r_1", t0+3, nil); err != nil {
+		t.Fatal(err)
+	}
+	if w.Settings.Status != StatusPaused || w.Settings.PausedUntil != 0 {
+		t.Fatalf("after a failure: %+v, want paused until resumed", w.Settings)
+	}
+	mustCheck(t, w)
+}

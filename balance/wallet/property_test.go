@@ -64,14 +64,15 @@ type mReload struct {
 }
 
 type model struct {
-	status    Status
-	policy    Policy
-	limits    map[string]int64
-	alerts10  []int64 // balance alert thresholds, in tenths of a unit (the accounts have scale 0)
-	buckets   []mBucket
-	all       map[string]mBucket // every bucket ever made: their order keys never change
-	accts     map[string]*mAcct
-	bucketSeq uint64
+	status      Status
+	pausedUntil int64 // with StatusPaused: when it resumes by itself; 0 = never
+	policy      Policy
+	limits      map[string]int64
+	alerts10    []int64 // balance alert thresholds, in tenths of a unit (the accounts have scale 0)
+	buckets     []mBucket
+	all         map[string]mBucket // every bucket ever made: their order keys never change
+	accts       map[string]*mAcct
+	bucketSeq   uint64
 
 	holds []mHold // active, in creation order
 
@@ -238,8 +239,14 @@ func (m *model) advance(now int64) {
 		for i := range m.scheds {
 			t = min(t, m.scheds[i].due())
 		}
+		if m.status == StatusPaused && m.pausedUntil != 0 {
+			t = min(t, m.pausedUntil)
+		}
 		if t > now {
 			return
+		}
+		if m.status == StatusPaused && m.pausedUntil != 0 && m.pausedUntil <= t {
+			m.status, m.pausedUntil = StatusActive, 0 // resumes first: a period starting then is granted
 		}
 		m.expireAt(t)
 		var keep []mHold
@@ -259,6 +266,10 @@ func (m *model) advance(now int64) {
 				continue
 			}
 			al := m.plan.Allocations[i]
+			if m.status == StatusPaused && !m.plan.GrantWhilePaused {
+				s.last = k // skipped while paused, and not caught up
+				continue
+			}
 			if kNow := mFloorDiv(now-s.anchor, s.length); al.Strategy == StrategyExpireAndReplace && k < kNow {
 				s.last = kNow - 1 // the periods before now's would have expired already
 				continue
@@ -765,7 +776,7 @@ func (m *model) resolveReload(id string, ok bool, now int64) string {
 		m.reload = &r
 	}
 	if !req.await {
-		m.status = StatusPaused
+		m.status, m.pausedUntil = StatusPaused, 0 // until resumed, even if it was paused until a time
 	}
 	m.reloadFx = append(m.reloadFx, id+" failed")
 	m.note(NoteAutoReloadFailed, req.acct)
@@ -773,8 +784,19 @@ func (m *model) resolveReload(id string, ok bool, now int64) string {
 }
 
 // configure takes settings whose alert thresholds are given in tenths by alerts10.
+// nextBoundary is the start of the plan period after the one holding now
+// (the plan's first allocation).
+func nextBoundary(p *Plan, now int64) int64 {
+	al := p.Allocations[0]
+	d := mLength(al.Period)
+	return al.Anchor + (mFloorDiv(now-al.Anchor, d)+1)*d
+}
+
 func (m *model) configure(s *Settings, alerts10 []int64, now int64) {
-	m.status, m.policy = s.Status, s.Policy
+	m.status, m.policy, m.pausedUntil = s.Status, s.Policy, 0
+	if s.Status == StatusPaused && s.PausedUntil > 0 {
+		m.pausedUntil = s.PausedUntil
+	}
 	m.limits = map[string]int64{}
 	for _, l := range s.CreditLimits {
 		m.limits[l.Account] = l.Units
@@ -787,7 +809,7 @@ func (m *model) configure(s *Settings, alerts10 []int64, now int64) {
 	}
 	m.plan = nil
 	if s.Plan != nil {
-		p := Plan{ID: s.Plan.ID, Allocations: slices.Clone(s.Plan.Allocations)}
+		p := Plan{ID: s.Plan.ID, Allocations: slices.Clone(s.Plan.Allocations), GrantWhilePaused: s.Plan.GrantWhilePaused}
 		m.plan = &p
 	}
 	if m.plan == nil {
@@ -1093,6 +1115,14 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 			s := Settings{Status: StatusActive, Policy: PolicyReject}
 			if rng.IntN(10) == 0 {
 				s.Status = StatusPaused
+				if rng.IntN(2) == 0 {
+					// Until an instant up to three days ahead, at any
+					// nanosecond (a plan boundary included, now and then).
+					s.PausedUntil = now + rng.Int64N(3*day)
+					if rng.IntN(4) == 0 && curPlan != nil {
+						s.PausedUntil = nextBoundary(curPlan, now)
+					}
+				}
 			}
 			if rng.IntN(2) == 0 {
 				s.Policy = PolicyOverdraft
@@ -1123,6 +1153,11 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 				op = "configure same plan"
 			default:
 				curPlan = randomPlan()
+			}
+			if curPlan != nil && rng.IntN(3) == 0 {
+				p := *curPlan
+				p.GrantWhilePaused = !p.GrantWhilePaused
+				curPlan = &p
 			}
 			s.Plan = curPlan
 			switch rng.IntN(3) {

@@ -97,6 +97,11 @@ type Settings struct {
 	Metadata      []byte      // raw JSON object, or nil
 	Plan          *Plan       // nil = no plan
 	AutoReload    *AutoReload // nil = none
+	// PausedUntil, with StatusPaused, is when the customer resumes by
+	// itself (unix ns; 0 = until resumed). The wallet resumes at that exact
+	// instant, whether or not anything ran then: every operation advances
+	// the wallet to its time first.
+	PausedUntil int64
 
 	alerts []meter.Dec // BalanceAlerts parsed, by normalizeSettings
 }
@@ -114,6 +119,10 @@ const (
 type Plan struct {
 	ID          string
 	Allocations []Allocation // at most PlanAllocationsMax; the first one's period is "the plan period"
+	// GrantWhilePaused grants the allocations of periods that start while
+	// the customer is paused. By default they are skipped, and not caught
+	// up on resume.
+	GrantWhilePaused bool
 }
 
 // Allocation is one periodic grant of a plan.

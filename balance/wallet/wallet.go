@@ -168,7 +168,7 @@ var plainSettings = [2][2]Settings{
 
 // shareSettings returns s itself when it has extras, else the shared plain value.
 func shareSettings(s *Settings) *Settings {
-	if len(s.CreditLimits) == 0 && len(s.BalanceAlerts) == 0 && len(s.Metadata) == 0 && s.Plan == nil && s.AutoReload == nil &&
+	if len(s.CreditLimits) == 0 && len(s.BalanceAlerts) == 0 && len(s.Metadata) == 0 && s.Plan == nil && s.AutoReload == nil && s.PausedUntil == 0 &&
 		s.Status >= StatusActive && s.Status <= StatusPaused && s.Policy >= PolicyReject && s.Policy <= PolicyOverdraft {
 		return &plainSettings[s.Status-1][s.Policy-1]
 	}
@@ -184,6 +184,9 @@ func normalizeSettings(s Settings) *Settings {
 	}
 	if s.Status > StatusPaused || s.Policy > PolicyOverdraft {
 		panic(fmt.Sprintf("wallet: invalid settings: status %d, policy %d", s.Status, s.Policy))
+	}
+	if s.Status != StatusPaused || s.PausedUntil < 0 {
+		s.PausedUntil = 0
 	}
 	if len(s.CreditLimits) == 0 {
 		s.CreditLimits = nil

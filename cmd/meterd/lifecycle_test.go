@@ -110,7 +110,17 @@ type lcCustomer struct {
 	replace   bool      // the plan has the expire_and_replace allocation too
 }
 
-func (c *lcCustomer) settings() []byte {
+func (c *lcCustomer) settings() []byte { return c.settingsStatus(`"status":"active"`) }
+
+// settingsPaused is the customer's settings, paused until a time.
+func (c *lcCustomer) settingsPaused(until time.Time) []byte {
+	return c.settingsStatus(`"status":"paused","paused_until":"` + until.Format(time.RFC3339Nano) + `"`)
+}
+
+// settingsStatus is the customer's settings with the given status members.
+// Plan periods are granted while paused: the checks of plan grants (ii)
+// know the plan, not when the customer was paused.
+func (c *lcCustomer) settingsStatus(status string) []byte {
 	policy := `"insufficient_funds":"reject"`
 	if c.overdraft {
 		policy = `"insufficient_funds":"overdraft","credit_limit":{"default:CREDITS":"150"}`
@@ -125,12 +135,12 @@ func (c *lcCustomer) settings() []byte {
 		replace = fmt.Sprintf(`,
   {"account":"bonus","asset":"CREDITS","amount":"%d","period":"day","anchor":%q,"strategy":"expire_and_replace"}`, lcGrantB, anchor)
 	}
-	return fmt.Appendf(nil, `{"status":"active",%s,
- "plan":{"id":"daily","allocations":[
+	return fmt.Appendf(nil, `{%s,%s,
+ "plan":{"id":"daily","grant_while_paused":true,"allocations":[
   {"account":"default","asset":"CREDITS","amount":"%d","period":"day","anchor":%q,"strategy":"accumulate","cap":"%d"}%s]},
  "auto_reload":{"enabled":true,"account":"default","asset":"CREDITS","threshold":"100","amount":"%d",
   "price":{"amount":"9.00","currency":"USD"},"surcharge_pct":"30","max_per_period":%d,"max_unpaid":%d,"mode":"grant_immediately"},
- "balance_alerts":%s}`, policy, lcGrantA, anchor, lcCapA, replace, lcReloadAmount, lcReloadMax, lcReloadUnpaid, alerts)
+ "balance_alerts":%s}`, status, policy, lcGrantA, anchor, lcCapA, replace, lcReloadAmount, lcReloadMax, lcReloadUnpaid, alerts)
 }
 
 // lcPick picks a customer, a heavy one more often than not. The load is
@@ -187,13 +197,38 @@ type lcState struct {
 	topupLog    []lcWrite                       // every top-up, acknowledged
 	holdLog     []lcWrite                       // every hold placement attempted
 
+	// lastStatus is, per customer, the last write that set its status in
+	// the current round (afterRestart makes every customer active).
+	lastStatus map[string]lcStatusWrite
+	// pausesEnded and pausesRunning count the pauses with an end that
+	// checkStatus found over and not yet over.
+	pausesEnded, pausesRunning int
+
 	holdEvents, holdsRefused, holdsReleased, reloadsConfirmed, reloadsFailed, clockMoves int
 	maxPendingSeen                                                                       int // auto-reload requests pending at once, as the reload worker saw them
 }
 
+// lcStatusWrite is a write that set a customer's status: "active" (its
+// settings saved), "paused_until" (saved paused until a time) or "failed"
+// (a failed auto purchase paused it until resumed).
+type lcStatusWrite struct {
+	kind  string
+	until time.Time
+	acked bool
+}
+
 func newLCState(start time.Time) *lcState {
 	return &lcState{start: start, clockAcked: start, clockSent: start, ackedClocks: []time.Time{start},
-		holds: map[string]*lcHold{}, holdPool: map[string][]string{}, topups: map[string]map[string]time.Time{}}
+		holds: map[string]*lcHold{}, holdPool: map[string][]string{}, topups: map[string]map[string]time.Time{},
+		lastStatus: map[string]lcStatusWrite{}}
+}
+
+// setStatus records a status write of customer c, before it is sent
+// (acked false) and once it is answered (acked true).
+func (s *lcState) setStatus(c string, w lcStatusWrite) {
+	s.mu.Lock()
+	s.lastStatus[c] = w
+	s.mu.Unlock()
 }
 
 // args are meterd's flags beyond --data-dir and --listen: the test clock
@@ -422,9 +457,15 @@ func (s *lcState) reloadWorker(c *http.Client, base string, rng *rand.Rand, cust
 		if rng.IntN(100) < 15 {
 			action, want = "fail", "failed"
 		}
+		if action == "fail" {
+			s.setStatus(cu.id, lcStatusWrite{kind: "failed"})
+		}
 		status, b, err = crashDo(c, "POST", base+"/v1/customers/"+cu.id+"/auto-reload/requests/"+id+"/"+action, nil)
 		if err != nil {
 			return
+		}
+		if action == "fail" && status == 200 {
+			s.setStatus(cu.id, lcStatusWrite{kind: "failed", acked: true})
 		}
 		switch {
 		case status == 200:
@@ -447,8 +488,18 @@ func (s *lcState) reloadWorker(c *http.Client, base string, rng *rand.Rand, cust
 		}
 		if action == "fail" {
 			// The same settings again: active, auto-reload on, and the plan's
-			// schedules kept (nothing granted twice).
-			status, b, err = crashDo(c, "PUT", base+"/v1/customers/"+cu.id, cu.settings())
+			// schedules kept (nothing granted twice). Or, one time in two,
+			// paused until a time 1 to 90 minutes ahead of the clock: the
+			// customer resumes by itself then.
+			w, settings := lcStatusWrite{kind: "active"}, cu.settings()
+			if rng.IntN(2) == 0 {
+				s.mu.Lock()
+				w = lcStatusWrite{kind: "paused_until", until: s.clockAcked.Add(time.Duration(1+rng.IntN(90)) * time.Minute)}
+				s.mu.Unlock()
+				settings = cu.settingsPaused(w.until)
+			}
+			s.setStatus(cu.id, w)
+			status, b, err = crashDo(c, "PUT", base+"/v1/customers/"+cu.id, settings)
 			if err != nil {
 				return
 			}
@@ -456,6 +507,8 @@ func (s *lcState) reloadWorker(c *http.Client, base string, rng *rand.Rand, cust
 				errs.Errorf("PUT customer %s after a failed reload: status %d: %s", cu.id, status, b)
 				return
 			}
+			w.acked = true
+			s.setStatus(cu.id, w)
 		}
 	}
 }
@@ -793,6 +846,41 @@ type lcCounts struct {
 	holdsByStatus, notesByType                map[string]int
 }
 
+// checkStatus checks a customer's status against the last write that set
+// it, when that write was acknowledged: a pause with an end that passed
+// by the final clock has ended by itself (across kill -9s and restarts, no
+// call resumed it), one that has not is still there, a failed auto
+// purchase paused it until resumed, and saved settings made it active.
+func (s *lcState) checkStatus(h *crashHarness, errs *errLimiter, c string, final time.Time) {
+	w, ok := s.lastStatus[c]
+	if !ok || !w.acked {
+		return
+	}
+	status, b, err := h.do("GET", "/v1/customers/"+c, nil)
+	var cu struct {
+		Status      string  `json:"status"`
+		PausedUntil *string `json:"paused_until"`
+	}
+	if err != nil || status != 200 || json.Unmarshal(b, &cu) != nil {
+		errs.Errorf("GET customer %s: status %d, %v: %s", c, status, err, b)
+		return
+	}
+	want, wantUntil := "active", ""
+	switch {
+	case w.kind == "failed":
+		want = "paused"
+	case w.kind == "paused_until" && w.until.After(final):
+		want, wantUntil = "paused", w.until.Format("2006-01-02T15:04:05.000Z")
+		s.pausesRunning++
+	case w.kind == "paused_until":
+		s.pausesEnded++
+	}
+	if cu.Status != want || lcStr(cu.PausedUntil) != wantUntil {
+		errs.Errorf("customer %s: status %s paused_until %q after %+v at final clock %s, want %s %q",
+			c, cu.Status, lcStr(cu.PausedUntil), w, final.Format(time.RFC3339), want, wantUntil)
+	}
+}
+
 // lcBucketPart reports whether next is the bucket part of the grant whose
 // debt part is d: the same type, reference and time, with a bucket.
 func lcBucketPart(next, d *chEntry) bool {
@@ -805,6 +893,7 @@ func lcBucketPart(next, d *chEntry) bool {
 // and the acknowledged history; it returns the notifications.
 func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustomer, final time.Time, events map[string]*crashEvent, cnt *lcCounts) []lcNote {
 	c := cu.id
+	s.checkStatus(h, errs, c, final)
 	entries := readLedger[chEntry](h, c)
 	for i := 1; i < len(entries); i++ {
 		if entries[i].Seq >= entries[i-1].Seq {
@@ -1455,7 +1544,11 @@ func (s *lcState) afterRestart(h *crashHarness, errs *errLimiter, rng *rand.Rand
 	s.clockAcked = s.clockSent
 	s.ackedClocks = append(s.ackedClocks, s.clockSent)
 	for _, cu := range custs {
+		// What the last round left, through the kill -9: pauses that
+		// ended by the clock now are over, the others still run.
+		s.checkStatus(h, errs, cu.id, s.clockSent)
 		h.mustDo("PUT", "/v1/customers/"+cu.id, cu.settings(), 200)
+		s.lastStatus[cu.id] = lcStatusWrite{kind: "active", acked: true}
 	}
 	for _, i := range rng.Perm(len(custs))[:lcTopUpsPerRound] {
 		s.topUp(h, custs[i], fmt.Sprintf("tu-r%d", round), 120, s.clockAcked.Add(time.Duration(60+rng.IntN(5*60))*time.Minute))
@@ -1838,8 +1931,8 @@ func TestLifecycleCrash(t *testing.T) {
 	t.Logf("%d kill -9s in %v of load; clock moved %d times over %v (one jump of more than a day: %v); events: %d sent, %d acknowledged (%d charged, %d recorded, %d rejected of which %d paused), %d settling holds",
 		lcKills, loadTime.Round(time.Millisecond), s.clockMoves, final.Sub(s.start), s.bigJumps > 0,
 		len(s.events), nAck, nCharged, nRecorded, nRejected, nPaused, s.holdEvents)
-	t.Logf("holds: %d acknowledged, %d refused, %d releases acknowledged, by final status %v; auto-reload: %d requests, %d confirmed, %d failed, at most %d seen pending at once, %d customers left with several pending",
-		len(s.holds), s.holdsRefused, s.holdsReleased, cnt.holdsByStatus, cnt.reloads, s.reloadsConfirmed, s.reloadsFailed, s.maxPendingSeen, cnt.severalPending)
+	t.Logf("holds: %d acknowledged, %d refused, %d releases acknowledged, by final status %v; auto-reload: %d requests, %d confirmed, %d failed, at most %d seen pending at once, %d customers left with several pending; pauses with an end: %d over by themselves, %d still running when checked",
+		len(s.holds), s.holdsRefused, s.holdsReleased, cnt.holdsByStatus, cnt.reloads, s.reloadsConfirmed, s.reloadsFailed, s.maxPendingSeen, cnt.severalPending, s.pausesEnded, s.pausesRunning)
 	t.Logf("ledger: %d entries, %d plan grants (%d accumulate periods skipped at the cap, %d expire_and_replace periods skipped by jumps), %d expiries, %d expiring buckets drained before expiry, %d grants and %d hold ends settling debt",
 		cnt.entries, cnt.grants, cnt.skippedAccumulate, cnt.skippedReplace, cnt.expiries, cnt.drainedBeforeExpiry, cnt.debtSettled, cnt.holdDebtPairs)
 	t.Logf("notifications: %d (%s); webhook: %d requests, %d answered 500 (%v spent backing off), %d notifications delivered more than once",
