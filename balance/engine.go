@@ -514,22 +514,46 @@ func (e *Engine) send(fill func(send func(*shard, *op) bool) bool) bool {
 
 // PutCustomer creates a customer or replaces its settings. It reports whether it created it.
 func (e *Engine) PutCustomer(customer string, s wallet.Settings) (created bool, err error) {
+	return e.PutCustomerChange(customer, s, wallet.PlanChangeNow)
+}
+
+// PutCustomerChange is PutCustomer with the way a new plan takes over
+// (wallet.Reconfigure): now, now prorated, or at the end of the plan
+// period. A new customer's plan starts now (prorated if asked); it has no
+// period to end, so PlanChangeAtPeriodEnd is no_plan_period.
+func (e *Engine) PutCustomerChange(customer string, s wallet.Settings, mode wallet.PlanChangeMode) (created bool, err error) {
+	var werr *wallet.Error
 	err = e.do(customer, func(sh *shard, g *group) {
 		w := sh.wallets[customer]
 		if w == nil {
+			if mode == wallet.PlanChangeAtPeriodEnd {
+				werr = wallet.Errorf(wallet.CodeNoPlanPeriod, "customer %s has no plan period yet: a new customer's plan starts now", customer)
+				return
+			}
 			w = wallet.NewWallet(customer, s, g.now)
+			if mode == wallet.PlanChangeNowProrated {
+				w.ProrateFirstGrants()
+			}
 			sh.wallets[customer] = w
 			e.metrics.wallets.Inc()
 			created = true
 		} else {
-			// What came due before the change happens under the old settings.
-			sh.written(g, w, w.Advance(g.now, sh.entries[:0]))
-			w.Configure(s, g.now)
+			// What came due before the change happens under the old
+			// settings; a refused change still writes that.
+			out, rerr := w.Reconfigure(s, mode, g.now, sh.entries[:0])
+			sh.written(g, w, out)
+			if rerr != nil {
+				werr = rerr
+				return
+			}
 		}
 		g.dirty[w] = struct{}{}
 		// A new plan's current period is granted now.
 		sh.written(g, w, w.Advance(g.now, sh.entries[:0]))
 	})
+	if err == nil && werr != nil {
+		err = werr
+	}
 	return created, err
 }
 

@@ -85,9 +85,49 @@ type customerBody struct {
 	InsufficientFunds *string                    `json:"insufficient_funds"`
 	CreditLimit       map[string]json.RawMessage `json:"credit_limit"`
 	Plan              json.RawMessage            `json:"plan"`
+	PlanChange        *planChangeBody            `json:"plan_change"`
 	AutoReload        json.RawMessage            `json:"auto_reload"`
 	BalanceAlerts     []json.RawMessage          `json:"balance_alerts"`
 	Metadata          json.RawMessage            `json:"metadata"`
+}
+
+// planChangeBody says when the plan of a PUT takes over: "now" (default;
+// the current plan's credits end, the new plan's period is granted at once,
+// "full" or "prorated") or "period_end" (the current plan runs to the end of
+// its period; plan is the plan from then on, null to end the plan).
+type planChangeBody struct {
+	At    *string `json:"at"`
+	Grant *string `json:"grant"`
+}
+
+// planChangeMode parses a plan_change.
+func planChangeMode(b *planChangeBody) (wallet.PlanChangeMode, error) {
+	if b == nil {
+		return wallet.PlanChangeNow, nil
+	}
+	mode := wallet.PlanChangeNow
+	if b.At != nil {
+		switch *b.At {
+		case "now":
+		case "period_end":
+			mode = wallet.PlanChangeAtPeriodEnd
+		default:
+			return mode, badRequest("invalid_request", "plan_change.at", "plan_change.at must be now or period_end")
+		}
+	}
+	if b.Grant != nil {
+		switch *b.Grant {
+		case "full":
+		case "prorated":
+			if mode == wallet.PlanChangeAtPeriodEnd {
+				return mode, badRequest("invalid_request", "plan_change.grant", "a plan that starts at period_end is granted in full: its period starts then")
+			}
+			mode = wallet.PlanChangeNowProrated
+		default:
+			return mode, badRequest("invalid_request", "plan_change.grant", "plan_change.grant must be full or prorated")
+		}
+	}
+	return mode, nil
 }
 
 func isNull(raw json.RawMessage) bool {
@@ -106,7 +146,12 @@ func (s *Server) putCustomer(ctx *fasthttp.RequestCtx, id string) {
 		s.writeErr(ctx, err)
 		return
 	}
-	created, err := s.e.PutCustomer(id, set)
+	mode, err := planChangeMode(body.PlanChange)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	created, err := s.e.PutCustomerChange(id, set, mode)
 	if err != nil {
 		s.writeErr(ctx, err)
 		return

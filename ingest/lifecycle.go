@@ -286,48 +286,21 @@ func withSurcharge(price, pct string) (string, error) {
 	return out, nil
 }
 
-// appendLifecycleSettings appends the plan, auto_reload and period members of a customer.
+// appendLifecycleSettings appends the plan, scheduled_plan, auto_reload
+// and period members of a customer.
 func appendLifecycleSettings(b []byte, w *wallet.Wallet, now int64) []byte {
 	b = append(b, `"plan":`...)
-	if p := w.Settings.Plan; p == nil {
+	b = appendPlan(b, w.Settings.Plan)
+	// A plan change at the end of the period: the plan from then on (null:
+	// the plan ends) and when.
+	b = append(b, `,"scheduled_plan":`...)
+	if pc := w.Settings.PlanChange; pc == nil {
 		b = append(b, "null"...)
 	} else {
-		b = append(b, `{"id":`...)
-		b = appendString(b, p.ID)
-		b = append(b, `,"allocations":[`...)
-		for i := range p.Allocations {
-			al := &p.Allocations[i]
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, `{"account":`...)
-			b = appendString(b, al.Account)
-			b = append(b, `,"asset":`...)
-			b = appendString(b, al.Asset)
-			b = append(b, `,"amount":`...)
-			b = appendUnits(b, al.Amount, al.Scale)
-			b = append(b, `,"period":`...)
-			b = appendString(b, al.Period.String())
-			b = append(b, `,"anchor":`...)
-			b = appendTime(b, al.Anchor)
-			b = append(b, `,"strategy":`...)
-			if al.Strategy == wallet.StrategyAccumulate {
-				b = append(b, `"accumulate"`...)
-			} else {
-				b = append(b, `"expire_and_replace"`...)
-			}
-			b = append(b, `,"cap":`...)
-			if al.Cap == 0 {
-				b = append(b, "null"...)
-			} else {
-				b = appendUnits(b, al.Cap, al.Scale)
-			}
-			b = append(b, `,"kind":`...)
-			b = appendString(b, al.Kind.String())
-			b = append(b, '}')
-		}
-		b = append(b, `],"grant_while_paused":`...)
-		b = strconv.AppendBool(b, p.GrantWhilePaused)
+		b = append(b, `{"starts_at":`...)
+		b = appendTime(b, pc.At)
+		b = append(b, `,"plan":`...)
+		b = appendPlan(b, pc.Plan)
 		b = append(b, '}')
 	}
 	b = append(b, `,"auto_reload":`...)
@@ -389,6 +362,52 @@ func appendLifecycleSettings(b []byte, w *wallet.Wallet, now int64) []byte {
 		b = append(b, '}')
 	} else {
 		b = append(b, "null"...)
+	}
+	return b
+}
+
+// appendPlan appends a plan, or null.
+func appendPlan(b []byte, p *wallet.Plan) []byte {
+	if p == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, `{"id":`...)
+		b = appendString(b, p.ID)
+		b = append(b, `,"allocations":[`...)
+		for i := range p.Allocations {
+			al := &p.Allocations[i]
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"account":`...)
+			b = appendString(b, al.Account)
+			b = append(b, `,"asset":`...)
+			b = appendString(b, al.Asset)
+			b = append(b, `,"amount":`...)
+			b = appendUnits(b, al.Amount, al.Scale)
+			b = append(b, `,"period":`...)
+			b = appendString(b, al.Period.String())
+			b = append(b, `,"anchor":`...)
+			b = appendTime(b, al.Anchor)
+			b = append(b, `,"strategy":`...)
+			if al.Strategy == wallet.StrategyAccumulate {
+				b = append(b, `"accumulate"`...)
+			} else {
+				b = append(b, `"expire_and_replace"`...)
+			}
+			b = append(b, `,"cap":`...)
+			if al.Cap == 0 {
+				b = append(b, "null"...)
+			} else {
+				b = appendUnits(b, al.Cap, al.Scale)
+			}
+			b = append(b, `,"kind":`...)
+			b = appendString(b, al.Kind.String())
+			b = append(b, '}')
+		}
+		b = append(b, `],"grant_while_paused":`...)
+		b = strconv.AppendBool(b, p.GrantWhilePaused)
+		b = append(b, '}')
 	}
 	return b
 }

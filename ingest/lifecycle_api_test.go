@@ -99,12 +99,16 @@ type lcAutoReload struct {
 }
 
 type lcCustomer struct {
-	CustomerID  string          `json:"customer_id"`
-	Status      string          `json:"status"`
-	PausedUntil *string         `json:"paused_until"`
-	Plan        json.RawMessage `json:"plan"`
-	AutoReload  *lcAutoReload   `json:"auto_reload"`
-	Period      *struct {
+	CustomerID  string  `json:"customer_id"`
+	Status      string  `json:"status"`
+	PausedUntil *string `json:"paused_until"`
+	Scheduled   *struct {
+		StartsAt string          `json:"starts_at"`
+		Plan     json.RawMessage `json:"plan"`
+	} `json:"scheduled_plan"`
+	Plan       json.RawMessage `json:"plan"`
+	AutoReload *lcAutoReload   `json:"auto_reload"`
+	Period     *struct {
 		Start string `json:"start"`
 		End   string `json:"end"`
 	} `json:"period"`
@@ -709,6 +713,101 @@ func TestLifecyclePausedUntil(t *testing.T) {
 			t.Errorf("%s: %s", body, r.Body)
 		}
 	}
+}
+
+// TestLifecycleAPOBPlanChanges: APOB's Micro (8,000 credits a month) to
+// Macro (20,000) mid-month now: Micro's remainder ends with an expiry entry
+// and 20,000 are granted, or 10,000 prorated for the half month left; a
+// scheduled downgrade at period end changes nothing until December 1 and
+// grants Micro once there (GET shows it with its start, APOB's "Start at");
+// cancelling it grants Macro once at the boundary; identical settings sent
+// again grant nothing.
+func TestLifecycleAPOBPlanChanges(t *testing.T) {
+	var e *apiEnv
+	plan := func(id, amount, change string) string {
+		return fmt.Sprintf(`{"plan":{"id":%q,"allocations":[{"asset":"CREDITS","amount":%q,"period":"month",
+		 "anchor":"2026-11-01T00:00:00Z","strategy":"expire_and_replace"}]}%s}`, id, amount, change)
+	}
+	micro, macro := func(change string) string { return plan("micro", "8000", change) }, func(change string) string { return plan("macro", "20000", change) }
+	entries := func(c string) (grants, ends []string) {
+		all := e.ledgerAll(c, "default:CREDITS")
+		slices.Reverse(all) // oldest first
+		for _, en := range all {
+			switch {
+			case en.Type == "grant":
+				grants = append(grants, *en.Reference+" "+en.Amount+" "+en.OccurredAt)
+			case en.Type == "expiry" && string(en.Metadata) == `{"reason":"plan_change"}`:
+				ends = append(ends, *en.Reference+" "+en.Amount+" "+en.OccurredAt)
+			}
+		}
+		return grants, ends
+	}
+	const nov1, nov16, dec1 = "2026-11-01T00:00:00.000Z", "2026-11-16T00:00:00.000Z", "2026-12-01T00:00:00.000Z"
+
+	// Upgrade now, prorated and in full (each on its own clock).
+	for _, c := range []string{"apob_prorated", "apob_full"} {
+		grant := `"full"`
+		if c == "apob_prorated" {
+			grant = `"prorated"`
+		}
+		e, _ = newLifecycleEnv(t, "2026-11-01T00:00:00Z")
+		e.newCustomer(c, micro(""))
+		if r := e.use(c, c+"_1", 3000, ""); r.Status != "charged" {
+			t.Fatalf("%s: %v", c, r)
+		}
+		e.clockTo("2026-11-16T00:00:00Z")
+		e.must(200, "PUT", "/v1/customers/"+c, macro(`,"plan_change":{"at":"now","grant":`+grant+`}`))
+		want := "20000"
+		if c == "apob_prorated" {
+			want = "10000"
+		}
+		grants, ends := entries(c)
+		if !slices.Equal(grants, []string{"micro 8000 " + nov1, "macro " + want + " " + nov16}) || !slices.Equal(ends, []string{"micro -5000 " + nov16}) {
+			t.Errorf("%s: grants %v, plan ends %v", c, grants, ends)
+		}
+		apiWantDec(t, c+" available", e.credits(c).Available, want)
+		e.checkInvariants(c)
+	}
+	// Go on with apob_full from November 16.
+	const c = "apob_full"
+	e.must(200, "PUT", "/v1/customers/"+c, micro(`,"plan_change":{"at":"period_end"}`))
+	cu := e.customer(c)
+	if cu.Scheduled == nil || cu.Scheduled.StartsAt != dec1 || !strings.Contains(string(cu.Scheduled.Plan), `"id":"micro"`) ||
+		!strings.Contains(string(cu.Plan), `"id":"macro"`) {
+		t.Fatalf("after scheduling a downgrade: plan %s, scheduled %+v", cu.Plan, cu.Scheduled)
+	}
+	e.must(200, "PUT", "/v1/customers/"+c, micro(`,"plan_change":{"at":"period_end"}`)) // the same request again
+	e.clockTo("2026-11-30T23:59:59Z")
+	if grants, _ := entries(c); len(grants) != 2 {
+		t.Fatalf("before the boundary: grants %v", grants)
+	}
+	e.clockTo("2026-12-01T00:00:00Z")
+	grants, _ := entries(c)
+	if !slices.Equal(grants[2:], []string{"micro 8000 " + dec1}) {
+		t.Errorf("at the boundary: grants %v, want one of micro", grants)
+	}
+	if cu := e.customer(c); cu.Scheduled != nil || !strings.Contains(string(cu.Plan), `"id":"micro"`) {
+		t.Errorf("after the boundary: plan %s, scheduled %+v", cu.Plan, cu.Scheduled)
+	}
+
+	// Cancelling a scheduled change: save the current plan.
+	e.must(200, "PUT", "/v1/customers/"+c, macro(`,"plan_change":{"at":"period_end"}`))
+	e.must(200, "PUT", "/v1/customers/"+c, micro(""))
+	e.must(200, "PUT", "/v1/customers/"+c, micro("")) // identical settings again
+	if cu := e.customer(c); cu.Scheduled != nil {
+		t.Errorf("after cancelling: scheduled %+v", cu.Scheduled)
+	}
+	e.clockTo("2027-01-01T00:00:00Z")
+	grants, _ = entries(c)
+	if !slices.Equal(grants[3:], []string{"micro 8000 2027-01-01T00:00:00.000Z"}) {
+		t.Errorf("after cancelling: grants %v, want one more of micro", grants)
+	}
+	e.checkInvariants(c)
+
+	// Refusals, each with the field or the code.
+	apiWantErr(t, "at", e.call("PUT", "/v1/customers/"+c, micro(`,"plan_change":{"at":"tomorrow"}`)), 400, "invalid_request", "plan_change.at")
+	apiWantErr(t, "grant", e.call("PUT", "/v1/customers/"+c, micro(`,"plan_change":{"at":"period_end","grant":"prorated"}`)), 400, "invalid_request", "plan_change.grant")
+	apiWantErr(t, "new customer at period_end", e.call("PUT", "/v1/customers/apob_new", micro(`,"plan_change":{"at":"period_end"}`)), 422, "no_plan_period", "")
 }
 
 // TestLifecycleMakeReloadFailure: in grant_immediately mode a failed payment

@@ -26,10 +26,14 @@ const walletFormatV2 = 2
 // by the uvarint seq of the last command-log record it reflects.
 const walletFormatV3 = 3
 
-// Version 4 is version 3 with grant_while_paused after the plan's
+// Version 4 is version 3 with grant_while_paused after a plan's
 // allocations, max_unpaid after the auto-reload settings' period_end,
-// paused_until after the auto-reload settings, and the pending auto-reload
-// requests as a list where version 3 had one optional request:
+// then after the auto-reload settings
+//
+//	paused_until plan_change? (0 | 1 at plan?)
+//
+// a prorate flag after each allocation schedule's since, and the pending
+// auto-reload requests as a list where version 3 had one optional request:
 //
 //	reload_seq n {request} reload_period reload_count
 //
@@ -37,24 +41,7 @@ const walletFormatV3 = 3
 const walletFormatV4 = 4
 
 func appendPlanSettings(b []byte, s *Settings) []byte {
-	b = enc.AppendFlag(b, s.Plan != nil)
-	if p := s.Plan; p != nil {
-		b = enc.AppendStr(b, p.ID)
-		b = binary.AppendUvarint(b, uint64(len(p.Allocations)))
-		for i := range p.Allocations {
-			al := &p.Allocations[i]
-			b = enc.AppendStr(b, al.Account)
-			b = enc.AppendStr(b, al.Asset)
-			b = append(b, al.Scale)
-			b = binary.AppendVarint(b, al.Amount)
-			b = append(b, byte(al.Period))
-			b = binary.AppendVarint(b, al.Anchor)
-			b = append(b, byte(al.Strategy))
-			b = binary.AppendVarint(b, al.Cap)
-			b = append(b, byte(al.Kind))
-		}
-		b = enc.AppendFlag(b, p.GrantWhilePaused)
-	}
+	b = appendPlan(b, s.Plan)
 	b = enc.AppendFlag(b, s.AutoReload != nil)
 	if r := s.AutoReload; r != nil {
 		b = enc.AppendFlag(b, r.Enabled)
@@ -72,10 +59,52 @@ func appendPlanSettings(b []byte, s *Settings) []byte {
 		b = enc.AppendFlag(b, r.PeriodEnd)
 		b = binary.AppendUvarint(b, uint64(r.MaxUnpaid))
 	}
-	return binary.AppendVarint(b, s.PausedUntil)
+	b = binary.AppendVarint(b, s.PausedUntil)
+	b = enc.AppendFlag(b, s.PlanChange != nil)
+	if pc := s.PlanChange; pc != nil {
+		b = binary.AppendVarint(b, pc.At)
+		b = appendPlan(b, pc.Plan)
+	}
+	return b
+}
+
+// appendPlan appends an optional plan.
+func appendPlan(b []byte, p *Plan) []byte {
+	b = enc.AppendFlag(b, p != nil)
+	if p != nil {
+		b = enc.AppendStr(b, p.ID)
+		b = binary.AppendUvarint(b, uint64(len(p.Allocations)))
+		for i := range p.Allocations {
+			al := &p.Allocations[i]
+			b = enc.AppendStr(b, al.Account)
+			b = enc.AppendStr(b, al.Asset)
+			b = append(b, al.Scale)
+			b = binary.AppendVarint(b, al.Amount)
+			b = append(b, byte(al.Period))
+			b = binary.AppendVarint(b, al.Anchor)
+			b = append(b, byte(al.Strategy))
+			b = binary.AppendVarint(b, al.Cap)
+			b = append(b, byte(al.Kind))
+		}
+		b = enc.AppendFlag(b, p.GrantWhilePaused)
+	}
+	return b
 }
 
 func readPlanSettings(d *enc.Decoder, s *Settings, version byte) {
+	s.Plan = readPlan(d, version)
+	readAutoReload(d, s, version)
+	if version >= walletFormatV4 {
+		s.PausedUntil = d.V()
+		if d.Flag() {
+			s.PlanChange = &PlanChange{At: d.V(), Plan: readPlan(d, version)}
+		}
+	}
+}
+
+// readPlan reads an optional plan written by appendPlan.
+func readPlan(d *enc.Decoder, version byte) *Plan {
+	var plan *Plan
 	if d.Flag() {
 		p := &Plan{ID: d.Str()}
 		if n := d.Count(PlanAllocationsMax, 12); n > 0 {
@@ -96,8 +125,12 @@ func readPlanSettings(d *enc.Decoder, s *Settings, version byte) {
 		if version >= walletFormatV4 {
 			p.GrantWhilePaused = d.Flag()
 		}
-		s.Plan = p
+		plan = p
 	}
+	return plan
+}
+
+func readAutoReload(d *enc.Decoder, s *Settings, version byte) {
 	if d.Flag() {
 		r := &AutoReload{}
 		r.Enabled = d.Flag()
@@ -122,9 +155,6 @@ func readPlanSettings(d *enc.Decoder, s *Settings, version byte) {
 		}
 		s.AutoReload = r
 	}
-	if version >= walletFormatV4 {
-		s.PausedUntil = d.V()
-	}
 }
 
 func appendLife(b []byte, l *Lifecycle) []byte {
@@ -140,6 +170,7 @@ func appendLife(b []byte, l *Lifecycle) []byte {
 		b = append(b, byte(st.Period))
 		b = binary.AppendVarint(b, st.Last)
 		b = binary.AppendVarint(b, st.Since)
+		b = enc.AppendFlag(b, st.Prorate)
 	}
 	b = binary.AppendUvarint(b, uint64(len(l.Holds)))
 	for _, h := range l.Holds {
@@ -169,6 +200,9 @@ func readLife(d *enc.Decoder, version byte) *Lifecycle {
 		l.Allocs = make([]AllocState, n)
 		for i := range l.Allocs {
 			l.Allocs[i] = AllocState{Anchor: d.V(), Period: PeriodUnit(d.Byte1()), Last: d.V(), Since: d.V()}
+			if version >= walletFormatV4 {
+				l.Allocs[i].Prorate = d.Flag()
+			}
 		}
 	}
 	if n := d.Count(WalletHoldsMax, 5); n > 0 {

@@ -42,6 +42,11 @@ func fullWallet(t testing.TB) *Wallet {
 	}, t0+5)
 	w.Advance(t0+6, nil)
 	w.Life.ReloadSeq, w.Life.ReloadPeriod, w.Life.ReloadCount = 3, t0, 2
+	w.Life.Allocs[1].Prorate = true
+	s := *w.Settings
+	s.PlanChange = &PlanChange{At: t0 + 30*day, Plan: &Plan{ID: "micro", GrantWhilePaused: true, Allocations: []Allocation{
+		{Account: "default", Asset: "CREDITS", Amount: 40, Period: PeriodMonth, Anchor: t0, Strategy: StrategyExpireAndReplace, Kind: KindPlan}}}}
+	w.Settings = normalizeSettings(s)
 	w.Life.Pending = []ReloadRequest{
 		{ID: "r_2", Account: "default:CREDITS", Amount: 1000, Charge: "11.70", Currency: "USD", Mode: ReloadGrantImmediately, Status: ReloadPending, CreatedAt: t0, UpdatedAt: t0, BucketID: "b_9"},
 		{ID: "r_3", Account: "default:CREDITS", Amount: 1000, Charge: "11.70", Currency: "USD", Mode: ReloadAwaitPayment, Status: ReloadPending, CreatedAt: t0, UpdatedAt: t0}}
@@ -232,8 +237,9 @@ func FuzzDecodeEntry(f *testing.F) {
 // auto-reload request: a flag byte, then the request) reads as a list of
 // that one request. Without plan and auto-reload settings, a version 3
 // snapshot is a version 4 one less its paused_until byte (found as the one
-// byte two encodings differing only in paused_until differ in), with its
-// version byte changed: the flag 1 and the count 1 are the same byte.
+// byte two encodings differing only in paused_until differ in) and the
+// plan_change flag after it, with its version byte changed: the flag 1
+// and the count 1 are the same byte.
 func TestCodecWalletV3PendingReload(t *testing.T) {
 	w := reloadWallet(t, ReloadGrantImmediately, 0)
 	if _, _, err := w.Charge(usage("e1", 600, 0), t0+1, nil, nil); err != nil {
@@ -257,7 +263,7 @@ func TestCodecWalletV3PendingReload(t *testing.T) {
 		for b[i] == b1[i] {
 			i++
 		}
-		b = slices.Delete(b, i, i+1)
+		b = slices.Delete(b, i, i+2)
 		b[0] = walletFormatV3
 		return b
 	}

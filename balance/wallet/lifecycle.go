@@ -55,6 +55,9 @@ type AllocState struct {
 	Period PeriodUnit
 	Last   int64 // the last period index granted (or skipped)
 	Since  int64 // when the schedule started: its first grant happens then, not before
+	// Prorate: the next grant is prorated by the time left in its period
+	// at the grant (a plan changed mid-period with proration).
+	Prorate bool
 }
 
 // due returns when the allocation's next period is granted.
@@ -250,6 +253,9 @@ func (w *Wallet) NextDue() int64 {
 	if s := w.Settings; s.Status == StatusPaused {
 		earlier(s.PausedUntil)
 	}
+	if pc := w.Settings.PlanChange; pc != nil {
+		earlier(pc.At)
+	}
 	if l := w.Life; l != nil {
 		for i := range l.Holds {
 			earlier(l.Holds[i].ExpiresAt)
@@ -306,6 +312,11 @@ func (w *Wallet) runDue(t, now int64, out []Entry) []Entry {
 		w.Settings = normalizeSettings(r)
 		w.UpdatedAt = t
 	}
+	if pc := w.Settings.PlanChange; pc != nil && pc.At <= t {
+		// A scheduled change, at the boundary: before that instant's grants,
+		// so the old plan's next period is never granted.
+		out = w.applyPlanChange(pc.Plan, pc.At, out)
+	}
 	out = w.expireBuckets(t, out)
 	l := w.Life
 	if l == nil {
@@ -341,10 +352,107 @@ func (w *Wallet) runDue(t, now int64, out []Entry) []Entry {
 			}
 		}
 		st.Last = k
-		out = w.grantAllocation(i, al, k, at, out)
+		out = w.grantAllocation(i, al, k, at, st.Prorate, out)
+		st.Prorate = false
 	}
 	return out
 }
+
+// Reconfigure applies what came due by now, then replaces the customer's
+// settings with s (Configure), the plan changing as mode says:
+//
+//   - PlanChangeNow and PlanChangeNowProrated: when s names another plan
+//     (another id, or none), the current plan's buckets end now, each with
+//     an expiry entry, and the new plan's period holding now is granted by
+//     the next Advance, in full or prorated by the time left in it;
+//   - PlanChangeAtPeriodEnd: the current plan stays to the end of the plan
+//     period holding now; s.Plan applies from there (nil: the plan ends
+//     there). Without a plan period it is CodeNoPlanPeriod.
+//
+// Settings saved again change nothing: the same plan keeps its schedules,
+// and a change scheduled before is replaced by what s says (saving the
+// current plan cancels it).
+func (w *Wallet) Reconfigure(s Settings, mode PlanChangeMode, now int64, out []Entry) ([]Entry, *Error) {
+	var snap availSnap
+	w.snapshot(&snap)
+	defer w.alertsSince(&snap, now)
+	out = w.advance(now, out) // what came due before the change happens under the old settings
+	s.PlanChange = nil
+	if mode == PlanChangeAtPeriodEnd {
+		_, end, ok := w.PlanPeriod(now)
+		if !ok {
+			return out, Errorf(CodeNoPlanPeriod, "a plan change at period_end needs a plan period, and customer %s has none now", w.Customer)
+		}
+		s.PlanChange = &PlanChange{At: end, Plan: s.Plan}
+		s.Plan = w.Settings.Plan
+		w.Configure(s, now)
+		return out, nil
+	}
+	out = w.endPlanBuckets(s.Plan, now, out)
+	fresh := w.Life == nil || w.Life.PlanID == "" || s.Plan == nil || w.Life.PlanID != s.Plan.ID
+	w.Configure(s, now)
+	if mode == PlanChangeNowProrated && fresh {
+		w.ProrateFirstGrants()
+	}
+	return out, nil
+}
+
+// ProrateFirstGrants makes the next grant of every allocation prorated by
+// the time left in its period (a plan that starts mid-period).
+func (w *Wallet) ProrateFirstGrants() {
+	if w.Life == nil {
+		return
+	}
+	for i := range w.Life.Allocs {
+		w.Life.Allocs[i].Prorate = true
+	}
+}
+
+// applyPlanChange makes next the plan from at on: the current plan's
+// buckets end at at (when next is another plan), and next's schedules
+// start at at.
+func (w *Wallet) applyPlanChange(next *Plan, at int64, out []Entry) []Entry {
+	out = w.endPlanBuckets(next, at, out)
+	s := *w.Settings
+	s.Plan, s.PlanChange = next, nil
+	w.Settings = normalizeSettings(s)
+	w.syncPlan(at)
+	w.UpdatedAt = at
+	return out
+}
+
+// endPlanBuckets ends, at at, the buckets the current plan granted, unless
+// next is the same plan (same id): each with credit left makes an expiry
+// entry (metadata {"reason":"plan_change"}) and a bucket.expired
+// notification.
+func (w *Wallet) endPlanBuckets(next *Plan, at int64, out []Entry) []Entry {
+	cur := w.Settings.Plan
+	if cur == nil || next != nil && next.ID == cur.ID {
+		return out
+	}
+	for _, a := range w.Accounts {
+		for i := 0; i < len(a.Buckets); {
+			b := &a.Buckets[i]
+			if b.Alloc == 0 || b.Reference != cur.ID {
+				i++
+				continue
+			}
+			t := Entry{Type: EntryExpiry, Reference: b.Reference, OccurredAt: at, Metadata: planChangeMetadata}
+			rem, id, kind := b.Remaining, b.ID, b.Kind
+			a.removeBucket(i)
+			w.UpdatedAt = at
+			if rem > 0 {
+				out = w.post(out, a, &t, -rem, id, kind, at)
+				w.note(NoteBucketExpired, a.ID(), at, noteField{key: "bucket_id", str: id},
+					noteField{key: "kind", str: kind.String()}, noteField{key: "amount", str: units(rem, a.Scale)},
+					noteField{key: "reference", str: t.Reference})
+			}
+		}
+	}
+	return out
+}
+
+var planChangeMetadata = []byte(`{"reason":"plan_change"}`)
 
 // accountScale returns the scale of an account, 0 if it does not exist.
 func (w *Wallet) accountScale(id string) uint8 {
@@ -354,13 +462,18 @@ func (w *Wallet) accountScale(id string) uint8 {
 	return 0
 }
 
-// grantAllocation grants period k of allocation i at instant at.
-func (w *Wallet) grantAllocation(i int, al *Allocation, k, at int64, out []Entry) []Entry {
+// grantAllocation grants period k of allocation i at instant at; with
+// prorate, the amount times the part of the period left at at, rounded
+// down to whole units.
+func (w *Wallet) grantAllocation(i int, al *Allocation, k, at int64, prorate bool, out []Entry) []Entry {
 	kind := al.Kind
 	if kind == 0 {
 		kind = KindPlan
 	}
 	amount := al.Amount
+	if start, end := periodStart(al.Anchor, al.Period, k), periodStart(al.Anchor, al.Period, k+1); prorate && at > start && end > start {
+		amount = prorated(amount, end-at, end-start)
+	}
 	a := w.accountOf(al.Account, al.Asset)
 	if al.Strategy == StrategyAccumulate && al.Cap > 0 && a != nil {
 		var held int64

@@ -1135,3 +1135,112 @@ func TestPausedUntil(t *testing.T) {
 	}
 	mustCheck(t, w)
 }
+
+// APOB's plan changes: an upgrade now ends the old plan's credits and
+// grants the new plan's in full or prorated; a downgrade at period end
+// changes nothing until the boundary, then grants the new plan once;
+// cancelling it, changing it twice or saving the same settings again never
+// grants twice; cancelling the plan at period end stops its grants.
+func TestPlanChanges(t *testing.T) {
+	monthly := func(id string, amount int64) *Plan {
+		return planOf(id, Allocation{Account: "default", Asset: "CREDITS", Amount: amount, Period: PeriodMonth,
+			Anchor: utc(2026, 11, 1, 0), Strategy: StrategyExpireAndReplace})
+	}
+	micro, macro, mini := monthly("micro", 8000), monthly("macro", 20000), monthly("mini", 4000)
+	type grant struct {
+		ref    string
+		amount int64
+		at     int64
+	}
+	grants := func(out []Entry) (g []grant) {
+		for _, e := range out {
+			if e.Type == EntryGrant {
+				g = append(g, grant{e.Reference, e.Amount, e.OccurredAt})
+			}
+		}
+		return g
+	}
+	start := func() *Wallet {
+		w := NewWallet("apob", Settings{Plan: micro}, utc(2026, 11, 1, 0))
+		w.Advance(utc(2026, 11, 1, 0), nil)
+		if _, _, err := w.Charge(usage("e1", 3000, 0), utc(2026, 11, 10, 0), nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	mid := utc(2026, 11, 16, 0) // 15 of November's 30 days left
+
+	for _, mode := range []PlanChangeMode{PlanChangeNow, PlanChangeNowProrated} {
+		w := start()
+		out, err := w.Reconfigure(Settings{Plan: macro}, mode, mid, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out) != 1 || out[0].Type != EntryExpiry || out[0].Amount != -5000 || out[0].OccurredAt != mid ||
+			string(out[0].Metadata) != `{"reason":"plan_change"}` {
+			t.Fatalf("mode %d: the old plan's remainder: %+v", mode, out)
+		}
+		want := int64(20000)
+		if mode == PlanChangeNowProrated {
+			want = 10000
+		}
+		if g := grants(w.Advance(mid, nil)); !slices.Equal(g, []grant{{"macro", want, mid}}) {
+			t.Fatalf("mode %d: grants %+v, want %d of macro now", mode, g, want)
+		}
+		if g := grants(w.Advance(utc(2026, 12, 1, 0), nil)); !slices.Equal(g, []grant{{"macro", 20000, utc(2026, 12, 1, 0)}}) {
+			t.Fatalf("mode %d: December %+v, want macro in full", mode, g)
+		}
+		mustCheck(t, w)
+	}
+
+	// A downgrade at period end: nothing until December 1, then one grant
+	// of the new plan and none of the old.
+	w := start()
+	w.Reconfigure(Settings{Plan: macro}, PlanChangeNow, mid, nil)
+	w.Advance(mid, nil)
+	out, err := w.Reconfigure(Settings{Plan: micro}, PlanChangeAtPeriodEnd, utc(2026, 11, 20, 0), nil)
+	if err != nil || len(out) != 0 {
+		t.Fatalf("scheduling: %+v %v", out, err)
+	}
+	if w.Settings.Plan.ID != "macro" || w.Settings.PlanChange == nil || w.Settings.PlanChange.At != utc(2026, 12, 1, 0) || w.Settings.PlanChange.Plan.ID != "micro" {
+		t.Fatalf("settings after scheduling %+v %+v", w.Settings, w.Settings.PlanChange)
+	}
+	if out := w.Advance(utc(2026, 11, 30, 23), nil); len(out) != 0 {
+		t.Fatalf("before the boundary: %+v", out)
+	}
+	// Saved again (the same request twice) and changed to mini: one grant.
+	w.Reconfigure(Settings{Plan: micro}, PlanChangeAtPeriodEnd, utc(2026, 11, 30, 23), nil)
+	w.Reconfigure(Settings{Plan: mini}, PlanChangeAtPeriodEnd, utc(2026, 11, 30, 23), nil)
+	if g := grants(w.Advance(utc(2026, 12, 2, 0), nil)); !slices.Equal(g, []grant{{"mini", 4000, utc(2026, 12, 1, 0)}}) {
+		t.Fatalf("at the boundary: %+v, want one grant of mini", g)
+	}
+	if w.Settings.Plan.ID != "mini" || w.Settings.PlanChange != nil {
+		t.Fatalf("after the boundary: %+v", w.Settings)
+	}
+	mustCheck(t, w)
+
+	// Cancelling the scheduled change (saving the current plan): one grant
+	// of the current plan at the boundary. Saving it again grants nothing.
+	w = start()
+	w.Reconfigure(Settings{Plan: mini}, PlanChangeAtPeriodEnd, mid, nil)
+	if out, _ := w.Reconfigure(Settings{Plan: micro}, PlanChangeNow, mid+1, nil); len(out) != 0 || w.Settings.PlanChange != nil {
+		t.Fatalf("cancelling: %+v %+v", out, w.Settings)
+	}
+	if out, _ := w.Reconfigure(Settings{Plan: micro}, PlanChangeNow, mid+2, nil); len(out) != 0 {
+		t.Fatalf("saving the same settings: %+v", out)
+	}
+	if g := grants(w.Advance(utc(2026, 12, 1, 0), nil)); !slices.Equal(g, []grant{{"micro", 8000, utc(2026, 12, 1, 0)}}) {
+		t.Fatalf("after cancelling: %+v, want one grant of micro", g)
+	}
+
+	// Cancelling the plan at period end: no grant from the boundary on.
+	w.Reconfigure(Settings{}, PlanChangeAtPeriodEnd, utc(2026, 12, 10, 0), nil)
+	if g := grants(w.Advance(utc(2027, 2, 1, 0), nil)); len(g) != 0 || w.Settings.Plan != nil {
+		t.Fatalf("after the plan ended: grants %+v, plan %+v", g, w.Settings.Plan)
+	}
+	// Without a plan period there is no period end to change at.
+	if _, err := w.Reconfigure(Settings{Plan: micro}, PlanChangeAtPeriodEnd, utc(2027, 2, 2, 0), nil); code(err) != CodeNoPlanPeriod {
+		t.Fatalf("period_end without a plan: %v", err)
+	}
+	mustCheck(t, w)
+}

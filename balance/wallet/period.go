@@ -1,6 +1,7 @@
 package wallet
 
 import (
+	"math/bits"
 	"strconv"
 	"time"
 )
@@ -133,4 +134,12 @@ func periodIndex(anchor int64, unit PeriodUnit, t int64) int64 {
 		k++
 	}
 	return k
+}
+
+// prorated is amount * part / whole, rounded down; 0 <= part <= whole,
+// whole > 0, amount >= 0. It is exact for any int64 amount (128-bit).
+func prorated(amount, part, whole int64) int64 {
+	hi, lo := bits.Mul64(uint64(amount), uint64(part))
+	q, _ := bits.Div64(hi, lo, uint64(whole))
+	return int64(q)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"math/big"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -47,12 +48,20 @@ type mHold struct {
 }
 
 // mSched is the grant schedule of one plan allocation.
+// mGrant is a plan grant the model made: the allocation and its schedule
+// at the time (a step may grant under a plan it then replaces).
+type mGrant struct {
+	alloc int
+	sched mSched
+}
+
 type mSched struct {
-	serial int // unique per schedule started: the key of the at-most-once check
-	anchor int64
-	length int64 // the period, in ns: a day or a week
-	last   int64 // the last period index granted or skipped
-	since  int64 // nothing is granted before this instant
+	serial  int // unique per schedule started: the key of the at-most-once check
+	anchor  int64
+	length  int64 // the period, in ns: a day or a week
+	last    int64 // the last period index granted or skipped
+	since   int64 // nothing is granted before this instant
+	prorate bool  // the next grant is prorated by the time left in its period
 }
 
 func (s *mSched) due() int64 { return max(s.anchor+(s.last+1)*s.length, s.since) }
@@ -78,6 +87,8 @@ type model struct {
 
 	plan    *Plan
 	planID  string
+	change  *PlanChange // scheduled at a period end
+	granted []mGrant    // the plan grants of the step, in order, with their schedules
 	scheds  []mSched
 	serials int
 
@@ -242,11 +253,20 @@ func (m *model) advance(now int64) {
 		if m.status == StatusPaused && m.pausedUntil != 0 {
 			t = min(t, m.pausedUntil)
 		}
+		if m.change != nil {
+			t = min(t, m.change.At)
+		}
 		if t > now {
 			return
 		}
 		if m.status == StatusPaused && m.pausedUntil != 0 && m.pausedUntil <= t {
 			m.status, m.pausedUntil = StatusActive, 0 // resumes first: a period starting then is granted
+		}
+		if c := m.change; c != nil && c.At <= t {
+			// The scheduled plan, before that instant's grants.
+			m.endPlan(c.Plan, c.At)
+			m.change = nil
+			m.setPlan(c.Plan, c.At)
 		}
 		m.expireAt(t)
 		var keep []mHold
@@ -275,7 +295,8 @@ func (m *model) advance(now int64) {
 				continue
 			}
 			s.last = k
-			m.grantAlloc(i, &al, k, at)
+			m.grantAlloc(i, &al, k, at, s.prorate)
+			s.prorate = false
 		}
 	}
 }
@@ -338,13 +359,20 @@ func (m *model) endHold(h mHold, status string, at int64) {
 }
 
 // grantAlloc grants period k of allocation i at instant at.
-func (m *model) grantAlloc(i int, al *Allocation, k, at int64) {
+func (m *model) grantAlloc(i int, al *Allocation, k, at int64, prorate bool) {
 	acct := al.Account + ":" + al.Asset
 	kind := al.Kind
 	if kind == 0 {
 		kind = KindPlan
 	}
 	amount := al.Amount
+	m.granted = append(m.granted, mGrant{alloc: i, sched: m.scheds[i]})
+	start, end := m.scheds[i].anchor+k*m.scheds[i].length, m.scheds[i].anchor+(k+1)*m.scheds[i].length
+	if prorate && at > start {
+		// amount * (time left) / (period), rounded down, in exact integers.
+		x := new(big.Int).Mul(big.NewInt(amount), big.NewInt(end-at))
+		amount = x.Quo(x, big.NewInt(end-start)).Int64()
+	}
 	if al.Strategy == StrategyAccumulate && al.Cap > 0 {
 		// An allocation's buckets are those of its index and its plan.
 		var held int64
@@ -807,10 +835,64 @@ func (m *model) configure(s *Settings, alerts10 []int64, now int64) {
 		r := *s.AutoReload
 		m.reload = &r
 	}
+	m.change = nil
+	m.setPlan(s.Plan, now)
+}
+
+// reconfigure is Wallet.Reconfigure: what came due first, then the
+// settings, the plan changing as mode says.
+func (m *model) reconfigure(s *Settings, alerts10 []int64, mode PlanChangeMode, now int64) string {
+	m.advance(now)
+	if mode == PlanChangeAtPeriodEnd {
+		if m.plan == nil || mFloorDiv(now-m.plan.Allocations[0].Anchor, mLength(m.plan.Allocations[0].Period)) < 0 {
+			return CodeNoPlanPeriod
+		}
+		next := s.Plan
+		cur := *s
+		cur.Plan = m.plan
+		m.configure(&cur, alerts10, now)
+		m.change = &PlanChange{At: nextBoundary(m.plan, now), Plan: next}
+		return ""
+	}
+	m.endPlan(s.Plan, now)
+	fresh := m.planID == "" || s.Plan == nil || m.planID != s.Plan.ID
+	m.configure(s, alerts10, now)
+	if mode == PlanChangeNowProrated && fresh {
+		for i := range m.scheds {
+			m.scheds[i].prorate = true
+		}
+	}
+	return ""
+}
+
+// endPlan ends the current plan's buckets at at, unless next is the same
+// plan, as expireAt does.
+func (m *model) endPlan(next *Plan, at int64) {
+	if m.plan == nil || next != nil && next.ID == m.plan.ID {
+		return
+	}
+	for _, acct := range m.acctIDs() {
+		gone := map[string]bool{}
+		for _, i := range m.order(acct) {
+			b := m.buckets[i]
+			if b.alloc != 0 && b.ref == m.plan.ID {
+				gone[b.id] = true
+				if b.rem != 0 {
+					m.entry(EntryExpiry, acct, -b.rem, b.id, at)
+					m.note(NoteBucketExpired, acct)
+				}
+			}
+		}
+		m.remove(gone)
+	}
+}
+
+// setPlan makes p the plan from now on.
+func (m *model) setPlan(p *Plan, now int64) {
 	m.plan = nil
-	if s.Plan != nil {
-		p := Plan{ID: s.Plan.ID, Allocations: slices.Clone(s.Plan.Allocations), GrantWhilePaused: s.Plan.GrantWhilePaused}
-		m.plan = &p
+	if p != nil {
+		c := Plan{ID: p.ID, Allocations: slices.Clone(p.Allocations), GrantWhilePaused: p.GrantWhilePaused}
+		m.plan = &c
 	}
 	if m.plan == nil {
 		m.planID, m.scheds = "", nil
@@ -835,7 +917,7 @@ func (m *model) configure(s *Settings, alerts10 []int64, now int64) {
 // begin starts a step: it forgets the expectations of the last one and
 // returns the available balances the alerts compare with.
 func (m *model) begin() map[string]int64 {
-	m.exp, m.notes, m.holdFx, m.reloadFx = m.exp[:0], m.notes[:0], m.holdFx[:0], m.reloadFx[:0]
+	m.exp, m.notes, m.holdFx, m.reloadFx, m.granted = m.exp[:0], m.notes[:0], m.holdFx[:0], m.reloadFx[:0], m.granted[:0]
 	before := map[string]int64{}
 	for id := range m.accts {
 		before[id] = m.avail(id)
@@ -1175,11 +1257,20 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 					Mode: ReloadMode(rng.IntN(3)), PeriodEnd: rng.IntN(3) == 0, MaxUnpaid: rng.IntN(4)}
 			}
 			s.AutoReload = curReload
-			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
-				w.Configure(s, now)
-				return stepOut{entries: out}
+			mode := PlanChangeNow
+			switch r := rng.IntN(10); {
+			case r < 2:
+				mode = PlanChangeNowProrated
+				op += " prorated"
+			case r < 4:
+				mode = PlanChangeAtPeriodEnd
+				op += " at period end"
 			}
-			m.configure(&s, alerts10, now)
+			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
+				out, err := w.Reconfigure(s, mode, now, out)
+				return stepOut{entries: out, code: code(err)}
+			}
+			wantCode = m.reconfigure(&s, alerts10, mode, now)
 		case r < 78:
 			op = "hold"
 			name, asset := pickAcct()
@@ -1275,9 +1366,7 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 			}
 			m.advance(now)
 		}
-		if !strings.HasPrefix(op, "configure") {
-			m.alerts(before)
-		}
+		m.alerts(before)
 
 		var o stepOut
 		if rng.IntN(40) == 0 {
@@ -1333,6 +1422,9 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 				counts["(multi-bucket debits)"]++
 			}
 			counts["(entries "+e.Type.String()+")"]++
+			if e.Type == EntryExpiry && string(e.Metadata) == `{"reason":"plan_change"}` {
+				counts["(plan buckets ended by a change)"]++
+			}
 			inv.sums[e.Account] += e.Amount
 			if e.BalanceAfter != inv.sums[e.Account] {
 				t.Fatalf("seed %d step %d: balance_after %d != sum of entries %d", seed, step, e.BalanceAfter, inv.sums[e.Account])
@@ -1393,15 +1485,21 @@ func (inv *invariants) checkGrant(t *testing.T, m *model, e *Entry) {
 		PeriodStart string `json:"period_start"`
 		PeriodEnd   string `json:"period_end"`
 	}
-	if err := json.Unmarshal(e.Metadata, &md); err != nil || md.Allocation < 0 || md.Allocation >= len(m.scheds) {
+	if err := json.Unmarshal(e.Metadata, &md); err != nil {
 		t.Fatalf("grant metadata %s: %v", e.Metadata, err)
 	}
-	s := m.scheds[md.Allocation]
+	// The schedule the model granted it under (a step may grant under a
+	// plan it then replaces): its period holding the grant's instant.
 	ms := func(ns int64) string { return time.Unix(0, ns).UTC().Format("2006-01-02T15:04:05.000Z07:00") }
-	start := s.anchor + mFloorDiv(e.OccurredAt-s.anchor, s.length)*s.length
-	if md.PeriodStart != ms(start) || md.PeriodEnd != ms(start+s.length) {
-		t.Fatalf("grant at %d: metadata %s is not the period of allocation %+v holding it", e.OccurredAt, e.Metadata, s)
+	i := slices.IndexFunc(m.granted, func(g mGrant) bool {
+		start := g.sched.anchor + mFloorDiv(e.OccurredAt-g.sched.anchor, g.sched.length)*g.sched.length
+		return g.alloc == md.Allocation && md.PeriodStart == ms(start) && md.PeriodEnd == ms(start+g.sched.length)
+	})
+	if i < 0 {
+		t.Fatalf("grant at %d: metadata %s is not the period of an allocation the model granted %+v", e.OccurredAt, e.Metadata, m.granted)
 	}
+	s := m.granted[i].sched
+	m.granted = slices.Delete(m.granted, i, i+1)
 	key := strconv.Itoa(s.serial) + "/" + md.PeriodStart
 	if inv.grants[key] {
 		t.Fatalf("schedule %d granted period %s twice", s.serial, md.PeriodStart)

@@ -102,9 +102,36 @@ type Settings struct {
 	// instant, whether or not anything ran then: every operation advances
 	// the wallet to its time first.
 	PausedUntil int64
+	// PlanChange is a change of plan scheduled for the end of a plan
+	// period (nil = none).
+	PlanChange *PlanChange
 
 	alerts []meter.Dec // BalanceAlerts parsed, by normalizeSettings
 }
+
+// PlanChange is a plan change that applies at an instant: the current
+// plan's buckets end then, and Plan applies from then on (its period
+// holding At is granted at At).
+type PlanChange struct {
+	At   int64 // unix ns: the end of the plan period the change was made in
+	Plan *Plan // nil: the plan ends
+}
+
+// PlanChangeMode says when a new plan applies (Wallet.Reconfigure).
+type PlanChangeMode uint8
+
+// Plan change modes.
+const (
+	// PlanChangeNow: the current plan's buckets end now and the new plan's
+	// period holding now is granted in full now.
+	PlanChangeNow PlanChangeMode = iota
+	// PlanChangeNowProrated is PlanChangeNow with the new plan's first
+	// grant of each allocation prorated by the time left in its period.
+	PlanChangeNowProrated
+	// PlanChangeAtPeriodEnd: the current plan runs to the end of its
+	// period; the new one applies from there.
+	PlanChangeAtPeriodEnd
+)
 
 // Strategy says what an allocation's unused credits do at a period boundary.
 type Strategy uint8

@@ -168,7 +168,7 @@ var plainSettings = [2][2]Settings{
 
 // shareSettings returns s itself when it has extras, else the shared plain value.
 func shareSettings(s *Settings) *Settings {
-	if len(s.CreditLimits) == 0 && len(s.BalanceAlerts) == 0 && len(s.Metadata) == 0 && s.Plan == nil && s.AutoReload == nil && s.PausedUntil == 0 &&
+	if len(s.CreditLimits) == 0 && len(s.BalanceAlerts) == 0 && len(s.Metadata) == 0 && s.Plan == nil && s.AutoReload == nil && s.PausedUntil == 0 && s.PlanChange == nil &&
 		s.Status >= StatusActive && s.Status <= StatusPaused && s.Policy >= PolicyReject && s.Policy <= PolicyOverdraft {
 		return &plainSettings[s.Status-1][s.Policy-1]
 	}
@@ -206,10 +206,11 @@ func normalizeSettings(s Settings) *Settings {
 			}
 		}
 	}
-	if s.Plan != nil {
-		p := *s.Plan
-		p.Allocations = append([]Allocation(nil), p.Allocations...)
-		s.Plan = &p
+	s.Plan = clonePlan(s.Plan)
+	if s.PlanChange != nil {
+		pc := *s.PlanChange
+		pc.Plan = clonePlan(pc.Plan)
+		s.PlanChange = &pc
 	}
 	if s.AutoReload != nil {
 		r := *s.AutoReload
@@ -217,6 +218,15 @@ func normalizeSettings(s Settings) *Settings {
 	}
 	s.Metadata = bytes.Clone(s.Metadata)
 	return shareSettings(&s)
+}
+
+func clonePlan(p *Plan) *Plan {
+	if p == nil {
+		return nil
+	}
+	c := *p
+	c.Allocations = append([]Allocation(nil), p.Allocations...)
+	return &c
 }
 
 // Configure replaces the customer's settings with a copy of s, under the
