@@ -67,6 +67,9 @@ var codeStatus = map[string]int{
 	"asset_immutable":        fasthttp.StatusUnprocessableEntity,
 	"pricing_limit_exceeded": fasthttp.StatusUnprocessableEntity,
 	"unsupported_setting":    fasthttp.StatusUnprocessableEntity,
+	// An auto-reload threshold outside the pricing's auto_reload_limits.
+	"threshold_below_minimum": fasthttp.StatusUnprocessableEntity,
+	"threshold_above_maximum": fasthttp.StatusUnprocessableEntity,
 	// 503: retry later with the same ids.
 	"overloaded":   fasthttp.StatusServiceUnavailable,
 	"unavailable":  fasthttp.StatusServiceUnavailable,

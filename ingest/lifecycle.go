@@ -176,11 +176,24 @@ func (s *Server) autoReload(raw json.RawMessage, plan *wallet.Plan) (*wallet.Aut
 		return nil, err
 	}
 	r.Scale = asset.Scale
-	if r.Threshold, err = parseAmount(body.Threshold, asset.Scale, f+".threshold"); err != nil {
+	// The pricing may bound the threshold of this account and give it
+	// when omitted (auto_reload_limits; APOB: 1,000 to 9,999, else 2,000).
+	limits, bounded := s.e.Pricing().ReloadLimits(r.Account + ":" + body.Asset)
+	if isNull(body.Threshold) && bounded && limits.Default != nil {
+		r.Threshold = *limits.Default
+	} else if r.Threshold, err = parseAmount(body.Threshold, asset.Scale, f+".threshold"); err != nil {
 		return nil, err
 	}
 	if r.Threshold < 0 || r.Threshold > wallet.CommandUnitsMax {
 		return nil, badRequest("invalid_amount", f+".threshold", "threshold must be from 0 to %d units", wallet.CommandUnitsMax)
+	}
+	if bounded && limits.Min != nil && r.Threshold < *limits.Min {
+		return nil, badRequest("threshold_below_minimum", f+".threshold", "threshold must be at least %s (the pricing's auto_reload_limits for %s:%s)",
+			string(appendUnits(nil, *limits.Min, asset.Scale)), r.Account, body.Asset)
+	}
+	if bounded && limits.Max != nil && r.Threshold > *limits.Max {
+		return nil, badRequest("threshold_above_maximum", f+".threshold", "threshold must be at most %s (the pricing's auto_reload_limits for %s:%s)",
+			string(appendUnits(nil, *limits.Max, asset.Scale)), r.Account, body.Asset)
 	}
 	if r.Amount, err = parseAmount(body.Amount, asset.Scale, f+".amount"); err != nil {
 		return nil, err

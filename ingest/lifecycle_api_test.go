@@ -810,6 +810,32 @@ func TestLifecycleAPOBPlanChanges(t *testing.T) {
 	apiWantErr(t, "new customer at period_end", e.call("PUT", "/v1/customers/apob_new", micro(`,"plan_change":{"at":"period_end"}`)), 422, "no_plan_period", "")
 }
 
+// TestLifecycleReloadThresholdBounds: APOB's auto-reload threshold is
+// 1,000 to 9,999 credits, 2,000 when omitted, set in the pricing document
+// (auto_reload_limits): 999 and 10,000 are refused, each with its own code
+// and the field named; omitting it gives 2,000; accounts the pricing does
+// not bound keep any threshold.
+func TestLifecycleReloadThresholdBounds(t *testing.T) {
+	e, _ := newLifecycleEnv(t, "2026-11-05T12:00:00Z")
+	e.putPricing(strings.TrimSuffix(apiCreditsPricing, "}") +
+		`,"auto_reload_limits":[{"account":"default:CREDITS","threshold_min":"1000","threshold_max":"9999","threshold_default":"2000"}]}`)
+	reload := func(account, threshold string) string {
+		return `{"auto_reload":{"account":"` + account + `","asset":"CREDITS",` + threshold + `"amount":"10000","price":{"amount":"12.00","currency":"USD"}}}`
+	}
+	apiWantErr(t, "999", e.call("PUT", "/v1/customers/apob_t", reload("default", `"threshold":"999",`)), 422, "threshold_below_minimum", "auto_reload.threshold")
+	apiWantErr(t, "10000", e.call("PUT", "/v1/customers/apob_t", reload("default", `"threshold":"10000",`)), 422, "threshold_above_maximum", "auto_reload.threshold")
+	for _, v := range []string{"1000", "9999"} {
+		e.must(201, "PUT", "/v1/customers/apob_"+v, reload("default", `"threshold":"`+v+`",`))
+	}
+	e.must(201, "PUT", "/v1/customers/apob_t", reload("default", ""))
+	if r := e.customer("apob_t").AutoReload; r == nil || r.Threshold != "2000" {
+		t.Errorf("an omitted threshold: %+v, want 2000", r)
+	}
+	// Another account: no bounds, and a threshold is required.
+	e.must(201, "PUT", "/v1/customers/other_t", reload("team", `"threshold":"5",`))
+	apiWantErr(t, "omitted, unbounded", e.call("PUT", "/v1/customers/other_u", reload("team", "")), 400, "invalid_amount", "auto_reload.threshold")
+}
+
 // TestLifecycleMakeReloadFailure: in grant_immediately mode a failed payment
 // disables auto-reload and pauses the customer (usage rejected
 // account_paused; the granted credits stay) until POST .../resume.

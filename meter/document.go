@@ -24,9 +24,20 @@ type Asset struct {
 // and top-up offers. ParseDocument reads it; Compile validates it. Optional
 // JSON members that are absent (or null) are nil or empty here.
 type Document struct {
-	Assets      []Asset      `json:"assets"`
-	Prices      []Price      `json:"prices"`
-	TopupOffers []TopupOffer `json:"topup_offers"`
+	Assets           []Asset           `json:"assets"`
+	Prices           []Price           `json:"prices"`
+	TopupOffers      []TopupOffer      `json:"topup_offers"`
+	AutoReloadLimits []AutoReloadLimit `json:"auto_reload_limits,omitempty"`
+}
+
+// AutoReloadLimit bounds the auto-reload threshold customers may set on
+// one account ("name:ASSET"), and gives it when they omit it (APOB: 1,000
+// to 9,999, 2,000 by default). Each bound is optional.
+type AutoReloadLimit struct {
+	Account          string `json:"account"`
+	ThresholdMin     *Dec   `json:"threshold_min,omitempty"`
+	ThresholdMax     *Dec   `json:"threshold_max,omitempty"`
+	ThresholdDefault *Dec   `json:"threshold_default,omitempty"`
 }
 
 // Price charges one account for every event of one event type: either a
@@ -252,8 +263,12 @@ func (d *decoder) document(v *fastjson.Value) *Document {
 			for i, e := range d.array(v, path) {
 				doc.TopupOffers = append(doc.TopupOffers, d.offer(e, index(path, i)))
 			}
+		case "auto_reload_limits":
+			for i, e := range d.array(v, path) {
+				doc.AutoReloadLimits = append(doc.AutoReloadLimits, d.reloadLimit(e, index(path, i)))
+			}
 		default:
-			d.unknown(path, key, "assets", "prices", "topup_offers")
+			d.unknown(path, key, "assets", "prices", "topup_offers", "auto_reload_limits")
 		}
 	})
 	return doc
@@ -380,6 +395,25 @@ func (d *decoder) offer(v *fastjson.Value, path string) TopupOffer {
 	return o
 }
 
+func (d *decoder) reloadLimit(v *fastjson.Value, path string) AutoReloadLimit {
+	var l AutoReloadLimit
+	d.object(v, path, func(key string, v *fastjson.Value, path string) {
+		switch key {
+		case "account":
+			l.Account = d.str(v, path)
+		case "threshold_min":
+			l.ThresholdMin = d.dec(v, path)
+		case "threshold_max":
+			l.ThresholdMax = d.dec(v, path)
+		case "threshold_default":
+			l.ThresholdDefault = d.dec(v, path)
+		default:
+			d.unknown(path, key, "account", "threshold_min", "threshold_max", "threshold_default")
+		}
+	})
+	return l
+}
+
 func (d *decoder) tier(v *fastjson.Value, path string) Tier {
 	var t Tier
 	d.object(v, path, func(key string, v *fastjson.Value, path string) {
@@ -503,7 +537,32 @@ func (doc *Document) appendJSON(b []byte) []byte {
 		}
 		b = append(b, "]}"...)
 	}
-	return append(b, "]}"...)
+	b = append(b, ']')
+	if len(doc.AutoReloadLimits) > 0 {
+		b = append(b, `,"auto_reload_limits":[`...)
+		for i := range doc.AutoReloadLimits {
+			l := &doc.AutoReloadLimits[i]
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"account":`...)
+			b = appendString(b, l.Account)
+			for _, m := range []struct {
+				name string
+				v    *Dec
+			}{{"threshold_min", l.ThresholdMin}, {"threshold_max", l.ThresholdMax}, {"threshold_default", l.ThresholdDefault}} {
+				if m.v != nil {
+					b = append(b, `,"`...)
+					b = append(b, m.name...)
+					b = append(b, `":`...)
+					b = appendDec(b, *m.v)
+				}
+			}
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
+	return append(b, '}')
 }
 
 func (u *UnitPrice) appendJSON(b []byte) []byte {

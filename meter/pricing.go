@@ -16,6 +16,7 @@ const (
 	priceMapEntriesMax   = 1024 // per unit_price map
 	priceMapEntriesSum   = 65536
 	offersMax            = 16
+	reloadLimitsMax      = 64 // auto_reload_limits entries
 	tiersMax             = 32 // per offer
 	dimensionsMax        = 4  // per price
 	dimensionKeyBytesMax = 256
@@ -33,6 +34,20 @@ type Pricing struct {
 	byType      map[string][]*price // event_type -> prices, in document order
 	json        []byte              // canonical document
 	offers      []TopupOffer        // the document's top-up offers, validated
+	reload      map[string]ReloadLimits
+}
+
+// ReloadLimits are an account's auto-reload threshold bounds in units of
+// its asset (AutoReloadLimit, compiled). A bound that is not set is nil.
+type ReloadLimits struct {
+	Min, Max, Default *int64
+}
+
+// ReloadLimits returns the auto-reload threshold bounds of account
+// ("name:ASSET"); ok is false when the document sets none.
+func (p *Pricing) ReloadLimits(account string) (l ReloadLimits, ok bool) {
+	l, ok = p.reload[account]
+	return l, ok
 }
 
 // price is a compiled Price.
@@ -130,6 +145,9 @@ func Compile(doc *Document, version uint32, prev *Pricing) (*Pricing, error) {
 		return nil, err
 	}
 	if err := p.compileOffers(doc.TopupOffers); err != nil {
+		return nil, err
+	}
+	if err := p.compileReloadLimits(doc.AutoReloadLimits); err != nil {
 		return nil, err
 	}
 	p.json = doc.appendJSON(nil)
@@ -462,6 +480,49 @@ func (p *Pricing) compileOffers(offers []TopupOffer) error {
 		}
 	}
 	p.offers = offers
+	return nil
+}
+
+func (p *Pricing) compileReloadLimits(limits []AutoReloadLimit) error {
+	if len(limits) > reloadLimitsMax {
+		return limitErr("auto_reload_limits", "a pricing document may define at most 64 auto_reload_limits")
+	}
+	for i := range limits {
+		l := &limits[i]
+		path := index("auto_reload_limits", i)
+		_, asset, err := p.account(l.Account, path+".account")
+		if err != nil {
+			return err
+		}
+		if _, dup := p.reload[l.Account]; dup {
+			return pricingErr(path+".account", "auto_reload_limits already bound "+l.Account)
+		}
+		var out ReloadLimits
+		for _, b := range []struct {
+			name string
+			d    *Dec
+			dst  **int64
+		}{{"threshold_min", l.ThresholdMin, &out.Min}, {"threshold_max", l.ThresholdMax, &out.Max}, {"threshold_default", l.ThresholdDefault, &out.Default}} {
+			if b.d == nil {
+				continue
+			}
+			u, ok := b.d.Units(asset.Scale)
+			if !ok || u < 0 || u > MaxUnits {
+				return pricingErr(path+"."+b.name, b.name+" must be a non-negative amount of "+asset.Code+" with at most "+strconv.Itoa(int(asset.Scale))+" decimals")
+			}
+			*b.dst = &u
+		}
+		switch {
+		case out.Min != nil && out.Max != nil && *out.Max < *out.Min:
+			return pricingErr(path+".threshold_max", "threshold_max must not be below threshold_min")
+		case out.Default != nil && (out.Min != nil && *out.Default < *out.Min || out.Max != nil && *out.Default > *out.Max):
+			return pricingErr(path+".threshold_default", "threshold_default must be within threshold_min and threshold_max")
+		}
+		if p.reload == nil {
+			p.reload = map[string]ReloadLimits{}
+		}
+		p.reload[l.Account] = out
+	}
 	return nil
 }
 

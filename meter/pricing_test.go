@@ -358,3 +358,49 @@ func FuzzParseDocument(f *testing.F) {
 		}
 	})
 }
+
+// auto_reload_limits bound the threshold customers set on an account, in
+// the asset's units; the canonical document keeps them, and a document
+// without them is written as before.
+func TestReloadLimits(t *testing.T) {
+	const assets = `"assets":[{"code":"CREDITS","scale":0},{"code":"USD","scale":2}],"prices":[]`
+	p := mustCompile(t, `{`+assets+`,"auto_reload_limits":[
+	 {"account":"default:CREDITS","threshold_min":"1000","threshold_max":"9999","threshold_default":2000},
+	 {"account":"wallet:USD","threshold_min":"0.50"}]}`)
+	l, ok := p.ReloadLimits("default:CREDITS")
+	if !ok || *l.Min != 1000 || *l.Max != 9999 || *l.Default != 2000 {
+		t.Fatalf("default:CREDITS: %+v %v", l, ok)
+	}
+	if l, ok := p.ReloadLimits("wallet:USD"); !ok || *l.Min != 50 || l.Max != nil || l.Default != nil {
+		t.Fatalf("wallet:USD: %+v %v", l, ok)
+	}
+	if _, ok := p.ReloadLimits("other:CREDITS"); ok {
+		t.Fatal("limits for an account the document does not name")
+	}
+	want := `{"assets":[{"code":"CREDITS","scale":0},{"code":"USD","scale":2}],"prices":[],"topup_offers":[],` +
+		`"auto_reload_limits":[{"account":"default:CREDITS","threshold_min":"1000","threshold_max":"9999","threshold_default":"2000"},` +
+		`{"account":"wallet:USD","threshold_min":"0.5"}]}` // decimals in their plain form
+	if got := string(p.JSON()); got != want {
+		t.Errorf("canonical JSON\n%s\nwant\n%s", got, want)
+	}
+	if got := string(mustCompile(t, `{`+assets+`}`).JSON()); strings.Contains(got, "auto_reload_limits") {
+		t.Errorf("a document without limits: %s", got)
+	}
+	for doc, field := range map[string]string{
+		`{` + assets + `,"auto_reload_limits":[{"account":"default:CREDITS","threshold_min":"10","threshold_max":"9"}]}`:     "auto_reload_limits[0].threshold_max",
+		`{` + assets + `,"auto_reload_limits":[{"account":"default:CREDITS","threshold_min":"10","threshold_default":"9"}]}`: "auto_reload_limits[0].threshold_default",
+		`{` + assets + `,"auto_reload_limits":[{"account":"default:CREDITS","threshold_min":"1.5"}]}`:                        "auto_reload_limits[0].threshold_min",
+		`{` + assets + `,"auto_reload_limits":[{"account":"default:TOK"}]}`:                                                  "auto_reload_limits[0].account",
+		`{` + assets + `,"auto_reload_limits":[{"account":"a:CREDITS"},{"account":"a:CREDITS"}]}`:                            "auto_reload_limits[1].account",
+		`{` + assets + `,"auto_reload_limits":[{"account":"a:CREDITS","threshold":"1"}]}`:                                    "auto_reload_limits[0].threshold",
+	} {
+		d, err := ParseDocument([]byte(doc))
+		if err == nil {
+			_, err = Compile(d, 1, nil)
+		}
+		var me *Error
+		if !errors.As(err, &me) || me.Field != field {
+			t.Errorf("%s: %v, want an error about %s", doc, err, field)
+		}
+	}
+}
