@@ -376,7 +376,27 @@ func appendLifecycleSettings(b []byte, w *wallet.Wallet, now int64) []byte {
 	} else {
 		b = append(b, "null"...)
 	}
-	return b
+	// The next grant of each allocation: when, and what would really be
+	// granted if nothing else changed (0 at an accumulation cap or during
+	// a pause that lasts past it).
+	b = append(b, `,"next_refills":[`...)
+	for i, g := range w.NextGrants(now) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"plan_id":`...)
+		b = appendString(b, g.PlanID)
+		b = append(b, `,"allocation":`...)
+		b = strconv.AppendInt(b, int64(g.Allocation), 10)
+		b = append(b, `,"account":`...)
+		b = appendString(b, g.Account)
+		b = append(b, `,"amount":`...)
+		b = appendUnits(b, g.Amount, g.Scale)
+		b = append(b, `,"at":`...)
+		b = appendTime(b, g.At)
+		b = append(b, '}')
+	}
+	return append(b, ']')
 }
 
 // appendPlan appends a plan, or null.

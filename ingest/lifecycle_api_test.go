@@ -102,7 +102,13 @@ type lcCustomer struct {
 	CustomerID  string  `json:"customer_id"`
 	Status      string  `json:"status"`
 	PausedUntil *string `json:"paused_until"`
-	Scheduled   *struct {
+	NextRefills []struct {
+		PlanID  string `json:"plan_id"`
+		Account string `json:"account"`
+		Amount  string `json:"amount"`
+		At      string `json:"at"`
+	} `json:"next_refills"`
+	Scheduled *struct {
 		StartsAt string          `json:"starts_at"`
 		Plan     json.RawMessage `json:"plan"`
 	} `json:"scheduled_plan"`
@@ -678,6 +684,9 @@ func TestLifecyclePausedUntil(t *testing.T) {
 	// Paused across December 1 (until December 5): December's 1,000 are not
 	// granted, then or on resume; January's are.
 	e.must(200, "PUT", "/v1/customers/"+c, settings(`"status":"paused","paused_until":"2026-12-05T00:00:00Z",`, false))
+	if r := e.customer(c).NextRefills; len(r) != 1 || r[0].Amount != "0" || r[0].At != "2026-12-01T00:00:00.000Z" {
+		t.Errorf("next refills while paused past December 1: %+v, want 0 then", r)
+	}
 	e.clockTo("2026-12-10T00:00:00Z")
 	if cu := e.customer(c); cu.Status != "active" {
 		t.Fatalf("on December 10: %+v", cu)
@@ -775,6 +784,9 @@ func TestLifecycleAPOBPlanChanges(t *testing.T) {
 	if cu.Scheduled == nil || cu.Scheduled.StartsAt != dec1 || !strings.Contains(string(cu.Scheduled.Plan), `"id":"micro"`) ||
 		!strings.Contains(string(cu.Plan), `"id":"macro"`) {
 		t.Fatalf("after scheduling a downgrade: plan %s, scheduled %+v", cu.Plan, cu.Scheduled)
+	}
+	if r := cu.NextRefills; len(r) != 1 || r[0].PlanID != "micro" || r[0].Amount != "8000" || r[0].At != dec1 {
+		t.Errorf("next refills after scheduling a downgrade: %+v, want micro's 8000 on December 1", r)
 	}
 	e.must(200, "PUT", "/v1/customers/"+c, micro(`,"plan_change":{"at":"period_end"}`)) // the same request again
 	e.clockTo("2026-11-30T23:59:59Z")

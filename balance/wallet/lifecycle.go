@@ -358,6 +358,86 @@ func (w *Wallet) runDue(t, now int64, out []Entry) []Entry {
 	return out
 }
 
+// GrantPreview is the next grant of one plan allocation, as it would be
+// made if nothing else changed before it.
+type GrantPreview struct {
+	PlanID     string
+	Allocation int // index in the plan's allocations
+	Account    string
+	Scale      uint8
+	At         int64 // unix ns
+	Amount     int64 // what would really be granted: 0 at an accumulation cap or while paused
+}
+
+// NextGrants previews the next grant of every allocation of the plan in
+// force at now (advanced to now): when, and how much the wallet's state
+// makes it. A plan change scheduled before an allocation's next grant
+// previews the new plan's first grants at the change instead. While
+// paused until after a grant (and not granting while paused) its amount
+// is 0.
+func (w *Wallet) NextGrants(now int64) []GrantPreview {
+	c := w.Clone()
+	c.advance(now, nil)
+	return c.nextGrants()
+}
+
+// nextGrants is NextGrants of a wallet already advanced (a clone: a
+// scheduled change is applied to it).
+func (w *Wallet) nextGrants() []GrantPreview {
+	p, l := w.Settings.Plan, w.Life
+	if pc := w.Settings.PlanChange; pc != nil {
+		// The change comes first unless a grant of the current plan is due
+		// before it: preview the current plan's grants before the change,
+		// then the new plan's at the change.
+		var out []GrantPreview
+		if p != nil && l != nil {
+			for i := range l.Allocs {
+				if at := l.Allocs[i].due(); at < pc.At && i < len(p.Allocations) {
+					out = append(out, w.preview(p, i, &l.Allocs[i], at))
+				}
+			}
+		}
+		w.applyPlanChange(pc.Plan, pc.At, nil)
+		return append(out, w.nextGrants()...)
+	}
+	if p == nil || l == nil {
+		return nil
+	}
+	out := make([]GrantPreview, 0, len(l.Allocs))
+	for i := range l.Allocs {
+		if at := l.Allocs[i].due(); at < periodTimeMax && i < len(p.Allocations) {
+			out = append(out, w.preview(p, i, &l.Allocs[i], at))
+		}
+	}
+	return out
+}
+
+// preview is the grant allocation i of p would make at at.
+func (w *Wallet) preview(p *Plan, i int, st *AllocState, at int64) GrantPreview {
+	al := &p.Allocations[i]
+	g := GrantPreview{PlanID: p.ID, Allocation: i, Account: al.Account + ":" + al.Asset, Scale: al.Scale, At: at}
+	s := w.Settings
+	if s.Status == StatusPaused && (s.PausedUntil == 0 || s.PausedUntil > at) && !p.GrantWhilePaused {
+		return g
+	}
+	k := st.Last + 1
+	amount := al.Amount
+	if start, end := periodStart(al.Anchor, al.Period, k), periodStart(al.Anchor, al.Period, k+1); st.Prorate && at > start && end > start {
+		amount = prorated(amount, end-at, end-start)
+	}
+	if a := w.accountOf(al.Account, al.Asset); al.Strategy == StrategyAccumulate && al.Cap > 0 && a != nil {
+		var held int64
+		for j := range a.Buckets {
+			if b := &a.Buckets[j]; b.Alloc == uint8(i+1) && b.Reference == p.ID {
+				held += b.Remaining
+			}
+		}
+		amount = min(amount, max(al.Cap-held, 0))
+	}
+	g.Amount = max(amount, 0)
+	return g
+}
+
 // Reconfigure applies what came due by now, then replaces the customer's
 // settings with s (Configure), the plan changing as mode says:
 //
@@ -892,7 +972,21 @@ func (w *Wallet) FailReload(id string, now int64, out []Entry) (ReloadRequest, [
 	}
 	w.Configure(s, now)
 	l.fx.Reloads = append(l.fx.Reloads, *req)
-	w.note(NoteAutoReloadFailed, req.Account, now, reloadFields(req)...)
+	// What the product tells its customer depends on whether credits are
+	// left (APOB shows one message when the balance is depleted, another
+	// when it is only low): the account's available balance and whether it
+	// is depleted (zero or below) go with the notification.
+	var avail int64
+	scale := req.Scale
+	if a := w.Account(req.Account); a != nil {
+		avail, scale = a.Available(), a.Scale
+	}
+	depleted := "false"
+	if avail <= 0 {
+		depleted = "true"
+	}
+	w.note(NoteAutoReloadFailed, req.Account, now, append(reloadFields(req),
+		noteField{key: "available", str: units(avail, scale)}, noteField{key: "depleted", raw: depleted})...)
 	return *req, out, nil
 }
 

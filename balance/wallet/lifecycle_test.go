@@ -784,8 +784,13 @@ func TestAutoReloadAwaitPayment(t *testing.T) {
 	if r := w.Settings.AutoReload; r == nil || r.Enabled || w.Settings.Status != StatusActive || len(w.Life.Pending) != 0 {
 		t.Fatalf("settings after failure %+v %+v", w.Settings, r)
 	}
-	if fx := w.TakeEffects(); len(fx.Reloads) != 1 || fx.Reloads[0].Status != ReloadFailed || len(fx.Notes) != 1 || fx.Notes[0].Type != NoteAutoReloadFailed {
+	fx = w.TakeEffects()
+	if len(fx.Reloads) != 1 || fx.Reloads[0].Status != ReloadFailed || len(fx.Notes) != 1 || fx.Notes[0].Type != NoteAutoReloadFailed {
 		t.Fatalf("effects %+v", fx)
+	}
+	// The failure says what is left, and that it is not depleted.
+	if body := string(fx.Notes[0].Body); !strings.Contains(body, `"available":"398","depleted":false}`) {
+		t.Fatalf("auto_reload.failed %s", body)
 	}
 	_, out, err = w.Charge(usage("e7", 100, 0), dec1+2, nil, nil)
 	must(t, err)
@@ -1026,8 +1031,12 @@ func TestAutoReloadDoesNotWait(t *testing.T) {
 		t.Fatalf("pending %v, want r_2 r_3", got)
 	}
 	// A failure pauses the customer; r_3 stays pending and is confirmed.
+	w.TakeEffects()
 	if _, _, err := w.FailReload("r_2", t0+6, nil); err != nil {
 		t.Fatal(err)
+	}
+	if fx := w.TakeEffects(); len(fx.Notes) != 1 || !strings.Contains(string(fx.Notes[0].Body), `"available":"0","depleted":true}`) {
+		t.Fatalf("auto_reload.failed of a depleted account: %+v", fx.Notes)
 	}
 	if w.Settings.Status != StatusPaused || w.Settings.AutoReload.Enabled {
 		t.Fatalf("after a failure: %+v %+v", w.Settings, w.Settings.AutoReload)
@@ -1243,4 +1252,58 @@ func TestPlanChanges(t *testing.T) {
 		t.Fatalf("period_end without a plan: %v", err)
 	}
 	mustCheck(t, w)
+}
+
+// The next refill preview says what will really be granted, and when: the
+// allocation's amount, 0 at an accumulation cap or during a pause that
+// lasts past the grant, and the scheduled plan's amount after a change at
+// period end.
+func TestNextGrants(t *testing.T) {
+	capped := planOf("acc", Allocation{Account: "default", Asset: "CREDITS", Amount: 300, Period: PeriodMonth,
+		Anchor: utc(2026, 11, 1, 0), Strategy: StrategyAccumulate, Cap: 500})
+	w := NewWallet("c1", Settings{Plan: capped}, utc(2026, 11, 1, 0))
+	w.Advance(utc(2026, 11, 1, 0), nil) // 300
+	dec1, jan1 := utc(2026, 12, 1, 0), utc(2027, 1, 1, 0)
+	want := func(what string, got []GrantPreview, amounts ...int64) {
+		t.Helper()
+		var a []int64
+		for _, g := range got {
+			a = append(a, g.Amount)
+		}
+		if !slices.Equal(a, amounts) {
+			t.Fatalf("%s: %+v, want amounts %v", what, got, amounts)
+		}
+	}
+	g := w.NextGrants(utc(2026, 11, 10, 0))
+	want("under the cap", g, 200)
+	if g[0].At != dec1 || g[0].Account != "default:CREDITS" || g[0].PlanID != "acc" {
+		t.Fatalf("preview %+v", g[0])
+	}
+	w.Advance(dec1, nil) // 500: at the cap
+	want("at the cap", w.NextGrants(utc(2026, 12, 2, 0)), 0)
+
+	m := planOf("m", Allocation{Account: "default", Asset: "CREDITS", Amount: 1000, Period: PeriodMonth,
+		Anchor: utc(2026, 11, 1, 0), Strategy: StrategyExpireAndReplace})
+	w = NewWallet("c2", Settings{Plan: m}, utc(2026, 11, 1, 0))
+	w.Advance(utc(2026, 11, 1, 0), nil)
+	want("monthly", w.NextGrants(utc(2026, 11, 10, 0)), 1000)
+	w.Configure(Settings{Plan: m, Status: StatusPaused, PausedUntil: utc(2026, 12, 5, 0)}, utc(2026, 11, 10, 0))
+	want("paused past December 1", w.NextGrants(utc(2026, 11, 10, 0)), 0)
+	w.Configure(Settings{Plan: m, Status: StatusPaused, PausedUntil: dec1}, utc(2026, 11, 10, 0))
+	want("paused until December 1", w.NextGrants(utc(2026, 11, 10, 0)), 1000)
+
+	small := planOf("s", Allocation{Account: "default", Asset: "CREDITS", Amount: 400, Period: PeriodMonth,
+		Anchor: utc(2026, 11, 1, 0), Strategy: StrategyExpireAndReplace})
+	w.Configure(Settings{Plan: m}, utc(2026, 11, 11, 0))
+	if _, err := w.Reconfigure(Settings{Plan: small}, PlanChangeAtPeriodEnd, utc(2026, 11, 11, 0), nil); err != nil {
+		t.Fatal(err)
+	}
+	g = w.NextGrants(utc(2026, 11, 11, 0))
+	want("a downgrade at period end", g, 400)
+	if g[0].PlanID != "s" || g[0].At != dec1 {
+		t.Fatalf("preview after scheduling %+v", g)
+	}
+	if len(w.NextGrants(jan1)) != 1 || w.Settings.Plan.ID != "m" {
+		t.Fatal("a preview changed the wallet")
+	}
 }
