@@ -70,6 +70,8 @@ var codeStatus = map[string]int{
 	// An auto-reload threshold outside the pricing's auto_reload_limits.
 	"threshold_below_minimum": fasthttp.StatusUnprocessableEntity,
 	"threshold_above_maximum": fasthttp.StatusUnprocessableEntity,
+	// Too much ledger for one usage view.
+	"usage_range_too_large": fasthttp.StatusUnprocessableEntity,
 	// 503: retry later with the same ids.
 	"overloaded":   fasthttp.StatusServiceUnavailable,
 	"unavailable":  fasthttp.StatusServiceUnavailable,

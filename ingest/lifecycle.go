@@ -781,3 +781,134 @@ func (s *Server) testClock(ctx *fasthttp.RequestCtx, method string) {
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
 }
+
+// ---- The usage view ----
+
+// Bounds of GET /v1/customers/{id}/usage.
+const (
+	usagePeriodsMax = 12        // periods per request
+	usageEntriesMax = 1_000_000 // ledger entries one request may read
+)
+
+// usage answers GET /v1/customers/{id}/usage?at=RFC3339&periods=N: per
+// plan period (UTC month without a plan), newest first, the period holding
+// at (default now) and the N-1 before it, and per account and bucket kind
+// what was granted, used, expired and what remained at the period's end
+// (wallet.Usage). It reads the ledger back to the oldest period's start.
+func (s *Server) usage(ctx *fasthttp.RequestCtx, customer string) {
+	q := ctx.QueryArgs()
+	at := s.e.Now()
+	if v := q.Peek("at"); len(v) > 0 {
+		t, err := parseTime(string(v), "at")
+		if err != nil {
+			s.writeErr(ctx, err)
+			return
+		}
+		at = t
+	}
+	n := 1
+	if v := q.Peek("periods"); len(v) > 0 {
+		k, err := strconv.Atoi(string(v))
+		if err != nil || k < 1 || k > usagePeriodsMax {
+			writeError(ctx, "invalid_request", "periods must be an integer from 1 to 12", "periods")
+			return
+		}
+		n = k
+	}
+	w, err := s.e.Wallet(customer)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	periods := w.UsagePeriods(at, n)
+	var entries []wallet.Entry // newest first, recorded since the oldest start, none after the wallet's copy
+	if len(periods) > 0 {
+		oldest := periods[len(periods)-1][0]
+		var before uint64
+	read:
+		for {
+			page, err := s.e.Ledger(customer, "", before, ledgerPageMax)
+			if err != nil {
+				s.writeErr(ctx, err)
+				return
+			}
+			for _, e := range page.Entries {
+				if e.RecordedAt < oldest {
+					break read
+				}
+				if e.Seq <= w.Seq {
+					entries = append(entries, e)
+				}
+			}
+			if len(entries) > usageEntriesMax {
+				writeError(ctx, "usage_range_too_large", "these periods hold more than 1,000,000 ledger entries: ask for fewer periods", "periods")
+				return
+			}
+			if page.Next == 0 {
+				break
+			}
+			before = page.Next
+		}
+	}
+	b := append([]byte(nil), `{"customer_id":`...)
+	b = appendString(b, customer)
+	b = append(b, `,"periods":[`...)
+	for i, p := range w.Usage(periods, entries) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"start":`...)
+		b = appendTime(b, p.Start)
+		b = append(b, `,"end":`...)
+		b = appendTime(b, p.End)
+		b = append(b, `,"accounts":[`...)
+		for j, a := range p.Accounts {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			var total wallet.KindUsage
+			b = append(b, `{"account":`...)
+			b = appendString(b, a.Account)
+			b = append(b, `,"by_kind":[`...)
+			for k, u := range a.Kinds {
+				if k > 0 {
+					b = append(b, ',')
+				}
+				kind := "none" // debt and holds: what no bucket holds
+				if u.Kind != 0 {
+					kind = u.Kind.String()
+				}
+				b = append(b, `{"kind":`...)
+				b = appendString(b, kind)
+				b = appendUsageFlows(b, &u, a.Scale)
+				b = append(b, '}')
+				total.Granted += u.Granted
+				total.Used += u.Used
+				total.Expired += u.Expired
+				total.Other += u.Other
+				total.Remaining += u.Remaining
+			}
+			b = append(b, ']')
+			b = appendUsageFlows(b, &total, a.Scale)
+			b = append(b, '}')
+		}
+		b = append(b, "]}"...)
+	}
+	b = append(b, "]}"...)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+// appendUsageFlows appends the flow members of a usage row.
+func appendUsageFlows(b []byte, u *wallet.KindUsage, scale uint8) []byte {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"granted", u.Granted}, {"used", u.Used}, {"expired", u.Expired}, {"other", u.Other}, {"remaining", u.Remaining}} {
+		b = append(b, `,"`...)
+		b = append(b, f.name...)
+		b = append(b, `":`...)
+		b = appendUnits(b, f.v, scale)
+	}
+	return b
+}

@@ -848,6 +848,71 @@ func TestLifecycleReloadThresholdBounds(t *testing.T) {
 	apiWantErr(t, "omitted, unbounded", e.call("PUT", "/v1/customers/other_u", reload("team", "")), 400, "invalid_amount", "auto_reload.threshold")
 }
 
+// TestLifecycleUsageView: Wanclouds' Total / Used / Remaining per period,
+// by bucket kind, from GET /v1/customers/{id}/usage: November (plan 1,000,
+// a top-up of 500, 300 used) and December (the plan's 700 left expire at
+// its start, 1,000 granted, 1,200 used: the plan's 1,000, then 200 of the
+// top-up), each period's numbers adding up.
+func TestLifecycleUsageView(t *testing.T) {
+	e, _ := newLifecycleEnv(t, "2026-11-01T00:00:00Z")
+	const c = "wanclouds"
+	e.newCustomer(c, `{"plan":{"id":"std","allocations":[{"asset":"CREDITS","amount":"1000","period":"month",
+	 "anchor":"2026-11-01T00:00:00Z","strategy":"expire_and_replace"}]}}`)
+	e.topUp(c, `{"id":"t1","asset":"CREDITS","amount":"500"}`)
+	if r := e.use(c, "u1", 300, ""); r.Status != "charged" {
+		t.Fatal(r)
+	}
+	e.clockTo("2026-12-10T00:00:00Z")
+	if r := e.use(c, "u2", 1200, ""); r.Status != "charged" {
+		t.Fatal(r)
+	}
+	type flows struct {
+		Kind      string `json:"kind"`
+		Granted   string `json:"granted"`
+		Used      string `json:"used"`
+		Expired   string `json:"expired"`
+		Other     string `json:"other"`
+		Remaining string `json:"remaining"`
+	}
+	var v struct {
+		Periods []struct {
+			Start, End string
+			Accounts   []struct {
+				Account string  `json:"account"`
+				ByKind  []flows `json:"by_kind"`
+				flows
+			} `json:"accounts"`
+		} `json:"periods"`
+	}
+	apiDecode(t, e.must(200, "GET", "/v1/customers/"+c+"/usage?periods=2", "").Body, &v)
+	want := []struct {
+		start, end string
+		total      flows
+		kinds      []flows
+	}{
+		{"2026-12-01T00:00:00.000Z", "2027-01-01T00:00:00.000Z", flows{"", "1000", "1200", "700", "0", "300"},
+			[]flows{{"plan", "1000", "1000", "700", "0", "0"}, {"recharge", "0", "200", "0", "0", "300"}}},
+		{"2026-11-01T00:00:00.000Z", "2026-12-01T00:00:00.000Z", flows{"", "1500", "300", "0", "0", "1200"},
+			[]flows{{"plan", "1000", "300", "0", "0", "700"}, {"recharge", "500", "0", "0", "0", "500"}}},
+	}
+	if len(v.Periods) != 2 {
+		t.Fatalf("periods %+v", v.Periods)
+	}
+	for i, w := range want {
+		p := v.Periods[i]
+		if p.Start != w.start || p.End != w.end || len(p.Accounts) != 1 || p.Accounts[0].Account != "default:CREDITS" {
+			t.Fatalf("period %d: %+v", i, p)
+		}
+		a := p.Accounts[0]
+		if a.flows != w.total || !slices.Equal(a.ByKind, w.kinds) {
+			t.Errorf("period %s: total %+v by kind %+v, want %+v %+v", p.Start, a.flows, a.ByKind, w.total, w.kinds)
+		}
+	}
+	apiWantErr(t, "periods", e.call("GET", "/v1/customers/"+c+"/usage?periods=13", ""), 400, "invalid_request", "periods")
+	apiWantErr(t, "at", e.call("GET", "/v1/customers/"+c+"/usage?at=yesterday", ""), 400, "invalid_timestamp", "at")
+	apiWantErr(t, "customer", e.call("GET", "/v1/customers/nobody/usage", ""), 404, "unknown_customer", "")
+}
+
 // TestLifecycleMakeReloadFailure: in grant_immediately mode a failed payment
 // disables auto-reload and pauses the customer (usage rejected
 // account_paused; the granted credits stay) until POST .../resume.

@@ -329,6 +329,11 @@ func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) st
 			s.ledger(ctx, id)
 		}
 		return "ledger"
+	case len(parts) == 2 && parts[1] == "usage":
+		if s.allow(ctx, method, "GET", ScopeRead) {
+			s.usage(ctx, id)
+		}
+		return "usage"
 	}
 	writeError(ctx, "not_found", "no such endpoint: "+method+" /v1/customers/"+rest, "")
 	return "unknown"

@@ -396,7 +396,7 @@ func (m *model) grantAlloc(i int, al *Allocation, k, at int64, prorate bool) {
 	a.debt -= settle
 	if exp == 0 { // an accumulating allocation grows its one bucket
 		for j := range m.buckets {
-			if b := &m.buckets[j]; b.acct == acct && b.alloc == i+1 && b.ref == m.plan.ID && b.exp == 0 && b.amount <= CommandUnitsMax-amount {
+			if b := &m.buckets[j]; b.acct == acct && b.alloc == i+1 && b.ref == m.plan.ID && b.kind == kind && b.exp == 0 && b.amount <= CommandUnitsMax-amount {
 				b.amount += amount
 				b.rem += amount - settle
 				m.grantEntries(EntryGrant, acct, amount, settle, b.id, at)
@@ -998,6 +998,7 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 	var curPlan *Plan
 	var curReload *AutoReload
 	counts := map[string]int{}
+	var ledger []Entry // every entry the wallet made, oldest first
 
 	pickAcct := func() (string, string) {
 		a := accounts[rng.IntN(len(accounts))]
@@ -1456,6 +1457,11 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 			clear(debited) // refused: nothing was debited
 		}
 		inv.check(t, seed, step, op, w, m, now, o.entries, &o.fx, debited)
+		ledger = append(ledger, o.entries...)
+		if step%97 == 0 {
+			checkUsageView(t, seed, step, w, m, ledger, now)
+			counts["(usage views checked)"]++
+		}
 	}
 	if testing.Verbose() {
 		keys := make([]string, 0, len(counts))
@@ -1465,6 +1471,84 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 		slices.Sort(keys)
 		for _, k := range keys {
 			t.Logf("seed %d: %-40s %d", seed, k, counts[k])
+		}
+	}
+}
+
+// checkUsageView checks the usage view of the last three periods against
+// the ledger (every entry the wallet made, oldest first) and the model:
+// each period's granted, used, expired and other are the sums of its
+// entries by type and bucket kind, what remained at its end is the ledger's
+// balance then, and for the period not over yet it is what the model's
+// buckets hold now.
+func checkUsageView(t *testing.T, seed uint64, step int, w *Wallet, m *model, ledger []Entry, now int64) {
+	t.Helper()
+	periods := w.UsagePeriods(now, 3)
+	var recent []Entry // newest first, since the oldest period's start
+	for i := len(ledger) - 1; i >= 0 && ledger[i].RecordedAt >= periods[len(periods)-1][0]; i-- {
+		recent = append(recent, ledger[i])
+	}
+	type key struct {
+		acct string
+		kind Kind
+	}
+	for _, pu := range w.Usage(periods, recent) {
+		want := map[key]*KindUsage{}
+		get := func(k key) *KindUsage {
+			if want[k] == nil {
+				want[k] = &KindUsage{Kind: k.kind}
+			}
+			return want[k]
+		}
+		for _, e := range ledger {
+			k := key{e.Account, e.BucketKind}
+			if e.RecordedAt < pu.End {
+				get(k).Remaining += e.Amount
+			}
+			if e.RecordedAt < pu.Start || e.RecordedAt >= pu.End {
+				continue
+			}
+			switch f := get(k); {
+			case e.Amount > 0 && (e.Type == EntryGrant || e.Type == EntryTopUp || e.Type == EntryAutoReload || e.Type == EntryAdjustment):
+				f.Granted += e.Amount
+			case e.Type == EntryUsage:
+				f.Used -= e.Amount
+			case e.Type == EntryExpiry:
+				f.Expired -= e.Amount
+			default:
+				f.Other += e.Amount
+			}
+		}
+		got := map[key]KindUsage{}
+		for _, a := range pu.Accounts {
+			for _, k := range a.Kinds {
+				got[key{a.Account, k.Kind}] = k
+			}
+		}
+		for k, f := range want {
+			g, shown := got[k]
+			if !shown && *f == (KindUsage{Kind: k.kind}) {
+				continue // nothing held, nothing moved: the view leaves it out
+			}
+			if g != *f {
+				t.Fatalf("seed %d step %d: usage view of [%d, %d) %s kind %d: %+v, the ledger says %+v", seed, step, pu.Start, pu.End, k.acct, k.kind, g, *f)
+			}
+		}
+		if pu.End <= now {
+			continue
+		}
+		// Not over yet: what remains is what the model holds.
+		held := map[key]int64{}
+		for _, b := range m.buckets {
+			held[key{b.acct, b.kind}] += b.rem
+		}
+		for id, a := range m.accts {
+			held[key{id, 0}] -= a.held + a.debt
+		}
+		for k, v := range held {
+			if got[k].Remaining != v {
+				t.Fatalf("seed %d step %d: usage view now, %s kind %d: remaining %d, the model holds %d", seed, step, k.acct, k.kind, got[k].Remaining, v)
+			}
 		}
 	}
 }

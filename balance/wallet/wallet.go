@@ -515,10 +515,13 @@ func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) 
 	rem := g.amount - d
 	// An accumulating allocation grows its one bucket rather than adding
 	// one per period, so that years of periods never fill the account.
+	// Only a bucket of the grant's kind: a bucket's entries carry its kind
+	// (the usage view sums them by kind), so a plan saved with another
+	// kind for the allocation starts a new bucket.
 	var id string
 	if g.alloc != 0 && g.expiresAt == 0 {
 		for i := range a.Buckets {
-			if b := &a.Buckets[i]; b.Alloc == g.alloc && b.Reference == g.reference && b.ExpiresAt == 0 && b.Amount <= CommandUnitsMax-g.amount {
+			if b := &a.Buckets[i]; b.Alloc == g.alloc && b.Reference == g.reference && b.Kind == g.kind && b.ExpiresAt == 0 && b.Amount <= CommandUnitsMax-g.amount {
 				id = b.ID
 				b.Amount += g.amount
 				b.Remaining += rem
