@@ -608,6 +608,19 @@ type TopUpResult struct {
 	ReversedAt int64
 	ExpiresAt  int64 // the bucket's expiry ("period_end" resolved); 0 = never
 	Replayed   bool  // the same top-up was seen before: nothing was applied now
+	// Reversal is what a reversal took back and kept (a replayed reversal
+	// has none: its ledger entry says).
+	Reversal *wallet.Reversal
+}
+
+// refundRule is the pricing's refund rule of a kind of purchase, or the
+// deployment's: within --reversal-window, and only while none was spent.
+func (e *Engine) refundRule(kind string) wallet.RefundRule {
+	if r, ok := e.Pricing().RefundRule(kind); ok {
+		return wallet.RefundRule{Window: int64(r.Window), MaxUsed: r.MaxUsed}
+	}
+	var none meter.Dec
+	return wallet.RefundRule{Window: int64(e.opts.ReversalWindow), MaxUsed: &none}
 }
 
 // checkFuture refuses an expiry at or before now; replays are answered before it is checked.
@@ -659,7 +672,9 @@ func (e *Engine) TopUp(customer string, c *wallet.TopUpCmd, hash [16]byte) (TopU
 	return res, err
 }
 
-// ReverseTopUp takes back a top-up if none of it was spent and it is inside the reversal window.
+// ReverseTopUp takes back what is left of a top-up, under the refund rule
+// (refundRule): inside its window, and while no more of it was used than
+// the rule allows.
 func (e *Engine) ReverseTopUp(customer, id string) (TopUpResult, error) {
 	var res TopUpResult
 	err := e.customerOp(customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
@@ -675,7 +690,7 @@ func (e *Engine) ReverseTopUp(customer, id string) (TopUpResult, error) {
 			res = TopUpResult{BucketID: rec.BucketID, Status: TopUpReversed, CreatedAt: rec.RecordedAt, ReversedAt: rec.ReversedAt, Replayed: true}
 			return nil
 		}
-		entries, berr := w.ReverseTopUp(rec.BucketID, id, int64(e.opts.ReversalWindow), g.now, sh.entries[:0])
+		rev, entries, berr := w.ReversePurchase(rec.BucketID, id, e.refundRule("topup"), g.now, sh.entries[:0])
 		sh.written(g, w, entries)
 		if berr != nil {
 			return berr
@@ -687,10 +702,26 @@ func (e *Engine) ReverseTopUp(customer, id string) (TopUpResult, error) {
 		sh.val = upd.append(sh.val[:0])
 		sh.set(g, key, sh.val)
 		sh.cache.put(string(key), &upd)
-		res = TopUpResult{BucketID: rec.BucketID, Status: TopUpReversed, CreatedAt: rec.RecordedAt, ReversedAt: g.now}
+		res = TopUpResult{BucketID: rec.BucketID, Status: TopUpReversed, CreatedAt: rec.RecordedAt, ReversedAt: g.now, Reversal: &rev}
 		return nil
 	})
 	return res, err
+}
+
+// ReverseGrant takes back what is left of a plan grant's bucket (APOB's
+// yearly plan bought by mistake) under the pricing's plan_grant refund rule
+// (refundRule). A grant is reversed once: its bucket is gone after, and a
+// second reversal is topup_spent.
+func (e *Engine) ReverseGrant(customer, bucketID string) (wallet.Reversal, error) {
+	var rev wallet.Reversal
+	err := e.customerOp(customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
+		var berr *wallet.Error
+		var entries []wallet.Entry
+		rev, entries, berr = w.ReversePurchase(bucketID, "", e.refundRule("plan_grant"), g.now, sh.entries[:0])
+		sh.written(g, w, entries)
+		return berr
+	})
+	return rev, err
 }
 
 // AdjustResult is the outcome of an adjustment.

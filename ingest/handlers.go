@@ -713,6 +713,41 @@ func (s *Server) reverse(ctx *fasthttp.RequestCtx, customer, id string) {
 	b = appendString(b, res.BucketID)
 	b = append(b, `,"status":"reversed","reversed_at":`...)
 	b = appendTime(b, res.ReversedAt)
+	if r := res.Reversal; r != nil {
+		b = appendReversal(b, r)
+	}
+	b = append(b, '}')
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
+// appendReversal appends what a reversal took back and what the customer
+// keeps (what was used of the purchase).
+func appendReversal(b []byte, r *wallet.Reversal) []byte {
+	b = append(b, `,"account":`...)
+	b = appendString(b, r.Account)
+	b = append(b, `,"reversed":`...)
+	b = appendUnits(b, r.Reversed, r.Scale)
+	b = append(b, `,"kept":`...)
+	return appendUnits(b, r.Kept, r.Scale)
+}
+
+// reverseGrant answers POST /v1/customers/{id}/grants/{bucket_id}/reverse.
+func (s *Server) reverseGrant(ctx *fasthttp.RequestCtx, customer, bucketID string) {
+	if !validID(bucketID) {
+		writeError(ctx, "invalid_id", "bucket id must be 1-128 characters of [A-Za-z0-9._:-]", "bucket_id")
+		return
+	}
+	r, err := s.e.ReverseGrant(customer, bucketID)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	b := append([]byte(nil), `{"bucket_id":`...)
+	b = appendString(b, bucketID)
+	b = append(b, `,"status":"reversed","reversed_at":`...)
+	b = appendTime(b, s.e.Now())
+	b = appendReversal(b, &r)
 	b = append(b, '}')
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)

@@ -913,6 +913,91 @@ func TestLifecycleUsageView(t *testing.T) {
 	apiWantErr(t, "customer", e.call("GET", "/v1/customers/nobody/usage", ""), 404, "unknown_customer", "")
 }
 
+// TestLifecycleRefundRules: APOB refunds a purchase inside 48 hours while
+// fewer than 1,000 of its credits were used: with 999 used it is reversed
+// (the 4,001 left taken back, the 999 used kept, both in the answer and
+// the ledger); with 1,000 used it is 409 refund_allowance_exceeded; after
+// 48 hours reversal_window_elapsed. Alphio's partly spent top-up: the
+// unspent part is reversed under a rule that allows it, refused
+// topup_spent under one that allows none spent. APOB's yearly plan bought
+// by mistake is reversed the same way.
+func TestLifecycleRefundRules(t *testing.T) {
+	e, _ := newLifecycleEnv(t, "2026-11-05T12:00:00Z")
+	pricing := func(rules string) {
+		e.putPricing(strings.TrimSuffix(apiCreditsPricing, "}") + `,"refund_rules":` + rules + `}`)
+	}
+	pricing(`{"topup":{"window":"48h","max_used":"999"},"plan_grant":{"window":"48h","max_used":"999"}}`)
+	type reversal struct {
+		Status   string `json:"status"`
+		Account  string `json:"account"`
+		Reversed string `json:"reversed"`
+		Kept     string `json:"kept"`
+	}
+	buy := func(c string, used int) {
+		t.Helper()
+		e.newCustomer(c, `{}`)
+		e.topUp(c, `{"id":"t1","asset":"CREDITS","amount":"5000"}`)
+		if used > 0 {
+			if r := e.use(c, c+"_u", used, ""); r.Status != "charged" {
+				t.Fatal(r)
+			}
+		}
+	}
+	buy("apob_999", 999)
+	var r reversal
+	apiDecode(t, e.must(200, "POST", "/v1/customers/apob_999/topups/t1/reverse", "").Body, &r)
+	if r != (reversal{"reversed", "default:CREDITS", "4001", "999"}) {
+		t.Errorf("999 used: %+v", r)
+	}
+	apiWantDec(t, "available after the refund", e.credits("apob_999").Available, "0")
+	var md []string
+	for _, en := range e.ledgerAll("apob_999", "default:CREDITS") {
+		if en.Type == "topup_reversal" {
+			md = append(md, en.Amount+" "+string(en.Metadata))
+		}
+	}
+	if !slices.Equal(md, []string{`-4001 {"reversed":"4001","kept":"999"}`}) {
+		t.Errorf("ledger: %v", md)
+	}
+	e.checkInvariants("apob_999")
+
+	buy("apob_1000", 1000)
+	apiWantErr(t, "1,000 used", e.call("POST", "/v1/customers/apob_1000/topups/t1/reverse", ""), 409, "refund_allowance_exceeded", "")
+	buy("apob_late", 0)
+	e.clockTo("2026-11-07T12:00:00.001Z")
+	apiWantErr(t, "after 48 h", e.call("POST", "/v1/customers/apob_late/topups/t1/reverse", ""), 409, "reversal_window_elapsed", "")
+
+	// Alphio: 24 h; a partly spent top-up.
+	pricing(`{"topup":{"window":"24h"}}`)
+	buy("alphio_any", 1200)
+	apiDecode(t, e.must(200, "POST", "/v1/customers/alphio_any/topups/t1/reverse", "").Body, &r)
+	if r != (reversal{"reversed", "default:CREDITS", "3800", "1200"}) {
+		t.Errorf("Alphio, any used: %+v", r)
+	}
+	pricing(`{"topup":{"window":"24h","max_used":"0"}}`)
+	buy("alphio_none", 1200)
+	apiWantErr(t, "Alphio, none spent", e.call("POST", "/v1/customers/alphio_none/topups/t1/reverse", ""), 409, "topup_spent", "")
+
+	// APOB's yearly plan bought by mistake: 500 used within 48 hours.
+	pricing(`{"plan_grant":{"window":"48h","max_used":"999"}}`)
+	e.newCustomer("apob_year", `{"plan":{"id":"yearly","allocations":[{"asset":"CREDITS","amount":"240000","period":"year"}]}}`)
+	if r := e.use("apob_year", "y1", 500, ""); r.Status != "charged" {
+		t.Fatal(r)
+	}
+	b := e.credits("apob_year").Buckets
+	if len(b) != 1 || b[0].Kind != "plan" {
+		t.Fatalf("buckets %+v", b)
+	}
+	apiDecode(t, e.must(200, "POST", "/v1/customers/apob_year/grants/"+b[0].ID+"/reverse", "").Body, &r)
+	if r != (reversal{"reversed", "default:CREDITS", "239500", "500"}) {
+		t.Errorf("the yearly plan: %+v", r)
+	}
+	apiWantDec(t, "after the plan's reversal", e.credits("apob_year").Available, "0")
+	apiWantErr(t, "twice", e.call("POST", "/v1/customers/apob_year/grants/"+b[0].ID+"/reverse", ""), 409, "topup_spent", "")
+	apiWantErr(t, "a top-up's bucket", e.call("POST", "/v1/customers/alphio_none/grants/"+e.credits("alphio_none").Buckets[0].ID+"/reverse", ""), 404, "unknown_bucket", "")
+	e.checkInvariants("apob_year")
+}
+
 // TestLifecycleMakeReloadFailure: in grant_immediately mode a failed payment
 // disables auto-reload and pauses the customer (usage rejected
 // account_paused; the granted credits stay) until POST .../resume.

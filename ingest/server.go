@@ -304,6 +304,11 @@ func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) st
 			s.reverse(ctx, id, parts[2])
 		}
 		return "topup_reverse"
+	case len(parts) == 4 && parts[1] == "grants" && parts[3] == "reverse":
+		if s.allow(ctx, method, "POST", ScopeAdmin) {
+			s.reverseGrant(ctx, id, parts[2])
+		}
+		return "grant_reverse"
 	case len(parts) == 2 && parts[1] == "adjustments":
 		if s.allow(ctx, method, "POST", ScopeAdmin) {
 			s.adjust(ctx, id)

@@ -28,6 +28,22 @@ type Document struct {
 	Prices           []Price           `json:"prices"`
 	TopupOffers      []TopupOffer      `json:"topup_offers"`
 	AutoReloadLimits []AutoReloadLimit `json:"auto_reload_limits,omitempty"`
+	RefundRules      *RefundRules      `json:"refund_rules,omitempty"`
+}
+
+// RefundRules say when purchases may be taken back: top-ups and plan
+// grants each within a window of the purchase, and while at most MaxUsed
+// of its credits were used (absent: any; "0": none spent). What was used
+// is kept; the rest is taken back.
+type RefundRules struct {
+	TopUp     *RefundRule `json:"topup,omitempty"`
+	PlanGrant *RefundRule `json:"plan_grant,omitempty"`
+}
+
+// RefundRule is one kind of purchase's refund rule.
+type RefundRule struct {
+	Window  string `json:"window"` // a Go duration: "24h", "48h"
+	MaxUsed *Dec   `json:"max_used,omitempty"`
 }
 
 // AutoReloadLimit bounds the auto-reload threshold customers may set on
@@ -267,8 +283,20 @@ func (d *decoder) document(v *fastjson.Value) *Document {
 			for i, e := range d.array(v, path) {
 				doc.AutoReloadLimits = append(doc.AutoReloadLimits, d.reloadLimit(e, index(path, i)))
 			}
+		case "refund_rules":
+			doc.RefundRules = &RefundRules{}
+			d.object(v, path, func(key string, v *fastjson.Value, path string) {
+				switch key {
+				case "topup":
+					doc.RefundRules.TopUp = d.refundRule(v, path)
+				case "plan_grant":
+					doc.RefundRules.PlanGrant = d.refundRule(v, path)
+				default:
+					d.unknown(path, key, "topup", "plan_grant")
+				}
+			})
 		default:
-			d.unknown(path, key, "assets", "prices", "topup_offers", "auto_reload_limits")
+			d.unknown(path, key, "assets", "prices", "topup_offers", "auto_reload_limits", "refund_rules")
 		}
 	})
 	return doc
@@ -412,6 +440,21 @@ func (d *decoder) reloadLimit(v *fastjson.Value, path string) AutoReloadLimit {
 		}
 	})
 	return l
+}
+
+func (d *decoder) refundRule(v *fastjson.Value, path string) *RefundRule {
+	r := &RefundRule{}
+	d.object(v, path, func(key string, v *fastjson.Value, path string) {
+		switch key {
+		case "window":
+			r.Window = d.str(v, path)
+		case "max_used":
+			r.MaxUsed = d.dec(v, path)
+		default:
+			d.unknown(path, key, "window", "max_used")
+		}
+	})
+	return r
 }
 
 func (d *decoder) tier(v *fastjson.Value, path string) Tier {
@@ -561,6 +604,32 @@ func (doc *Document) appendJSON(b []byte) []byte {
 			b = append(b, '}')
 		}
 		b = append(b, ']')
+	}
+	if r := doc.RefundRules; r != nil {
+		b = append(b, `,"refund_rules":{`...)
+		first := true
+		for _, k := range []struct {
+			name string
+			r    *RefundRule
+		}{{"topup", r.TopUp}, {"plan_grant", r.PlanGrant}} {
+			if k.r == nil {
+				continue
+			}
+			if !first {
+				b = append(b, ',')
+			}
+			first = false
+			b = append(b, '"')
+			b = append(b, k.name...)
+			b = append(b, `":{"window":`...)
+			b = appendString(b, k.r.Window)
+			if k.r.MaxUsed != nil {
+				b = append(b, `,"max_used":`...)
+				b = appendDec(b, *k.r.MaxUsed)
+			}
+			b = append(b, '}')
+		}
+		b = append(b, '}')
 	}
 	return append(b, '}')
 }

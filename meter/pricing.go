@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -35,6 +36,20 @@ type Pricing struct {
 	json        []byte              // canonical document
 	offers      []TopupOffer        // the document's top-up offers, validated
 	reload      map[string]ReloadLimits
+	refunds     map[string]Refund // "topup", "plan_grant"
+}
+
+// Refund is a compiled refund rule.
+type Refund struct {
+	Window  time.Duration
+	MaxUsed *Dec // nil: any amount may have been used
+}
+
+// RefundRule returns the refund rule of purchases of a kind ("topup" or
+// "plan_grant"); ok is false when the document sets none.
+func (p *Pricing) RefundRule(kind string) (r Refund, ok bool) {
+	r, ok = p.refunds[kind]
+	return r, ok
 }
 
 // ReloadLimits are an account's auto-reload threshold bounds in units of
@@ -148,6 +163,9 @@ func Compile(doc *Document, version uint32, prev *Pricing) (*Pricing, error) {
 		return nil, err
 	}
 	if err := p.compileReloadLimits(doc.AutoReloadLimits); err != nil {
+		return nil, err
+	}
+	if err := p.compileRefunds(doc.RefundRules); err != nil {
 		return nil, err
 	}
 	p.json = doc.appendJSON(nil)
@@ -522,6 +540,34 @@ func (p *Pricing) compileReloadLimits(limits []AutoReloadLimit) error {
 			p.reload = map[string]ReloadLimits{}
 		}
 		p.reload[l.Account] = out
+	}
+	return nil
+}
+
+// refundWindowMax bounds a refund rule's window.
+const refundWindowMax = 10 * 366 * 24 * time.Hour
+
+func (p *Pricing) compileRefunds(r *RefundRules) error {
+	if r == nil {
+		return nil
+	}
+	p.refunds = map[string]Refund{}
+	for _, k := range []struct {
+		name string
+		r    *RefundRule
+	}{{"topup", r.TopUp}, {"plan_grant", r.PlanGrant}} {
+		if k.r == nil {
+			continue
+		}
+		path := "refund_rules." + k.name
+		w, err := time.ParseDuration(k.r.Window)
+		if err != nil || w <= 0 || w > refundWindowMax {
+			return pricingErr(path+".window", "window must be a positive duration such as \"24h\" or \"48h\", at most 10 years")
+		}
+		if k.r.MaxUsed != nil && k.r.MaxUsed.Sign() < 0 {
+			return pricingErr(path+".max_used", "max_used must not be negative")
+		}
+		p.refunds[k.name] = Refund{Window: w, MaxUsed: k.r.MaxUsed}
 	}
 	return nil
 }

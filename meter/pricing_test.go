@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // exampleDoc is the pricing document of the contract (API.md, "Pricing").
@@ -393,6 +394,40 @@ func TestReloadLimits(t *testing.T) {
 		`{` + assets + `,"auto_reload_limits":[{"account":"default:TOK"}]}`:                                                  "auto_reload_limits[0].account",
 		`{` + assets + `,"auto_reload_limits":[{"account":"a:CREDITS"},{"account":"a:CREDITS"}]}`:                            "auto_reload_limits[1].account",
 		`{` + assets + `,"auto_reload_limits":[{"account":"a:CREDITS","threshold":"1"}]}`:                                    "auto_reload_limits[0].threshold",
+	} {
+		d, err := ParseDocument([]byte(doc))
+		if err == nil {
+			_, err = Compile(d, 1, nil)
+		}
+		var me *Error
+		if !errors.As(err, &me) || me.Field != field {
+			t.Errorf("%s: %v, want an error about %s", doc, err, field)
+		}
+	}
+}
+
+// refund_rules: a window and an optional allowance per kind of purchase,
+// kept in the canonical document.
+func TestRefundRules(t *testing.T) {
+	const assets = `"assets":[{"code":"CREDITS","scale":0}],"prices":[]`
+	p := mustCompile(t, `{`+assets+`,"refund_rules":{"topup":{"window":"48h","max_used":"999"},"plan_grant":{"window":"24h"}}}`)
+	if r, ok := p.RefundRule("topup"); !ok || r.Window != 48*time.Hour || r.MaxUsed == nil || r.MaxUsed.String() != "999" {
+		t.Fatalf("topup: %+v %v", r, ok)
+	}
+	if r, ok := p.RefundRule("plan_grant"); !ok || r.Window != 24*time.Hour || r.MaxUsed != nil {
+		t.Fatalf("plan_grant: %+v %v", r, ok)
+	}
+	if want := `{"assets":[{"code":"CREDITS","scale":0}],"prices":[],"topup_offers":[],"refund_rules":{"topup":{"window":"48h","max_used":"999"},"plan_grant":{"window":"24h"}}}`; string(p.JSON()) != want {
+		t.Errorf("canonical JSON\n%s\nwant\n%s", p.JSON(), want)
+	}
+	if _, ok := mustCompile(t, `{`+assets+`}`).RefundRule("topup"); ok {
+		t.Error("a rule without refund_rules")
+	}
+	for doc, field := range map[string]string{
+		`{` + assets + `,"refund_rules":{"topup":{"window":"two days"}}}`:                "refund_rules.topup.window",
+		`{` + assets + `,"refund_rules":{"topup":{"window":"-1h"}}}`:                     "refund_rules.topup.window",
+		`{` + assets + `,"refund_rules":{"plan_grant":{"window":"1h","max_used":"-1"}}}`: "refund_rules.plan_grant.max_used",
+		`{` + assets + `,"refund_rules":{"adjustment":{"window":"1h"}}}`:                 "refund_rules.adjustment",
 	} {
 		d, err := ParseDocument([]byte(doc))
 		if err == nil {

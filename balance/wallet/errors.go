@@ -27,14 +27,17 @@ const (
 	CodeAccountPaused         = "account_paused"
 	CodeTopUpSpent            = "topup_spent"
 	CodeReversalWindowElapsed = "reversal_window_elapsed"
-	CodeUnknownBucket         = "unknown_bucket"
-	CodeUnknownHold           = "unknown_hold"
-	CodeHoldNotActive         = "hold_not_active"
-	CodeUnknownRequest        = "unknown_request"
-	CodeReloadNotPending      = "reload_not_pending"
-	CodeNoPlanPeriod          = "no_plan_period"
-	CodeIdempotencyConflict   = "idempotency_conflict" // an id seen before with other content
-	CodeInvalidTimestamp      = "invalid_timestamp"    // an expires_at not in the future
+	// CodeRefundAllowanceExceeded: more of a purchase was used than its
+	// refund rule allows (APOB: refundable while fewer than 1,000 used).
+	CodeRefundAllowanceExceeded = "refund_allowance_exceeded"
+	CodeUnknownBucket           = "unknown_bucket"
+	CodeUnknownHold             = "unknown_hold"
+	CodeHoldNotActive           = "hold_not_active"
+	CodeUnknownRequest          = "unknown_request"
+	CodeReloadNotPending        = "reload_not_pending"
+	CodeNoPlanPeriod            = "no_plan_period"
+	CodeIdempotencyConflict     = "idempotency_conflict" // an id seen before with other content
+	CodeInvalidTimestamp        = "invalid_timestamp"    // an expires_at not in the future
 
 	// Validation refusals. The engine validates commands before they get
 	// to a wallet; the wallet checks again so that a bad command is an

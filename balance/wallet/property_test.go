@@ -558,24 +558,34 @@ func (m *model) adjust(c *AdjustCmd, now int64) string {
 	return ""
 }
 
-func (m *model) reverse(bucket, topUp string, window, now int64) string {
+// reverse takes back what is left of a top-up's (topUp) or, with topUp
+// "", a plan grant's bucket, while at most maxUsed of it was used (-1:
+// any).
+func (m *model) reverse(bucket, topUp string, window, maxUsed, now int64) string {
 	m.advance(now)
 	for _, b := range m.buckets {
 		if b.id != bucket {
 			continue
 		}
+		used := b.amount - b.rem
 		switch {
-		case b.ref != topUp:
+		case topUp != "" && (b.ref != topUp || b.alloc != 0), topUp == "" && b.alloc == 0:
 			return CodeUnknownBucket
-		case b.rem < b.amount:
+		case used > 0 && maxUsed == 0:
 			return CodeTopUpSpent
+		case used > 0 && maxUsed > 0 && used > maxUsed:
+			return CodeRefundAllowanceExceeded
 		case now > b.eff+window:
 			return CodeReversalWindowElapsed
-		case b.amount > m.avail(b.acct):
+		case b.rem > m.avail(b.acct):
 			return CodeTopUpSpent // reserved by a hold
 		}
 		m.remove(map[string]bool{b.id: true})
-		m.entry(EntryTopUpReversal, b.acct, -b.amount, b.id, now)
+		typ := EntryTopUpReversal
+		if topUp == "" {
+			typ = EntryGrant
+		}
+		m.entry(typ, b.acct, -b.rem, b.id, now)
 		return ""
 	}
 	if n, err := strconv.ParseUint(bucket[2:], 10, 64); err == nil && n > 0 && n <= m.bucketSeq {
@@ -1188,11 +1198,40 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 				rec := topUps[len(topUps)-1-rng.IntN(min(len(topUps), 5))]
 				bucket, id = rec.bucket, rec.id
 			}
+			if rng.IntN(4) == 0 {
+				id = "" // a plan grant's bucket
+				op = "reverse grant"
+				var granted []string
+				for _, b := range m.buckets {
+					if b.alloc != 0 {
+						granted = append(granted, b.id)
+					}
+				}
+				if len(granted) > 0 && rng.IntN(4) != 0 {
+					bucket = granted[rng.IntN(len(granted))]
+				}
+			}
+			// The refund rule: none spent, any amount used, or up to some.
+			rule := RefundRule{Window: day}
+			maxUsed := int64(-1)
+			switch rng.IntN(3) {
+			case 0:
+				maxUsed = 0
+			case 1:
+				maxUsed = rng.Int64N(300)
+			}
+			if maxUsed >= 0 {
+				d, err := meter.ParseDec(strconv.FormatInt(maxUsed, 10))
+				if err != nil {
+					t.Fatal(err)
+				}
+				rule.MaxUsed = &d
+			}
 			run = func(w *Wallet, out []Entry, _ []ChargeResult) stepOut {
-				out, err := w.ReverseTopUp(bucket, id, day, now, out)
+				_, out, err := w.ReversePurchase(bucket, id, rule, now, out)
 				return stepOut{entries: out, code: code(err)}
 			}
-			wantCode = m.reverse(bucket, id, day, now)
+			wantCode = m.reverse(bucket, id, day, maxUsed, now)
 		case r < 68:
 			op = "configure"
 			s := Settings{Status: StatusActive, Policy: PolicyReject}
@@ -1430,7 +1469,7 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 			if e.BalanceAfter != inv.sums[e.Account] {
 				t.Fatalf("seed %d step %d: balance_after %d != sum of entries %d", seed, step, e.BalanceAfter, inv.sums[e.Account])
 			}
-			if e.Type == EntryGrant && !(i > 0 && settledBy(&o.entries[i-1], e)) {
+			if e.Type == EntryGrant && e.Amount > 0 && !(i > 0 && settledBy(&o.entries[i-1], e)) { // not a reversed grant
 				inv.checkGrant(t, m, e)
 			}
 		}
@@ -1797,7 +1836,7 @@ func checkConsumptionOrder(t *testing.T, m *model, before map[string][]mBucket, 
 				debt[e.Account] -= e.Amount
 			}
 			continue
-		case e.Type == EntryExpiry || e.Type == EntryTopUpReversal:
+		case e.Type == EntryExpiry || e.Type == EntryTopUpReversal || e.Type == EntryGrant && e.Amount < 0: // a bucket taken away
 			left[e.BucketID] = 0
 			continue
 		case e.Amount > 0 && e.BucketID == "": // a grant settling debt

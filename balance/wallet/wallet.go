@@ -586,50 +586,99 @@ func (w *Wallet) TopUp(c *TopUpCmd, now int64, out []Entry) (bucketID string, en
 	return id, out, nil
 }
 
-// ReverseTopUp removes the unspent bucket of a top-up, with a
-// topup_reversal entry of -Amount (Reference = topUpID). The checks run in
-// this order:
-//  1. the bucket must exist in the wallet and come from that top-up (its
-//     Reference is topUpID), else CodeUnknownBucket — except that a bucket
-//     id this wallet issued which is gone (spent, absorbed by debt, expired
-//     or already reversed) is CodeTopUpSpent;
-//  2. nothing of it may be spent or absorbed by debt (Remaining == Amount),
-//     else CodeTopUpSpent;
-//  3. now - EffectiveAt <= window, else CodeReversalWindowElapsed.
+// ReverseTopUp is ReversePurchase of a top-up under the rule of the
+// release before refund rules: within window, and only while none of it
+// was spent.
 func (w *Wallet) ReverseTopUp(bucketID, topUpID string, window, now int64, out []Entry) ([]Entry, *Error) {
+	_, out, err := w.ReversePurchase(bucketID, topUpID, RefundRule{Window: window, MaxUsed: &zeroDec}, now, out)
+	return out, err
+}
+
+var zeroDec meter.Dec
+
+// RefundRule says when a purchase (a top-up, a plan grant) may be taken
+// back: within Window of it, and while at most MaxUsed of its credits were
+// used (nil: any amount). What was used is kept; the rest is taken back.
+type RefundRule struct {
+	Window  int64      // ns after the purchase
+	MaxUsed *meter.Dec // in the asset's unit; nil = no bound, 0 = none spent
+}
+
+// Reversal is what a reversal took back and what the customer keeps, in
+// the account's smallest unit.
+type Reversal struct {
+	Account        string
+	Scale          uint8
+	Reversed, Kept int64
+}
+
+// ReversePurchase takes back what is left of a purchase's bucket: a top-up
+// (reference = its id; a topup_reversal entry) or, with reference "", a
+// plan grant (a negative grant entry). The checks run in this order:
+//  1. the bucket must exist in the wallet and come from that top-up (or a
+//     plan allocation), else CodeUnknownBucket — except that a bucket id
+//     this wallet issued which is gone (spent, absorbed by debt, expired or
+//     already reversed) is CodeTopUpSpent;
+//  2. what was used of it (Amount - Remaining) must be within the rule's
+//     MaxUsed, else CodeTopUpSpent when the rule allows none, and
+//     CodeRefundAllowanceExceeded otherwise;
+//  3. now - EffectiveAt <= Window, else CodeReversalWindowElapsed;
+//  4. what is left must not be reserved by holds, else CodeTopUpSpent.
+//
+// The entry takes back Remaining; when some was used its metadata says
+// {"reversed","kept"}.
+func (w *Wallet) ReversePurchase(bucketID, reference string, rule RefundRule, now int64, out []Entry) (Reversal, []Entry, *Error) {
 	var snap availSnap
 	w.snapshot(&snap)
 	defer w.alertsSince(&snap, now)
 	out = w.advance(now, out)
+	what := "top-up " + reference
+	if reference == "" {
+		what = "plan grant " + bucketID
+	}
 	for _, a := range w.Accounts {
 		for i := range a.Buckets {
 			b := &a.Buckets[i]
 			if b.ID != bucketID {
 				continue
 			}
-			if b.Reference != topUpID {
-				return out, Errorf(CodeUnknownBucket, "bucket %s does not come from top-up %s", bucketID, topUpID)
+			if reference != "" && (b.Reference != reference || b.Alloc != 0) || reference == "" && b.Alloc == 0 {
+				return Reversal{}, out, Errorf(CodeUnknownBucket, "bucket %s does not come from %s", bucketID, what)
 			}
-			if b.Remaining != b.Amount {
-				return out, Errorf(CodeTopUpSpent, "%d of top-up %s is already spent", b.Amount-b.Remaining, topUpID)
+			used := b.Amount - b.Remaining
+			if used > 0 && rule.MaxUsed != nil {
+				if u, err := meter.ParseDec(units(used, a.Scale)); err == nil && u.Cmp(*rule.MaxUsed) > 0 {
+					if rule.MaxUsed.Sign() == 0 {
+						return Reversal{}, out, Errorf(CodeTopUpSpent, "%s of %s is already spent", units(used, a.Scale), what)
+					}
+					return Reversal{}, out, Errorf(CodeRefundAllowanceExceeded, "%s of %s was used: the refund rule allows at most %s",
+						units(used, a.Scale), what, rule.MaxUsed.String())
+				}
 			}
-			if now-b.EffectiveAt > window {
-				return out, Errorf(CodeReversalWindowElapsed, "top-up %s is older than the reversal window", topUpID)
+			if now-b.EffectiveAt > rule.Window {
+				return Reversal{}, out, Errorf(CodeReversalWindowElapsed, "%s is older than the reversal window", what)
 			}
-			if b.Amount > a.Available() {
-				return out, Errorf(CodeTopUpSpent, "top-up %s is reserved by a hold", topUpID)
+			if b.Remaining > a.Available() {
+				return Reversal{}, out, Errorf(CodeTopUpSpent, "%s is reserved by a hold", what)
 			}
-			amount, kind := b.Amount, b.Kind
+			rev := Reversal{Account: a.ID(), Scale: a.Scale, Reversed: b.Remaining, Kept: used}
+			kind, ref := b.Kind, b.Reference
 			a.removeBucket(i)
 			w.UpdatedAt = now
-			t := Entry{Type: EntryTopUpReversal, Reference: topUpID, OccurredAt: now}
-			return w.post(out, a, &t, -amount, bucketID, kind, now), nil
+			t := Entry{Type: EntryTopUpReversal, Reference: ref, OccurredAt: now}
+			if reference == "" {
+				t.Type = EntryGrant
+			}
+			if used > 0 || reference == "" {
+				t.Metadata = []byte(`{"reversed":"` + units(rev.Reversed, a.Scale) + `","kept":"` + units(used, a.Scale) + `"}`)
+			}
+			return rev, w.post(out, a, &t, -rev.Reversed, bucketID, kind, now), nil
 		}
 	}
 	if n, ok := parseBucketID(bucketID); ok && n >= 1 && n <= w.BucketSeq {
-		return out, Errorf(CodeTopUpSpent, "bucket %s of top-up %s no longer holds its amount", bucketID, topUpID)
+		return Reversal{}, out, Errorf(CodeTopUpSpent, "bucket %s of %s no longer holds credit", bucketID, what)
 	}
-	return out, Errorf(CodeUnknownBucket, "no bucket %s in this wallet", bucketID)
+	return Reversal{}, out, Errorf(CodeUnknownBucket, "no bucket %s in this wallet", bucketID)
 }
 
 // Adjust applies an adjustment. A positive amount creates a bucket of c.Kind
