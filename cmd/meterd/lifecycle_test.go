@@ -99,7 +99,8 @@ const (
 const lcPricing = `{"assets":[{"code":"CREDITS","scale":0},{"code":"USD","scale":6},{"code":"TOK","scale":0}],
  "prices":[
   {"event_type":"image_generated","account":"default:CREDITS","unit_price":"9"},
-  {"event_type":"bonus_used","account":"bonus:CREDITS","unit_price":"3"}]}`
+  {"event_type":"bonus_used","account":"bonus:CREDITS","unit_price":"3"}],
+ "refund_rules":{"topup":{"window":"48h","max_used":"100"}}}`
 
 // lcCustomer is one customer of the test and its settings.
 type lcCustomer struct {
@@ -195,7 +196,12 @@ type lcState struct {
 	holdPool    map[string][]string             // customer -> acknowledged hold ids no event used yet
 	topups      map[string]map[string]time.Time // customer -> top-up id -> expires_at (zero: never)
 	topupLog    []lcWrite                       // every top-up, acknowledged
-	holdLog     []lcWrite                       // every hold placement attempted
+	topupAmount map[string]int                  // customer/id -> amount
+	// reversals are the acknowledged reversals of top-ups (refund rule: 48
+	// hours, at most 100 credits used), by customer/id.
+	reversals        map[string]lcReversal
+	reversalsRefused map[string]int // by code
+	holdLog          []lcWrite      // every hold placement attempted
 
 	// lastStatus is, per customer, the last write that set its status in
 	// the current round (afterRestart makes every customer active).
@@ -220,7 +226,68 @@ type lcStatusWrite struct {
 func newLCState(start time.Time) *lcState {
 	return &lcState{start: start, clockAcked: start, clockSent: start, ackedClocks: []time.Time{start},
 		holds: map[string]*lcHold{}, holdPool: map[string][]string{}, topups: map[string]map[string]time.Time{},
-		lastStatus: map[string]lcStatusWrite{}}
+		lastStatus: map[string]lcStatusWrite{}, topupAmount: map[string]int{}, reversals: map[string]lcReversal{},
+		reversalsRefused: map[string]int{}}
+}
+
+// keptSome counts the reversals that left the customer credits it used.
+func keptSome(rs map[string]lcReversal) (n int) {
+	for _, r := range rs {
+		if r.Kept != "0" {
+			n++
+		}
+	}
+	return n
+}
+
+// lcReversal is what an acknowledged top-up reversal took back and kept.
+type lcReversal struct {
+	Reversed string `json:"reversed"`
+	Kept     string `json:"kept"`
+}
+
+// reverseSome asks for the reversal of up to n random top-ups not reversed
+// yet: some partly used (kept), some past the allowance or the window.
+func (s *lcState) reverseSome(h *crashHarness, errs *errLimiter, rng *rand.Rand, n int) {
+	var ids []string
+	for c, m := range s.topups {
+		for id := range m {
+			if _, done := s.reversals[c+"/"+id]; !done {
+				ids = append(ids, c+"/"+id)
+			}
+		}
+	}
+	slices.Sort(ids)
+	for range n {
+		if len(ids) == 0 {
+			return
+		}
+		key := ids[rng.IntN(len(ids))]
+		c, id, _ := strings.Cut(key, "/")
+		status, b, err := h.do("POST", "/v1/customers/"+c+"/topups/"+id+"/reverse", nil)
+		if err != nil {
+			errs.Errorf("reversal of %s: %v", key, err)
+			return
+		}
+		switch code := apiCode(b); {
+		case status == 200:
+			var r lcReversal
+			if json.Unmarshal(b, &r) != nil {
+				errs.Errorf("reversal of %s: %s", key, b)
+				continue
+			}
+			rev, _ := strconv.Atoi(r.Reversed)
+			kept, _ := strconv.Atoi(r.Kept)
+			if rev+kept != s.topupAmount[key] || kept > 100 || rev <= 0 {
+				errs.Errorf("reversal of %s (%d credits, at most 100 used): %s", key, s.topupAmount[key], b)
+			}
+			s.reversals[key] = r
+		case status == 409 && (code == "topup_spent" || code == "refund_allowance_exceeded" || code == "reversal_window_elapsed"):
+			s.reversalsRefused[code]++
+		default:
+			errs.Errorf("reversal of %s: status %d: %s", key, status, b)
+		}
+	}
 }
 
 // setStatus records a status write of customer c, before it is sent
@@ -941,9 +1008,10 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 	}
 	topups := s.topups[c]
 
-	pairs := map[string]int{} // hold -> debt-settling pairs at its end
-	var debtPair *chEntry     // the entry before, when it opened such a pair
-	var settled int64         // a grant's debt part, read with its bucket part next
+	pairs := map[string]int{}    // hold -> debt-settling pairs at its end
+	reversed := map[string]int{} // top-up id -> its reversal entries
+	var debtPair *chEntry        // the entry before, when it opened such a pair
+	var settled int64            // a grant's debt part, read with its bucket part next
 	for i, e := range entries {
 		pending := debtPair
 		debtPair = nil
@@ -1169,6 +1237,26 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 				errs.Errorf("%s: bucket %s had %d left", where, bid, b.rem)
 			}
 			b.rem = 0
+		case e.Type == "topup_reversal":
+			// What was left of an acknowledged reversal's top-up, taken
+			// back at once; what was used is kept (the metadata says).
+			b := buckets[bid]
+			rev, acked := s.reversals[c+"/"+ref]
+			var md lcReversal
+			if e.Metadata != nil {
+				_ = json.Unmarshal(e.Metadata, &md)
+			}
+			switch {
+			case b == nil || b.account != e.Account || b.alloc != -1:
+				errs.Errorf("%s: reversal of bucket %q, which is not a top-up's of this account", where, bid)
+				continue
+			case amt >= 0 || -amt != b.rem:
+				errs.Errorf("%s: reversal of bucket %s with %d left", where, bid, b.rem)
+			case !acked || rev.Reversed != strconv.FormatInt(-amt, 10) || md.Kept != "" && md.Kept != rev.Kept:
+				errs.Errorf("%s: reversal of top-up %s (metadata %s), acknowledged as %+v (acknowledged: %v)", where, ref, e.Metadata, rev, acked)
+			}
+			b.rem = 0
+			reversed[ref]++
 		case e.Type == "hold" && amt < 0:
 			a.held -= amt
 			if holdEntries[ref] == nil {
@@ -1194,6 +1282,12 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 
 	for _, n := range pairs {
 		cnt.holdDebtPairs += n
+	}
+	// Every acknowledged reversal has exactly one entry.
+	for key := range s.reversals {
+		if cust, id, _ := strings.Cut(key, "/"); cust == c && reversed[id] != 1 {
+			errs.Errorf("customer %s: acknowledged reversal of %s has %d entries", c, id, reversed[id])
+		}
 	}
 
 	// (i) The wallet: available = the ledger's sum; held, debt and every
@@ -1553,6 +1647,7 @@ func (s *lcState) afterRestart(h *crashHarness, errs *errLimiter, rng *rand.Rand
 	for _, i := range rng.Perm(len(custs))[:lcTopUpsPerRound] {
 		s.topUp(h, custs[i], fmt.Sprintf("tu-r%d", round), 120, s.clockAcked.Add(time.Duration(60+rng.IntN(5*60))*time.Minute))
 	}
+	s.reverseSome(h, errs, rng, 3)
 
 	var sample []*crashEvent
 	for _, e := range s.events {
@@ -1586,6 +1681,12 @@ func (s *lcState) replay(h *crashHarness, errs *errLimiter) {
 		status, b, err := h.do("POST", w.path, w.body)
 		var was, is struct{ ID, BucketID, Status, ExpiresAt string }
 		_ = json.Unmarshal(w.answer, &was)
+		if _, reversed := s.reversals[w.customer+"/"+w.id]; reversed {
+			was.Status = "reversed" // the top-up as it is now
+			if st, rb, err := h.do("POST", "/v1/customers/"+w.customer+"/topups/"+w.id+"/reverse", nil); err != nil || st != 200 || !bytes.Contains(rb, []byte(`"status":"reversed"`)) {
+				errs.Errorf("reversal of %s/%s asked again: status %d, %v: %s", w.customer, w.id, st, err, rb)
+			}
+		}
 		if err != nil || status != 200 || json.Unmarshal(b, &is) != nil || is != was {
 			errs.Errorf("top-up %s of %s replayed: status %d, %v: %s; first answer %s", w.id, w.customer, status, err, b, w.answer)
 		}
@@ -1677,6 +1778,7 @@ func (s *lcState) topUp(h *crashHarness, cu *lcCustomer, id string, amount int, 
 	body := fmt.Appendf(nil, `{"id":%q,"account":"default","asset":"CREDITS","amount":"%d","expires_at":%s}`, id, amount, exp)
 	answer := h.mustDo("POST", "/v1/customers/"+cu.id+"/topups", body, 201)
 	s.topupLog = append(s.topupLog, lcWrite{path: "/v1/customers/" + cu.id + "/topups", customer: cu.id, id: id, body: body, acked: true, answer: answer})
+	s.topupAmount[cu.id+"/"+id] = amount
 	if s.topups[cu.id] == nil {
 		s.topups[cu.id] = map[string]time.Time{}
 	}
@@ -1933,6 +2035,7 @@ func TestLifecycleCrash(t *testing.T) {
 		len(s.events), nAck, nCharged, nRecorded, nRejected, nPaused, s.holdEvents)
 	t.Logf("holds: %d acknowledged, %d refused, %d releases acknowledged, by final status %v; auto-reload: %d requests, %d confirmed, %d failed, at most %d seen pending at once, %d customers left with several pending; pauses with an end: %d over by themselves, %d still running when checked",
 		len(s.holds), s.holdsRefused, s.holdsReleased, cnt.holdsByStatus, cnt.reloads, s.reloadsConfirmed, s.reloadsFailed, s.maxPendingSeen, cnt.severalPending, s.pausesEnded, s.pausesRunning)
+	t.Logf("top-up reversals: %d acknowledged (%d keeping used credits), refused %v", len(s.reversals), keptSome(s.reversals), s.reversalsRefused)
 	t.Logf("ledger: %d entries, %d plan grants (%d accumulate periods skipped at the cap, %d expire_and_replace periods skipped by jumps), %d expiries, %d expiring buckets drained before expiry, %d grants and %d hold ends settling debt",
 		cnt.entries, cnt.grants, cnt.skippedAccumulate, cnt.skippedReplace, cnt.expiries, cnt.drainedBeforeExpiry, cnt.debtSettled, cnt.holdDebtPairs)
 	t.Logf("notifications: %d (%s); webhook: %d requests, %d answered 500 (%v spent backing off), %d notifications delivered more than once",
