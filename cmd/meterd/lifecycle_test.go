@@ -209,6 +209,9 @@ type lcState struct {
 	// pausesEnded and pausesRunning count the pauses with an end that
 	// checkStatus found over and not yet over.
 	pausesEnded, pausesRunning int
+	// changesMade and changesPending count the scheduled plan changes
+	// checkStatus found made at their boundary and still waiting.
+	changesMade, changesPending int
 
 	holdEvents, holdsRefused, holdsReleased, reloadsConfirmed, reloadsFailed, clockMoves int
 	maxPendingSeen                                                                       int // auto-reload requests pending at once, as the reload worker saw them
@@ -484,12 +487,20 @@ type lcReload struct {
 }
 
 // reloadWorker confirms pending auto-reload requests, or fails some (and
-// then saves the customer's settings again, which resumes it and enables
-// auto-reload again).
+// then saves the customer's settings again, saveSettings), and now and then
+// saves a customer's settings on its own.
 func (s *lcState) reloadWorker(c *http.Client, base string, rng *rand.Rand, custs []*lcCustomer, stop *atomic.Bool, errs *errLimiter) {
 	for !stop.Load() {
 		time.Sleep(time.Duration(10+rng.IntN(25)) * time.Millisecond)
 		cu := custs[rng.IntN(len(custs))]
+		if rng.IntN(6) == 0 {
+			// Settings saved on their own: pauses with an end and plan
+			// changes at period end, among the load.
+			if !s.saveSettings(c, base, cu, rng, errs) {
+				return
+			}
+			continue
+		}
 		status, b, err := crashDo(c, "GET", base+"/v1/customers/"+cu.id+"/auto-reload/requests?limit=10", nil)
 		if err != nil {
 			return
@@ -553,31 +564,43 @@ func (s *lcState) reloadWorker(c *http.Client, base string, rng *rand.Rand, cust
 			errs.Errorf("%s of %s %s: status %d: %s", action, cu.id, id, status, b)
 			return
 		}
-		if action == "fail" {
-			// The same settings again: active, auto-reload on, and the plan's
-			// schedules kept (nothing granted twice). Or, one time in two,
-			// paused until a time 1 to 90 minutes ahead of the clock: the
-			// customer resumes by itself then.
-			w, settings := lcStatusWrite{kind: "active"}, cu.settings()
-			if rng.IntN(2) == 0 {
-				s.mu.Lock()
-				w = lcStatusWrite{kind: "paused_until", until: s.clockAcked.Add(time.Duration(1+rng.IntN(90)) * time.Minute)}
-				s.mu.Unlock()
-				settings = cu.settingsPaused(w.until)
-			}
-			s.setStatus(cu.id, w)
-			status, b, err = crashDo(c, "PUT", base+"/v1/customers/"+cu.id, settings)
-			if err != nil {
-				return
-			}
-			if status != 200 {
-				errs.Errorf("PUT customer %s after a failed reload: status %d: %s", cu.id, status, b)
-				return
-			}
-			w.acked = true
-			s.setStatus(cu.id, w)
+		if action == "fail" && !s.saveSettings(c, base, cu, rng, errs) {
+			return
 		}
 	}
+}
+
+// saveSettings saves a customer's settings again (which resumes it and
+// enables auto-reload again, the plan's schedules kept: nothing granted
+// twice), one way of three: active; paused until a time 1 to 90 minutes
+// ahead of the clock (it resumes by itself then); or with the same plan as
+// a change at the end of the period (it waits in scheduled_plan for the
+// boundary, and taking it there must neither skip nor repeat a grant, ii).
+// It returns false when the process is gone.
+func (s *lcState) saveSettings(c *http.Client, base string, cu *lcCustomer, rng *rand.Rand, errs *errLimiter) bool {
+	w, settings := lcStatusWrite{kind: "active"}, cu.settings()
+	switch rng.IntN(3) {
+	case 0:
+		s.mu.Lock()
+		w = lcStatusWrite{kind: "paused_until", until: s.clockAcked.Add(time.Duration(1+rng.IntN(90)) * time.Minute)}
+		s.mu.Unlock()
+		settings = cu.settingsPaused(w.until)
+	case 1:
+		w = lcStatusWrite{kind: "scheduled"}
+		settings = cu.settingsStatus(`"status":"active","plan_change":{"at":"period_end"}`)
+	}
+	s.setStatus(cu.id, w)
+	status, b, err := crashDo(c, "PUT", base+"/v1/customers/"+cu.id, settings)
+	if err != nil {
+		return false
+	}
+	if status != 200 {
+		errs.Errorf("PUT customer %s: status %d: %s", cu.id, status, b)
+		return false
+	}
+	w.acked = true
+	s.setStatus(cu.id, w)
+	return true
 }
 
 // nextStep picks the clock's next move: one jump of more than a day (so
@@ -931,6 +954,22 @@ func (s *lcState) checkStatus(h *crashHarness, errs *errLimiter, c string, final
 	if err != nil || status != 200 || json.Unmarshal(b, &cu) != nil {
 		errs.Errorf("GET customer %s: status %d, %v: %s", c, status, err, b)
 		return
+	}
+	var sched struct {
+		Scheduled *struct {
+			StartsAt string `json:"starts_at"`
+		} `json:"scheduled_plan"`
+	}
+	_ = json.Unmarshal(b, &sched)
+	if sc := sched.Scheduled; sc != nil {
+		// A change is scheduled only by the last write, and one due by the
+		// final clock has been made.
+		if at := lcTime(errs, "starts_at", sc.StartsAt); w.kind != "scheduled" || !at.After(final) {
+			errs.Errorf("customer %s: scheduled_plan at %s after %+v at %s", c, sc.StartsAt, w, final.Format(time.RFC3339))
+		}
+		s.changesPending++
+	} else if w.kind == "scheduled" {
+		s.changesMade++
 	}
 	want, wantUntil := "active", ""
 	switch {
@@ -2035,7 +2074,8 @@ func TestLifecycleCrash(t *testing.T) {
 		len(s.events), nAck, nCharged, nRecorded, nRejected, nPaused, s.holdEvents)
 	t.Logf("holds: %d acknowledged, %d refused, %d releases acknowledged, by final status %v; auto-reload: %d requests, %d confirmed, %d failed, at most %d seen pending at once, %d customers left with several pending; pauses with an end: %d over by themselves, %d still running when checked",
 		len(s.holds), s.holdsRefused, s.holdsReleased, cnt.holdsByStatus, cnt.reloads, s.reloadsConfirmed, s.reloadsFailed, s.maxPendingSeen, cnt.severalPending, s.pausesEnded, s.pausesRunning)
-	t.Logf("top-up reversals: %d acknowledged (%d keeping used credits), refused %v", len(s.reversals), keptSome(s.reversals), s.reversalsRefused)
+	t.Logf("top-up reversals: %d acknowledged (%d keeping used credits), refused %v; plan changes at period end: %d made at their boundary, %d still waiting when checked",
+		len(s.reversals), keptSome(s.reversals), s.reversalsRefused, s.changesMade, s.changesPending)
 	t.Logf("ledger: %d entries, %d plan grants (%d accumulate periods skipped at the cap, %d expire_and_replace periods skipped by jumps), %d expiries, %d expiring buckets drained before expiry, %d grants and %d hold ends settling debt",
 		cnt.entries, cnt.grants, cnt.skippedAccumulate, cnt.skippedReplace, cnt.expiries, cnt.drainedBeforeExpiry, cnt.debtSettled, cnt.holdDebtPairs)
 	t.Logf("notifications: %d (%s); webhook: %d requests, %d answered 500 (%v spent backing off), %d notifications delivered more than once",
