@@ -40,6 +40,17 @@ type RefundRules struct {
 	PlanGrant *RefundRule `json:"plan_grant,omitempty"`
 }
 
+// refundKind is a kind of purchase ("topup", "plan_grant") and its rule.
+type refundKind struct {
+	name string
+	r    *RefundRule
+}
+
+// byKind is the rules in the contract's order; a rule not given is nil.
+func (r *RefundRules) byKind() []refundKind {
+	return []refundKind{{"topup", r.TopUp}, {"plan_grant", r.PlanGrant}}
+}
+
 // RefundRule is one kind of purchase's refund rule.
 type RefundRule struct {
 	Window  string `json:"window"` // a Go duration: "24h", "48h"
@@ -608,10 +619,7 @@ func (doc *Document) appendJSON(b []byte) []byte {
 	if r := doc.RefundRules; r != nil {
 		b = append(b, `,"refund_rules":{`...)
 		first := true
-		for _, k := range []struct {
-			name string
-			r    *RefundRule
-		}{{"topup", r.TopUp}, {"plan_grant", r.PlanGrant}} {
+		for _, k := range r.byKind() {
 			if k.r == nil {
 				continue
 			}

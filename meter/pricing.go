@@ -552,10 +552,7 @@ func (p *Pricing) compileRefunds(r *RefundRules) error {
 		return nil
 	}
 	p.refunds = map[string]Refund{}
-	for _, k := range []struct {
-		name string
-		r    *RefundRule
-	}{{"topup", r.TopUp}, {"plan_grant", r.PlanGrant}} {
+	for _, k := range r.byKind() {
 		if k.r == nil {
 			continue
 		}

@@ -517,16 +517,7 @@ func (w *Wallet) endPlanBuckets(next *Plan, at int64, out []Entry) []Entry {
 				i++
 				continue
 			}
-			t := Entry{Type: EntryExpiry, Reference: b.Reference, OccurredAt: at, Metadata: planChangeMetadata}
-			rem, id, kind := b.Remaining, b.ID, b.Kind
-			a.removeBucket(i)
-			w.UpdatedAt = at
-			if rem > 0 {
-				out = w.post(out, a, &t, -rem, id, kind, at)
-				w.note(NoteBucketExpired, a.ID(), at, noteField{key: "bucket_id", str: id},
-					noteField{key: "kind", str: kind.String()}, noteField{key: "amount", str: units(rem, a.Scale)},
-					noteField{key: "reference", str: t.Reference})
-			}
+			out = w.endBucket(a, i, &Entry{Type: EntryExpiry, Reference: b.Reference, OccurredAt: at, Metadata: planChangeMetadata}, at, out)
 		}
 	}
 	return out
@@ -787,6 +778,20 @@ func (w *Wallet) reloadPeriodStart(now int64) int64 {
 	return periodStart(anchor, m, periodIndex(anchor, m, now))
 }
 
+// UnpaidMax is how many requests may be pending at once: in await_payment
+// mode one (each waits for its payment), in grant_immediately mode
+// MaxUnpaid (0: ReloadPendingMax), the next purchase not waiting for the
+// last one's payment.
+func (r *AutoReload) UnpaidMax() int {
+	switch {
+	case r.Mode == ReloadAwaitPayment:
+		return 1
+	case r.MaxUnpaid > 0:
+		return r.MaxUnpaid
+	}
+	return ReloadPendingMax
+}
+
 // reloadAllowed reports whether a new auto-reload request may be made for
 // account name:asset now.
 func (w *Wallet) reloadAllowed(name, asset string, now int64) bool {
@@ -798,15 +803,7 @@ func (w *Wallet) reloadAllowed(name, asset string, now int64) bool {
 	if l == nil {
 		return true
 	}
-	// await_payment: one request at a time. grant_immediately: the next
-	// purchase does not wait for the last one's payment, up to max_unpaid.
-	unpaid := ReloadPendingMax
-	if r.Mode == ReloadAwaitPayment {
-		unpaid = 1
-	} else if r.MaxUnpaid > 0 {
-		unpaid = r.MaxUnpaid
-	}
-	if len(l.Pending) >= unpaid {
+	if len(l.Pending) >= r.UnpaidMax() {
 		return false
 	}
 	if r.MaxPerPeriod > 0 && l.ReloadPeriod == w.reloadPeriodStart(now) && int(l.ReloadCount) >= r.MaxPerPeriod {

@@ -731,18 +731,25 @@ func (m *model) reloadStart(now int64) int64 {
 	return time.Date(tm.Year(), tm.Month(), 1, 0, 0, 0, 0, time.UTC).UnixNano()
 }
 
+// mUnpaid is the model's rule for the requests pending at once:
+// await_payment waits for each payment; grant_immediately does not, up to
+// max_unpaid (else ReloadPendingMax).
+func mUnpaid(r *AutoReload) int {
+	if r.Mode == ReloadAwaitPayment {
+		return 1
+	}
+	if r.MaxUnpaid > 0 {
+		return r.MaxUnpaid
+	}
+	return ReloadPendingMax
+}
+
 func (m *model) reloadAllowed(acct string, now int64) bool {
 	r := m.reload
 	if r == nil || !r.Enabled || m.status != StatusActive || acct != r.Account+":"+r.Asset {
 		return false
 	}
-	unpaid := ReloadPendingMax
-	if r.Mode == ReloadAwaitPayment {
-		unpaid = 1
-	} else if r.MaxUnpaid > 0 {
-		unpaid = r.MaxUnpaid
-	}
-	if len(m.pending) >= unpaid {
+	if len(m.pending) >= mUnpaid(r) {
 		return false
 	}
 	return r.MaxPerPeriod == 0 || m.reloadPeriod != m.reloadStart(now) || m.reloadCount < r.MaxPerPeriod
@@ -1698,13 +1705,7 @@ func (inv *invariants) check(t *testing.T, seed uint64, step int, op string, w *
 		// await_payment waits for each payment; grant_immediately does not,
 		// up to max_unpaid.
 		if ar := w.Settings.AutoReload; ar != nil && len(fx.Reloads) > 0 && fx.Reloads[len(fx.Reloads)-1].Status == ReloadPending {
-			unpaid := ReloadPendingMax
-			if ar.Mode == ReloadAwaitPayment {
-				unpaid = 1
-			} else if ar.MaxUnpaid > 0 {
-				unpaid = ar.MaxUnpaid
-			}
-			if len(l.Pending) > unpaid {
+			if unpaid := mUnpaid(ar); len(l.Pending) > unpaid {
 				fail("%d requests pending after a new one, settings %+v", len(l.Pending), ar)
 			}
 		}

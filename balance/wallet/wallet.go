@@ -423,17 +423,25 @@ func (w *Wallet) expireBuckets(now int64, out []Entry) []Entry {
 				i++
 				continue
 			}
-			t := Entry{Type: EntryExpiry, Reference: b.Reference, OccurredAt: b.ExpiresAt}
-			rem, id, kind := b.Remaining, b.ID, b.Kind
-			a.removeBucket(i)
-			w.UpdatedAt = now
-			if rem > 0 {
-				out = w.post(out, a, &t, -rem, id, kind, now)
-				w.note(NoteBucketExpired, a.ID(), t.OccurredAt, noteField{key: "bucket_id", str: id},
-					noteField{key: "kind", str: kind.String()}, noteField{key: "amount", str: units(rem, a.Scale)},
-					noteField{key: "reference", str: t.Reference})
-			}
+			out = w.endBucket(a, i, &Entry{Type: EntryExpiry, Reference: b.Reference, OccurredAt: b.ExpiresAt}, now, out)
 		}
+	}
+	return out
+}
+
+// endBucket removes bucket i of a; what it had left goes out with entry t
+// (its type, reference, time and metadata) and a bucket.expired
+// notification.
+func (w *Wallet) endBucket(a *Account, i int, t *Entry, now int64, out []Entry) []Entry {
+	b := &a.Buckets[i]
+	rem, id, kind := b.Remaining, b.ID, b.Kind
+	a.removeBucket(i)
+	w.UpdatedAt = now
+	if rem > 0 {
+		out = w.post(out, a, t, -rem, id, kind, now)
+		w.note(NoteBucketExpired, a.ID(), t.OccurredAt, noteField{key: "bucket_id", str: id},
+			noteField{key: "kind", str: kind.String()}, noteField{key: "amount", str: units(rem, a.Scale)},
+			noteField{key: "reference", str: t.Reference})
 	}
 	return out
 }
