@@ -261,11 +261,33 @@ func (s *lcState) reverseSome(h *crashHarness, errs *errLimiter, rng *rand.Rand,
 		}
 	}
 	slices.Sort(ids)
-	for range n {
+	// First a top-up partly used within the allowance, when one is there
+	// (the load draws on top-ups last): the reversal keeps what was used.
+	var partly []string
+	for _, key := range ids {
+		c, id, _ := strings.Cut(key, "/")
+		var w lcWallet
+		if json.Unmarshal(h.mustDo("GET", "/v1/customers/"+c+"/wallet", nil, 200), &w) != nil {
+			continue
+		}
+		for _, a := range w.Accounts {
+			for _, b := range a.Buckets {
+				amount, _ := strconv.Atoi(b.Amount)
+				rem, _ := strconv.Atoi(b.Remaining)
+				if b.Reference == id && b.Source != "plan" && rem > 0 && rem < amount && amount-rem <= 100 {
+					partly = append(partly, key)
+				}
+			}
+		}
+	}
+	for i := range n {
 		if len(ids) == 0 {
 			return
 		}
 		key := ids[rng.IntN(len(ids))]
+		if i == 0 && len(partly) > 0 {
+			key = partly[rng.IntN(len(partly))]
+		}
 		c, id, _ := strings.Cut(key, "/")
 		status, b, err := h.do("POST", "/v1/customers/"+c+"/topups/"+id+"/reverse", nil)
 		if err != nil {
