@@ -111,17 +111,25 @@ type lcCustomer struct {
 	replace   bool      // the plan has the expire_and_replace allocation too
 }
 
-func (c *lcCustomer) settings() []byte { return c.settingsStatus(`"status":"active"`) }
+// settings is the customer's settings as created: active, plan "daily".
+func (c *lcCustomer) settings() []byte { return c.settingsFor(`"status":"active"`, "daily", false) }
 
-// settingsPaused is the customer's settings, paused until a time.
-func (c *lcCustomer) settingsPaused(until time.Time) []byte {
-	return c.settingsStatus(`"status":"paused","paused_until":"` + until.Format(time.RFC3339Nano) + `"`)
-}
+// lcPlans are the plans a customer switches between: the same allocations
+// under two ids, so that a switch ends the old plan's buckets and starts
+// the new plan's schedules, and the checks of plan grants (ii) still know
+// every period's amount.
+var lcPlans = []string{"daily", "daily2"}
 
-// settingsStatus is the customer's settings with the given status members.
+// settingsFor is the customer's settings with the given status members and
+// plan id; with periodEnd the plan takes over at the end of the period
+// holding now (a change scheduled for the boundary, or none when it is
+// the plan in force), so a save never grants a period a second time.
 // Plan periods are granted while paused: the checks of plan grants (ii)
 // know the plan, not when the customer was paused.
-func (c *lcCustomer) settingsStatus(status string) []byte {
+func (c *lcCustomer) settingsFor(status, plan string, periodEnd bool) []byte {
+	if periodEnd {
+		status += `,"plan_change":{"at":"period_end"}`
+	}
 	policy := `"insufficient_funds":"reject"`
 	if c.overdraft {
 		policy = `"insufficient_funds":"overdraft","credit_limit":{"default:CREDITS":"150"}`
@@ -137,11 +145,11 @@ func (c *lcCustomer) settingsStatus(status string) []byte {
   {"account":"bonus","asset":"CREDITS","amount":"%d","period":"day","anchor":%q,"strategy":"expire_and_replace"}`, lcGrantB, anchor)
 	}
 	return fmt.Appendf(nil, `{%s,%s,
- "plan":{"id":"daily","grant_while_paused":true,"allocations":[
+ "plan":{"id":%q,"grant_while_paused":true,"allocations":[
   {"account":"default","asset":"CREDITS","amount":"%d","period":"day","anchor":%q,"strategy":"accumulate","cap":"%d"}%s]},
  "auto_reload":{"enabled":true,"account":"default","asset":"CREDITS","threshold":"100","amount":"%d",
   "price":{"amount":"9.00","currency":"USD"},"surcharge_pct":"30","max_per_period":%d,"max_unpaid":%d,"mode":"grant_immediately"},
- "balance_alerts":%s}`, status, policy, lcGrantA, anchor, lcCapA, replace, lcReloadAmount, lcReloadMax, lcReloadUnpaid, alerts)
+ "balance_alerts":%s}`, status, policy, plan, lcGrantA, anchor, lcCapA, replace, lcReloadAmount, lcReloadMax, lcReloadUnpaid, alerts)
 }
 
 // lcPick picks a customer, a heavy one more often than not. The load is
@@ -209,9 +217,9 @@ type lcState struct {
 	// pausesEnded and pausesRunning count the pauses with an end that
 	// checkStatus found over and not yet over.
 	pausesEnded, pausesRunning int
-	// changesMade and changesPending count the scheduled plan changes
-	// checkStatus found made at their boundary and still waiting.
-	changesMade, changesPending int
+	// changesPending counts the scheduled plan changes checkStatus found
+	// still waiting for their boundary.
+	changesPending int
 
 	holdEvents, holdsRefused, holdsReleased, reloadsConfirmed, reloadsFailed, clockMoves int
 	maxPendingSeen                                                                       int // auto-reload requests pending at once, as the reload worker saw them
@@ -593,23 +601,20 @@ func (s *lcState) reloadWorker(c *http.Client, base string, rng *rand.Rand, cust
 }
 
 // saveSettings saves a customer's settings again (which resumes it and
-// enables auto-reload again, the plan's schedules kept: nothing granted
-// twice), one way of three: active; paused until a time 1 to 90 minutes
-// ahead of the clock (it resumes by itself then); or with the same plan as
-// a change at the end of the period (it waits in scheduled_plan for the
-// boundary, and taking it there must neither skip nor repeat a grant, ii).
-// It returns false when the process is gone.
+// enables auto-reload again), active or paused until a time 1 to 90
+// minutes ahead of the clock (it resumes by itself then), with one of the
+// two plans taking over at the end of the period: a switch waits in
+// scheduled_plan for the boundary, where the old plan's buckets end and the
+// new plan grants the period starting there, never skipping nor repeating
+// a grant (ii). It returns false when the process is gone.
 func (s *lcState) saveSettings(c *http.Client, base string, cu *lcCustomer, rng *rand.Rand, errs *errLimiter) bool {
-	w, settings := lcStatusWrite{kind: "active"}, cu.settings()
-	switch rng.IntN(3) {
-	case 0:
+	plan := lcPlans[rng.IntN(len(lcPlans))]
+	w, settings := lcStatusWrite{kind: "active"}, cu.settingsFor(`"status":"active"`, plan, true)
+	if rng.IntN(2) == 0 {
 		s.mu.Lock()
 		w = lcStatusWrite{kind: "paused_until", until: s.clockAcked.Add(time.Duration(1+rng.IntN(90)) * time.Minute)}
 		s.mu.Unlock()
-		settings = cu.settingsPaused(w.until)
-	case 1:
-		w = lcStatusWrite{kind: "scheduled"}
-		settings = cu.settingsStatus(`"status":"active","plan_change":{"at":"period_end"}`)
+		settings = cu.settingsFor(`"status":"paused","paused_until":"`+w.until.Format(time.RFC3339Nano)+`"`, plan, true)
 	}
 	s.setStatus(cu.id, w)
 	status, b, err := crashDo(c, "PUT", base+"/v1/customers/"+cu.id, settings)
@@ -930,6 +935,7 @@ type lcBucket struct {
 	rem         int64     // remaining
 	expiries    int       // expiry entries
 	expiredSeq  uint64
+	switchedAt  time.Time // when a switch of plan ended it; zero: never
 }
 
 // lcGrant is one plan grant entry.
@@ -955,6 +961,7 @@ type lcCounts struct {
 	drainedBeforeExpiry, debtSettled          int
 	holdDebtPairs                             int
 	severalPending                            int // customers left with more than one request pending
+	planSwitches                              int // plan buckets ended by a switch of plan
 	holdsByStatus, notesByType                map[string]int
 }
 
@@ -984,14 +991,11 @@ func (s *lcState) checkStatus(h *crashHarness, errs *errLimiter, c string, final
 	}
 	_ = json.Unmarshal(b, &sched)
 	if sc := sched.Scheduled; sc != nil {
-		// A change is scheduled only by the last write, and one due by the
-		// final clock has been made.
-		if at := lcTime(errs, "starts_at", sc.StartsAt); w.kind != "scheduled" || !at.After(final) {
+		// A change due by the final clock has been made.
+		if at := lcTime(errs, "starts_at", sc.StartsAt); !at.After(final) {
 			errs.Errorf("customer %s: scheduled_plan at %s after %+v at %s", c, sc.StartsAt, w, final.Format(time.RFC3339))
 		}
 		s.changesPending++
-	} else if w.kind == "scheduled" {
-		s.changesMade++
 	}
 	want, wantUntil := "active", ""
 	switch {
@@ -1189,8 +1193,8 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 				if al == 1 {
 					wantAccount = "bonus:CREDITS"
 				}
-				if e.Account != wantAccount || ref != "daily" {
-					errs.Errorf("%s: allocation %d granted to %s with reference %q, want %s and daily", where, al, e.Account, ref, wantAccount)
+				if e.Account != wantAccount || !slices.Contains(lcPlans, ref) {
+					errs.Errorf("%s: allocation %d granted to %s with reference %q, want %s and one of %v", where, al, e.Account, ref, wantAccount, lcPlans)
 				}
 				if al == 0 {
 					held := allocRem(0)
@@ -1277,6 +1281,23 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 				errs.Errorf("%s: settles %d of debt, the account owes %d", where, amt, a.debt)
 			}
 			a.debt -= amt
+		case e.Type == "expiry" && string(e.Metadata) == `{"reason":"plan_change"}`:
+			// A switch of plan at a period boundary: what the old plan's
+			// bucket had left ends there.
+			b := buckets[bid]
+			switch {
+			case b == nil || b.account != e.Account || b.alloc < 0 || !slices.Contains(lcPlans, ref):
+				errs.Errorf("%s: plan change ending bucket %q of %q, which is not a plan's", where, bid, ref)
+				continue
+			case !occurred.Equal(lcPeriodStart(cu.anchor, lcPeriod(cu.anchor, occurred))) || recorded.Before(occurred):
+				errs.Errorf("%s: plan change at %s (recorded %s), not at a period boundary", where, e.OccurredAt, e.RecordedAt)
+			case -amt != b.rem || amt >= 0:
+				errs.Errorf("%s: bucket %s had %d left", where, bid, b.rem)
+			}
+			b.rem = 0
+			b.expiries++
+			b.switchedAt = occurred
+			cnt.planSwitches++
 		case e.Type == "expiry":
 			cnt.expiries++
 			b := buckets[bid]
@@ -1637,7 +1658,15 @@ func (s *lcState) checkCustomer(h *crashHarness, errs *errLimiter, cu *lcCustome
 		switch n.Type {
 		case "bucket.expired":
 			expiredNotes[n.Data.BucketID]++
-			if b := buckets[n.Data.BucketID]; b == nil || n.CreatedAt != b.expires.Format("2006-01-02T15:04:05.000Z") {
+			b := buckets[n.Data.BucketID]
+			at := time.Time{}
+			if b != nil {
+				at = b.expires
+				if !b.switchedAt.IsZero() {
+					at = b.switchedAt
+				}
+			}
+			if b == nil || n.CreatedAt != at.Format("2006-01-02T15:04:05.000Z") {
 				errs.Errorf("customer %s: notification %s: bucket %s expired at %s", c, n.ID, n.Data.BucketID, n.CreatedAt)
 			}
 		case "hold.expired":
@@ -1702,7 +1731,7 @@ func (s *lcState) afterRestart(h *crashHarness, errs *errLimiter, rng *rand.Rand
 		// What the last round left, through the kill -9: pauses that
 		// ended by the clock now are over, the others still run.
 		s.checkStatus(h, errs, cu.id, s.clockSent)
-		h.mustDo("PUT", "/v1/customers/"+cu.id, cu.settings(), 200)
+		h.mustDo("PUT", "/v1/customers/"+cu.id, cu.settingsFor(`"status":"active"`, lcPlans[rng.IntN(len(lcPlans))], true), 200)
 		s.lastStatus[cu.id] = lcStatusWrite{kind: "active", acked: true}
 	}
 	for _, i := range rng.Perm(len(custs))[:lcTopUpsPerRound] {
@@ -2096,8 +2125,8 @@ func TestLifecycleCrash(t *testing.T) {
 		len(s.events), nAck, nCharged, nRecorded, nRejected, nPaused, s.holdEvents)
 	t.Logf("holds: %d acknowledged, %d refused, %d releases acknowledged, by final status %v; auto-reload: %d requests, %d confirmed, %d failed, at most %d seen pending at once, %d customers left with several pending; pauses with an end: %d over by themselves, %d still running when checked",
 		len(s.holds), s.holdsRefused, s.holdsReleased, cnt.holdsByStatus, cnt.reloads, s.reloadsConfirmed, s.reloadsFailed, s.maxPendingSeen, cnt.severalPending, s.pausesEnded, s.pausesRunning)
-	t.Logf("top-up reversals: %d acknowledged (%d keeping used credits), refused %v; plan changes at period end: %d made at their boundary, %d still waiting when checked",
-		len(s.reversals), keptSome(s.reversals), s.reversalsRefused, s.changesMade, s.changesPending)
+	t.Logf("top-up reversals: %d acknowledged (%d keeping used credits), refused %v; plan changes at period end: %d plan buckets ended by a switch, %d changes still waiting when checked",
+		len(s.reversals), keptSome(s.reversals), s.reversalsRefused, cnt.planSwitches, s.changesPending)
 	t.Logf("ledger: %d entries, %d plan grants (%d accumulate periods skipped at the cap, %d expire_and_replace periods skipped by jumps), %d expiries, %d expiring buckets drained before expiry, %d grants and %d hold ends settling debt",
 		cnt.entries, cnt.grants, cnt.skippedAccumulate, cnt.skippedReplace, cnt.expiries, cnt.drainedBeforeExpiry, cnt.debtSettled, cnt.holdDebtPairs)
 	t.Logf("notifications: %d (%s); webhook: %d requests, %d answered 500 (%v spent backing off), %d notifications delivered more than once",
