@@ -463,7 +463,11 @@ func (w *Wallet) Reconfigure(s Settings, mode PlanChangeMode, now int64, out []E
 		if !ok {
 			return out, Errorf(CodeNoPlanPeriod, "a plan change at period_end needs a plan period, and customer %s has none now", w.Customer)
 		}
-		s.PlanChange = &PlanChange{At: end, Plan: s.Plan}
+		if cur := w.Settings.Plan; !samePlan(cur, s.Plan) {
+			s.PlanChange = &PlanChange{At: end, Plan: s.Plan}
+		}
+		// The plan in force stays; saving it again schedules nothing (and
+		// cancels a change scheduled before).
 		s.Plan = w.Settings.Plan
 		w.Configure(s, now)
 		return out, nil
@@ -475,6 +479,14 @@ func (w *Wallet) Reconfigure(s Settings, mode PlanChangeMode, now int64, out []E
 		w.ProrateFirstGrants()
 	}
 	return out, nil
+}
+
+// samePlan reports whether a and b are the same plan, allocations and all.
+func samePlan(a, b *Plan) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.ID == b.ID && a.GrantWhilePaused == b.GrantWhilePaused && slices.Equal(a.Allocations, b.Allocations)
 }
 
 // ProrateFirstGrants makes the next grant of every allocation prorated by

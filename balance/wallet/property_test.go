@@ -868,7 +868,9 @@ func (m *model) reconfigure(s *Settings, alerts10 []int64, mode PlanChangeMode, 
 		cur := *s
 		cur.Plan = m.plan
 		m.configure(&cur, alerts10, now)
-		m.change = &PlanChange{At: nextBoundary(m.plan, now), Plan: next}
+		if next == nil || next.ID != m.plan.ID || next.GrantWhilePaused != m.plan.GrantWhilePaused || !slices.Equal(next.Allocations, m.plan.Allocations) {
+			m.change = &PlanChange{At: nextBoundary(m.plan, now), Plan: next} // saving the plan in force schedules nothing
+		}
 		return ""
 	}
 	m.endPlan(s.Plan, now)
