@@ -1,8 +1,11 @@
 package balance
 
 import (
+	"errors"
 	"io"
 	"log/slog"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -224,4 +227,26 @@ func TestEntryBucketKind(t *testing.T) {
 			t.Fatalf("entry %d: codec lost the kind: %v %d", i, err, back.BucketKind)
 		}
 	}
+}
+
+// A second engine on a data directory in use is refused, saying so: the
+// directory, its lock, and what to do.
+func TestOpenDataDirInUse(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir, Shards: 1, DefaultPricing: []byte(enginePricing), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	e, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(opts)
+	if !errors.Is(err, ErrDataDirInUse) || !strings.Contains(err.Error(), filepath.Join(dir, "LOCK")) || !strings.Contains(err.Error(), "another --data-dir") {
+		t.Fatalf("a second Open: %v", err)
+	}
+	e.Close()
+	// Once the first is closed, the directory opens again.
+	e, err = Open(opts)
+	if err != nil {
+		t.Fatalf("after Close: %v", err)
+	}
+	e.Close()
 }

@@ -7,6 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -66,11 +69,23 @@ func openStore(dir string, cacheBytes int64, filesOpenMax int, log *slog.Logger,
 	if errors.As(err, &full) {
 		return nil, err
 	}
+	// Another process holds the lock: flock's EWOULDBLOCK. This process
+	// (a second engine on one directory) is Pebble's own message.
+	if errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EAGAIN) ||
+		err != nil && strings.Contains(err.Error(), "lock held by current process") {
+		// Pebble locks the directory (its LOCK file) while a store is open.
+		return nil, fmt.Errorf("%w: %s is held by another process (a meterd running on it): stop it, or give this one another --data-dir (%v)",
+			ErrDataDirInUse, filepath.Join(dir, "LOCK"), err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open pebble store in %s: %w", dir, err)
 	}
 	return &store{db: db}, nil
 }
+
+// ErrDataDirInUse is Open's error when another process has the data
+// directory open.
+var ErrDataDirInUse = errors.New("the data directory is in use")
 
 func (s *store) close() error { return s.db.Close() }
 

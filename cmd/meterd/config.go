@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -277,12 +279,16 @@ func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 		flags[s.name] = f
 		fs.Var(f, s.name, s.usage)
 	}
+	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			writeUsage(stderr, table)
 			return Config{}, flag.ErrHelp
 		}
 		return Config{}, fmt.Errorf("command line: %v (see meterd --help)", err)
+	}
+	if *version {
+		return Config{}, ErrVersion
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("command line: unexpected argument %q (see meterd --help)", fs.Arg(0))
@@ -336,6 +342,51 @@ func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// ErrVersion is LoadConfig's answer to --version: print Version and exit.
+var ErrVersion = errors.New("version asked")
+
+// version is set at link time by release builds
+// (-ldflags "-X main.version=v1.2.3"); without it Version reads the module
+// and VCS facts Go records in the binary.
+var version string
+
+// Version describes this build: its version, the commit it was built from
+// (and whether the tree had changes), the commit's time and the Go release.
+func Version() string {
+	v := version
+	info, ok := debug.ReadBuildInfo()
+	if v == "" && ok {
+		v = info.Main.Version
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	out := "meterd " + v
+	var rev, at, dirty string
+	if ok {
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.time":
+				at = s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					dirty = ", modified"
+				}
+			}
+		}
+	}
+	if rev != "" {
+		out += " (commit " + rev + dirty
+		if at != "" {
+			out += ", " + at
+		}
+		out += ")"
+	}
+	return out + " " + runtime.Version()
 }
 
 // loadConfigFile applies the settings of a YAML file: one mapping whose keys
@@ -778,6 +829,7 @@ Flags:
 		}
 		b.WriteString("\n")
 	}
+	b.WriteString("  --version\n      print meterd's version (module version, commit, build time, Go) and exit\n")
 	b.WriteString("  -h, --help\n      print this text and exit\n")
 	io.WriteString(w, b.String())
 }

@@ -41,6 +41,10 @@ func main() {
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
 	}
+	if errors.Is(err, ErrVersion) {
+		fmt.Println(Version())
+		os.Exit(0)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "meterd:", err)
 		os.Exit(2)
