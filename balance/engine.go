@@ -557,6 +557,34 @@ func (e *Engine) PutCustomerChange(customer string, s wallet.Settings, mode wall
 	return created, err
 }
 
+// UpdateCustomer changes an existing customer's settings atomically:
+// change gets the wallet as of now (do not keep or modify it) and returns
+// the new settings and how a new plan takes over (PutCustomerChange). Its
+// error is returned as is, and nothing changes but what came due.
+func (e *Engine) UpdateCustomer(customer string, change func(w *wallet.Wallet, now int64) (wallet.Settings, wallet.PlanChangeMode, error)) error {
+	var cerr error
+	err := e.customerOp(customer, func(sh *shard, g *group, w *wallet.Wallet) *wallet.Error {
+		sh.written(g, w, w.Advance(g.now, sh.entries[:0]))
+		s, mode, err := change(w, g.now)
+		if err != nil {
+			cerr = err
+			return nil
+		}
+		out, rerr := w.Reconfigure(s, mode, g.now, sh.entries[:0])
+		sh.written(g, w, out)
+		if rerr != nil {
+			return rerr
+		}
+		// A new plan's current period is granted now.
+		sh.written(g, w, w.Advance(g.now, sh.entries[:0]))
+		return nil
+	})
+	if err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // Wallet returns a copy of the customer's wallet as of now (expiring what is
 // due, durably). While the disk is full, what came due is applied to the copy
 // only: the answer is as exact, and nothing is written.

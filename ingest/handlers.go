@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/meterd/meterd/balance"
 	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
@@ -160,6 +161,100 @@ func (s *Server) putCustomer(ctx *fasthttp.RequestCtx, id string) {
 		ctx.SetStatusCode(fasthttp.StatusCreated)
 	}
 	s.getCustomer(ctx, id)
+}
+
+// customerPatch has the members of customerBody, any JSON each: the
+// top-level members a PATCH may name (TestCustomerPatchMembers).
+type customerPatch struct {
+	Status            json.RawMessage `json:"status"`
+	PausedUntil       json.RawMessage `json:"paused_until"`
+	InsufficientFunds json.RawMessage `json:"insufficient_funds"`
+	CreditLimit       json.RawMessage `json:"credit_limit"`
+	Plan              json.RawMessage `json:"plan"`
+	PlanChange        json.RawMessage `json:"plan_change"`
+	AutoReload        json.RawMessage `json:"auto_reload"`
+	BalanceAlerts     json.RawMessage `json:"balance_alerts"`
+	Metadata          json.RawMessage `json:"metadata"`
+}
+
+// patchCustomer answers PATCH /v1/customers/{id}: a JSON merge patch
+// (RFC 7396) of the customer's settings as a PUT body has them (its GET
+// less what is derived: the wallet, the period, next refills, the
+// scheduled plan, auto_reload's charge). What the patch does not name is
+// kept: {"auto_reload":{"enabled":false}} turns auto-reload off and keeps
+// the plan; a member set to null is removed, as if a PUT left it out. The
+// merged settings are read and checked as a PUT body, plan_change
+// included, and applied atomically with the current settings they were
+// merged into.
+func (s *Server) patchCustomer(ctx *fasthttp.RequestCtx, id string) {
+	patch := ctx.PostBody()
+	// The patch names members of the settings only (a null for a member
+	// that does not exist would otherwise pass unnoticed).
+	var probe customerPatch
+	if err := decodeStrict(patch, &probe); err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	p := s.e.Pricing()
+	err := s.e.UpdateCustomer(id, func(w *wallet.Wallet, now int64) (wallet.Settings, wallet.PlanChangeMode, error) {
+		merged, err := jsonpatch.MergePatch(settingsDoc(w, p), patch)
+		if err != nil {
+			return wallet.Settings{}, 0, badRequest("malformed_json", "", "the patch cannot be merged: %v", err)
+		}
+		var body customerBody
+		if err := decodeStrict(merged, &body); err != nil {
+			return wallet.Settings{}, 0, err
+		}
+		set, err := s.settings(&body)
+		if err != nil {
+			return wallet.Settings{}, 0, err
+		}
+		mode, err := planChangeMode(body.PlanChange)
+		return set, mode, err
+	})
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	s.getCustomer(ctx, id)
+}
+
+// settingsDoc is the customer's settings as a PUT body: what a PATCH
+// merges into.
+func settingsDoc(w *wallet.Wallet, p *meter.Pricing) []byte {
+	st := w.Settings
+	b := append([]byte(nil), `{"status":"`...)
+	b = append(b, st.Status.String()...)
+	b = append(b, '"')
+	if st.PausedUntil != 0 {
+		b = append(b, `,"paused_until":`...)
+		b = appendTime(b, st.PausedUntil)
+	}
+	b = append(b, `,"insufficient_funds":"`...)
+	b = append(b, st.Policy.String()...)
+	b = append(b, `","credit_limit":{`...)
+	for i, l := range st.CreditLimits {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, l.Account)
+		b = append(b, ':')
+		b = appendUnits(b, l.Units, scaleOf(w, l.Account, p))
+	}
+	b = append(b, `},"plan":`...)
+	b = appendPlan(b, st.Plan)
+	b = append(b, `,"auto_reload":`...)
+	b = appendAutoReload(b, st.AutoReload, false)
+	b = append(b, `,"balance_alerts":[`...)
+	for i, a := range st.BalanceAlerts {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, a)
+	}
+	b = append(b, `],"metadata":`...)
+	b = appendRaw(b, st.Metadata, "{}")
+	return append(b, '}')
 }
 
 func (s *Server) settings(body *customerBody) (wallet.Settings, error) {

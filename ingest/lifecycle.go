@@ -317,55 +317,7 @@ func appendLifecycleSettings(b []byte, w *wallet.Wallet, now int64) []byte {
 		b = append(b, '}')
 	}
 	b = append(b, `,"auto_reload":`...)
-	if r := w.Settings.AutoReload; r == nil {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, `{"enabled":`...)
-		b = strconv.AppendBool(b, r.Enabled)
-		b = append(b, `,"account":`...)
-		b = appendString(b, r.Account)
-		b = append(b, `,"asset":`...)
-		b = appendString(b, r.Asset)
-		b = append(b, `,"threshold":`...)
-		b = appendUnits(b, r.Threshold, r.Scale)
-		b = append(b, `,"amount":`...)
-		b = appendUnits(b, r.Amount, r.Scale)
-		b = append(b, `,"price":{"amount":`...)
-		b = appendString(b, r.Price)
-		b = append(b, `,"currency":`...)
-		b = appendString(b, r.Currency)
-		b = append(b, `},"surcharge_pct":`...)
-		if r.SurchargePct == "" {
-			b = append(b, `"0"`...)
-		} else {
-			b = appendString(b, r.SurchargePct)
-		}
-		b = append(b, `,"charge":{"amount":`...)
-		b = appendString(b, r.Charge)
-		b = append(b, `,"currency":`...)
-		b = appendString(b, r.Currency)
-		b = append(b, `},"max_per_period":`...)
-		b = strconv.AppendInt(b, int64(r.MaxPerPeriod), 10)
-		b = append(b, `,"max_unpaid":`...)
-		if r.MaxUnpaid == 0 {
-			b = append(b, "null"...)
-		} else {
-			b = strconv.AppendInt(b, int64(r.MaxUnpaid), 10)
-		}
-		b = append(b, `,"mode":`...)
-		if r.Mode == wallet.ReloadAwaitPayment {
-			b = append(b, `"await_payment"`...)
-		} else {
-			b = append(b, `"grant_immediately"`...)
-		}
-		b = append(b, `,"expires_at":`...)
-		if r.PeriodEnd {
-			b = append(b, `"period_end"`...)
-		} else {
-			b = append(b, "null"...)
-		}
-		b = append(b, '}')
-	}
+	b = appendAutoReload(b, w.Settings.AutoReload, true)
 	b = append(b, `,"period":`...)
 	if start, end, ok := w.PlanPeriod(now); ok {
 		b = append(b, `{"start":`...)
@@ -397,6 +349,64 @@ func appendLifecycleSettings(b []byte, w *wallet.Wallet, now int64) []byte {
 		b = append(b, '}')
 	}
 	return append(b, ']')
+}
+
+// appendAutoReload appends auto-reload settings, or null; with charge, the
+// billed charge too (what GET shows; a PUT body has none).
+func appendAutoReload(b []byte, r *wallet.AutoReload, charge bool) []byte {
+	if r == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, `{"enabled":`...)
+		b = strconv.AppendBool(b, r.Enabled)
+		b = append(b, `,"account":`...)
+		b = appendString(b, r.Account)
+		b = append(b, `,"asset":`...)
+		b = appendString(b, r.Asset)
+		b = append(b, `,"threshold":`...)
+		b = appendUnits(b, r.Threshold, r.Scale)
+		b = append(b, `,"amount":`...)
+		b = appendUnits(b, r.Amount, r.Scale)
+		b = append(b, `,"price":{"amount":`...)
+		b = appendString(b, r.Price)
+		b = append(b, `,"currency":`...)
+		b = appendString(b, r.Currency)
+		b = append(b, `},"surcharge_pct":`...)
+		if r.SurchargePct == "" {
+			b = append(b, `"0"`...)
+		} else {
+			b = appendString(b, r.SurchargePct)
+		}
+		if charge {
+			b = append(b, `,"charge":{"amount":`...)
+			b = appendString(b, r.Charge)
+			b = append(b, `,"currency":`...)
+			b = appendString(b, r.Currency)
+			b = append(b, '}')
+		}
+		b = append(b, `,"max_per_period":`...)
+		b = strconv.AppendInt(b, int64(r.MaxPerPeriod), 10)
+		b = append(b, `,"max_unpaid":`...)
+		if r.MaxUnpaid == 0 {
+			b = append(b, "null"...)
+		} else {
+			b = strconv.AppendInt(b, int64(r.MaxUnpaid), 10)
+		}
+		b = append(b, `,"mode":`...)
+		if r.Mode == wallet.ReloadAwaitPayment {
+			b = append(b, `"await_payment"`...)
+		} else {
+			b = append(b, `"grant_immediately"`...)
+		}
+		b = append(b, `,"expires_at":`...)
+		if r.PeriodEnd {
+			b = append(b, `"period_end"`...)
+		} else {
+			b = append(b, "null"...)
+		}
+		b = append(b, '}')
+	}
+	return b
 }
 
 // appendPlan appends a plan, or null.

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/big"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -996,6 +997,78 @@ func TestLifecycleRefundRules(t *testing.T) {
 	apiWantErr(t, "twice", e.call("POST", "/v1/customers/apob_year/grants/"+b[0].ID+"/reverse", ""), 409, "topup_spent", "")
 	apiWantErr(t, "a top-up's bucket", e.call("POST", "/v1/customers/alphio_none/grants/"+e.credits("alphio_none").Buckets[0].ID+"/reverse", ""), 404, "unknown_bucket", "")
 	e.checkInvariants("apob_year")
+}
+
+// A PATCH may name exactly the members a PUT body has.
+func TestCustomerPatchMembers(t *testing.T) {
+	tags := func(v any) (out []string) {
+		rt := reflect.TypeOf(v)
+		for i := range rt.NumField() {
+			out = append(out, rt.Field(i).Tag.Get("json"))
+		}
+		slices.Sort(out)
+		return out
+	}
+	if a, b := tags(customerBody{}), tags(customerPatch{}); !slices.Equal(a, b) {
+		t.Fatalf("customerBody %v, customerPatch %v", a, b)
+	}
+}
+
+// TestCustomerPatch: PATCH /v1/customers/{id} is a JSON merge patch of the
+// settings: turning auto-reload off keeps the plan and grants nothing
+// again; what the patch does not name is kept, objects merge, null removes;
+// a bad patch is refused with the field named and changes nothing.
+func TestCustomerPatch(t *testing.T) {
+	e, _ := newLifecycleEnv(t, "2026-11-05T12:00:00Z")
+	const c = "patchy"
+	e.newCustomer(c, `{"plan":{"id":"starter","allocations":[{"asset":"CREDITS","amount":"1000","period":"month","anchor":"2026-11-01T00:00:00Z"}]},
+	 "auto_reload":{"asset":"CREDITS","threshold":"200","amount":"500","price":{"amount":"9.00","currency":"USD"},"max_per_period":2},
+	 "balance_alerts":["500"],"metadata":{"team":"a"}}`)
+	grants := func() int {
+		n := 0
+		for _, en := range e.ledgerAll(c, "default:CREDITS") {
+			if en.Type == "grant" {
+				n++
+			}
+		}
+		return n
+	}
+	var got struct {
+		Status      string          `json:"status"`
+		Plan        json.RawMessage `json:"plan"`
+		AutoReload  *lcAutoReload   `json:"auto_reload"`
+		Alerts      []string        `json:"balance_alerts"`
+		Metadata    json.RawMessage `json:"metadata"`
+		PausedUntil *string         `json:"paused_until"`
+	}
+	apiDecode(t, e.must(200, "PATCH", "/v1/customers/"+c, `{"auto_reload":{"enabled":false}}`).Body, &got)
+	if r := got.AutoReload; r == nil || r.Enabled || r.Threshold != "200" || r.Amount != "500" || r.MaxPerPeriod != "2" ||
+		!strings.Contains(string(got.Plan), `"id":"starter"`) || grants() != 1 {
+		t.Fatalf("auto-reload off: %+v, plan %s, %d grants", got.AutoReload, got.Plan, grants())
+	}
+	apiDecode(t, e.must(200, "PATCH", "/v1/customers/"+c, `{"balance_alerts":["100"],"metadata":{"tier":"gold"},"status":"paused","paused_until":"2026-11-06T00:00:00Z"}`).Body, &got)
+	if !slices.Equal(got.Alerts, []string{"100"}) || string(got.Metadata) != `{"team":"a","tier":"gold"}` || got.Status != "paused" ||
+		got.PausedUntil == nil || !strings.Contains(string(got.Plan), `"id":"starter"`) || got.AutoReload == nil || got.AutoReload.Enabled {
+		t.Fatalf("after the second patch: %+v", got)
+	}
+	// A bad patch: refused with the field, nothing changed.
+	apiWantErr(t, "bad threshold", e.call("PATCH", "/v1/customers/"+c, `{"auto_reload":{"threshold":"-5"}}`), 400, "invalid_amount", "auto_reload.threshold")
+	apiWantErr(t, "unknown member", e.call("PATCH", "/v1/customers/"+c, `{"plann":null}`), 400, "invalid_request", "plann")
+	apiWantErr(t, "not an object", e.call("PATCH", "/v1/customers/"+c, `[1]`), 400, "invalid_request", "")
+	apiWantErr(t, "unknown customer", e.call("PATCH", "/v1/customers/nobody", `{}`), 404, "unknown_customer", "")
+	if cu := e.customer(c); cu.AutoReload == nil || cu.AutoReload.Threshold != "200" {
+		t.Fatalf("a refused patch changed the customer: %+v", cu.AutoReload)
+	}
+	// null removes: the auto-reload settings, then the plan (which ends now).
+	apiDecode(t, e.must(200, "PATCH", "/v1/customers/"+c, `{"auto_reload":null,"status":"active","paused_until":null}`).Body, &got)
+	if got.AutoReload != nil || got.Status != "active" || got.PausedUntil != nil || !strings.Contains(string(got.Plan), `"id":"starter"`) {
+		t.Fatalf("auto_reload removed: %+v", got)
+	}
+	apiDecode(t, e.must(200, "PATCH", "/v1/customers/"+c, `{"plan":null}`).Body, &got)
+	if string(got.Plan) != "null" || grants() != 1 {
+		t.Fatalf("plan removed: %s, %d grants", got.Plan, grants())
+	}
+	e.checkInvariants(c)
 }
 
 // TestLifecycleMakeReloadFailure: in grant_immediately mode a failed payment

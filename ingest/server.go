@@ -280,8 +280,12 @@ func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) st
 			if s.allow(ctx, method, "PUT", ScopeAdmin) {
 				s.putCustomer(ctx, id)
 			}
+		case "PATCH":
+			if s.allow(ctx, method, "PATCH", ScopeAdmin) {
+				s.patchCustomer(ctx, id)
+			}
 		default:
-			methodNotAllowed(ctx, "GET, PUT")
+			methodNotAllowed(ctx, "GET, PUT, PATCH")
 		}
 		return "customer"
 	case len(parts) == 2 && parts[1] == "wallet":
