@@ -2,6 +2,7 @@ package balance
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -249,4 +250,33 @@ func TestOpenDataDirInUse(t *testing.T) {
 		t.Fatalf("after Close: %v", err)
 	}
 	e.Close()
+}
+
+// Recorded unpriced events are counted per event type, under "(other)"
+// past the first 256 types.
+func TestUnpricedEventsCounted(t *testing.T) {
+	clock := &testClock{}
+	clock.ns.Store(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC).UnixNano())
+	e := openTestEngine(t, clock, 35*24*time.Hour)
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	var ins []*EventIn
+	for i := range 300 {
+		ins = append(ins, &EventIn{Event: &meter.Event{ID: fmt.Sprintf("e%d", i), CustomerID: "c1", EventType: fmt.Sprintf("view_%d", i%260)}, Hash: [16]byte{1}})
+	}
+	if err := e.Events(ins); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range ins {
+		if in.Result.Status != EventRecorded {
+			t.Fatalf("%s: %+v", in.Event.ID, in.Result)
+		}
+	}
+	if n := testCounter(t, e.metrics.unpricedVec.WithLabelValues("view_0")); n != 2 {
+		t.Errorf("view_0 counted %v, want 2", n)
+	}
+	if n := testCounter(t, e.metrics.unpricedVec.WithLabelValues("(other)")); n != 4 {
+		t.Errorf("(other) counted %v, want 4 (the events of types 257-260)", n)
+	}
 }

@@ -1,6 +1,10 @@
 package balance
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	groupEvents   prometheus.Histogram
@@ -14,6 +18,33 @@ type metrics struct {
 	idIndexBytes  *prometheus.GaugeVec
 	idemDropped   prometheus.Counter
 	notifications *prometheus.CounterVec
+	unpricedVec   *prometheus.CounterVec
+
+	unpricedMu    sync.Mutex
+	unpricedTypes map[string]prometheus.Counter // the labels made so far, at most unpricedTypesMax
+}
+
+// unpricedTypesMax bounds the event_type labels of
+// meterd_unpriced_events_total: event types come from clients.
+const unpricedTypesMax = 256
+
+// unpriced counts an event recorded without a charge because its type
+// has no price; past unpricedTypesMax types, under event_type "(other)".
+func (m *metrics) unpriced(eventType string) {
+	m.unpricedMu.Lock()
+	c, ok := m.unpricedTypes[eventType]
+	if !ok {
+		label := eventType
+		if len(m.unpricedTypes) >= unpricedTypesMax {
+			label = "(other)"
+		}
+		c = m.unpricedVec.WithLabelValues(label)
+		if label == eventType {
+			m.unpricedTypes[eventType] = c
+		}
+	}
+	m.unpricedMu.Unlock()
+	c.Inc()
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -65,9 +96,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "meterd_idempotency_records_dropped_total",
 			Help: "Idempotency records dropped after the dedup window.",
 		}),
+		unpricedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meterd_unpriced_events_total",
+			Help: "Usage events recorded without a charge because their event type has no price in the pricing in force, by event type (the first 256 types; the rest under \"(other)\").",
+		}, []string{"event_type"}),
+		unpricedTypes: map[string]prometheus.Counter{},
 	}
 	if reg != nil {
-		reg.MustRegister(m.groupEvents, m.groupOps, m.commitSeconds, m.queueDepth, m.wallets, m.idemLookups, m.idIndexBytes, m.idemDropped, m.notifications, m.checkpointed, m.replayed)
+		reg.MustRegister(m.groupEvents, m.groupOps, m.commitSeconds, m.queueDepth, m.wallets, m.idemLookups, m.idIndexBytes, m.idemDropped, m.notifications, m.checkpointed, m.replayed, m.unpricedVec)
 	}
 	return m
 }

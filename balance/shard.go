@@ -510,6 +510,14 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		res.reject(code, msg, field)
 		return
 	}
+	if !matched && ev.HoldID == "" {
+		if s.e.opts.RejectUnpriced {
+			res.reject("unpriced_event", "event type "+ev.EventType+" has no price in pricing version "+strconv.FormatUint(uint64(g.pricing.Version), 10)+
+				" (meterd runs with --unpriced-events reject)", "event_type")
+			return
+		}
+		s.e.metrics.unpriced(ev.EventType)
+	}
 	r := s.slabs.record()
 	*r = record{
 		Kind:           idemEvent,

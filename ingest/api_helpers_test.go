@@ -34,6 +34,8 @@ type apiEnvOpts struct {
 	// served (Config.TestClock) and the background timer is slowed to an
 	// hour, so that time moves only when a test moves it.
 	Clock *balance.ManualClock
+	// RejectUnpriced is balance.Options.RejectUnpriced (--unpriced-events reject).
+	RejectUnpriced bool
 }
 
 // apiEnv is one engine and one server serving on loopback.
@@ -54,7 +56,7 @@ func newAPIEnv(t *testing.T, o apiEnvOpts) *apiEnv {
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
 	}
-	opts := balance.Options{Dir: o.Dir, Shards: 2, QueueMax: 1024, IdemCacheMax: 1 << 17, CommitEventsMax: 1024}
+	opts := balance.Options{Dir: o.Dir, Shards: 2, QueueMax: 1024, IdemCacheMax: 1 << 17, CommitEventsMax: 1024, RejectUnpriced: o.RejectUnpriced}
 	if o.Clock != nil {
 		opts.Clock = o.Clock
 		opts.TimerInterval = time.Hour

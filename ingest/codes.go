@@ -73,6 +73,8 @@ var codeStatus = map[string]int{
 	"threshold_above_maximum": fasthttp.StatusUnprocessableEntity,
 	// Too much ledger for one usage view.
 	"usage_range_too_large": fasthttp.StatusUnprocessableEntity,
+	// An event type without a price under --unpriced-events reject.
+	"unpriced_event": fasthttp.StatusUnprocessableEntity,
 	// 503: retry later with the same ids.
 	"overloaded":   fasthttp.StatusServiceUnavailable,
 	"unavailable":  fasthttp.StatusServiceUnavailable,

@@ -999,6 +999,29 @@ func TestLifecycleRefundRules(t *testing.T) {
 	e.checkInvariants("apob_year")
 }
 
+// An event type without a price is recorded with no charge (counted per
+// type: TestUnpricedEventsCounted); with --unpriced-events reject it is
+// refused unpriced_event on event_type, its neighbours in the batch charged.
+func TestUnpricedEvents(t *testing.T) {
+	for _, reject := range []bool{false, true} {
+		e := newAPIEnv(t, apiEnvOpts{RejectUnpriced: reject})
+		e.putPricing(apiCreditsPricing)
+		e.newCustomer("u1", `{}`)
+		e.topUp("u1", `{"id":"t1","asset":"CREDITS","amount":"100"}`)
+		rs := e.postEvents(`{"events":[{"id":"a","customer_id":"u1","event_type":"page_viewed"},{"id":"b","customer_id":"u1","event_type":"api_call"}]}`, 2)
+		if rs[1].Status != "charged" {
+			t.Fatalf("reject %v: the priced neighbour: %+v", reject, rs[1])
+		}
+		if reject {
+			apiWantRejected(t, "unpriced, rejected", rs[0], "unpriced_event", "", "event_type")
+			continue
+		}
+		if rs[0].Status != "recorded" || len(rs[0].Charges) != 0 {
+			t.Fatalf("unpriced, recorded: %+v", rs[0])
+		}
+	}
+}
+
 // A PATCH may name exactly the members a PUT body has.
 func TestCustomerPatchMembers(t *testing.T) {
 	tags := func(v any) (out []string) {

@@ -59,6 +59,7 @@ type Config struct {
 	Shards                    int           // --shards N, 0 = number of CPUs
 	DedupWindow               time.Duration // --dedup-window DURATION, at least 24h
 	ReversalWindow            time.Duration // --reversal-window DURATION
+	UnpricedEvents            string        // --unpriced-events record|reject
 	BodyBytesMax              int           // --body-bytes-max N
 	EventsPerRequestMax       int           // --events-per-request-max N
 	BodyMemoryMax             int           // --http-body-memory-max N: bytes of request bodies being read, server-wide
@@ -165,7 +166,9 @@ func settings(c *Config) []setting {
 		{name: "dedup-window", arg: "DURATION", def: "840h", ptr: &c.DedupWindow,
 			usage: "how long event and transaction ids are remembered (Go duration, at least 24h); events' ids stay in the command log as long, and each start reads them into memory (DESIGN.md)"},
 		{name: "reversal-window", arg: "DURATION", def: "24h", ptr: &c.ReversalWindow,
-			usage: "how long after a top-up it may still be reversed"},
+			usage: "how long after a top-up it may still be reversed (unless the pricing's refund_rules say)"},
+		{name: "unpriced-events", arg: "POLICY", def: "record", ptr: &c.UnpricedEvents,
+			usage: "a usage event whose type has no price: record (applied, no charge, counted in meterd_unpriced_events_total) or reject (unpriced_event)"},
 		{name: "body-bytes-max", arg: "N", def: "8388608", ptr: &c.BodyBytesMax,
 			usage: "largest request body in bytes (larger: 413)"},
 		{name: "events-per-request-max", arg: "N", def: "10000", ptr: &c.EventsPerRequestMax,
@@ -630,6 +633,11 @@ func (c *Config) validate() error {
 	case "alert", "refuse":
 	default:
 		return invalid("sink-backlog-policy", "%q: want alert or refuse", c.SinkBacklogPolicy)
+	}
+	switch c.UnpricedEvents {
+	case "record", "reject":
+	default:
+		return invalid("unpriced-events", "%q: want record or reject", c.UnpricedEvents)
 	}
 	if c.ClickHouseCluster != "" && !isName(c.ClickHouseCluster, clickHouseDatabaseBytesMax, false) {
 		return invalid("clickhouse-cluster", "%q: want 1-%d characters of [A-Za-z0-9_]", c.ClickHouseCluster, clickHouseDatabaseBytesMax)

@@ -148,6 +148,7 @@ func run(cfg Config, fds fdPlan) error {
 		ReserveBytes:       int64(cfg.DiskReserveBytes),
 		DedupWindow:        cfg.DedupWindow,
 		ReversalWindow:     cfg.ReversalWindow,
+		RejectUnpriced:     cfg.UnpricedEvents == "reject",
 		DefaultPricing:     defaultPricing,
 		Sinks:              sinkNames,
 		Clock:              clock,
