@@ -43,7 +43,7 @@ type Options struct {
 	ReversalWindow  time.Duration // how long a top-up can be reversed; default 24h
 	// RejectUnpriced refuses a usage event whose event type has no price
 	// (unpriced_event) instead of recording it with no charge.
-	RejectUnpriced bool
+	RejectUnpriced  bool
 	JanitorInterval time.Duration // how often expired idempotency records are dropped; default 1 minute
 	TimerInterval   time.Duration // how often due expiries and plan grants are looked for; default 100ms
 	// CheckpointInterval is how long a wallet changed only by usage events
