@@ -54,6 +54,7 @@ var codeStatus = map[string]int{
 	"topup_spent":               fasthttp.StatusConflict,
 	"reversal_window_elapsed":   fasthttp.StatusConflict,
 	"refund_allowance_exceeded": fasthttp.StatusConflict,
+	"hold_limit_reached":        fasthttp.StatusConflict,
 	"account_paused":            fasthttp.StatusConflict,
 	"hold_not_active":           fasthttp.StatusConflict,
 	"reload_not_pending":        fasthttp.StatusConflict,

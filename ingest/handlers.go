@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -88,6 +89,7 @@ type customerBody struct {
 	Plan              json.RawMessage            `json:"plan"`
 	PlanChange        *planChangeBody            `json:"plan_change"`
 	AutoReload        json.RawMessage            `json:"auto_reload"`
+	MaxActiveHolds    map[string]int             `json:"max_active_holds"`
 	BalanceAlerts     []json.RawMessage          `json:"balance_alerts"`
 	Metadata          json.RawMessage            `json:"metadata"`
 }
@@ -173,6 +175,7 @@ type customerPatch struct {
 	Plan              json.RawMessage `json:"plan"`
 	PlanChange        json.RawMessage `json:"plan_change"`
 	AutoReload        json.RawMessage `json:"auto_reload"`
+	MaxActiveHolds    json.RawMessage `json:"max_active_holds"`
 	BalanceAlerts     json.RawMessage `json:"balance_alerts"`
 	Metadata          json.RawMessage `json:"metadata"`
 }
@@ -245,6 +248,8 @@ func settingsDoc(w *wallet.Wallet, p *meter.Pricing) []byte {
 	b = appendPlan(b, st.Plan)
 	b = append(b, `,"auto_reload":`...)
 	b = appendAutoReload(b, st.AutoReload, false)
+	b = append(b, `,"max_active_holds":`...)
+	b = appendHoldLimits(b, st.HoldLimits)
 	b = append(b, `,"balance_alerts":[`...)
 	for i, a := range st.BalanceAlerts {
 		if i > 0 {
@@ -254,6 +259,41 @@ func settingsDoc(w *wallet.Wallet, p *meter.Pricing) []byte {
 	}
 	b = append(b, `],"metadata":`...)
 	b = appendRaw(b, st.Metadata, "{}")
+	return append(b, '}')
+}
+
+// holdLimits parses max_active_holds: account -> the most holds active at
+// once on it (APOB's concurrent tasks), 1 to wallet.WalletHoldsMax.
+func holdLimits(p *meter.Pricing, m map[string]int, field string) ([]wallet.HoldLimit, error) {
+	if len(m) > creditLimitsMax {
+		return nil, badRequest("too_many_credit_limits", field, "at most %d accounts", creditLimitsMax)
+	}
+	var out []wallet.HoldLimit
+	for account, n := range m {
+		f := field + "." + account
+		if _, err := accountAsset(p, account, f); err != nil {
+			return nil, err
+		}
+		if n < 1 || n > wallet.WalletHoldsMax {
+			return nil, badRequest("invalid_request", f, "max_active_holds must be from 1 to %d", wallet.WalletHoldsMax)
+		}
+		out = append(out, wallet.HoldLimit{Account: account, Max: n})
+	}
+	slices.SortFunc(out, func(a, b wallet.HoldLimit) int { return strings.Compare(a.Account, b.Account) })
+	return out, nil
+}
+
+// appendHoldLimits appends max_active_holds as an object.
+func appendHoldLimits(b []byte, ls []wallet.HoldLimit) []byte {
+	b = append(b, '{')
+	for i, l := range ls {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, l.Account)
+		b = append(b, ':')
+		b = strconv.AppendInt(b, int64(l.Max), 10)
+	}
 	return append(b, '}')
 }
 
@@ -301,6 +341,11 @@ func (s *Server) settings(body *customerBody) (wallet.Settings, error) {
 		}
 		set.AutoReload = r
 	}
+	limits, err := holdLimits(s.e.Pricing(), body.MaxActiveHolds, "max_active_holds")
+	if err != nil {
+		return set, err
+	}
+	set.HoldLimits = limits
 	if len(body.CreditLimit) > creditLimitsMax {
 		return set, badRequest("too_many_credit_limits", "credit_limit", "at most %d credit limits", creditLimitsMax)
 	}
@@ -523,7 +568,9 @@ func (s *Server) getCustomer(ctx *fasthttp.RequestCtx, id string) {
 		b = append(b, ':')
 		b = appendUnits(b, l.Units, scaleOf(w, l.Account, s.e.Pricing()))
 	}
-	b = append(b, `},`...)
+	b = append(b, `},"max_active_holds":`...)
+	b = appendHoldLimits(b, w.Settings.HoldLimits)
+	b = append(b, ',')
 	b = appendLifecycleSettings(b, w, s.e.Now())
 	b = append(b, `,"balance_alerts":[`...)
 	for i, a := range w.Settings.BalanceAlerts {

@@ -29,6 +29,7 @@ type planBody struct {
 	ID               string           `json:"id"`
 	Allocations      []allocationBody `json:"allocations"`
 	GrantWhilePaused *bool            `json:"grant_while_paused"`
+	MaxActiveHolds   map[string]int   `json:"max_active_holds"`
 }
 
 type autoReloadBody struct {
@@ -73,6 +74,10 @@ func (s *Server) plan(raw json.RawMessage) (*wallet.Plan, error) {
 	}
 	p := &wallet.Plan{ID: body.ID, GrantWhilePaused: body.GrantWhilePaused != nil && *body.GrantWhilePaused}
 	pr := s.e.Pricing()
+	var err error
+	if p.HoldLimits, err = holdLimits(pr, body.MaxActiveHolds, "plan.max_active_holds"); err != nil {
+		return nil, err
+	}
 	now := s.e.Now()
 	for i := range body.Allocations {
 		ab := &body.Allocations[i]
@@ -450,6 +455,8 @@ func appendPlan(b []byte, p *wallet.Plan) []byte {
 		}
 		b = append(b, `],"grant_while_paused":`...)
 		b = strconv.AppendBool(b, p.GrantWhilePaused)
+		b = append(b, `,"max_active_holds":`...)
+		b = appendHoldLimits(b, p.HoldLimits)
 		b = append(b, '}')
 	}
 	return b

@@ -1022,6 +1022,70 @@ func TestUnpricedEvents(t *testing.T) {
 	}
 }
 
+// TestHoldLimit: APOB's concurrent tasks. With max_active_holds 3 (from
+// the plan), of 10 concurrent holds exactly 3 succeed and the others are
+// 409 hold_limit_reached; settling one frees a slot; the customer's own
+// limit overrides the plan's.
+func TestHoldLimit(t *testing.T) {
+	e, _ := newLifecycleEnv(t, "2026-11-05T12:00:00Z")
+	const c = "apob_tasks"
+	plan := func(extra string) string {
+		return `{"plan":{"id":"micro","allocations":[{"asset":"CREDITS","amount":"10000","period":"month","anchor":"2026-11-01T00:00:00Z"}],
+		 "max_active_holds":{"default:CREDITS":3}}` + extra + `}`
+	}
+	e.newCustomer(c, plan(""))
+	var wg sync.WaitGroup
+	codes := make([]string, 10)
+	for i := range codes {
+		wg.Go(func() {
+			r, err := e.try("POST", "/v1/holds", fmt.Sprintf(`{"id":"task_%d","customer_id":%q,"account":"default:CREDITS","amount":"100"}`, i, c))
+			switch {
+			case err != nil:
+				codes[i] = err.Error()
+			case r.Status == 201:
+				codes[i] = "placed"
+			default:
+				var er apiErrorResp
+				if json.Unmarshal(r.Body, &er) == nil && er.Error != nil {
+					codes[i] = fmt.Sprintf("%d %s", r.Status, er.Error.Code)
+				} else {
+					codes[i] = fmt.Sprintf("%d %s", r.Status, r.Body)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	placed, refused := 0, 0
+	var first string
+	for i, code := range codes {
+		switch code {
+		case "placed":
+			placed++
+			if first == "" {
+				first = fmt.Sprintf("task_%d", i)
+			}
+		case "409 hold_limit_reached":
+			refused++
+		default:
+			t.Errorf("hold %d: %s", i, code)
+		}
+	}
+	if placed != 3 || refused != 7 {
+		t.Fatalf("%d placed, %d refused, want 3 and 7: %v", placed, refused, codes)
+	}
+	// Settling one (its task's usage event) frees a slot.
+	if r := e.use(c, "done_1", 40, first); r.Status != "charged" {
+		t.Fatalf("settling %s: %v", first, r)
+	}
+	e.must(201, "POST", "/v1/holds", `{"id":"task_next","customer_id":"`+c+`","account":"default:CREDITS","amount":"100"}`)
+	apiWantErr(t, "a fourth", e.call("POST", "/v1/holds", `{"id":"task_more","customer_id":"`+c+`","account":"default:CREDITS","amount":"100"}`), 409, "hold_limit_reached", "")
+	// The customer's limit overrides the plan's.
+	e.must(200, "PATCH", "/v1/customers/"+c, `{"max_active_holds":{"default:CREDITS":4}}`)
+	e.must(201, "POST", "/v1/holds", `{"id":"task_more","customer_id":"`+c+`","account":"default:CREDITS","amount":"100"}`)
+	apiWantErr(t, "a bad limit", e.call("PATCH", "/v1/customers/"+c, `{"max_active_holds":{"default:CREDITS":0}}`), 400, "invalid_request", "max_active_holds.default:CREDITS")
+	e.checkInvariants(c)
+}
+
 // A PATCH may name exactly the members a PUT body has.
 func TestCustomerPatchMembers(t *testing.T) {
 	tags := func(v any) (out []string) {

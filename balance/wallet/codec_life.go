@@ -30,7 +30,9 @@ const walletFormatV3 = 3
 // allocations, max_unpaid after the auto-reload settings' period_end,
 // then after the auto-reload settings
 //
-//	paused_until plan_change? (0 | 1 at plan?)
+//	paused_until plan_change? (0 | 1 at plan?) n {account max}
+//
+// (a plan's hold limits, n {account max}, follow its grant_while_paused),
 //
 // a prorate flag after each allocation schedule's since, and the pending
 // auto-reload requests as a list where version 3 had one optional request:
@@ -65,7 +67,7 @@ func appendPlanSettings(b []byte, s *Settings) []byte {
 		b = binary.AppendVarint(b, pc.At)
 		b = appendPlan(b, pc.Plan)
 	}
-	return b
+	return appendHoldLimits(b, s.HoldLimits)
 }
 
 // appendPlan appends an optional plan.
@@ -87,8 +89,35 @@ func appendPlan(b []byte, p *Plan) []byte {
 			b = append(b, byte(al.Kind))
 		}
 		b = enc.AppendFlag(b, p.GrantWhilePaused)
+		b = appendHoldLimits(b, p.HoldLimits)
 	}
 	return b
+}
+
+func appendHoldLimits(b []byte, ls []HoldLimit) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ls)))
+	for _, l := range ls {
+		b = enc.AppendStr(b, l.Account)
+		b = binary.AppendUvarint(b, uint64(l.Max))
+	}
+	return b
+}
+
+func readHoldLimits(d *enc.Decoder) []HoldLimit {
+	n := d.Count(WalletAccountsMax, 2)
+	if n == 0 {
+		return nil
+	}
+	ls := make([]HoldLimit, n)
+	for i := range ls {
+		ls[i].Account = d.InternStr()
+		if m := d.U(); m < 1 || m > WalletHoldsMax {
+			d.Fail(fmt.Errorf("hold limit %d of %s is not in [1, %d]", m, ls[i].Account, WalletHoldsMax))
+		} else {
+			ls[i].Max = int(m)
+		}
+	}
+	return ls
 }
 
 func readPlanSettings(d *enc.Decoder, s *Settings, version byte) {
@@ -99,6 +128,7 @@ func readPlanSettings(d *enc.Decoder, s *Settings, version byte) {
 		if d.Flag() {
 			s.PlanChange = &PlanChange{At: d.V(), Plan: readPlan(d, version)}
 		}
+		s.HoldLimits = readHoldLimits(d)
 	}
 }
 
@@ -124,6 +154,7 @@ func readPlan(d *enc.Decoder, version byte) *Plan {
 		}
 		if version >= walletFormatV4 {
 			p.GrantWhilePaused = d.Flag()
+			p.HoldLimits = readHoldLimits(d)
 		}
 		plan = p
 	}

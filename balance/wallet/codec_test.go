@@ -237,9 +237,9 @@ func FuzzDecodeEntry(f *testing.F) {
 // auto-reload request: a flag byte, then the request) reads as a list of
 // that one request. Without plan and auto-reload settings, a version 3
 // snapshot is a version 4 one less its paused_until byte (found as the one
-// byte two encodings differing only in paused_until differ in) and the
-// plan_change flag after it, with its version byte changed: the flag 1
-// and the count 1 are the same byte.
+// byte two encodings differing only in paused_until differ in), the
+// plan_change flag and the count of hold limits after it, with its version
+// byte changed: the flag 1 and the count 1 are the same byte.
 func TestCodecWalletV3PendingReload(t *testing.T) {
 	w := reloadWallet(t, ReloadGrantImmediately, 0)
 	if _, _, err := w.Charge(usage("e1", 600, 0), t0+1, nil, nil); err != nil {
@@ -263,7 +263,7 @@ func TestCodecWalletV3PendingReload(t *testing.T) {
 		for b[i] == b1[i] {
 			i++
 		}
-		b = slices.Delete(b, i, i+2)
+		b = slices.Delete(b, i, i+3)
 		b[0] = walletFormatV3
 		return b
 	}

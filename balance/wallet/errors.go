@@ -30,14 +30,17 @@ const (
 	// CodeRefundAllowanceExceeded: more of a purchase was used than its
 	// refund rule allows (APOB: refundable while fewer than 1,000 used).
 	CodeRefundAllowanceExceeded = "refund_allowance_exceeded"
-	CodeUnknownBucket           = "unknown_bucket"
-	CodeUnknownHold             = "unknown_hold"
-	CodeHoldNotActive           = "hold_not_active"
-	CodeUnknownRequest          = "unknown_request"
-	CodeReloadNotPending        = "reload_not_pending"
-	CodeNoPlanPeriod            = "no_plan_period"
-	CodeIdempotencyConflict     = "idempotency_conflict" // an id seen before with other content
-	CodeInvalidTimestamp        = "invalid_timestamp"    // an expires_at not in the future
+	// CodeHoldLimitReached: the account has as many active holds as its
+	// limit allows (max_active_holds).
+	CodeHoldLimitReached    = "hold_limit_reached"
+	CodeUnknownBucket       = "unknown_bucket"
+	CodeUnknownHold         = "unknown_hold"
+	CodeHoldNotActive       = "hold_not_active"
+	CodeUnknownRequest      = "unknown_request"
+	CodeReloadNotPending    = "reload_not_pending"
+	CodeNoPlanPeriod        = "no_plan_period"
+	CodeIdempotencyConflict = "idempotency_conflict" // an id seen before with other content
+	CodeInvalidTimestamp    = "invalid_timestamp"    // an expires_at not in the future
 
 	// Validation refusals. The engine validates commands before they get
 	// to a wallet; the wallet checks again so that a bad command is an

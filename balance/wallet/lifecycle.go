@@ -486,7 +486,7 @@ func samePlan(a, b *Plan) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return a.ID == b.ID && a.GrantWhilePaused == b.GrantWhilePaused && slices.Equal(a.Allocations, b.Allocations)
+	return a.ID == b.ID && a.GrantWhilePaused == b.GrantWhilePaused && slices.Equal(a.Allocations, b.Allocations) && slices.Equal(a.HoldLimits, b.HoldLimits)
 }
 
 // ProrateFirstGrants makes the next grant of every allocation prorated by
@@ -705,6 +705,9 @@ func (w *Wallet) PlaceHold(c *HoldCmd, now int64, out []Entry) ([]Entry, *Error)
 	if w.Life != nil && len(w.Life.Holds) >= WalletHoldsMax {
 		return out, Errorf(CodeLimitExceeded, "a wallet holds at most %d active holds", WalletHoldsMax)
 	}
+	if max, ok := w.holdLimit(c.Account); ok && w.activeHolds(c.Account) >= max {
+		return out, Errorf(CodeHoldLimitReached, "account %s has %d active holds, its limit", c.Account, max)
+	}
 	a := w.Account(c.Account)
 	if a == nil || c.Amount > a.Available() {
 		return out, errInsufficientFunds
@@ -718,6 +721,37 @@ func (w *Wallet) PlaceHold(c *HoldCmd, now int64, out []Entry) ([]Entry, *Error)
 	out = w.post(out, a, &t, -c.Amount, "", 0, now)
 	l.fx.Holds = append(l.fx.Holds, HoldRecord{Hold: h, Customer: w.Customer, Scale: a.Scale, Status: HoldActive, UpdatedAt: now})
 	return out, nil
+}
+
+// holdLimit is the most active holds account may have: the customer's
+// limit for it, else its plan's; ok is false without one.
+func (w *Wallet) holdLimit(account string) (max int, ok bool) {
+	for _, l := range w.Settings.HoldLimits {
+		if l.Account == account {
+			return l.Max, true
+		}
+	}
+	if p := w.Settings.Plan; p != nil {
+		for _, l := range p.HoldLimits {
+			if l.Account == account {
+				return l.Max, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// activeHolds counts the active holds on account.
+func (w *Wallet) activeHolds(account string) int {
+	n := 0
+	if w.Life != nil {
+		for i := range w.Life.Holds {
+			if w.Life.Holds[i].Account == account {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // endHold removes active hold i with a hold_release entry of +Amount at

@@ -75,6 +75,7 @@ type mReload struct {
 type model struct {
 	status      Status
 	pausedUntil int64 // with StatusPaused: when it resumes by itself; 0 = never
+	holdLimits  []HoldLimit
 	policy      Policy
 	limits      map[string]int64
 	alerts10    []int64 // balance alert thresholds, in tenths of a unit (the accounts have scale 0)
@@ -699,6 +700,8 @@ func (m *model) placeHold(c *HoldCmd, now int64) string {
 		return CodeIdempotencyConflict
 	case len(m.holds) >= WalletHoldsMax:
 		return CodeLimitExceeded
+	case m.holdLimit(c.Account) > 0 && m.activeHolds(c.Account) >= m.holdLimit(c.Account):
+		return CodeHoldLimitReached
 	case m.accts[c.Account] == nil || c.Amount > m.avail(c.Account):
 		return CodeInsufficientFunds
 	}
@@ -707,6 +710,34 @@ func (m *model) placeHold(c *HoldCmd, now int64) string {
 	m.entry(EntryHold, c.Account, -c.Amount, "", now)
 	m.holdFx = append(m.holdFx, c.ID+" active")
 	return ""
+}
+
+// holdLimit is the customer's limit of active holds on acct, else its
+// plan's; 0: none.
+func (m *model) holdLimit(acct string) int {
+	for _, l := range m.holdLimits {
+		if l.Account == acct {
+			return l.Max
+		}
+	}
+	if m.plan != nil {
+		for _, l := range m.plan.HoldLimits {
+			if l.Account == acct {
+				return l.Max
+			}
+		}
+	}
+	return 0
+}
+
+func (m *model) activeHolds(acct string) int {
+	n := 0
+	for _, h := range m.holds {
+		if h.acct == acct {
+			n++
+		}
+	}
+	return n
 }
 
 func (m *model) releaseHold(id string, now int64) string {
@@ -838,7 +869,7 @@ func nextBoundary(p *Plan, now int64) int64 {
 }
 
 func (m *model) configure(s *Settings, alerts10 []int64, now int64) {
-	m.status, m.policy, m.pausedUntil = s.Status, s.Policy, 0
+	m.status, m.policy, m.pausedUntil, m.holdLimits = s.Status, s.Policy, 0, slices.Clone(s.HoldLimits)
 	if s.Status == StatusPaused && s.PausedUntil > 0 {
 		m.pausedUntil = s.PausedUntil
 	}
@@ -868,7 +899,8 @@ func (m *model) reconfigure(s *Settings, alerts10 []int64, mode PlanChangeMode, 
 		cur := *s
 		cur.Plan = m.plan
 		m.configure(&cur, alerts10, now)
-		if next == nil || next.ID != m.plan.ID || next.GrantWhilePaused != m.plan.GrantWhilePaused || !slices.Equal(next.Allocations, m.plan.Allocations) {
+		if next == nil || next.ID != m.plan.ID || next.GrantWhilePaused != m.plan.GrantWhilePaused || !slices.Equal(next.Allocations, m.plan.Allocations) ||
+			!slices.Equal(next.HoldLimits, m.plan.HoldLimits) {
 			m.change = &PlanChange{At: nextBoundary(m.plan, now), Plan: next} // saving the plan in force schedules nothing
 		}
 		return ""
@@ -910,7 +942,7 @@ func (m *model) endPlan(next *Plan, at int64) {
 func (m *model) setPlan(p *Plan, now int64) {
 	m.plan = nil
 	if p != nil {
-		c := Plan{ID: p.ID, Allocations: slices.Clone(p.Allocations), GrantWhilePaused: p.GrantWhilePaused}
+		c := Plan{ID: p.ID, Allocations: slices.Clone(p.Allocations), GrantWhilePaused: p.GrantWhilePaused, HoldLimits: slices.Clone(p.HoldLimits)}
 		m.plan = &c
 	}
 	if m.plan == nil {
@@ -1289,6 +1321,17 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 				p := *curPlan
 				p.GrantWhilePaused = !p.GrantWhilePaused
 				curPlan = &p
+			}
+			// Limits of active holds, the customer's over the plan's.
+			if curPlan != nil && rng.IntN(3) == 0 {
+				p := *curPlan
+				name, asset := pickAcct()
+				p.HoldLimits = []HoldLimit{{Account: name + ":" + asset, Max: 1 + rng.IntN(3)}}
+				curPlan = &p
+			}
+			if rng.IntN(3) == 0 {
+				name, asset := pickAcct()
+				s.HoldLimits = []HoldLimit{{Account: name + ":" + asset, Max: 1 + rng.IntN(4)}}
 			}
 			s.Plan = curPlan
 			switch rng.IntN(3) {

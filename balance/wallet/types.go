@@ -105,6 +105,9 @@ type Settings struct {
 	// PlanChange is a change of plan scheduled for the end of a plan
 	// period (nil = none).
 	PlanChange *PlanChange
+	// HoldLimits bound the active holds per account (APOB's concurrent
+	// tasks); they override the plan's for the same account.
+	HoldLimits []HoldLimit
 
 	alerts []meter.Dec // BalanceAlerts parsed, by normalizeSettings
 }
@@ -150,6 +153,15 @@ type Plan struct {
 	// the customer is paused. By default they are skipped, and not caught
 	// up on resume.
 	GrantWhilePaused bool
+	// HoldLimits bound the active holds per account for the plan's
+	// customers (APOB: 3, 6 or 20 concurrent tasks by plan).
+	HoldLimits []HoldLimit
+}
+
+// HoldLimit is the most holds that may be active at once on an account.
+type HoldLimit struct {
+	Account string // "name:ASSET"
+	Max     int    // >= 1
 }
 
 // Allocation is one periodic grant of a plan.

@@ -168,7 +168,7 @@ var plainSettings = [2][2]Settings{
 
 // shareSettings returns s itself when it has extras, else the shared plain value.
 func shareSettings(s *Settings) *Settings {
-	if len(s.CreditLimits) == 0 && len(s.BalanceAlerts) == 0 && len(s.Metadata) == 0 && s.Plan == nil && s.AutoReload == nil && s.PausedUntil == 0 && s.PlanChange == nil &&
+	if len(s.CreditLimits) == 0 && len(s.BalanceAlerts) == 0 && len(s.Metadata) == 0 && s.Plan == nil && s.AutoReload == nil && s.PausedUntil == 0 && s.PlanChange == nil && len(s.HoldLimits) == 0 &&
 		s.Status >= StatusActive && s.Status <= StatusPaused && s.Policy >= PolicyReject && s.Policy <= PolicyOverdraft {
 		return &plainSettings[s.Status-1][s.Policy-1]
 	}
@@ -207,6 +207,10 @@ func normalizeSettings(s Settings) *Settings {
 		}
 	}
 	s.Plan = clonePlan(s.Plan)
+	s.HoldLimits = slices.Clone(s.HoldLimits)
+	if len(s.HoldLimits) == 0 {
+		s.HoldLimits = nil
+	}
 	if s.PlanChange != nil {
 		pc := *s.PlanChange
 		pc.Plan = clonePlan(pc.Plan)
@@ -226,6 +230,7 @@ func clonePlan(p *Plan) *Plan {
 	}
 	c := *p
 	c.Allocations = append([]Allocation(nil), p.Allocations...)
+	c.HoldLimits = slices.Clone(p.HoldLimits)
 	return &c
 }
 
