@@ -698,6 +698,8 @@ func (e *Engine) TopUp(customer string, c *wallet.TopUpCmd, hash [16]byte) (TopU
 		}
 		sh.remember(g, key, &record{Kind: idemTopUp, Hash: hash, BucketID: bucket, TopUpStatus: TopUpCompleted})
 		res = TopUpResult{BucketID: bucket, Status: TopUpCompleted, CreatedAt: g.now, ExpiresAt: resolvedExpiry(w, c.ExpiresAt, g.now)}
+		sh.recordTopUp(g, customer, &TopUpRecord{ID: c.ID, BucketID: bucket, Account: c.Account + ":" + c.Asset, Scale: c.Scale,
+			Amount: c.Amount, Price: c.Price, Currency: c.Currency, Source: c.Source, ExpiresAt: res.ExpiresAt, CreatedAt: g.now, Metadata: c.Metadata})
 		return nil
 	})
 	return res, err
@@ -734,6 +736,7 @@ func (e *Engine) ReverseTopUp(customer, id string) (TopUpResult, error) {
 		sh.set(g, key, sh.val)
 		sh.cache.put(string(key), &upd)
 		res = TopUpResult{BucketID: rec.BucketID, Status: TopUpReversed, CreatedAt: rec.RecordedAt, ReversedAt: g.now, Reversal: &rev}
+		sh.recordReversal(g, customer, rec.BucketID, &TopUpReversal{At: g.now, Reversed: rev.Reversed, Kept: rev.Kept})
 		return nil
 	})
 	return res, err

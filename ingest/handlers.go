@@ -823,7 +823,7 @@ func (s *Server) topUpCmd(body *topUpBody) (*wallet.TopUpCmd, priceText, error) 
 		return nil, price, err
 	}
 	return &wallet.TopUpCmd{ID: body.ID, Account: name, Asset: asset.Code, Scale: asset.Scale, Amount: amount,
-		Source: source, ExpiresAt: exp, Metadata: md}, price, nil
+		Source: source, ExpiresAt: exp, Metadata: md, Price: price.amount, Currency: price.currency}, price, nil
 }
 
 func validCode(s string) bool {
@@ -861,6 +861,95 @@ func (s *Server) reverse(ctx *fasthttp.RequestCtx, customer, id string) {
 	b = append(b, '}')
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
+}
+
+// getTopUp answers GET /v1/customers/{id}/topups/{topup_id}.
+func (s *Server) getTopUp(ctx *fasthttp.RequestCtx, customer, id string) {
+	if !validID(id) {
+		writeError(ctx, "invalid_id", "top-up id must be 1-128 characters of [A-Za-z0-9._:-]", "id")
+		return
+	}
+	r, err := s.e.TopUpByID(customer, id)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(appendTopUpRecord(nil, customer, &r))
+}
+
+// listTopUps answers GET /v1/customers/{id}/topups?limit=&before=, newest
+// first.
+func (s *Server) listTopUps(ctx *fasthttp.RequestCtx, customer string) {
+	limit, before, ok := pageArgs(ctx)
+	if !ok {
+		return
+	}
+	rs, next, err := s.e.TopUps(customer, before, limit)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	b := append([]byte(nil), `{"topups":[`...)
+	for i := range rs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendTopUpRecord(b, customer, &rs[i])
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(appendNext(b, next))
+}
+
+// appendTopUpRecord appends a stored top-up in the shape POST answers it,
+// with what its reversal took back and kept.
+func appendTopUpRecord(b []byte, customer string, r *balance.TopUpRecord) []byte {
+	b = append(b, `{"id":`...)
+	b = appendString(b, r.ID)
+	b = append(b, `,"customer_id":`...)
+	b = appendString(b, customer)
+	b = append(b, `,"bucket_id":`...)
+	b = appendString(b, r.BucketID)
+	b = append(b, `,"status":`...)
+	if r.Reversal != nil {
+		b = append(b, `"reversed"`...)
+	} else {
+		b = append(b, `"completed"`...)
+	}
+	b = append(b, `,"account":`...)
+	b = appendString(b, r.Account)
+	_, asset, _ := strings.Cut(r.Account, ":")
+	b = append(b, `,"asset":`...)
+	b = appendString(b, asset)
+	b = append(b, `,"amount":`...)
+	b = appendUnits(b, r.Amount, r.Scale)
+	b = append(b, `,"price":`...)
+	if r.Currency == "" {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, `{"amount":`...)
+		b = appendString(b, r.Price)
+		b = append(b, `,"currency":`...)
+		b = appendString(b, r.Currency)
+		b = append(b, '}')
+	}
+	b = append(b, `,"source":`...)
+	b = appendString(b, r.Source)
+	b = append(b, `,"expires_at":`...)
+	b = appendTime(b, r.ExpiresAt)
+	b = append(b, `,"created_at":`...)
+	b = appendTime(b, r.CreatedAt)
+	if v := r.Reversal; v != nil {
+		b = append(b, `,"reversed_at":`...)
+		b = appendTime(b, v.At)
+		b = append(b, `,"reversed":`...)
+		b = appendUnits(b, v.Reversed, r.Scale)
+		b = append(b, `,"kept":`...)
+		b = appendUnits(b, v.Kept, r.Scale)
+	}
+	b = append(b, `,"metadata":`...)
+	b = appendRaw(b, r.Metadata, "{}")
+	return append(b, '}')
 }
 
 // appendReversal appends what a reversal took back and what the customer

@@ -1086,6 +1086,59 @@ func TestHoldLimit(t *testing.T) {
 	e.checkInvariants(c)
 }
 
+// TestTopUpsListed: GET of one top-up and the list of a customer's
+// top-ups, newest first and paged, with their price and, once reversed,
+// what the reversal took back and kept.
+func TestTopUpsListed(t *testing.T) {
+	e, _ := newLifecycleEnv(t, "2026-11-05T12:00:00Z")
+	e.putPricing(strings.TrimSuffix(apiCreditsPricing, "}") + `,"refund_rules":{"topup":{"window":"48h"}}}`)
+	const c = "buyer"
+	e.newCustomer(c, `{}`)
+	e.topUp(c, `{"id":"t1","asset":"CREDITS","amount":"5000","price":{"amount":"15.00","currency":"USD"},"source":"custom_credits"}`)
+	e.topUp(c, `{"id":"t2","asset":"CREDITS","amount":"700"}`)
+	if r := e.use(c, "u1", 5200, ""); r.Status != "charged" { // some of t2 is used: its reversal keeps it
+		t.Fatal(r)
+	}
+	type topUp struct {
+		ID     string `json:"id"`
+		Status string `json:"status"`
+		Amount string `json:"amount"`
+		Price  *struct {
+			Amount   string `json:"amount"`
+			Currency string `json:"currency"`
+		} `json:"price"`
+		Source   string `json:"source"`
+		Reversed string `json:"reversed"`
+		Kept     string `json:"kept"`
+	}
+	var one topUp
+	apiDecode(t, e.must(200, "GET", "/v1/customers/"+c+"/topups/t1", "").Body, &one)
+	if one.ID != "t1" || one.Status != "completed" || one.Amount != "5000" || one.Price == nil || one.Price.Amount != "15.00" ||
+		one.Price.Currency != "USD" || one.Source != "custom_credits" {
+		t.Fatalf("t1: %+v", one)
+	}
+	var rev struct{ Reversed, Kept string }
+	apiDecode(t, e.must(200, "POST", "/v1/customers/"+c+"/topups/t2/reverse", "").Body, &rev)
+	apiDecode(t, e.must(200, "GET", "/v1/customers/"+c+"/topups/t2", "").Body, &one)
+	if one.Status != "reversed" || one.Reversed != rev.Reversed || one.Kept != rev.Kept || one.Price != nil {
+		t.Fatalf("t2 after its reversal (%+v): %+v", rev, one)
+	}
+	var page struct {
+		TopUps []topUp `json:"topups"`
+		Next   *string `json:"next"`
+	}
+	apiDecode(t, e.must(200, "GET", "/v1/customers/"+c+"/topups?limit=1", "").Body, &page)
+	if len(page.TopUps) != 1 || page.TopUps[0].ID != "t2" || page.Next == nil {
+		t.Fatalf("first page: %+v", page)
+	}
+	apiDecode(t, e.must(200, "GET", "/v1/customers/"+c+"/topups?limit=1&before="+*page.Next, "").Body, &page)
+	if len(page.TopUps) != 1 || page.TopUps[0].ID != "t1" || page.Next != nil {
+		t.Fatalf("second page: %+v", page)
+	}
+	apiWantErr(t, "unknown", e.call("GET", "/v1/customers/"+c+"/topups/t9", ""), 404, "not_found", "")
+	apiWantErr(t, "unknown customer", e.call("GET", "/v1/customers/nobody/topups", ""), 404, "unknown_customer", "")
+}
+
 // A PATCH may name exactly the members a PUT body has.
 func TestCustomerPatchMembers(t *testing.T) {
 	tags := func(v any) (out []string) {

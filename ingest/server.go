@@ -299,10 +299,23 @@ func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) st
 		}
 		return "resume"
 	case len(parts) == 2 && parts[1] == "topups":
-		if s.allow(ctx, method, "POST", ScopeAdmin) {
-			s.topUp(ctx, id)
+		switch method {
+		case "GET":
+			if s.allow(ctx, method, "GET", ScopeRead) {
+				s.listTopUps(ctx, id)
+			}
+			return "topups_list"
+		default:
+			if s.allow(ctx, method, "POST", ScopeAdmin) {
+				s.topUp(ctx, id)
+			}
 		}
 		return "topups"
+	case len(parts) == 3 && parts[1] == "topups":
+		if s.allow(ctx, method, "GET", ScopeRead) {
+			s.getTopUp(ctx, id, parts[2])
+		}
+		return "topup"
 	case len(parts) == 4 && parts[1] == "topups" && parts[3] == "reverse":
 		if s.allow(ctx, method, "POST", ScopeAdmin) {
 			s.reverse(ctx, id, parts[2])

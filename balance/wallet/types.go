@@ -261,6 +261,10 @@ type TopUpCmd struct {
 	Source    string
 	ExpiresAt int64 // unix ns; 0 = never; ExpiresPeriodEnd = the plan period's end
 	Metadata  []byte
+	// Price and Currency are what the customer paid, as given ("" without
+	// a price): the engine keeps them on the top-up's record; the wallet
+	// does not use them.
+	Price, Currency string
 }
 
 // AdjustCmd is an adjustment: positive creates a bucket, negative debits in consumption order.
