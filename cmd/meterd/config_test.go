@@ -70,6 +70,7 @@ func TestDefaults(t *testing.T) {
 		Shards:              0,
 		DedupWindow:         35 * 24 * time.Hour,
 		ReversalWindow:      24 * time.Hour,
+		UnpricedEvents:      "record",
 		BodyBytesMax:        8 << 20,
 		EventsPerRequestMax: 10000,
 		BodyMemoryMax:       256 << 20,
