@@ -280,3 +280,30 @@ func TestUnpricedEventsCounted(t *testing.T) {
 		t.Errorf("(other) counted %v, want 4 (the events of types 257-260)", n)
 	}
 }
+
+// BenchmarkCheck is the synchronous check of one event: rating, the
+// customer's shard, a copy of the wallet charged (POST /v1/check less HTTP).
+func BenchmarkCheck(b *testing.B) {
+	clock := &testClock{}
+	clock.ns.Store(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC).UnixNano())
+	e, err := Open(Options{Dir: b.TempDir(), Shards: 2, DefaultPricing: []byte(enginePricing), Clock: clock,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := e.TopUp("c1", &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: 1 << 40}, [16]byte{1}); err != nil {
+		b.Fatal(err)
+	}
+	in := imageEvent("e1", 1)
+	ins := []*EventIn{in}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := e.Check(ins); err != nil || in.Result.Status != EventCharged {
+			b.Fatalf("%v %+v", err, in.Result)
+		}
+	}
+}

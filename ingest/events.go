@@ -104,6 +104,51 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 	ctx.SetBody(b)
 }
 
+// check serves POST /v1/check: the events of a body like /v1/events,
+// each answered as /v1/events would answer it now (charged, with the
+// charges, buckets and balances after; recorded; rejected), with nothing
+// applied, stored or counted (balance.Engine.Check).
+func (s *Server) check(ctx *fasthttp.RequestCtx) {
+	sc := s.scratch()
+	defer s.pool.Put(sc)
+	if !s.decodeEvents(ctx, sc, time.Unix(0, s.e.Now())) {
+		return
+	}
+	sc.ins, sc.slot, sc.ptrs = sc.ins[:0], sc.slot[:0], sc.ptrs[:0]
+	for i := range sc.decoded {
+		d := &sc.decoded[i]
+		if d.Err != nil {
+			sc.slot = append(sc.slot, -1)
+			continue
+		}
+		sc.slot = append(sc.slot, len(sc.ins))
+		sc.ins = append(sc.ins, balance.EventIn{Event: &d.Event, Hash: d.ContentHash})
+	}
+	for i := range sc.ins {
+		sc.ptrs = append(sc.ptrs, &sc.ins[i])
+	}
+	if err := s.e.Check(sc.ptrs); err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	b := append(sc.out[:0], `{"results":[`...)
+	for i := range sc.decoded {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		d := &sc.decoded[i]
+		if sc.slot[i] < 0 {
+			b = appendRejected(b, d.Event.ID, d.Err.Code, d.Err.Reason, d.Err.Message, d.Err.Field)
+			continue
+		}
+		b = appendEventResult(b, d.Event.ID, &sc.ins[sc.slot[i]].Result)
+	}
+	b = append(b, "]}"...)
+	sc.out = b
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}
+
 var statusNames = [...]string{
 	balance.EventCharged:   "charged",
 	balance.EventRecorded:  "recorded",
@@ -111,12 +156,17 @@ var statusNames = [...]string{
 	balance.EventRejected:  "rejected",
 }
 
-// appendResult appends one event's result object.
+// appendResult appends one event's result object, and counts it.
 func (s *Server) appendResult(b []byte, id string, r *balance.EventResult) []byte {
-	status := statusNames[r.Status]
 	if c := s.metrics.httpEvents[r.Status]; c != nil {
 		c.Inc()
 	}
+	return appendEventResult(b, id, r)
+}
+
+// appendEventResult appends one event's result object.
+func appendEventResult(b []byte, id string, r *balance.EventResult) []byte {
+	status := statusNames[r.Status]
 	if r.Status == balance.EventRejected {
 		return appendRejected(b, id, r.Code, "", r.Message, r.Field)
 	}

@@ -7,6 +7,7 @@ package ingest
 // slowed to an hour, so everything that happens is caused by the test.
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/big"
@@ -1137,6 +1138,46 @@ func TestTopUpsListed(t *testing.T) {
 	}
 	apiWantErr(t, "unknown", e.call("GET", "/v1/customers/"+c+"/topups/t9", ""), 404, "not_found", "")
 	apiWantErr(t, "unknown customer", e.call("GET", "/v1/customers/nobody/topups", ""), 404, "unknown_customer", "")
+}
+
+// TestCheck: POST /v1/check answers each event as POST /v1/events then
+// does (the same JSON: charges, buckets, balances; insufficient_funds;
+// recorded; an unknown customer), and changes nothing: the wallet and the
+// ledger read the same before and after.
+func TestCheck(t *testing.T) {
+	e, _ := newLifecycleEnv(t, "2026-11-05T12:00:00Z")
+	e.newCustomer("chk", `{}`)
+	e.topUp("chk", `{"id":"t1","asset":"CREDITS","amount":"100"}`)
+	e.must(201, "POST", "/v1/customers/chk/adjustments", `{"transaction_id":"promo","asset":"CREDITS","amount":"5","kind":"promotional","reason":"promo"}`)
+	body := `{"events":[
+	 {"id":"c1","customer_id":"chk","event_type":"api_call"},
+	 {"id":"c2","customer_id":"chk","event_type":"big_job"},
+	 {"id":"c3","customer_id":"chk","event_type":"page_viewed"},
+	 {"id":"c4","customer_id":"nobody","event_type":"api_call"}]}`
+	results := func(r apiResp) []json.RawMessage {
+		var v struct{ Results []json.RawMessage }
+		apiDecode(t, r.Body, &v)
+		return v.Results
+	}
+	wallet0, ledger0 := e.must(200, "GET", "/v1/customers/chk/wallet", "").Body, e.must(200, "GET", "/v1/customers/chk/ledger", "").Body
+	checked := results(e.must(200, "POST", "/v1/check", body))
+	if w, l := e.must(200, "GET", "/v1/customers/chk/wallet", "").Body, e.must(200, "GET", "/v1/customers/chk/ledger", "").Body; !bytes.Equal(w, wallet0) || !bytes.Equal(l, ledger0) {
+		t.Fatalf("the check changed the customer:\n%s\n%s", w, l)
+	}
+	applied := results(e.must(200, "POST", "/v1/events", body))
+	if len(checked) != 4 || len(applied) != 4 {
+		t.Fatalf("results %s / %s", checked, applied)
+	}
+	for i := range checked {
+		if !bytes.Equal(checked[i], applied[i]) {
+			t.Errorf("event %d: checked %s, applied %s", i+1, checked[i], applied[i])
+		}
+	}
+	if !strings.Contains(string(checked[0]), `"status":"charged"`) || !strings.Contains(string(checked[0]), `"bucket_id":"b_2"`) ||
+		!strings.Contains(string(checked[1]), `"insufficient_funds"`) || !strings.Contains(string(checked[2]), `"recorded"`) ||
+		!strings.Contains(string(checked[3]), `"unknown_customer"`) {
+		t.Errorf("check results %s", checked)
+	}
 }
 
 // A PATCH may name exactly the members a PUT body has.

@@ -232,6 +232,11 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 			s.simulate(ctx)
 		}
 		return "pricing_simulate"
+	case "/v1/check":
+		if s.allow(ctx, method, "POST", ScopeRead) {
+			s.check(ctx)
+		}
+		return "check"
 	case "/v1/holds":
 		if s.allow(ctx, method, "POST", ScopeIngest) {
 			s.placeHold(ctx)

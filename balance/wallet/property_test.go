@@ -1203,7 +1203,17 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 				c.Charges = append(c.Charges, meter.Charge{Account: name + ":" + asset, Name: name, Asset: asset, Amount: f})
 			}
 			run = func(w *Wallet, out []Entry, res []ChargeResult) stepOut {
+				// The check first: it answers what the charge will, and
+				// changes nothing (the wallet's bytes are the same after).
+				before := AppendWallet(nil, w)
+				checked, checkErr := w.CheckCharge(c, now)
+				if after := AppendWallet(nil, w); !bytes.Equal(before, after) {
+					t.Fatalf("seed %d step %d: CheckCharge changed the wallet", seed, step)
+				}
 				res, out, err := w.Charge(c, now, res, out)
+				if code(checkErr) != code(err) || fmt.Sprintf("%+v", checked) != fmt.Sprintf("%+v", res) {
+					t.Fatalf("seed %d step %d: CheckCharge answered %+v %v, the charge %+v %v", seed, step, checked, checkErr, res, err)
+				}
 				return stepOut{entries: out, code: code(err), res: res}
 			}
 			var charges []int64

@@ -953,6 +953,16 @@ func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry)
 	return res, out, nil
 }
 
+// CheckCharge is Charge on a copy of the wallet: what charging c at now would
+// answer (the charges, the buckets they draw on, the balances after, or
+// the refusal), with nothing changed. Whatever Charge would do first (what
+// came due, an auto-reload granted at once) is in the answer as it would
+// be, and happens to the copy only.
+func (w *Wallet) CheckCharge(c *UsageCmd, now int64) ([]ChargeResult, *Error) {
+	res, _, err := w.Clone().Charge(c, now, nil, nil)
+	return res, err
+}
+
 // chargeUnits computes the whole units and the new carry of each charge
 // and checks the funds rule, without changing anything. failed is the
 // index of the first charge that does not fit, or -1. Charges to
