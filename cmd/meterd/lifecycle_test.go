@@ -296,6 +296,9 @@ func (s *lcState) reverseSome(h *crashHarness, errs *errLimiter, rng *rand.Rand,
 		if i == 0 && len(partly) > 0 {
 			key = partly[rng.IntN(len(partly))]
 		}
+		if _, done := s.reversals[key]; done {
+			continue // picked again in this call: reversed already
+		}
 		c, id, _ := strings.Cut(key, "/")
 		status, b, err := h.do("POST", "/v1/customers/"+c+"/topups/"+id+"/reverse", nil)
 		if err != nil {
