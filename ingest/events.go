@@ -65,43 +65,12 @@ func (s *Server) events(ctx *fasthttp.RequestCtx) {
 	if !s.decodeEvents(ctx, sc, time.Unix(0, s.e.Now())) {
 		return
 	}
-	sc.ins = sc.ins[:0]
-	sc.slot = sc.slot[:0]
-	for i := range sc.decoded {
-		d := &sc.decoded[i]
-		if d.Err != nil {
-			sc.slot = append(sc.slot, -1)
-			continue
-		}
-		sc.slot = append(sc.slot, len(sc.ins))
-		sc.ins = append(sc.ins, balance.EventIn{Event: &d.Event, Hash: d.ContentHash})
-	}
-	sc.ptrs = sc.ptrs[:0]
-	for i := range sc.ins {
-		sc.ptrs = append(sc.ptrs, &sc.ins[i])
-	}
-	if err := s.e.Events(sc.ptrs); err != nil {
+	if err := s.e.Events(sc.inputs()); err != nil {
 		ctx.Response.Header.Set("Retry-After", "1")
 		s.writeErr(ctx, err)
 		return
 	}
-	b := append(sc.out[:0], `{"results":[`...)
-	for i := range sc.decoded {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		d := &sc.decoded[i]
-		if sc.slot[i] < 0 {
-			s.metrics.httpEvents[balance.EventRejected].Inc()
-			b = appendRejected(b, d.Event.ID, d.Err.Code, d.Err.Reason, d.Err.Message, d.Err.Field)
-			continue
-		}
-		b = s.appendResult(b, d.Event.ID, &sc.ins[sc.slot[i]].Result)
-	}
-	b = append(b, "]}"...)
-	sc.out = b
-	ctx.SetContentType("application/json")
-	ctx.SetBody(b)
+	s.writeResults(ctx, sc, true)
 }
 
 // check serves POST /v1/check: the events of a body like /v1/events,
@@ -114,6 +83,16 @@ func (s *Server) check(ctx *fasthttp.RequestCtx) {
 	if !s.decodeEvents(ctx, sc, time.Unix(0, s.e.Now())) {
 		return
 	}
+	if err := s.e.Check(sc.inputs()); err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	s.writeResults(ctx, sc, false)
+}
+
+// inputs makes the engine's inputs of the decoded events that could be
+// read, remembering in slot where each decoded event's result will be.
+func (sc *eventsScratch) inputs() []*balance.EventIn {
 	sc.ins, sc.slot, sc.ptrs = sc.ins[:0], sc.slot[:0], sc.ptrs[:0]
 	for i := range sc.decoded {
 		d := &sc.decoded[i]
@@ -127,10 +106,12 @@ func (s *Server) check(ctx *fasthttp.RequestCtx) {
 	for i := range sc.ins {
 		sc.ptrs = append(sc.ptrs, &sc.ins[i])
 	}
-	if err := s.e.Check(sc.ptrs); err != nil {
-		s.writeErr(ctx, err)
-		return
-	}
+	return sc.ptrs
+}
+
+// writeResults answers every decoded event's result, in the body's order;
+// with count, the events metrics count them (a check's are not).
+func (s *Server) writeResults(ctx *fasthttp.RequestCtx, sc *eventsScratch, count bool) {
 	b := append(sc.out[:0], `{"results":[`...)
 	for i := range sc.decoded {
 		if i > 0 {
@@ -138,10 +119,17 @@ func (s *Server) check(ctx *fasthttp.RequestCtx) {
 		}
 		d := &sc.decoded[i]
 		if sc.slot[i] < 0 {
+			if count {
+				s.metrics.httpEvents[balance.EventRejected].Inc()
+			}
 			b = appendRejected(b, d.Event.ID, d.Err.Code, d.Err.Reason, d.Err.Message, d.Err.Field)
 			continue
 		}
-		b = appendEventResult(b, d.Event.ID, &sc.ins[sc.slot[i]].Result)
+		r := &sc.ins[sc.slot[i]].Result
+		if c := s.metrics.httpEvents[r.Status]; count && c != nil {
+			c.Inc()
+		}
+		b = appendEventResult(b, d.Event.ID, r)
 	}
 	b = append(b, "]}"...)
 	sc.out = b
@@ -154,14 +142,6 @@ var statusNames = [...]string{
 	balance.EventRecorded:  "recorded",
 	balance.EventDuplicate: "duplicate",
 	balance.EventRejected:  "rejected",
-}
-
-// appendResult appends one event's result object, and counts it.
-func (s *Server) appendResult(b []byte, id string, r *balance.EventResult) []byte {
-	if c := s.metrics.httpEvents[r.Status]; c != nil {
-		c.Inc()
-	}
-	return appendEventResult(b, id, r)
 }
 
 // appendEventResult appends one event's result object.
