@@ -723,52 +723,11 @@ func (s *Server) topUp(ctx *fasthttp.RequestCtx, customer string) {
 	if !res.Replayed {
 		ctx.SetStatusCode(fasthttp.StatusCreated)
 	}
-	b := append([]byte(nil), `{"id":`...)
-	b = appendString(b, cmd.ID)
-	b = append(b, `,"customer_id":`...)
-	b = appendString(b, customer)
-	b = append(b, `,"bucket_id":`...)
-	b = appendString(b, res.BucketID)
-	b = append(b, `,"status":`...)
-	b = appendString(b, topUpStatus(res.Status))
-	b = append(b, `,"account":`...)
-	b = appendString(b, cmd.Account+":"+cmd.Asset)
-	b = append(b, `,"asset":`...)
-	b = appendString(b, cmd.Asset)
-	b = append(b, `,"amount":`...)
-	b = appendUnits(b, cmd.Amount, cmd.Scale)
-	b = append(b, `,"price":`...)
-	if price.currency == "" {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, `{"amount":`...)
-		b = appendString(b, price.amount)
-		b = append(b, `,"currency":`...)
-		b = appendString(b, price.currency)
-		b = append(b, '}')
-	}
-	b = append(b, `,"source":`...)
-	b = appendString(b, cmd.Source)
-	b = append(b, `,"expires_at":`...)
-	b = appendTime(b, res.ExpiresAt)
-	b = append(b, `,"created_at":`...)
-	b = appendTime(b, res.CreatedAt)
-	if res.ReversedAt != 0 {
-		b = append(b, `,"reversed_at":`...)
-		b = appendTime(b, res.ReversedAt)
-	}
-	b = append(b, `,"metadata":`...)
-	b = appendRaw(b, cmd.Metadata, "{}")
-	b = append(b, '}')
+	b := appendTopUpRecord(nil, customer, &balance.TopUpRecord{ID: cmd.ID, BucketID: res.BucketID, Account: cmd.Account + ":" + cmd.Asset,
+		Scale: cmd.Scale, Amount: cmd.Amount, Price: price.amount, Currency: price.currency, Source: cmd.Source,
+		ExpiresAt: res.ExpiresAt, CreatedAt: res.CreatedAt, Metadata: cmd.Metadata}, res.ReversedAt)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
-}
-
-func topUpStatus(st uint8) string {
-	if st == balance.TopUpReversed {
-		return "reversed"
-	}
-	return "completed"
 }
 
 type priceText struct{ amount, currency string }
@@ -863,6 +822,14 @@ func (s *Server) reverse(ctx *fasthttp.RequestCtx, customer, id string) {
 	ctx.SetBody(b)
 }
 
+// reversedAt is when a stored top-up was reversed, 0 if it was not.
+func reversedAt(r *balance.TopUpRecord) int64 {
+	if r.Reversal == nil {
+		return 0
+	}
+	return r.Reversal.At
+}
+
 // getTopUp answers GET /v1/customers/{id}/topups/{topup_id}.
 func (s *Server) getTopUp(ctx *fasthttp.RequestCtx, customer, id string) {
 	if !validID(id) {
@@ -875,7 +842,7 @@ func (s *Server) getTopUp(ctx *fasthttp.RequestCtx, customer, id string) {
 		return
 	}
 	ctx.SetContentType("application/json")
-	ctx.SetBody(appendTopUpRecord(nil, customer, &r))
+	ctx.SetBody(appendTopUpRecord(nil, customer, &r, reversedAt(&r)))
 }
 
 // listTopUps answers GET /v1/customers/{id}/topups?limit=&before=, newest
@@ -895,15 +862,16 @@ func (s *Server) listTopUps(ctx *fasthttp.RequestCtx, customer string) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendTopUpRecord(b, customer, &rs[i])
+		b = appendTopUpRecord(b, customer, &rs[i], reversedAt(&rs[i]))
 	}
 	ctx.SetContentType("application/json")
 	ctx.SetBody(appendNext(b, next))
 }
 
-// appendTopUpRecord appends a stored top-up in the shape POST answers it,
-// with what its reversal took back and kept.
-func appendTopUpRecord(b []byte, customer string, r *balance.TopUpRecord) []byte {
+// appendTopUpRecord appends a top-up as POST and GET answer it: reversed
+// when reversedAt is set, with what its reversal took back and kept when
+// r has them (a replayed POST does not).
+func appendTopUpRecord(b []byte, customer string, r *balance.TopUpRecord, reversedAt int64) []byte {
 	b = append(b, `{"id":`...)
 	b = appendString(b, r.ID)
 	b = append(b, `,"customer_id":`...)
@@ -911,7 +879,7 @@ func appendTopUpRecord(b []byte, customer string, r *balance.TopUpRecord) []byte
 	b = append(b, `,"bucket_id":`...)
 	b = appendString(b, r.BucketID)
 	b = append(b, `,"status":`...)
-	if r.Reversal != nil {
+	if reversedAt != 0 {
 		b = append(b, `"reversed"`...)
 	} else {
 		b = append(b, `"completed"`...)
@@ -939,9 +907,11 @@ func appendTopUpRecord(b []byte, customer string, r *balance.TopUpRecord) []byte
 	b = appendTime(b, r.ExpiresAt)
 	b = append(b, `,"created_at":`...)
 	b = appendTime(b, r.CreatedAt)
-	if v := r.Reversal; v != nil {
+	if reversedAt != 0 {
 		b = append(b, `,"reversed_at":`...)
-		b = appendTime(b, v.At)
+		b = appendTime(b, reversedAt)
+	}
+	if v := r.Reversal; v != nil {
 		b = append(b, `,"reversed":`...)
 		b = appendUnits(b, v.Reversed, r.Scale)
 		b = append(b, `,"kept":`...)
