@@ -100,14 +100,50 @@ type PriceEntry struct {
 	Price Dec
 }
 
-// TopupOffer sells credits of Account for Currency, between Min and Max,
-// at the rate of the highest tier whose From the amount reaches.
+// TopupOffer sells credits of Account for Currency. Its rate is exactly
+// one of: Tiers (the rate of the highest tier whose From the amount
+// reaches), Rate (one rate), PlanRates (the rate of the customer's plan) or
+// Package (a fixed number of credits for a fixed price). Min and Max bound
+// the amount paid; Unit, when set, is what the credits bought must be a
+// multiple of. An offer with an ID can be bought by it (POST
+// /v1/customers/{id}/topups with offer_id); only tiered offers can be
+// quoted by currency alone (GET /v1/topup-quote).
 type TopupOffer struct {
-	Currency string `json:"currency"`
-	Account  string `json:"account"`
-	Min      *Dec   `json:"min"`
-	Max      *Dec   `json:"max"`
-	Tiers    []Tier `json:"tiers"`
+	ID          string       `json:"id,omitempty"`
+	Currency    string       `json:"currency"`
+	Account     string       `json:"account"`
+	Min         *Dec         `json:"min"`
+	Max         *Dec         `json:"max"`
+	Tiers       []Tier       `json:"tiers"`
+	Rate        *OfferRate   `json:"rate,omitempty"`
+	PlanRates   []PlanRate   `json:"plan_rates,omitempty"`
+	Package     *OfferRate   `json:"package,omitempty"`
+	Unit        *Dec         `json:"unit,omitempty"`
+	Eligibility *Eligibility `json:"eligibility,omitempty"`
+	// AutoReloadDiscountPct is taken off the price of what auto-reload
+	// buys under this offer (APOB: 10% off Macro with auto-reload on).
+	AutoReloadDiscountPct *Dec `json:"auto_reload_discount_pct,omitempty"`
+}
+
+// OfferRate is Credits for Price: a rate (Make: 10,000 credits for $9), or
+// a package's fixed content.
+type OfferRate struct {
+	Price   *Dec `json:"price"`
+	Credits *Dec `json:"credits"`
+}
+
+// PlanRate is the rate of an offer for the customers of one plan.
+type PlanRate struct {
+	Plan    string `json:"plan"`
+	Price   *Dec   `json:"price"`
+	Credits *Dec   `json:"credits"`
+}
+
+// Eligibility says who may buy an offer: with PlanRequired, only customers
+// with a plan; with Plans, only customers on one of them.
+type Eligibility struct {
+	PlanRequired bool     `json:"plan_required,omitempty"`
+	Plans        []string `json:"plans,omitempty"`
 }
 
 // Tier is one volume tier of a top-up offer.
@@ -235,6 +271,14 @@ func (d *decoder) array(v *fastjson.Value, path string) []*fastjson.Value {
 		return nil
 	}
 	return a
+}
+
+func (d *decoder) boolean(v *fastjson.Value, path string) bool {
+	b, err := v.Bool()
+	if err != nil {
+		d.fail("invalid_request", path, "must be true or false")
+	}
+	return b
 }
 
 func (d *decoder) str(v *fastjson.Value, path string) string {
@@ -413,6 +457,8 @@ func (d *decoder) offer(v *fastjson.Value, path string) TopupOffer {
 	var o TopupOffer
 	d.object(v, path, func(key string, v *fastjson.Value, path string) {
 		switch key {
+		case "id":
+			o.ID = d.str(v, path)
 		case "currency":
 			o.Currency = d.str(v, path)
 		case "account":
@@ -427,11 +473,75 @@ func (d *decoder) offer(v *fastjson.Value, path string) TopupOffer {
 			for i, e := range a {
 				o.Tiers = append(o.Tiers, d.tier(e, index(path, i)))
 			}
+		case "rate":
+			o.Rate = d.offerRate(v, path)
+		case "package":
+			o.Package = d.offerRate(v, path)
+		case "plan_rates":
+			a := d.array(v, path)
+			o.PlanRates = make([]PlanRate, 0, len(a))
+			for i, e := range a {
+				o.PlanRates = append(o.PlanRates, d.planRate(e, index(path, i)))
+			}
+		case "unit":
+			o.Unit = d.dec(v, path)
+		case "auto_reload_discount_pct":
+			o.AutoReloadDiscountPct = d.dec(v, path)
+		case "eligibility":
+			o.Eligibility = d.eligibility(v, path)
 		default:
-			d.unknown(path, key, "currency", "account", "min", "max", "tiers")
+			d.unknown(path, key, "id", "currency", "account", "min", "max", "tiers", "rate", "plan_rates", "package",
+				"unit", "eligibility", "auto_reload_discount_pct")
 		}
 	})
 	return o
+}
+
+func (d *decoder) offerRate(v *fastjson.Value, path string) *OfferRate {
+	r := &OfferRate{}
+	d.object(v, path, func(key string, v *fastjson.Value, path string) {
+		switch key {
+		case "price":
+			r.Price = d.dec(v, path)
+		case "credits":
+			r.Credits = d.dec(v, path)
+		default:
+			d.unknown(path, key, "price", "credits")
+		}
+	})
+	return r
+}
+
+func (d *decoder) planRate(v *fastjson.Value, path string) PlanRate {
+	var r PlanRate
+	d.object(v, path, func(key string, v *fastjson.Value, path string) {
+		switch key {
+		case "plan":
+			r.Plan = d.str(v, path)
+		case "price":
+			r.Price = d.dec(v, path)
+		case "credits":
+			r.Credits = d.dec(v, path)
+		default:
+			d.unknown(path, key, "plan", "price", "credits")
+		}
+	})
+	return r
+}
+
+func (d *decoder) eligibility(v *fastjson.Value, path string) *Eligibility {
+	el := &Eligibility{}
+	d.object(v, path, func(key string, v *fastjson.Value, path string) {
+		switch key {
+		case "plan_required":
+			el.PlanRequired = d.boolean(v, path)
+		case "plans":
+			el.Plans = d.strings(v, path)
+		default:
+			d.unknown(path, key, "plan_required", "plans")
+		}
+	})
+	return el
 }
 
 func (d *decoder) reloadLimit(v *fastjson.Value, path string) AutoReloadLimit {
@@ -558,17 +668,39 @@ func (doc *Document) appendJSON(b []byte) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = append(b, `{"currency":`...)
+		b = append(b, '{')
+		if o.ID != "" {
+			b = append(b, `"id":`...)
+			b = appendString(b, o.ID)
+			b = append(b, ',')
+		}
+		b = append(b, `"currency":`...)
 		b = appendString(b, o.Currency)
 		b = append(b, `,"account":`...)
 		b = appendString(b, o.Account)
-		if o.Min != nil {
-			b = append(b, `,"min":`...)
-			b = appendDec(b, *o.Min)
+		b = appendOptDec(b, "min", o.Min)
+		b = appendOptDec(b, "max", o.Max)
+		b = o.appendRates(b)
+		b = appendOptDec(b, "unit", o.Unit)
+		if el := o.Eligibility; el != nil {
+			b = append(b, `,"eligibility":{"plan_required":`...)
+			b = strconv.AppendBool(b, el.PlanRequired)
+			if el.Plans != nil {
+				b = append(b, `,"plans":[`...)
+				for j, pl := range el.Plans {
+					if j > 0 {
+						b = append(b, ',')
+					}
+					b = appendString(b, pl)
+				}
+				b = append(b, ']')
+			}
+			b = append(b, '}')
 		}
-		if o.Max != nil {
-			b = append(b, `,"max":`...)
-			b = appendDec(b, *o.Max)
+		b = appendOptDec(b, "auto_reload_discount_pct", o.AutoReloadDiscountPct)
+		if o.Tiers == nil {
+			b = append(b, '}')
+			continue
 		}
 		b = append(b, `,"tiers":[`...)
 		for j, t := range o.Tiers {
@@ -601,17 +733,8 @@ func (doc *Document) appendJSON(b []byte) []byte {
 			}
 			b = append(b, `{"account":`...)
 			b = appendString(b, l.Account)
-			for _, m := range []struct {
-				name string
-				v    *Dec
-			}{{"threshold_min", l.ThresholdMin}, {"threshold_max", l.ThresholdMax}, {"threshold_default", l.ThresholdDefault}} {
-				if m.v != nil {
-					b = append(b, `,"`...)
-					b = append(b, m.name...)
-					b = append(b, `":`...)
-					b = appendDec(b, *m.v)
-				}
-			}
+			b = appendDecMembers(b, false, decMember{"threshold_min", l.ThresholdMin},
+				decMember{"threshold_max", l.ThresholdMax}, decMember{"threshold_default", l.ThresholdDefault})
 			b = append(b, '}')
 		}
 		b = append(b, ']')
@@ -709,4 +832,64 @@ func appendString(b []byte, s string) []byte {
 		i += n
 	}
 	return append(b, '"')
+}
+
+// appendOptDec appends ,"name":d when d is set.
+func appendOptDec(b []byte, name string, d *Dec) []byte {
+	return appendDecMembers(b, false, decMember{name, d})
+}
+
+// decMember is an optional decimal member of a JSON object.
+type decMember struct {
+	name string
+	v    *Dec
+}
+
+// appendDecMembers appends "name":v for each member that is set, separated
+// by commas, with a comma before the first unless first is true.
+func appendDecMembers(b []byte, first bool, ms ...decMember) []byte {
+	for _, m := range ms {
+		if m.v == nil {
+			continue
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, '"')
+		b = append(b, m.name...)
+		b = append(b, `":`...)
+		b = appendDec(b, *m.v)
+	}
+	return b
+}
+
+// appendRates appends an offer's rate, plan_rates and package members.
+func (o *TopupOffer) appendRates(b []byte) []byte {
+	rate := func(b []byte, name string, r *OfferRate) []byte {
+		if r == nil {
+			return b
+		}
+		b = append(b, `,"`...)
+		b = append(b, name...)
+		b = append(b, `":{`...)
+		b = appendDecMembers(b, true, decMember{"price", r.Price}, decMember{"credits", r.Credits})
+		return append(b, '}')
+	}
+	b = rate(b, "rate", o.Rate)
+	b = rate(b, "package", o.Package)
+	if o.PlanRates != nil {
+		b = append(b, `,"plan_rates":[`...)
+		for i, r := range o.PlanRates {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"plan":`...)
+			b = appendString(b, r.Plan)
+			b = appendDecMembers(b, false, decMember{"price", r.Price}, decMember{"credits", r.Credits})
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
+	return b
 }

@@ -16,7 +16,8 @@ const (
 	componentsMax        = 16   // per price
 	priceMapEntriesMax   = 1024 // per unit_price map
 	priceMapEntriesSum   = 65536
-	offersMax            = 16
+	offersMax            = 64
+	planRatesMax         = 64 // per offer, and plans per eligibility
 	reloadLimitsMax      = 64 // auto_reload_limits entries
 	tiersMax             = 32 // per offer
 	dimensionsMax        = 4  // per price
@@ -35,6 +36,7 @@ type Pricing struct {
 	byType      map[string][]*price // event_type -> prices, in document order
 	json        []byte              // canonical document
 	offers      []TopupOffer        // the document's top-up offers, validated
+	offerByID   map[string]int      // offer id -> index in offers
 	reload      map[string]ReloadLimits
 	refunds     map[string]Refund // "topup", "plan_grant"
 }
@@ -444,61 +446,6 @@ func compileRate(price, pkg Dec, scale uint8, perEvent bool, path string) (rate,
 	}
 	r.perEvent = x
 	return r, nil
-}
-
-func (p *Pricing) compileOffers(offers []TopupOffer) error {
-	if len(offers) > offersMax {
-		return limitErr("topup_offers", "a pricing document may define at most 16 top-up offers")
-	}
-	for i := range offers {
-		o := &offers[i]
-		path := index("topup_offers", i)
-		if !isAssetCode(o.Currency) {
-			return pricingErr(path+".currency", "currency must be 1-16 characters of A-Z, 0-9 and _")
-		}
-		for j := range offers[:i] {
-			if offers[j].Currency == o.Currency {
-				return pricingErr(path+".currency", "topup_offers["+strconv.Itoa(j)+"] already sells for "+o.Currency+
-					": a quote names only the currency")
-			}
-		}
-		if _, _, err := p.account(o.Account, path+".account"); err != nil {
-			return err
-		}
-		switch {
-		case o.Min == nil:
-			return pricingErr(path+".min", "min is required")
-		case o.Min.Sign() <= 0:
-			return pricingErr(path+".min", "min must be positive")
-		case o.Max == nil:
-			return pricingErr(path+".max", "max is required")
-		case o.Max.Cmp(*o.Min) < 0:
-			return pricingErr(path+".max", "max must not be below min")
-		case len(o.Tiers) == 0:
-			return pricingErr(path+".tiers", "an offer needs at least one tier")
-		case len(o.Tiers) > tiersMax:
-			return limitErr(path+".tiers", "an offer may have at most 32 tiers")
-		}
-		for j, t := range o.Tiers {
-			tpath := index(path+".tiers", j)
-			switch {
-			case t.From == nil:
-				return pricingErr(tpath+".from", "from is required")
-			case j == 0 && t.From.Cmp(*o.Min) != 0:
-				return pricingErr(tpath+".from", "the first tier must start at min ("+o.Min.String()+")")
-			case j > 0 && t.From.Cmp(*o.Tiers[j-1].From) <= 0:
-				return pricingErr(tpath+".from", "from must be greater than the previous tier's from")
-			case t.From.Cmp(*o.Max) > 0:
-				return pricingErr(tpath+".from", "from must not exceed max ("+o.Max.String()+")")
-			case t.CreditsPerUnit == nil:
-				return pricingErr(tpath+".credits_per_unit", "credits_per_unit is required")
-			case t.CreditsPerUnit.Sign() <= 0:
-				return pricingErr(tpath+".credits_per_unit", "credits_per_unit must be positive")
-			}
-		}
-	}
-	p.offers = offers
-	return nil
 }
 
 func (p *Pricing) compileReloadLimits(limits []AutoReloadLimit) error {

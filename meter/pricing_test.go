@@ -264,9 +264,9 @@ func TestCompileErrors(t *testing.T) {
 		{"offer tier rate missing", "", "", offer(`"min":"10","max":"20","tiers":[{"from":"10"}]`), ip, "topup_offers[0].tiers[0].credits_per_unit", "required"},
 		{"offer tier from missing", "", "", offer(`"min":"10","max":"20","tiers":[{"credits_per_unit":"1"}]`), ip, "topup_offers[0].tiers[0].from", "required"},
 		{"offer duplicate currency", "", "", `[{"currency":"USD","account":"default:CREDITS","min":"1","max":"2","tiers":[{"from":"1","credits_per_unit":"1"}]},{"currency":"USD","account":"other:CREDITS","min":"1","max":"2","tiers":[{"from":"1","credits_per_unit":"1"}]}]`, ip, "topup_offers[1].currency", "already sells"},
-		{"too many offers", "", "", repeatJSON(17, func(i int) string {
+		{"too many offers", "", "", repeatJSON(65, func(i int) string {
 			return `{"currency":"C` + strconv.Itoa(i) + `","account":"default:CREDITS","min":"1","max":"2","tiers":[{"from":"1","credits_per_unit":"1"}]}`
-		}), "pricing_limit_exceeded", "topup_offers", "16 top-up offers"},
+		}), "pricing_limit_exceeded", "topup_offers", "64 top-up offers"},
 		{"too many tiers", "", "", offer(`"min":"1","max":"100","tiers":` + repeatJSON(33, func(i int) string {
 			return `{"from":"` + strconv.Itoa(i+1) + `","credits_per_unit":"1"}`
 		})), "pricing_limit_exceeded", "topup_offers[0].tiers", "32 tiers"},

@@ -66,7 +66,7 @@ func (p *Pricing) Quote(amount, currency string) (Quote, error) {
 	offers := p.topupOffers()
 	oi := -1
 	for i := range offers {
-		if offers[i].Currency == currency {
+		if offers[i].Currency == currency && offers[i].Tiers != nil {
 			oi = i
 			break
 		}
@@ -75,8 +75,6 @@ func (p *Pricing) Quote(amount, currency string) (Quote, error) {
 		return Quote{}, unknownCurrency(currency, offers)
 	}
 	o := &offers[oi]
-	path := index("topup_offers", oi)
-
 	scale := uint8(quoteScaleDefault)
 	if a, ok := p.Asset(currency); ok {
 		scale = a.Scale
@@ -88,6 +86,12 @@ func (p *Pricing) Quote(amount, currency string) (Quote, error) {
 		return Quote{}, e
 	}
 	amt, _ := decOfBig(big.NewInt(units), -int(scale)) // |units| <= MaxUnits: 19 digits
+	return p.tieredQuote(o, index("topup_offers", oi), amt)
+}
+
+// tieredQuote quotes amt under the tiered offer o, at path in the document.
+func (p *Pricing) tieredQuote(o *TopupOffer, path string, amt Dec) (Quote, error) {
+	currency := o.Currency
 	if amt.Cmp(*o.Min) < 0 || amt.Cmp(*o.Max) > 0 {
 		return Quote{}, errf("amount_out_of_range", "amount",
 			"amount must be from "+o.Min.String()+" to "+o.Max.String()+" "+currency+"; got "+amt.String())
@@ -142,7 +146,9 @@ func (p *Pricing) Quote(amount, currency string) (Quote, error) {
 func unknownCurrency(currency string, offers []TopupOffer) *Error {
 	var sold []string
 	for i := range offers {
-		sold = append(sold, offers[i].Currency)
+		if offers[i].Tiers != nil {
+			sold = append(sold, offers[i].Currency)
+		}
 	}
 	msg := "no top-up offer sells credits for " + currency
 	if !isAssetCode(currency) {
