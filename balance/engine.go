@@ -9,6 +9,7 @@ import (
 	"math"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -642,6 +643,9 @@ type TopUpResult struct {
 	// Reversal is what a reversal took back and kept (a replayed reversal
 	// has none: its ledger entry says).
 	Reversal *wallet.Reversal
+	// Record is a new top-up's record, as GET answers it; nil for a
+	// replay (TopUpByID reads it).
+	Record *TopUpRecord
 }
 
 // refundRule is the pricing's refund rule of a kind of purchase, or the
@@ -691,6 +695,11 @@ func (e *Engine) TopUp(customer string, c *wallet.TopUpCmd, hash [16]byte) (TopU
 		if ferr := checkFuture(c.ExpiresAt, g.now); ferr != nil {
 			return ferr
 		}
+		if c.Offer != nil {
+			if ferr := buyOffer(e.Pricing(), c, w); ferr != nil {
+				return ferr
+			}
+		}
 		bucket, entries, berr := w.TopUp(c, g.now, sh.entries[:0])
 		sh.written(g, w, entries)
 		if berr != nil {
@@ -698,11 +707,36 @@ func (e *Engine) TopUp(customer string, c *wallet.TopUpCmd, hash [16]byte) (TopU
 		}
 		sh.remember(g, key, &record{Kind: idemTopUp, Hash: hash, BucketID: bucket, TopUpStatus: TopUpCompleted})
 		res = TopUpResult{BucketID: bucket, Status: TopUpCompleted, CreatedAt: g.now, ExpiresAt: resolvedExpiry(w, c.ExpiresAt, g.now)}
-		sh.recordTopUp(g, customer, &TopUpRecord{ID: c.ID, BucketID: bucket, Account: c.Account + ":" + c.Asset, Scale: c.Scale,
-			Amount: c.Amount, Price: c.Price, Currency: c.Currency, Source: c.Source, ExpiresAt: res.ExpiresAt, CreatedAt: g.now, Metadata: c.Metadata})
+		tr := &TopUpRecord{ID: c.ID, BucketID: bucket, Account: c.Account + ":" + c.Asset, Scale: c.Scale,
+			Amount: c.Amount, Price: c.Price, Currency: c.Currency, Source: c.Source, ExpiresAt: res.ExpiresAt, CreatedAt: g.now,
+			Metadata: c.Metadata, Description: c.Description, ExchangeRate: c.ExchangeRate}
+		if q := c.Bought; q != nil {
+			tr.OfferID, tr.Tier, tr.RatePrice, tr.RateCredits = q.OfferID, q.Tier, q.RatePrice.String(), q.RateCredits.String()
+		}
+		sh.recordTopUp(g, customer, tr)
+		res.Record = tr
 		return nil
 	})
 	return res, err
+}
+
+// buyOffer prices the offer a top-up buys under the customer's plan, and
+// sets what the top-up credits and what it costs.
+func buyOffer(p *meter.Pricing, c *wallet.TopUpCmd, w *wallet.Wallet) *wallet.Error {
+	b := *c.Offer
+	if pl := w.Settings.Plan; pl != nil {
+		b.Plan = pl.ID
+	}
+	q, err := p.Buy(b)
+	if err != nil {
+		me := err.(*meter.Error)
+		return &wallet.Error{Code: me.Code, Message: me.Message, Field: me.Field}
+	}
+	name, code, _ := strings.Cut(q.Account, ":")
+	a, _ := p.Asset(code)
+	c.Account, c.Asset, c.Scale, c.Amount = name, a.Code, a.Scale, q.CreditUnits
+	c.Price, c.Currency, c.Bought = q.Price.String(), q.Currency, &q
+	return nil
 }
 
 // ReverseTopUp takes back what is left of a top-up, under the refund rule

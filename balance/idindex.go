@@ -234,7 +234,7 @@ func (x *idIndex) bytes() int { return len(x.fps) * 20 }
 // recordExpireAt reads a stored record's ExpireAt without decoding the
 // rest: version, kind, hash, RecordedAt (varint), ExpireAt (varint).
 func recordExpireAt(v []byte) (int64, bool) {
-	if len(v) < 18 || v[0] != recordVersion {
+	if len(v) < 18 || (v[0] != recordVersion && v[0] != recordVersion1) {
 		return 0, false
 	}
 	_, n := binary.Varint(v[18:])

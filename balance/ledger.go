@@ -17,7 +17,8 @@ import (
 // (cmdlog.go). A ledger read first has the shard write the customer's
 // pending chunk, so it sees every entry acknowledged before it.
 //
-//	'l' customer 0x00 last-seq(8, BE) -> one entry (AppendEntry, version 1),
+//	'l' customer 0x00 last-seq(8, BE) -> one entry (AppendEntry: its first
+//	                                     byte is 1 or 3, never 2),
 //	                                     or a chunk of consecutive entries:
 //	                                     version=2 count {uvarint length, entry}
 //

@@ -59,6 +59,7 @@ type OutboxUsage struct {
 	PricingVersion uint32
 	Charges        []wallet.ChargeResult
 	Data           []byte
+	Description    string
 }
 
 // outboxGroup accumulates a group's outbox record while the group is applied.
@@ -136,7 +137,7 @@ func decodeOutbox(seq uint64, b []byte) (*OutboxRecord, error) {
 			}
 			r.Usage = append(r.Usage, OutboxUsage{Customer: customer, EventID: id, EventType: rec.EventType, Subject: rec.Subject,
 				OccurredAt: rec.OccurredAt, RecordedAt: rec.RecordedAt, Status: rec.Status, PricingVersion: rec.PricingVersion,
-				Charges: rec.Charges, Data: rec.Data})
+				Charges: rec.Charges, Data: rec.Data, Description: rec.Description})
 		case 'n':
 			customer := d.Str()
 			raw := d.Raw(d.U(), 1<<21)

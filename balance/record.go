@@ -20,7 +20,11 @@ const (
 	TopUpReversed  uint8 = 2
 )
 
-const recordVersion = 1
+// Record versions: 2 adds a usage event's description after its data.
+const (
+	recordVersion1 = 1
+	recordVersion  = 2
+)
 
 // record is the idempotency record of one applied write. For usage events it
 // is also the durable usage record (what happened to the event).
@@ -37,6 +41,7 @@ type record struct {
 	EventType      string
 	Subject        string
 	Data           []byte
+	Description    string
 	Charges        []wallet.ChargeResult
 
 	// Top-ups.
@@ -58,6 +63,7 @@ func (r *record) append(b []byte) []byte {
 		b = enc.AppendStr(b, r.EventType)
 		b = enc.AppendStr(b, r.Subject)
 		b = enc.AppendOptBytes(b, r.Data)
+		b = enc.AppendStr(b, r.Description)
 		b = binary.AppendUvarint(b, uint64(len(r.Charges)))
 		for i := range r.Charges {
 			b = appendChargeResult(b, r.Charges[i].Account, &r.Charges[i])
@@ -88,7 +94,8 @@ func appendChargeResult(b []byte, account string, c *wallet.ChargeResult) []byte
 
 func decodeRecord(b []byte) (*record, error) {
 	d := enc.Decoder{B: b}
-	if v := d.Byte1(); d.Err == nil && v != recordVersion {
+	v := d.Byte1()
+	if d.Err == nil && v != recordVersion && v != recordVersion1 {
 		return nil, fmt.Errorf("balance: idempotency record: unknown format version %d", v)
 	}
 	r := &record{Kind: d.Byte1()}
@@ -103,6 +110,9 @@ func decodeRecord(b []byte) (*record, error) {
 		r.EventType = d.Str()
 		r.Subject = d.Str()
 		r.Data = d.OptBytes()
+		if v >= recordVersion {
+			r.Description = d.Str()
+		}
 		r.Charges = make([]wallet.ChargeResult, d.Count(wallet.EventChargesMax, 5))
 		for i := range r.Charges {
 			c := &r.Charges[i]

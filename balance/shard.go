@@ -527,6 +527,7 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		EventType:      ev.EventType,
 		Subject:        ev.Subject,
 		Data:           ev.DataJSON,
+		Description:    ev.Description,
 	}
 	cmd := wallet.UsageCmd{EventID: ev.ID, OccurredAt: ev.OccurredAt, PricingVersion: g.pricing.Version, HoldID: ev.HoldID}
 	applied := matched || ev.HoldID != ""
@@ -538,6 +539,13 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		s.results, s.entries, berr = w.Charge(&cmd, g.now, s.results[:0], s.entries[:0])
 		s.ck.changed(g, w)
 		if len(s.entries) > 0 {
+			if ev.Description != "" {
+				for i := range s.entries {
+					if s.entries[i].EventID == ev.ID {
+						s.entries[i].Description = ev.Description
+					}
+				}
+			}
 			s.writeEntries(g, w, s.entries)
 		}
 		s.effects(g, w)

@@ -39,6 +39,14 @@ type TopUpRecord struct {
 	CreatedAt int64
 	Metadata  []byte
 	Reversal  *TopUpReversal // nil: not reversed
+	// Since format 2: the description, the exchange rate of a top-up paid
+	// in another currency, and the offer bought (OfferID "" for none) with
+	// its tier (0 unless tiered) and rate, RateCredits for RatePrice.
+	Description            string
+	ExchangeRate           string
+	OfferID                string
+	Tier                   int
+	RatePrice, RateCredits string
 }
 
 // TopUpReversal is what a top-up's reversal took back and kept.
@@ -48,7 +56,7 @@ type TopUpReversal struct {
 }
 
 func (r *TopUpRecord) append(b []byte) []byte {
-	b = append(b, 1)
+	b = append(b, 2)
 	b = enc.AppendStr(b, r.ID)
 	b = enc.AppendStr(b, r.BucketID)
 	b = enc.AppendStr(b, r.Account)
@@ -59,16 +67,32 @@ func (r *TopUpRecord) append(b []byte) []byte {
 	b = enc.AppendStr(b, r.Source)
 	b = binary.AppendVarint(b, r.ExpiresAt)
 	b = binary.AppendVarint(b, r.CreatedAt)
-	return enc.AppendOptBytes(b, r.Metadata)
+	b = enc.AppendOptBytes(b, r.Metadata)
+	b = enc.AppendStr(b, r.Description)
+	b = enc.AppendStr(b, r.ExchangeRate)
+	b = enc.AppendStr(b, r.OfferID)
+	b = binary.AppendUvarint(b, uint64(r.Tier))
+	b = enc.AppendStr(b, r.RatePrice)
+	return enc.AppendStr(b, r.RateCredits)
 }
 
 func decodeTopUpRecord(v []byte) (TopUpRecord, error) {
 	d := enc.Decoder{B: v}
-	if ver := d.Byte1(); d.Err == nil && ver != 1 {
+	ver := d.Byte1()
+	if d.Err == nil && ver != 1 && ver != 2 {
 		return TopUpRecord{}, fmt.Errorf("top-up record: unknown format %d", ver)
 	}
 	r := TopUpRecord{ID: d.Str(), BucketID: d.Str(), Account: d.Str(), Scale: d.Byte1(), Amount: d.V(),
 		Price: d.Str(), Currency: d.Str(), Source: d.Str(), ExpiresAt: d.V(), CreatedAt: d.V(), Metadata: d.OptBytes()}
+	if ver >= 2 {
+		r.Description, r.ExchangeRate, r.OfferID = d.Str(), d.Str(), d.Str()
+		if t := d.U(); t > 1<<16 {
+			d.Fail(fmt.Errorf("tier %d", t))
+		} else {
+			r.Tier = int(t)
+		}
+		r.RatePrice, r.RateCredits = d.Str(), d.Str()
+	}
 	if d.End() != nil {
 		return TopUpRecord{}, fmt.Errorf("top-up record: %w", d.Err)
 	}

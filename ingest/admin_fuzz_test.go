@@ -107,8 +107,8 @@ var adminFuzzSeeds = []string{
 type adminDecoder func(body []byte) (any, error)
 
 type topUpDecoded struct {
-	Cmd   *wallet.TopUpCmd
-	Price priceText
+	Cmd  *wallet.TopUpCmd
+	Hash [16]byte // covers what the client sent
 }
 
 func (s *Server) fuzzTopUp(body []byte) (any, error) {
@@ -116,11 +116,11 @@ func (s *Server) fuzzTopUp(body []byte) (any, error) {
 	if err := decodeStrict(body, &b); err != nil {
 		return nil, err
 	}
-	cmd, price, err := s.topUpCmd(&b)
+	cmd, h, err := s.topUpCmd(&b)
 	if err != nil {
 		return nil, err
 	}
-	return topUpDecoded{cmd, price}, nil
+	return topUpDecoded{cmd, h}, nil
 }
 
 type adjustDecoded struct {
@@ -307,8 +307,17 @@ func FuzzTopUpBody(f *testing.F) {
 		d := v.(topUpDecoded)
 		m := map[string]any{"id": d.Cmd.ID, "account": d.Cmd.Account, "asset": d.Cmd.Asset,
 			"amount": units(d.Cmd.Amount, d.Cmd.Scale), "source": d.Cmd.Source, "expires_at": timeText(d.Cmd.ExpiresAt)}
-		if d.Price.currency != "" {
-			m["price"] = map[string]string{"amount": d.Price.amount, "currency": d.Price.currency}
+		switch {
+		case d.Cmd.ExchangeRate != "": // paid in a currency, crediting a destination
+			delete(m, "account")
+			delete(m, "asset")
+			m["amount"], m["currency"] = d.Cmd.Price, d.Cmd.Currency
+			m["destination"] = map[string]string{"account_name": d.Cmd.Account, "asset": d.Cmd.Asset, "exchange_rate": d.Cmd.ExchangeRate}
+		case d.Cmd.Currency != "":
+			m["price"] = map[string]string{"amount": d.Cmd.Price, "currency": d.Cmd.Currency}
+		}
+		if d.Cmd.Description != "" {
+			m["description"] = d.Cmd.Description
 		}
 		if d.Cmd.Metadata != nil {
 			m["metadata"] = json.RawMessage(d.Cmd.Metadata)

@@ -72,6 +72,12 @@ var codeStatus = map[string]int{
 	// An auto-reload threshold outside the pricing's auto_reload_limits.
 	"threshold_below_minimum": fasthttp.StatusUnprocessableEntity,
 	"threshold_above_maximum": fasthttp.StatusUnprocessableEntity,
+	// Offers (topup_offers with an id) refusing a purchase.
+	"unknown_offer":         fasthttp.StatusUnprocessableEntity,
+	"offer_requires_plan":   fasthttp.StatusUnprocessableEntity,
+	"offer_not_eligible":    fasthttp.StatusUnprocessableEntity,
+	"package_mismatch":      fasthttp.StatusUnprocessableEntity,
+	"quantity_not_in_units": fasthttp.StatusUnprocessableEntity,
 	// Too much ledger for one usage view.
 	"usage_range_too_large": fasthttp.StatusUnprocessableEntity,
 	// An event type without a price under --unpriced-events reject.

@@ -82,6 +82,7 @@ type Limits struct {
 	IDLenMax        int           // event, customer and hold ids: 1..IDLenMax chars of [A-Za-z0-9._:-]
 	EventTypeLenMax int           // event_type: 1..EventTypeLenMax chars of [A-Za-z0-9._:-]
 	SubjectLenMax   int           // subject: at most this many Unicode code points
+	DescriptionMax  int           // description: at most this many Unicode code points
 	DataBytesMax    int           // the compact JSON of data
 	DataDepthMax    int           // nesting depth of data; data itself is depth 1
 	DataKeysMax     int           // object members in total across the data tree
@@ -99,6 +100,7 @@ func DefaultLimits() Limits {
 		IDLenMax:        128,
 		EventTypeLenMax: 128,
 		SubjectLenMax:   256,
+		DescriptionMax:  1024,
 		DataBytesMax:    16 << 10,
 		DataDepthMax:    8,
 		DataKeysMax:     256,
@@ -126,6 +128,7 @@ func resolve(lim *Limits) Limits {
 	setInt(&l.IDLenMax, def.IDLenMax)
 	setInt(&l.EventTypeLenMax, def.EventTypeLenMax)
 	setInt(&l.SubjectLenMax, def.SubjectLenMax)
+	setInt(&l.DescriptionMax, def.DescriptionMax)
 	setInt(&l.DataBytesMax, def.DataBytesMax)
 	setInt(&l.DataDepthMax, def.DataDepthMax)
 	setInt(&l.DataKeysMax, def.DataKeysMax)
@@ -218,6 +221,7 @@ const (
 	ReasonOccurredAtInFuture = "occurred_at_in_future" // out_of_window: after now+FutureSkewMax
 	ReasonOccurredAtTooOld   = "occurred_at_too_old"   // out_of_window: before now-PastWindowMax
 	ReasonSubjectTooLong     = "subject_too_long"      // subject longer than SubjectLenMax code points
+	ReasonDescriptionTooLong = "description_too_long"  // description longer than DescriptionMax code points
 	ReasonInvalidHoldID      = "invalid_hold_id"       // hold_id empty or outside the charset
 	ReasonHoldIDTooLong      = "hold_id_too_long"      // hold_id longer than IDLenMax
 	ReasonDataNotObject      = "data_not_object"       // data is neither an object nor null
@@ -441,6 +445,7 @@ const (
 	mSubject
 	mData
 	mHoldID
+	mDescription
 	mCount
 )
 
@@ -460,6 +465,8 @@ func memberSlot(key string) int {
 		return mData
 	case "hold_id":
 		return mHoldID
+	case "description":
+		return mDescription
 	}
 	return -1
 }
@@ -603,6 +610,21 @@ func (d *Decoder) event(v *fastjson.Value, idx int, def *defCustomer, out *Decod
 		}
 	}
 
+	// description
+	var desc []byte
+	switch t := typeOf(m[mDescription]); {
+	case t == fastjson.TypeNull:
+	case t != fastjson.TypeString:
+		reject(wrongType(idx, "description", "a string", t))
+		return
+	default:
+		desc, _ = m[mDescription].StringBytes()
+		if len(desc) > d.lim.DescriptionMax && utf8.RuneCount(desc) > d.lim.DescriptionMax {
+			reject(evErr(ReasonDescriptionTooLong, pathMember(idx, "description"), "description has more than "+strconv.Itoa(d.lim.DescriptionMax)+" characters"))
+			return
+		}
+	}
+
 	// hold_id
 	var hold []byte
 	switch t := typeOf(m[mHoldID]); {
@@ -630,6 +652,7 @@ func (d *Decoder) event(v *fastjson.Value, idx int, def *defCustomer, out *Decod
 	sType := d.appendStr(eventType)
 	sSubject := d.appendStr(subject)
 	sHold := d.appendStr(hold)
+	sDesc := d.appendStr(desc)
 
 	// data
 	data := m[mData]
@@ -662,6 +685,12 @@ func (d *Decoder) event(v *fastjson.Value, idx int, def *defCustomer, out *Decod
 	}
 	c = appendCanonStr(c, subject)
 	c = appendCanonStr(c, hold)
+	if len(desc) > 0 {
+		// Only when given, so that an event without one hashes as before
+		// descriptions; 'D' is no type tag of a data value.
+		c = append(c, 'D')
+		c = appendCanonStr(c, desc)
+	}
 	d.canon = c
 	if data == nil {
 		d.canon = append(d.canon, 'o', 0)
@@ -704,6 +733,7 @@ func (d *Decoder) event(v *fastjson.Value, idx int, def *defCustomer, out *Decod
 	ev.EventType = view(buf, sType)
 	ev.Subject = view(buf, sSubject)
 	ev.HoldID = view(buf, sHold)
+	ev.Description = view(buf, sDesc)
 	ev.OccurredAt = occurredNs
 	ev.DataJSON = buf[len(d.str):len(buf):len(buf)]
 	if len(d.fields) > 0 {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
-	"github.com/meterd/meterd/balance"
 	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
 	"github.com/valyala/fasthttp"
@@ -247,7 +246,7 @@ func settingsDoc(w *wallet.Wallet, p *meter.Pricing) []byte {
 	b = append(b, `},"plan":`...)
 	b = appendPlan(b, st.Plan)
 	b = append(b, `,"auto_reload":`...)
-	b = appendAutoReload(b, st.AutoReload, false)
+	b = appendAutoReload(b, st.AutoReload, false, p)
 	b = append(b, `,"max_active_holds":`...)
 	b = appendHoldLimits(b, st.HoldLimits)
 	b = append(b, `,"balance_alerts":[`...)
@@ -675,17 +674,6 @@ type priceBody struct {
 	Currency string          `json:"currency"`
 }
 
-type topUpBody struct {
-	ID        string          `json:"id"`
-	Account   *string         `json:"account"`
-	Asset     string          `json:"asset"`
-	Amount    json.RawMessage `json:"amount"`
-	Price     *priceBody      `json:"price"`
-	Source    *string         `json:"source"`
-	ExpiresAt *string         `json:"expires_at"`
-	Metadata  json.RawMessage `json:"metadata"`
-}
-
 // hasher builds the content hash of a write from its parsed fields.
 type hasher struct{ b []byte }
 
@@ -700,89 +688,6 @@ func (h *hasher) sum() [16]byte {
 	var out [16]byte
 	copy(out[:], full[:16])
 	return out
-}
-
-func (s *Server) topUp(ctx *fasthttp.RequestCtx, customer string) {
-	var body topUpBody
-	if err := decodeStrict(ctx.PostBody(), &body); err != nil {
-		s.writeErr(ctx, err)
-		return
-	}
-	cmd, price, err := s.topUpCmd(&body)
-	if err != nil {
-		s.writeErr(ctx, err)
-		return
-	}
-	h := (&hasher{}).str(cmd.ID).str(cmd.Account).str(cmd.Asset).int(cmd.Amount).str(price.amount).str(price.currency).
-		str(cmd.Source).int(cmd.ExpiresAt).str(string(cmd.Metadata)).sum()
-	res, err := s.e.TopUp(customer, cmd, h)
-	if err != nil {
-		s.writeErr(ctx, err)
-		return
-	}
-	if !res.Replayed {
-		ctx.SetStatusCode(fasthttp.StatusCreated)
-	}
-	b := appendTopUpRecord(nil, customer, &balance.TopUpRecord{ID: cmd.ID, BucketID: res.BucketID, Account: cmd.Account + ":" + cmd.Asset,
-		Scale: cmd.Scale, Amount: cmd.Amount, Price: price.amount, Currency: price.currency, Source: cmd.Source,
-		ExpiresAt: res.ExpiresAt, CreatedAt: res.CreatedAt, Metadata: cmd.Metadata}, res.ReversedAt)
-	ctx.SetContentType("application/json")
-	ctx.SetBody(b)
-}
-
-type priceText struct{ amount, currency string }
-
-func (s *Server) topUpCmd(body *topUpBody) (*wallet.TopUpCmd, priceText, error) {
-	var price priceText
-	if !validID(body.ID) {
-		return nil, price, badRequest("invalid_id", "id", "id must be 1-128 characters of [A-Za-z0-9._:-]")
-	}
-	name := defaultAccountName
-	if body.Account != nil {
-		name = *body.Account
-	}
-	if !validAccountName(name) {
-		return nil, price, badRequest("invalid_request", "account", "account must be 1-64 characters of [A-Za-z0-9._-]")
-	}
-	p := s.e.Pricing()
-	asset, ok := p.Asset(body.Asset)
-	if !ok {
-		return nil, price, badRequest("unknown_asset", "asset", "asset %q is not defined by the pricing in force (version %d)", body.Asset, p.Version)
-	}
-	amount, err := parseAmount(body.Amount, asset.Scale, "amount")
-	if err != nil {
-		return nil, price, err
-	}
-	if amount <= 0 {
-		return nil, price, badRequest("invalid_amount", "amount", "a top-up amount must be positive")
-	}
-	if body.Price != nil {
-		if !validCode(body.Price.Currency) {
-			return nil, price, badRequest("invalid_request", "price.currency", "currency must be 1-16 characters of [A-Z0-9_]")
-		}
-		text, err := decimalText(body.Price.Amount, "price.amount")
-		if err != nil {
-			return nil, price, err
-		}
-		price = priceText{amount: text, currency: body.Price.Currency}
-	}
-	source := defaultTopUpSource
-	if body.Source != nil {
-		source = *body.Source
-	}
-	if err := checkLen(source, "source", sourceLenMax); err != nil {
-		return nil, price, err
-	}
-	exp, err := parseExpiry(body.ExpiresAt, "expires_at")
-	if err != nil {
-		return nil, price, err
-	}
-	md, err := metadata(body.Metadata, "metadata")
-	if err != nil {
-		return nil, price, err
-	}
-	return &wallet.TopUpCmd{ID: body.ID, Account: name, Asset: asset.Code, Scale: asset.Scale, Amount: amount,
-		Source: source, ExpiresAt: exp, Metadata: md, Price: price.amount, Currency: price.currency}, price, nil
 }
 
 func validCode(s string) bool {
@@ -820,106 +725,6 @@ func (s *Server) reverse(ctx *fasthttp.RequestCtx, customer, id string) {
 	b = append(b, '}')
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
-}
-
-// reversedAt is when a stored top-up was reversed, 0 if it was not.
-func reversedAt(r *balance.TopUpRecord) int64 {
-	if r.Reversal == nil {
-		return 0
-	}
-	return r.Reversal.At
-}
-
-// getTopUp answers GET /v1/customers/{id}/topups/{topup_id}.
-func (s *Server) getTopUp(ctx *fasthttp.RequestCtx, customer, id string) {
-	if !validID(id) {
-		writeError(ctx, "invalid_id", "top-up id must be 1-128 characters of [A-Za-z0-9._:-]", "id")
-		return
-	}
-	r, err := s.e.TopUpByID(customer, id)
-	if err != nil {
-		s.writeErr(ctx, err)
-		return
-	}
-	ctx.SetContentType("application/json")
-	ctx.SetBody(appendTopUpRecord(nil, customer, &r, reversedAt(&r)))
-}
-
-// listTopUps answers GET /v1/customers/{id}/topups?limit=&before=, newest
-// first.
-func (s *Server) listTopUps(ctx *fasthttp.RequestCtx, customer string) {
-	limit, before, ok := pageArgs(ctx)
-	if !ok {
-		return
-	}
-	rs, next, err := s.e.TopUps(customer, before, limit)
-	if err != nil {
-		s.writeErr(ctx, err)
-		return
-	}
-	b := append([]byte(nil), `{"topups":[`...)
-	for i := range rs {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendTopUpRecord(b, customer, &rs[i], reversedAt(&rs[i]))
-	}
-	ctx.SetContentType("application/json")
-	ctx.SetBody(appendNext(b, next))
-}
-
-// appendTopUpRecord appends a top-up as POST and GET answer it: reversed
-// when reversedAt is set, with what its reversal took back and kept when
-// r has them (a replayed POST does not).
-func appendTopUpRecord(b []byte, customer string, r *balance.TopUpRecord, reversedAt int64) []byte {
-	b = append(b, `{"id":`...)
-	b = appendString(b, r.ID)
-	b = append(b, `,"customer_id":`...)
-	b = appendString(b, customer)
-	b = append(b, `,"bucket_id":`...)
-	b = appendString(b, r.BucketID)
-	b = append(b, `,"status":`...)
-	if reversedAt != 0 {
-		b = append(b, `"reversed"`...)
-	} else {
-		b = append(b, `"completed"`...)
-	}
-	b = append(b, `,"account":`...)
-	b = appendString(b, r.Account)
-	_, asset, _ := strings.Cut(r.Account, ":")
-	b = append(b, `,"asset":`...)
-	b = appendString(b, asset)
-	b = append(b, `,"amount":`...)
-	b = appendUnits(b, r.Amount, r.Scale)
-	b = append(b, `,"price":`...)
-	if r.Currency == "" {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, `{"amount":`...)
-		b = appendString(b, r.Price)
-		b = append(b, `,"currency":`...)
-		b = appendString(b, r.Currency)
-		b = append(b, '}')
-	}
-	b = append(b, `,"source":`...)
-	b = appendString(b, r.Source)
-	b = append(b, `,"expires_at":`...)
-	b = appendTime(b, r.ExpiresAt)
-	b = append(b, `,"created_at":`...)
-	b = appendTime(b, r.CreatedAt)
-	if reversedAt != 0 {
-		b = append(b, `,"reversed_at":`...)
-		b = appendTime(b, reversedAt)
-	}
-	if v := r.Reversal; v != nil {
-		b = append(b, `,"reversed":`...)
-		b = appendUnits(b, v.Reversed, r.Scale)
-		b = append(b, `,"kept":`...)
-		b = appendUnits(b, v.Kept, r.Scale)
-	}
-	b = append(b, `,"metadata":`...)
-	b = appendRaw(b, r.Metadata, "{}")
-	return append(b, '}')
 }
 
 // appendReversal appends what a reversal took back and what the customer
@@ -1060,7 +865,7 @@ func (s *Server) adjustCmd(body *adjustBody) (*wallet.AdjustCmd, error) {
 		source = defaultAdjustSource
 	}
 	return &wallet.AdjustCmd{TransactionID: body.TransactionID, Account: name, Asset: asset.Code, Scale: asset.Scale,
-		Amount: amount, Kind: kind, Priority: prio, ExpiresAt: exp, Source: source, Metadata: md}, nil
+		Amount: amount, Kind: kind, Priority: prio, ExpiresAt: exp, Source: source, Description: body.Description, Metadata: md}, nil
 }
 
 func (s *Server) ledger(ctx *fasthttp.RequestCtx, customer string) {
@@ -1121,6 +926,24 @@ func appendEntry(b []byte, customer string, e *wallet.Entry) []byte {
 	if e.PricingVersion != 0 {
 		b = append(b, `,"pricing_version":`...)
 		b = appendUint(b, uint64(e.PricingVersion))
+	}
+	b = append(b, `,"source":`...)
+	b = appendOptString(b, e.Source)
+	b = append(b, `,"description":`...)
+	b = appendOptString(b, e.Description)
+	if e.Currency != "" || e.Offer != "" {
+		b = append(b, `,"price":`...)
+		if e.Currency == "" {
+			b = append(b, "null"...)
+		} else {
+			b = append(b, `{"amount":`...)
+			b = appendString(b, e.Price)
+			b = append(b, `,"currency":`...)
+			b = appendString(b, e.Currency)
+			b = append(b, '}')
+		}
+		b = append(b, `,"offer_id":`...)
+		b = appendOptString(b, e.Offer)
 	}
 	b = append(b, `,"metadata":`...)
 	b = appendRaw(b, e.Metadata, "{}")

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance/wallet"
+	"github.com/meterd/meterd/meter"
 	"github.com/valyala/fasthttp"
 )
 
@@ -44,6 +45,7 @@ type autoReloadBody struct {
 	MaxUnpaid    *int            `json:"max_unpaid"`
 	Mode         *string         `json:"mode"`
 	ExpiresAt    *string         `json:"expires_at"`
+	OfferID      *string         `json:"offer_id"`
 }
 
 // prefixed returns err with its field under prefix.
@@ -166,6 +168,21 @@ func (s *Server) autoReload(raw json.RawMessage, plan *wallet.Plan) (*wallet.Aut
 		return nil, err
 	}
 	const f = "auto_reload"
+	var offer *meter.TopupOffer
+	if body.OfferID != nil {
+		o, ok := s.e.Pricing().Offer(*body.OfferID)
+		if !ok {
+			return nil, badRequest("unknown_offer", f+".offer_id", "no top-up offer of the pricing in force has the id %q", *body.OfferID)
+		}
+		if err := s.matchOffer(o, body.Account, f+".account", body.Asset, f+".asset"); err != nil {
+			return nil, err
+		}
+		if body.Price != nil {
+			return nil, badRequest("invalid_request", f+".price", "offer %s prices each reload: leave price out", o.ID)
+		}
+		name, code, _ := strings.Cut(o.Account, ":")
+		body.Account, body.Asset, offer = &name, code, o
+	}
 	r := &wallet.AutoReload{Enabled: true, Account: defaultAccountName, Asset: body.Asset, Mode: wallet.ReloadGrantImmediately}
 	if body.Enabled != nil {
 		r.Enabled = *body.Enabled
@@ -200,25 +217,16 @@ func (s *Server) autoReload(raw json.RawMessage, plan *wallet.Plan) (*wallet.Aut
 		return nil, badRequest("threshold_above_maximum", f+".threshold", "threshold must be at most %s (the pricing's auto_reload_limits for %s:%s)",
 			string(appendUnits(nil, *limits.Max, asset.Scale)), r.Account, body.Asset)
 	}
-	if r.Amount, err = parseAmount(body.Amount, asset.Scale, f+".amount"); err != nil {
+	if offer != nil {
+		if err := s.reloadOffer(r, offer, &body, plan); err != nil {
+			return nil, err
+		}
+	} else if err := reloadPrice(r, &body, asset.Scale); err != nil {
 		return nil, err
 	}
 	if r.Amount <= 0 || r.Amount > wallet.CommandUnitsMax {
 		return nil, badRequest("invalid_amount", f+".amount", "amount must be positive and at most %d units", wallet.CommandUnitsMax)
 	}
-	if body.Price == nil {
-		return nil, badRequest("invalid_request", f+".price", "price {\"amount\",\"currency\"} is required: it is what each reload bills")
-	}
-	if r.Price, err = decimalText(body.Price.Amount, f+".price.amount"); err != nil {
-		return nil, err
-	}
-	if strings.HasPrefix(r.Price, "-") {
-		return nil, badRequest("invalid_amount", f+".price.amount", "price cannot be negative")
-	}
-	if !validCode(body.Price.Currency) {
-		return nil, badRequest("invalid_request", f+".price.currency", "currency must be 1-16 characters of [A-Z0-9_]")
-	}
-	r.Currency = body.Price.Currency
 	if !isNull(body.SurchargePct) {
 		if r.SurchargePct, err = decimalText(body.SurchargePct, f+".surcharge_pct"); err != nil {
 			return nil, err
@@ -266,6 +274,58 @@ func (s *Server) autoReload(raw json.RawMessage, plan *wallet.Plan) (*wallet.Aut
 		r.PeriodEnd = true
 	}
 	return r, nil
+}
+
+// reloadPrice reads the credits and the price of an auto-reload without an
+// offer.
+func reloadPrice(r *wallet.AutoReload, body *autoReloadBody, scale uint8) error {
+	const f = "auto_reload"
+	var err error
+	if r.Amount, err = parseAmount(body.Amount, scale, f+".amount"); err != nil {
+		return err
+	}
+	if body.Price == nil {
+		return badRequest("invalid_request", f+".price", "price {\"amount\",\"currency\"} is required: it is what each reload bills")
+	}
+	if r.Price, err = decimalText(body.Price.Amount, f+".price.amount"); err != nil {
+		return err
+	}
+	if strings.HasPrefix(r.Price, "-") {
+		return badRequest("invalid_amount", f+".price.amount", "price cannot be negative")
+	}
+	if !validCode(body.Price.Currency) {
+		return badRequest("invalid_request", f+".price.currency", "currency must be 1-16 characters of [A-Z0-9_]")
+	}
+	r.Currency = body.Price.Currency
+	return nil
+}
+
+// reloadOffer prices an auto-reload that buys an offer, with the offer's
+// auto-reload discount: a package's credits, or amount credits at its rate,
+// for a buyer on plan (the plan of the settings being written).
+func (s *Server) reloadOffer(r *wallet.AutoReload, o *meter.TopupOffer, body *autoReloadBody, plan *wallet.Plan) error {
+	buy := meter.Purchase{OfferID: o.ID, AutoReload: true}
+	if plan != nil {
+		buy.Plan = plan.ID
+	}
+	if !isNull(body.Amount) {
+		text, err := decimalText(body.Amount, "auto_reload.amount")
+		if err != nil {
+			return err
+		}
+		buy.Credits = text
+	}
+	q, err := s.e.Pricing().Buy(buy)
+	if err != nil {
+		me := err.(*meter.Error)
+		field := "auto_reload.offer_id"
+		if me.Field == "credits" || me.Field == "amount" {
+			field = "auto_reload.amount"
+		}
+		return badRequest(me.Code, field, "%s", me.Message)
+	}
+	r.Amount, r.Price, r.Currency, r.OfferID = q.CreditUnits, q.Price.String(), q.Currency, o.ID
+	return nil
 }
 
 // withSurcharge returns price * (1 + pct/100), exactly, with at least the
@@ -322,7 +382,7 @@ func appendLifecycleSettings(b []byte, w *wallet.Wallet, now int64) []byte {
 		b = append(b, '}')
 	}
 	b = append(b, `,"auto_reload":`...)
-	b = appendAutoReload(b, w.Settings.AutoReload, true)
+	b = appendAutoReload(b, w.Settings.AutoReload, true, nil)
 	b = append(b, `,"period":`...)
 	if start, end, ok := w.PlanPeriod(now); ok {
 		b = append(b, `{"start":`...)
@@ -357,26 +417,43 @@ func appendLifecycleSettings(b []byte, w *wallet.Wallet, now int64) []byte {
 }
 
 // appendAutoReload appends auto-reload settings, or null; with charge, the
-// billed charge too (what GET shows; a PUT body has none).
-func appendAutoReload(b []byte, r *wallet.AutoReload, charge bool) []byte {
+// billed charge too (what GET shows; a PUT body has none, and is written
+// under pricing p).
+//
+// With an offer (offer_id), the PUT form leaves out the price, which the
+// offer gives, and a package's amount: a PATCH that names another offer
+// then prices it afresh.
+func appendAutoReload(b []byte, r *wallet.AutoReload, charge bool, p *meter.Pricing) []byte {
 	if r == nil {
 		b = append(b, "null"...)
 	} else {
 		b = append(b, `{"enabled":`...)
 		b = strconv.AppendBool(b, r.Enabled)
+		b = append(b, `,"offer_id":`...)
+		b = appendOptString(b, r.OfferID)
 		b = append(b, `,"account":`...)
 		b = appendString(b, r.Account)
 		b = append(b, `,"asset":`...)
 		b = appendString(b, r.Asset)
 		b = append(b, `,"threshold":`...)
 		b = appendUnits(b, r.Threshold, r.Scale)
-		b = append(b, `,"amount":`...)
-		b = appendUnits(b, r.Amount, r.Scale)
-		b = append(b, `,"price":{"amount":`...)
-		b = appendString(b, r.Price)
-		b = append(b, `,"currency":`...)
-		b = appendString(b, r.Currency)
-		b = append(b, `},"surcharge_pct":`...)
+		var o *meter.TopupOffer
+		offered := false
+		if !charge && r.OfferID != "" {
+			o, offered = p.Offer(r.OfferID)
+		}
+		if charge || !offered || o.Package == nil {
+			b = append(b, `,"amount":`...)
+			b = appendUnits(b, r.Amount, r.Scale)
+		}
+		if charge || !offered {
+			b = append(b, `,"price":{"amount":`...)
+			b = appendString(b, r.Price)
+			b = append(b, `,"currency":`...)
+			b = appendString(b, r.Currency)
+			b = append(b, '}')
+		}
+		b = append(b, `,"surcharge_pct":`...)
 		if r.SurchargePct == "" {
 			b = append(b, `"0"`...)
 		} else {

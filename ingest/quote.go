@@ -80,16 +80,129 @@ func (s *Server) topUpQuote(ctx *fasthttp.RequestCtx) {
 	b = append(b, `,"save_pct":`...)
 	b = appendString(b, q.SavePct.String())
 	b = append(b, `,"next_tier":`...)
-	if q.Next == nil {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, `{"add":`...)
-		b = appendString(b, q.Next.Add.String())
-		b = append(b, `,"extra_credits":`...)
-		b = appendString(b, q.Next.ExtraCredits.String())
-		b = append(b, '}')
-	}
-	b = append(b, '}')
+	b = append(appendNextTier(b, q.Next), '}')
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
+}
+
+// offerQuote serves GET /v1/offers/{offer_id}/quote: what the offer sells
+// for ?amount= (money paid) or ?credits= (credits bought), for a buyer on
+// ?plan= or for the customer ?customer_id= (whose plan decides eligibility
+// and plan rates), bought by auto-reload when ?auto_reload=true (its
+// discount applies). Nothing is stored. Errors are those of a purchase
+// (meter.Pricing.Buy), with field the query parameter.
+func (s *Server) offerQuote(ctx *fasthttp.RequestCtx, id string) {
+	var buy meter.Purchase
+	buy.OfferID = id
+	seen := map[string]bool{}
+	var customer string
+	var bad *apiError
+	for k, v := range ctx.QueryArgs().All() {
+		key := string(k)
+		if seen[key] && bad == nil {
+			bad = badRequest("invalid_request", key, "%s is given more than once", key)
+		}
+		seen[key] = true
+		switch key {
+		case "amount":
+			buy.Amount = string(v)
+		case "credits":
+			buy.Credits = string(v)
+		case "plan":
+			buy.Plan = string(v)
+		case "customer_id":
+			customer = string(v)
+		case "auto_reload":
+			switch string(v) {
+			case "true":
+				buy.AutoReload = true
+			case "false":
+			default:
+				bad = badRequest("invalid_request", key, "auto_reload must be true or false")
+			}
+		default:
+			if bad == nil {
+				bad = badRequest("invalid_request", key, "unknown query parameter %q: this endpoint takes amount or credits, plan or customer_id, and auto_reload", k)
+			}
+		}
+	}
+	if bad == nil && customer != "" {
+		switch {
+		case seen["plan"]:
+			bad = badRequest("invalid_request", "plan", "give plan or customer_id, not both")
+		case !validID(customer):
+			bad = badRequest("invalid_id", "customer_id", "customer_id must be 1-128 characters of [A-Za-z0-9._:-]")
+		}
+	}
+	if bad != nil {
+		writeError(ctx, bad.Code, bad.Message, bad.Field)
+		return
+	}
+	if customer != "" {
+		w, err := s.e.Wallet(customer)
+		if err != nil {
+			s.writeErr(ctx, err)
+			return
+		}
+		if pl := w.Settings.Plan; pl != nil {
+			buy.Plan = pl.ID
+		}
+	}
+	q, err := s.e.Pricing().Buy(buy)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
+	}
+	ctx.SetContentType("application/json")
+	ctx.SetBody(appendOfferQuote(nil, &q))
+}
+
+// appendOfferQuote appends what a purchase under an offer costs and buys.
+func appendOfferQuote(b []byte, q *meter.OfferQuote) []byte {
+	b = append(b, `{"offer_id":`...)
+	b = appendString(b, q.OfferID)
+	b = append(b, `,"account":`...)
+	b = appendString(b, q.Account)
+	b = append(b, `,"currency":`...)
+	b = appendString(b, q.Currency)
+	b = append(b, `,"amount":`...)
+	b = appendString(b, q.Price.String())
+	b = append(b, `,"list_amount":`...)
+	b = appendString(b, q.ListPrice.String())
+	b = append(b, `,"discount_pct":`...)
+	b = appendString(b, q.DiscountPct.String())
+	b = append(b, `,"credits":`...)
+	b = appendString(b, q.Credits.String())
+	b = append(b, `,"rate":{"price":`...)
+	b = appendString(b, q.RatePrice.String())
+	b = append(b, `,"credits":`...)
+	b = appendString(b, q.RateCredits.String())
+	b = append(b, `},"tier":`...)
+	if q.Tier == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = strconv.AppendInt(b, int64(q.Tier), 10)
+	}
+	b = append(b, `,"plan":`...)
+	b = appendOptString(b, q.Plan)
+	b = append(b, `,"save_pct":`...)
+	if q.SavePct == nil {
+		b = append(b, "null"...)
+	} else {
+		b = appendString(b, q.SavePct.String())
+	}
+	b = append(b, `,"next_tier":`...)
+	return append(appendNextTier(b, q.Next), '}')
+}
+
+// appendNextTier appends a tiered quote's next tier, or null.
+func appendNextTier(b []byte, n *meter.NextTier) []byte {
+	if n == nil {
+		return append(b, "null"...)
+	}
+	b = append(b, `{"add":`...)
+	b = appendString(b, n.Add.String())
+	b = append(b, `,"extra_credits":`...)
+	b = appendString(b, n.ExtraCredits.String())
+	return append(b, '}')
 }

@@ -245,6 +245,12 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 	case "/v1/test-clock":
 		s.testClock(ctx, method)
 		return "test_clock"
+	case "/v1/offers":
+		if s.allow(ctx, method, "GET", ScopeRead) {
+			ctx.SetContentType("application/json")
+			ctx.SetBody(append(append([]byte(`{"offers":`), s.e.Pricing().OffersJSON()...), '}'))
+		}
+		return "offers"
 	case "/v1/topup-quote":
 		if s.allow(ctx, method, "GET", ScopeRead) {
 			s.topUpQuote(ctx)
@@ -256,6 +262,17 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 			pprofhandler.PprofHandler(ctx)
 		}
 		return "pprof"
+	}
+	if rest, ok := strings.CutPrefix(path, "/v1/offers/"); ok {
+		id, tail, _ := strings.Cut(rest, "/")
+		if tail != "quote" {
+			writeError(ctx, "not_found", "no such endpoint: "+method+" "+path+"; an offer has GET /v1/offers/{offer_id}/quote", "")
+			return "unknown"
+		}
+		if s.allow(ctx, method, "GET", ScopeRead) {
+			s.offerQuote(ctx, id)
+		}
+		return "offer_quote"
 	}
 	if rest, ok := strings.CutPrefix(path, "/v1/holds/"); ok {
 		return s.holdRoute(ctx, method, rest)

@@ -662,68 +662,8 @@ func (doc *Document) appendJSON(b []byte) []byte {
 		}
 		b = append(b, '}')
 	}
-	b = append(b, `],"topup_offers":[`...)
-	for i := range doc.TopupOffers {
-		o := &doc.TopupOffers[i]
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, '{')
-		if o.ID != "" {
-			b = append(b, `"id":`...)
-			b = appendString(b, o.ID)
-			b = append(b, ',')
-		}
-		b = append(b, `"currency":`...)
-		b = appendString(b, o.Currency)
-		b = append(b, `,"account":`...)
-		b = appendString(b, o.Account)
-		b = appendOptDec(b, "min", o.Min)
-		b = appendOptDec(b, "max", o.Max)
-		b = o.appendRates(b)
-		b = appendOptDec(b, "unit", o.Unit)
-		if el := o.Eligibility; el != nil {
-			b = append(b, `,"eligibility":{"plan_required":`...)
-			b = strconv.AppendBool(b, el.PlanRequired)
-			if el.Plans != nil {
-				b = append(b, `,"plans":[`...)
-				for j, pl := range el.Plans {
-					if j > 0 {
-						b = append(b, ',')
-					}
-					b = appendString(b, pl)
-				}
-				b = append(b, ']')
-			}
-			b = append(b, '}')
-		}
-		b = appendOptDec(b, "auto_reload_discount_pct", o.AutoReloadDiscountPct)
-		if o.Tiers == nil {
-			b = append(b, '}')
-			continue
-		}
-		b = append(b, `,"tiers":[`...)
-		for j, t := range o.Tiers {
-			if j > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, '{')
-			if t.From != nil {
-				b = append(b, `"from":`...)
-				b = appendDec(b, *t.From)
-			}
-			if t.CreditsPerUnit != nil {
-				if t.From != nil {
-					b = append(b, ',')
-				}
-				b = append(b, `"credits_per_unit":`...)
-				b = appendDec(b, *t.CreditsPerUnit)
-			}
-			b = append(b, '}')
-		}
-		b = append(b, "]}"...)
-	}
-	b = append(b, ']')
+	b = append(b, `],"topup_offers":`...)
+	b = appendOffers(b, doc.TopupOffers)
 	if len(doc.AutoReloadLimits) > 0 {
 		b = append(b, `,"auto_reload_limits":[`...)
 		for i := range doc.AutoReloadLimits {
@@ -891,5 +831,73 @@ func (o *TopupOffer) appendRates(b []byte) []byte {
 		}
 		b = append(b, ']')
 	}
+	return b
+}
+
+// appendOffers appends top-up offers as a JSON array, in the document's
+// canonical form.
+func appendOffers(b []byte, offers []TopupOffer) []byte {
+	b = append(b, '[')
+	for i := range offers {
+		o := &offers[i]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '{')
+		if o.ID != "" {
+			b = append(b, `"id":`...)
+			b = appendString(b, o.ID)
+			b = append(b, ',')
+		}
+		b = append(b, `"currency":`...)
+		b = appendString(b, o.Currency)
+		b = append(b, `,"account":`...)
+		b = appendString(b, o.Account)
+		b = appendOptDec(b, "min", o.Min)
+		b = appendOptDec(b, "max", o.Max)
+		b = o.appendRates(b)
+		b = appendOptDec(b, "unit", o.Unit)
+		if el := o.Eligibility; el != nil {
+			b = append(b, `,"eligibility":{"plan_required":`...)
+			b = strconv.AppendBool(b, el.PlanRequired)
+			if el.Plans != nil {
+				b = append(b, `,"plans":[`...)
+				for j, pl := range el.Plans {
+					if j > 0 {
+						b = append(b, ',')
+					}
+					b = appendString(b, pl)
+				}
+				b = append(b, ']')
+			}
+			b = append(b, '}')
+		}
+		b = appendOptDec(b, "auto_reload_discount_pct", o.AutoReloadDiscountPct)
+		if o.Tiers == nil {
+			b = append(b, '}')
+			continue
+		}
+		b = append(b, `,"tiers":[`...)
+		for j, t := range o.Tiers {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, '{')
+			if t.From != nil {
+				b = append(b, `"from":`...)
+				b = appendDec(b, *t.From)
+			}
+			if t.CreditsPerUnit != nil {
+				if t.From != nil {
+					b = append(b, ',')
+				}
+				b = append(b, `"credits_per_unit":`...)
+				b = appendDec(b, *t.CreditsPerUnit)
+			}
+			b = append(b, '}')
+		}
+		b = append(b, "]}"...)
+	}
+	b = append(b, ']')
 	return b
 }

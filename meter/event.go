@@ -7,9 +7,12 @@ type Event struct {
 	EventType  string
 	Subject    string
 	HoldID     string
-	OccurredAt int64   // unix nanoseconds, UTC
-	Data       []Field // the top-level members of the event's data object, in document order
-	DataJSON   []byte  // the data object as compact JSON, for storage
+	// Description is the client's text for the event, kept on its usage
+	// record and its ledger entries.
+	Description string
+	OccurredAt  int64   // unix nanoseconds, UTC
+	Data        []Field // the top-level members of the event's data object, in document order
+	DataJSON    []byte  // the data object as compact JSON, for storage
 }
 
 // FieldKind is the JSON type of a data member.

@@ -598,3 +598,21 @@ func ceilScaled(r *big.Rat, scale uint8) *big.Int {
 	}
 	return q
 }
+
+// MulFloor returns d * e in smallest units of an asset of the given scale,
+// rounded down, and false when it exceeds MaxUnits or is negative.
+func MulFloor(d, e Dec, scale uint8) (int64, bool) {
+	r := new(big.Rat).Mul(ratOf(d), ratOf(e))
+	if r.Sign() < 0 {
+		return 0, false
+	}
+	n := floorScaled(r, scale)
+	if n.Cmp(big.NewInt(MaxUnits)) > 0 {
+		return 0, false
+	}
+	return n.Int64(), true
+}
+
+// OffersJSON returns the top-up offers as the document has them, a JSON
+// array in canonical form.
+func (p *Pricing) OffersJSON() []byte { return appendOffers(nil, p.offers) }

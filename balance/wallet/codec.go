@@ -28,9 +28,26 @@ import (
 //
 //	version=1 seq type account scale amount balance_after bucket_id event_id
 //	reference occurred_at recorded_at pricing_version metadata
+//
+// Version 2, written with the version byte 3 (the store's ledger chunks
+// begin with 2, which tells them from a single entry), adds a flags byte
+// and, for each flag set, its strings:
+//
+//	flags [source] [description] [price currency offer]
+//
+// (entrySource, entryDescription, entryPurchase). Entries are written in
+// version 2; version 1 is read.
 const (
 	walletFormatV1 = 1
 	entryFormatV1  = 1
+	entryFormatV2  = 3
+)
+
+// Flags of an entry, version 2.
+const (
+	entrySource      = 1 << 0
+	entryDescription = 1 << 1
+	entryPurchase    = 1 << 2
 )
 
 // Bounds of what a decoder accepts, beyond the state machine's own limits.
@@ -46,7 +63,7 @@ func AppendWallet(dst []byte, w *Wallet) []byte { return AppendWalletAt(dst, w, 
 // AppendWalletAt is AppendWallet for the store, with the seq of the last
 // log record the snapshot reflects (balance/cmdlog.go) after the body.
 func AppendWalletAt(dst []byte, w *Wallet, seq uint64) []byte {
-	b := append(dst, walletFormatV4)
+	b := append(dst, walletFormatV5)
 	b = enc.AppendStr(b, w.Customer)
 	s := w.Settings
 	b = append(b, byte(s.Status), byte(s.Policy))
@@ -102,7 +119,7 @@ func AppendWalletAt(dst []byte, w *Wallet, seq uint64) []byte {
 // AppendEntry appends the binary form of e to dst and returns the extended
 // slice. It does not allocate beyond growing dst.
 func AppendEntry(dst []byte, e *Entry) []byte {
-	b := append(dst, entryFormatV1)
+	b := append(dst, entryFormatV2)
 	b = binary.AppendUvarint(b, e.Seq)
 	b = append(b, byte(e.Type))
 	b = enc.AppendStr(b, e.Account)
@@ -117,6 +134,28 @@ func AppendEntry(dst []byte, e *Entry) []byte {
 	b = binary.AppendVarint(b, e.RecordedAt)
 	b = binary.AppendUvarint(b, uint64(e.PricingVersion))
 	b = enc.AppendOptBytes(b, e.Metadata)
+	var flags byte
+	if e.Source != "" {
+		flags |= entrySource
+	}
+	if e.Description != "" {
+		flags |= entryDescription
+	}
+	if e.Price != "" || e.Currency != "" || e.Offer != "" {
+		flags |= entryPurchase
+	}
+	b = append(b, flags)
+	if flags&entrySource != 0 {
+		b = enc.AppendStr(b, e.Source)
+	}
+	if flags&entryDescription != 0 {
+		b = enc.AppendStr(b, e.Description)
+	}
+	if flags&entryPurchase != 0 {
+		b = enc.AppendStr(b, e.Price)
+		b = enc.AppendStr(b, e.Currency)
+		b = enc.AppendStr(b, e.Offer)
+	}
 	return b
 }
 
@@ -148,7 +187,7 @@ func DecodeWallet(b []byte) (*Wallet, error) {
 func DecodeWalletAt(b []byte) (*Wallet, uint64, error) {
 	d := enc.Decoder{B: b}
 	version := d.Byte1()
-	if d.Err == nil && (version < walletFormatV1 || version > walletFormatV4) {
+	if d.Err == nil && (version < walletFormatV1 || version > walletFormatV5) {
 		return nil, 0, fmt.Errorf("wallet: wallet record: unknown format version %d", version)
 	}
 	w := &Wallet{}
@@ -259,7 +298,8 @@ func DecodeWalletAt(b []byte) (*Wallet, uint64, error) {
 // is zeroed.
 func DecodeEntry(b []byte, e *Entry) error {
 	d := enc.Decoder{B: b}
-	if v := d.Byte1(); d.Err == nil && v != entryFormatV1 {
+	v := d.Byte1()
+	if d.Err == nil && v != entryFormatV1 && v != entryFormatV2 {
 		*e = Entry{}
 		return fmt.Errorf("wallet: entry record: unknown format version %d", v)
 	}
@@ -287,6 +327,21 @@ func DecodeEntry(b []byte, e *Entry) error {
 	e.RecordedAt = d.V()
 	pv := d.U()
 	e.Metadata = d.OptBytes()
+	if v >= entryFormatV2 {
+		flags := d.Byte1()
+		if flags&entrySource != 0 {
+			e.Source = d.InternStr()
+		}
+		if flags&entryDescription != 0 {
+			e.Description = d.Str()
+		}
+		if flags&entryPurchase != 0 {
+			e.Price, e.Currency, e.Offer = d.Str(), d.InternStr(), d.InternStr()
+		}
+		if d.Err == nil && flags > entrySource|entryDescription|entryPurchase {
+			d.Fail(fmt.Errorf("unknown entry flags %#x", flags))
+		}
+	}
 	if d.Err == nil && pv > 1<<32-1 {
 		d.Fail(fmt.Errorf("pricing version %d is above 2^32-1", pv))
 	}

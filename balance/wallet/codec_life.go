@@ -38,9 +38,12 @@ const walletFormatV3 = 3
 // auto-reload requests as a list where version 3 had one optional request:
 //
 //	reload_seq n {request} reload_period reload_count
-//
-// Every wallet is written in version 4; the older ones are read.
 const walletFormatV4 = 4
+
+// Version 5 is version 4 with the auto-reload settings' offer id after
+// max_unpaid. Every wallet is written in version 5; the older ones are
+// read.
+const walletFormatV5 = 5
 
 func appendPlanSettings(b []byte, s *Settings) []byte {
 	b = appendPlan(b, s.Plan)
@@ -60,6 +63,7 @@ func appendPlanSettings(b []byte, s *Settings) []byte {
 		b = append(b, byte(r.Mode))
 		b = enc.AppendFlag(b, r.PeriodEnd)
 		b = binary.AppendUvarint(b, uint64(r.MaxUnpaid))
+		b = enc.AppendStr(b, r.OfferID)
 	}
 	b = binary.AppendVarint(b, s.PausedUntil)
 	b = enc.AppendFlag(b, s.PlanChange != nil)
@@ -183,6 +187,9 @@ func readAutoReload(d *enc.Decoder, s *Settings, version byte) {
 			} else {
 				r.MaxUnpaid = int(u)
 			}
+		}
+		if version >= walletFormatV5 {
+			r.OfferID = d.Str()
 		}
 		s.AutoReload = r
 	}

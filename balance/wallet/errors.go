@@ -7,12 +7,17 @@ import "fmt"
 type Error struct {
 	Code    string
 	Message string
+	Field   string // the request field it is about, "" for none
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
 // ErrorCode returns the stable code of the error.
 func (e *Error) ErrorCode() string { return e.Code }
+
+// FieldPath returns the request field the error is about: the "field" of
+// the contract's error body.
+func (e *Error) FieldPath() string { return e.Field }
 
 // Errorf returns an *Error of code with a formatted message.
 func Errorf(code, format string, args ...any) *Error {

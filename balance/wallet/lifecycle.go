@@ -718,7 +718,7 @@ func (w *Wallet) PlaceHold(c *HoldCmd, now int64, out []Entry) ([]Entry, *Error)
 	a.Held += c.Amount
 	w.UpdatedAt = now
 	t := Entry{Type: EntryHold, Reference: c.ID, OccurredAt: now}
-	out = w.post(out, a, &t, -c.Amount, "", 0, now)
+	out = w.post(out, a, &t, -c.Amount, "", 0, "", now)
 	l.fx.Holds = append(l.fx.Holds, HoldRecord{Hold: h, Customer: w.Customer, Scale: a.Scale, Status: HoldActive, UpdatedAt: now})
 	return out, nil
 }
@@ -766,7 +766,7 @@ func (w *Wallet) endHold(i int, st HoldStatus, at int64, eventID string, settled
 	a := w.Account(h.Account)
 	a.Held -= h.Amount
 	t := Entry{Type: EntryHoldRelease, Reference: h.ID, EventID: eventID, OccurredAt: at}
-	out = w.post(out, a, &t, h.Amount, "", 0, at)
+	out = w.post(out, a, &t, h.Amount, "", 0, "", at)
 	// Credits the hold kept from settling debt settle it now: debt is
 	// always settled first. Each part is a pair of entries (the bucket
 	// gives, the debt takes) whose sum is zero.
@@ -785,9 +785,9 @@ func (w *Wallet) endHold(i int, st HoldStatus, at int64, eventID string, settled
 				}
 				b.Remaining -= take
 				need -= take
-				out = w.post(out, a, &t, -take, b.ID, b.Kind, at)
+				out = w.post(out, a, &t, -take, b.ID, b.Kind, b.Source, at)
 				a.Debt -= take
-				out = w.post(out, a, &t, take, "", 0, at)
+				out = w.post(out, a, &t, take, "", 0, "", at)
 			}
 			a.Buckets = slices.DeleteFunc(a.Buckets, func(b Bucket) bool { return b.Remaining == 0 })
 		}
@@ -921,6 +921,10 @@ func (w *Wallet) grantReload(req *ReloadRequest, now int64, out []Entry) ([]Entr
 		name: name, asset: asset, scale: req.Scale, amount: req.Amount,
 		kind: KindRecharge, priority: DefaultPriority(KindRecharge), expiresAt: expires,
 		source: "auto_reload", reference: req.ID, entryType: EntryAutoReload,
+		price: req.Charge, currency: req.Currency,
+	}
+	if r != nil {
+		g.offer = r.OfferID
 	}
 	if e := w.checkGrant(&g); e != nil {
 		return w.reloadMark(req, now, out), false
@@ -944,7 +948,7 @@ func (w *Wallet) reloadMark(req *ReloadRequest, now int64, out []Entry) []Entry 
 	}
 	md := []byte(`{"request_id":"` + req.ID + `","status":"` + req.Status.String() + `"}`)
 	t := Entry{Type: EntryAutoReload, Reference: req.ID, OccurredAt: now, Metadata: md}
-	return w.post(out, a, &t, 0, "", 0, now)
+	return w.post(out, a, &t, 0, "", 0, "", now)
 }
 
 // takePending ends the pending request id with status st.

@@ -204,6 +204,10 @@ type AutoReload struct {
 	MaxUnpaid int
 	Mode      ReloadMode // 0 = ReloadGrantImmediately
 	PeriodEnd bool       // reloaded credits expire at the end of the plan period
+	// OfferID is the offer each reload buys (its auto-reload discount
+	// included), "" for none: Amount and Price were computed from it when
+	// the settings were written.
+	OfferID string
 }
 
 // Wallet is one customer's state.
@@ -249,6 +253,12 @@ type Entry struct {
 	RecordedAt     int64 // unix ns
 	PricingVersion uint32
 	Metadata       []byte // raw JSON object, or nil
+	// Since entry format 2: the source of BucketID's bucket ("" without a
+	// bucket), the description of what made the entry (a top-up's, an
+	// adjustment's, a usage event's), and for a purchase (a top-up, an
+	// auto-reload) what was paid and the offer bought ("" for none).
+	Source, Description    string
+	Price, Currency, Offer string
 }
 
 // TopUpCmd is a one-time purchase: a new recharge bucket.
@@ -265,6 +275,17 @@ type TopUpCmd struct {
 	// a price): the engine keeps them on the top-up's record; the wallet
 	// does not use them.
 	Price, Currency string
+	// Description is the client's text for the top-up, kept on its record.
+	Description string
+	// ExchangeRate is the units of Asset that one unit of Currency bought
+	// (a top-up paid in one currency crediting another asset), as given;
+	// "" when none.
+	ExchangeRate string
+	// Offer, when set, is the offer the top-up buys: the engine prices it
+	// (meter.Pricing.Buy, under the customer's plan) and sets Account,
+	// Asset, Scale, Amount, Price and Currency, and Bought.
+	Offer  *meter.Purchase
+	Bought *meter.OfferQuote
 }
 
 // AdjustCmd is an adjustment: positive creates a bucket, negative debits in consumption order.
@@ -278,6 +299,7 @@ type AdjustCmd struct {
 	Priority      int   // -1 means the kind's default
 	ExpiresAt     int64 // unix ns; 0 = never; ExpiresPeriodEnd = the plan period's end
 	Source        string
+	Description   string // kept on the adjustment's entries
 	Metadata      []byte
 }
 

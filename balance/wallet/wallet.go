@@ -384,8 +384,9 @@ func (a *Account) removeBucket(i int) {
 
 // post records one ledger entry of amount on account a: it adds amount to
 // a.Ledger, asserts that the ledger still equals Available(), and appends
-// the entry built from template t.
-func (w *Wallet) post(out []Entry, a *Account, t *Entry, amount int64, bucketID string, kind Kind, now int64) []Entry {
+// the entry built from template t, for the bucket bucketID of kind and
+// source ("" for none: a debt part, a hold).
+func (w *Wallet) post(out []Entry, a *Account, t *Entry, amount int64, bucketID string, kind Kind, source string, now int64) []Entry {
 	a.Ledger += amount
 	avail := a.Available()
 	if a.Ledger != avail {
@@ -402,6 +403,7 @@ func (w *Wallet) post(out []Entry, a *Account, t *Entry, amount int64, bucketID 
 	e.BalanceAfter = avail
 	e.BucketID = bucketID
 	e.BucketKind = kind
+	e.Source = source
 	e.RecordedAt = now
 	return out
 }
@@ -439,11 +441,11 @@ func (w *Wallet) expireBuckets(now int64, out []Entry) []Entry {
 // notification.
 func (w *Wallet) endBucket(a *Account, i int, t *Entry, now int64, out []Entry) []Entry {
 	b := &a.Buckets[i]
-	rem, id, kind := b.Remaining, b.ID, b.Kind
+	rem, id, kind, src := b.Remaining, b.ID, b.Kind, b.Source
 	a.removeBucket(i)
 	w.UpdatedAt = now
 	if rem > 0 {
-		out = w.post(out, a, t, -rem, id, kind, now)
+		out = w.post(out, a, t, -rem, id, kind, src, now)
 		w.note(NoteBucketExpired, a.ID(), t.OccurredAt, noteField{key: "bucket_id", str: id},
 			noteField{key: "kind", str: kind.String()}, noteField{key: "amount", str: units(rem, a.Scale)},
 			noteField{key: "reference", str: t.Reference})
@@ -478,6 +480,9 @@ type grant struct {
 	metadata    []byte
 	entryType   EntryType
 	alloc       uint8 // plan grants: 1 + allocation index
+	// Kept on the grant's entries: the client's description, and for a
+	// purchase what was paid and the offer bought.
+	description, price, currency, offer string
 }
 
 // checkGrant validates a grant against the wallet without changing it.
@@ -519,11 +524,12 @@ func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) 
 		a = w.addAccount(g.name, g.asset, g.scale)
 	}
 	md := bytes.Clone(g.metadata)
-	t := Entry{Type: g.entryType, Reference: g.reference, OccurredAt: now, Metadata: md}
+	t := Entry{Type: g.entryType, Reference: g.reference, OccurredAt: now, Metadata: md,
+		Description: g.description, Price: g.price, Currency: g.currency, Offer: g.offer}
 	d := min(a.Debt, g.amount)
 	if d > 0 {
 		a.Debt -= d
-		out = w.post(out, a, &t, d, "", 0, now)
+		out = w.post(out, a, &t, d, "", 0, "", now)
 	}
 	rem := g.amount - d
 	// An accumulating allocation grows its one bucket rather than adding
@@ -555,7 +561,7 @@ func (w *Wallet) applyGrant(g *grant, now int64, out []Entry) (string, []Entry) 
 	}
 	w.UpdatedAt = now
 	if rem > 0 {
-		out = w.post(out, a, &t, rem, id, g.kind, now)
+		out = w.post(out, a, &t, rem, id, g.kind, enc.Intern(g.source), now)
 	}
 	if g.expiresAt > 0 && g.expiresAt <= now {
 		out = w.expireBuckets(now, out)
@@ -591,6 +597,10 @@ func (w *Wallet) TopUp(c *TopUpCmd, now int64, out []Entry) (bucketID string, en
 		name: c.Account, asset: c.Asset, scale: c.Scale, amount: c.Amount,
 		kind: KindRecharge, priority: DefaultPriority(KindRecharge), expiresAt: expires,
 		source: c.Source, reference: c.ID, metadata: c.Metadata, entryType: EntryTopUp,
+		description: c.Description, price: c.Price, currency: c.Currency,
+	}
+	if c.Bought != nil {
+		g.offer = c.Bought.OfferID
 	}
 	if e := w.checkGrant(&g); e != nil {
 		return "", out, e
@@ -675,7 +685,7 @@ func (w *Wallet) ReversePurchase(bucketID, reference string, rule RefundRule, no
 				return Reversal{}, out, Errorf(CodeTopUpSpent, "%s is reserved by a hold", what)
 			}
 			rev := Reversal{Account: a.ID(), Scale: a.Scale, Reversed: b.Remaining, Kept: used}
-			kind, ref := b.Kind, b.Reference
+			kind, ref, src := b.Kind, b.Reference, b.Source
 			a.removeBucket(i)
 			w.UpdatedAt = now
 			t := Entry{Type: EntryTopUpReversal, Reference: ref, OccurredAt: now}
@@ -685,7 +695,7 @@ func (w *Wallet) ReversePurchase(bucketID, reference string, rule RefundRule, no
 			if used > 0 || reference == "" {
 				t.Metadata = []byte(`{"reversed":"` + units(rev.Reversed, a.Scale) + `","kept":"` + units(used, a.Scale) + `"}`)
 			}
-			return rev, w.post(out, a, &t, -rev.Reversed, bucketID, kind, now), nil
+			return rev, w.post(out, a, &t, -rev.Reversed, bucketID, kind, src, now), nil
 		}
 	}
 	if n, ok := parseBucketID(bucketID); ok && n >= 1 && n <= w.BucketSeq {
@@ -734,6 +744,7 @@ func (w *Wallet) Adjust(c *AdjustCmd, now int64, out []Entry) ([]Entry, *Error) 
 			name: c.Account, asset: c.Asset, scale: c.Scale, amount: c.Amount,
 			kind: kind, priority: prio, expiresAt: expires,
 			source: src, reference: c.TransactionID, metadata: c.Metadata, entryType: EntryAdjustment,
+			description: c.Description,
 		}
 		if e := w.checkGrant(&g); e != nil {
 			return out, e
@@ -769,7 +780,8 @@ func (w *Wallet) Adjust(c *AdjustCmd, now int64, out []Entry) ([]Entry, *Error) 
 		a = w.addAccount(c.Account, c.Asset, c.Scale)
 	}
 	w.UpdatedAt = now
-	t := Entry{Type: EntryAdjustment, Reference: c.TransactionID, OccurredAt: now, Metadata: bytes.Clone(c.Metadata)}
+	t := Entry{Type: EntryAdjustment, Reference: c.TransactionID, OccurredAt: now, Metadata: bytes.Clone(c.Metadata),
+		Description: c.Description}
 	out, _ = w.debit(a, units, &t, now, out, nil)
 	return out, nil
 }
@@ -796,7 +808,7 @@ func (w *Wallet) debit(a *Account, units int64, t *Entry, now int64, out []Entry
 		}
 		b.Remaining -= take
 		need -= take
-		out = w.post(out, a, t, -take, b.ID, b.Kind, now)
+		out = w.post(out, a, t, -take, b.ID, b.Kind, b.Source, now)
 		parts = append(parts, Part{BucketID: b.ID, Amount: take})
 	}
 	// Drop the empty buckets (the drained ones are a prefix of the
@@ -816,7 +828,7 @@ func (w *Wallet) debit(a *Account, units int64, t *Entry, now int64, out []Entry
 	}
 	if debt += need; debt > 0 {
 		a.Debt += debt
-		out = w.post(out, a, t, -debt, "", 0, now)
+		out = w.post(out, a, t, -debt, "", 0, "", now)
 		parts = append(parts, Part{Amount: debt})
 	}
 	return out, parts
