@@ -287,11 +287,8 @@ func reloadPrice(r *wallet.AutoReload, body *autoReloadBody, scale uint8) error 
 	if body.Price == nil {
 		return badRequest("invalid_request", f+".price", "price {\"amount\",\"currency\"} is required: it is what each reload bills")
 	}
-	if r.Price, err = decimalText(body.Price.Amount, f+".price.amount"); err != nil {
+	if r.Price, err = moneyText(body.Price.Amount, f+".price.amount"); err != nil {
 		return err
-	}
-	if strings.HasPrefix(r.Price, "-") {
-		return badRequest("invalid_amount", f+".price.amount", "price cannot be negative")
 	}
 	if !validCode(body.Price.Currency) {
 		return badRequest("invalid_request", f+".price.currency", "currency must be 1-16 characters of [A-Z0-9_]")

@@ -175,7 +175,7 @@ func (s *Server) plainTopUp(body *topUpBody, cmd *wallet.TopUpCmd, hs *hasher) e
 		if !validCode(body.Price.Currency) {
 			return badRequest("invalid_request", "price.currency", "currency must be 1-16 characters of [A-Z0-9_]")
 		}
-		if cmd.Price, err = decimalText(body.Price.Amount, "price.amount"); err != nil {
+		if cmd.Price, err = moneyText(body.Price.Amount, "price.amount"); err != nil {
 			return err
 		}
 		cmd.Currency = body.Price.Currency
@@ -237,7 +237,7 @@ func (s *Server) exchangeTopUp(body *topUpBody, cmd *wallet.TopUpCmd, hs *hasher
 	if !validCode(currency) {
 		return badRequest("invalid_request", "currency", "currency must be 1-16 characters of [A-Z0-9_]")
 	}
-	paid, err := decimalText(body.Amount, "amount")
+	paid, err := moneyText(body.Amount, "amount")
 	if err != nil {
 		return err
 	}
@@ -472,4 +472,18 @@ func appendTopUpRecord(b []byte, customer string, r *balance.TopUpRecord, revers
 	b = append(b, `,"metadata":`...)
 	b = appendRaw(b, r.Metadata, "{}")
 	return append(b, '}')
+}
+
+// moneyText reads an amount of money as written: a decimal from 0 to
+// below 10^9 with at most 9 decimal places, which every sink can carry
+// exactly (ClickHouse keeps it in billionths).
+func moneyText(raw json.RawMessage, field string) (string, error) {
+	text, err := decimalText(raw, field)
+	if err != nil {
+		return "", err
+	}
+	if u, err := meter.ParseUnits(text, 9); err != nil || u < 0 {
+		return "", badRequest("invalid_amount", field, "%s must be from 0 to below 1000000000 with at most 9 decimal places", field)
+	}
+	return text, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/meterd/meterd/meter"
 )
 
 // The ClickHouse writer: ledger entries into ledger_entries, usage rows into
@@ -673,9 +674,10 @@ func nsMs(ns int64) uint64 { return uint64(ns / int64(time.Millisecond)) }
 // ledgerBuf holds one INSERT's ledger columns, reused across batches.
 type ledgerBuf struct {
 	entryID, customerID, account, asset, typ, bucketID, bucketKind,
-	eventID, reference, metadata, outboxID []string
+	eventID, reference, metadata, outboxID,
+	source, description, currency, offer []string
 	seq, occurredMs, recordedMs, outboxSeq []uint64
-	amountUnits, balanceAfterUnits         []int64
+	amountUnits, balanceAfterUnits, price  []int64
 	scale                                  []uint8
 	occurredAt, recordedAt                 []time.Time
 	pricingVersion                         []uint32
@@ -689,6 +691,7 @@ func (l *ledgerBuf) reset() {
 		seq: l.seq[:0], occurredMs: l.occurredMs[:0], recordedMs: l.recordedMs[:0], outboxSeq: l.outboxSeq[:0],
 		amountUnits: l.amountUnits[:0], balanceAfterUnits: l.balanceAfterUnits[:0], scale: l.scale[:0],
 		occurredAt: l.occurredAt[:0], recordedAt: l.recordedAt[:0], pricingVersion: l.pricingVersion[:0],
+		source: l.source[:0], description: l.description[:0], currency: l.currency[:0], offer: l.offer[:0], price: l.price[:0],
 	}
 }
 
@@ -714,30 +717,50 @@ func (l *ledgerBuf) add(r *LedgerRow, outboxID string) {
 	l.metadata = append(l.metadata, r.Metadata)
 	l.outboxID = append(l.outboxID, outboxID)
 	l.outboxSeq = append(l.outboxSeq, r.OutboxSeq)
+	l.source = append(l.source, r.Source)
+	l.description = append(l.description, r.Description)
+	l.price = append(l.price, priceNano(r.Price))
+	l.currency = append(l.currency, r.Currency)
+	l.offer = append(l.offer, r.Offer)
+}
+
+// priceNano is a price as written in billionths of its currency; 0 when
+// there is none. The HTTP layer accepts only prices that fit.
+func priceNano(price string) int64 {
+	if price == "" {
+		return 0
+	}
+	n, err := meter.ParseUnits(price, priceNanoScale)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // columns is in ledgerInsert's order.
 func (l *ledgerBuf) columns() []any {
 	return []any{l.entryID, l.seq, l.customerID, l.account, l.asset, l.typ, l.amountUnits, l.balanceAfterUnits, l.scale,
 		l.bucketID, l.bucketKind, l.eventID, l.reference, l.occurredAt, l.occurredMs, l.recordedAt,
-		l.recordedMs, l.pricingVersion, l.metadata, l.outboxID, l.outboxSeq}
+		l.recordedMs, l.pricingVersion, l.metadata, l.outboxID, l.outboxSeq,
+		l.source, l.description, l.price, l.currency, l.offer}
 }
 
 // usageBuf holds one INSERT's usage columns, reused across batches.
 type usageBuf struct {
-	eventID, customerID, eventType, subject, status, account, asset, data, outboxID, dimension []string
-	occurredMs, recordedMs, outboxSeq                                                          []uint64
-	occurredAt, recordedAt                                                                     []time.Time
-	chargeUnits                                                                                []int64
-	scale                                                                                      []uint8
-	pricingVersion                                                                             []uint32
+	eventID, customerID, eventType, subject, status, account, asset, data, outboxID, dimension,
+	description []string
+	occurredMs, recordedMs, outboxSeq []uint64
+	occurredAt, recordedAt            []time.Time
+	chargeUnits                       []int64
+	scale                             []uint8
+	pricingVersion                    []uint32
 }
 
 func (u *usageBuf) reset() {
 	*u = usageBuf{
 		eventID: u.eventID[:0], customerID: u.customerID[:0], eventType: u.eventType[:0], subject: u.subject[:0],
 		status: u.status[:0], account: u.account[:0], asset: u.asset[:0], data: u.data[:0], outboxID: u.outboxID[:0],
-		dimension:  u.dimension[:0],
+		dimension: u.dimension[:0], description: u.description[:0],
 		occurredMs: u.occurredMs[:0], recordedMs: u.recordedMs[:0], outboxSeq: u.outboxSeq[:0],
 		occurredAt: u.occurredAt[:0], recordedAt: u.recordedAt[:0], chargeUnits: u.chargeUnits[:0], scale: u.scale[:0],
 		pricingVersion: u.pricingVersion[:0],
@@ -763,11 +786,12 @@ func (u *usageBuf) add(r *UsageRow, outboxID string) {
 	u.outboxID = append(u.outboxID, outboxID)
 	u.outboxSeq = append(u.outboxSeq, r.OutboxSeq)
 	u.dimension = append(u.dimension, r.Dimension)
+	u.description = append(u.description, r.Description)
 }
 
 // columns is in usageInsert's order.
 func (u *usageBuf) columns() []any {
 	return []any{u.eventID, u.customerID, u.eventType, u.subject, u.occurredAt, u.occurredMs,
 		u.recordedAt, u.recordedMs, u.status, u.chargeUnits, u.scale, u.account, u.asset, u.pricingVersion,
-		u.data, u.outboxID, u.outboxSeq, u.dimension}
+		u.data, u.outboxID, u.outboxSeq, u.dimension, u.description}
 }

@@ -128,14 +128,21 @@ func expectedEntry(r *LedgerRow) map[string]any {
 	if r.Metadata != "" {
 		md = decodeJSON(nil, []byte(r.Metadata))
 	}
-	return map[string]any{
+	m := map[string]any{
 		"id": r.EntryID, "customer_id": r.CustomerID, "seq": json.Number(strconv.FormatUint(r.Seq, 10)),
 		"type": r.Type, "account": r.Account,
 		"amount": meter.FormatUnits(r.Amount, r.Scale), "balance_after": meter.FormatUnits(r.BalanceAfter, r.Scale),
 		"bucket_id": opt(r.BucketID), "bucket_kind": opt(r.BucketKind), "event_id": opt(r.EventID),
 		"reference": opt(r.Reference), "occurred_at": ts(r.OccurredAt), "recorded_at": ts(r.RecordedAt),
-		"pricing_version": pv, "metadata": md,
+		"pricing_version": pv, "metadata": md, "source": opt(r.Source), "description": opt(r.Description),
 	}
+	if r.Currency != "" || r.Offer != "" {
+		m["price"], m["offer_id"] = nil, opt(r.Offer)
+		if r.Currency != "" {
+			m["price"] = map[string]any{"amount": r.Price, "currency": r.Currency}
+		}
+	}
+	return m
 }
 
 func decodeJSON(t testing.TB, b []byte) map[string]any {
@@ -308,7 +315,8 @@ func TestKafkaPublishLedger(t *testing.T) {
 		BucketKind: "recharge", EventID: "ev-1", Reference: "inv \"42\"\\\n\u00e9\x01",
 		OccurredAt:     time.Date(2026, 11, 21, 10, 0, 0, 999_999_999, time.UTC).UnixNano(),
 		RecordedAt:     time.Date(2026, 11, 21, 9, 0, 0, 1_000_000, time.FixedZone("x", 3600)).UnixNano(),
-		PricingVersion: 7, Metadata: `{"order":"o-1","n":[1,2.50]}`}
+		PricingVersion: 7, Metadata: `{"order":"o-1","n":[1,2.50]}`, Source: "custom_credits",
+		Description: "Top-up \"1\"", Price: "15.00", Currency: "USD", Offer: "pack_15"}
 	bare := LedgerRow{OutboxSeq: 31, EntryID: "globex/31", Seq: 31, CustomerID: "globex", Account: "default:TOK",
 		Asset: "TOK", Type: "usage", Scale: 0, Amount: -40, BalanceAfter: 0,
 		RecordedAt: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC).UnixNano()}
@@ -324,10 +332,11 @@ func TestKafkaPublishLedger(t *testing.T) {
 		"acme/31": `{"id":"acme/31","customer_id":"acme","seq":31,"type":"topup","account":"default:USD",` +
 			`"amount":"1500","balance_after":"-0.05","bucket_id":"topup-9","bucket_kind":"recharge","event_id":"ev-1",` +
 			`"reference":"inv \"42\"\\\n` + "\u00e9" + `\u0001","occurred_at":"2026-11-21T10:00:00.999Z",` +
-			`"recorded_at":"2026-11-21T08:00:00.001Z","pricing_version":7,"metadata":{"order":"o-1","n":[1,2.50]}}`,
+			`"recorded_at":"2026-11-21T08:00:00.001Z","pricing_version":7,"source":"custom_credits","description":"Top-up \"1\"",` +
+			`"price":{"amount":"15.00","currency":"USD"},"offer_id":"pack_15","metadata":{"order":"o-1","n":[1,2.50]}}`,
 		"globex/31": `{"id":"globex/31","customer_id":"globex","seq":31,"type":"usage","account":"default:TOK",` +
 			`"amount":"-40","balance_after":"0","bucket_id":null,"bucket_kind":null,"event_id":null,"reference":null,` +
-			`"occurred_at":null,"recorded_at":"2026-11-21T10:00:00.000Z","pricing_version":null,"metadata":{}}`,
+			`"occurred_at":null,"recorded_at":"2026-11-21T10:00:00.000Z","pricing_version":null,"source":null,"description":null,"metadata":{}}`,
 	}
 	want := map[string]*LedgerRow{}
 	for i := range b.Ledger {
@@ -402,7 +411,7 @@ func TestKafkaPublishLedger(t *testing.T) {
 	if got := string(appendLedgerJSON(nil, &r)); got != `{"id":"acme/4","customer_id":"acme","seq":4,"type":"hold",`+
 		`"account":"default:CREDITS","amount":"-19.504946","balance_after":"999.999972","bucket_id":"b-acme",`+
 		`"bucket_kind":"promotional","event_id":"ev-acme/4","reference":null,"occurred_at":"2026-11-21T10:00:03.123Z",`+
-		`"recorded_at":"2026-11-21T10:00:04.123Z","pricing_version":1,"metadata":{"n":4}}` {
+		`"recorded_at":"2026-11-21T10:00:04.123Z","pricing_version":1,"source":null,"description":null,"metadata":{"n":4}}` {
 		t.Fatalf("value %s", got)
 	}
 }

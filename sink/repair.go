@@ -71,7 +71,7 @@ var creditFlows = []rollupCol{
 	{"net", "sum(amount)"},
 }
 
-// rollups are every view of the schema (migrations 2, 6 and 8), by base
+// rollups are every view of the schema (migrations 2, 6, 8 and 10), by base
 // table.
 var rollups = []rollup{
 	{table: tableUsageHourly, base: tableUsage,
@@ -94,6 +94,10 @@ var rollups = []rollup{
 		keys: []rollupCol{{"day", "toDate(occurred_at)"}, {"customer_id", "customer_id"}, {"event_type", "event_type"},
 			{"account", "account"}, {"dimension", "dimension"}},
 		sums: []rollupCol{{"events", "count()"}, {"charge", "sum(charge)"}}},
+	{table: tableRevenueDaily, base: tableLedger, where: "currency != ''",
+		keys: []rollupCol{{"day", "toDate(occurred_at)"}, {"customer_id", "customer_id"}, {"account", "account"},
+			{"currency", "currency"}, {"offer_id", "offer_id"}, {"type", "type"}},
+		sums: []rollupCol{{"entries", "count()"}, {"credits", "sum(amount)"}, {"revenue", "sum(price)"}}},
 }
 
 // columns is the column definitions of r's table: its keys, then its sums.

@@ -41,6 +41,12 @@ type LedgerRow struct {
 	RecordedAt     int64 // unix ns
 	PricingVersion uint32
 	Metadata       string // raw JSON object, "" when none
+	Source         string // the source of BucketID's bucket, "" without one
+	Description    string // of the top-up, adjustment or usage event
+	// Price and Currency are what a purchase (a top-up, an auto-reload)
+	// was paid, the price as written ("" when none); Offer the offer it
+	// bought.
+	Price, Currency, Offer string
 }
 
 // UsageRow is one usage event as shipped: one row per charged account, or one
@@ -64,5 +70,6 @@ type UsageRow struct {
 	// Dimension is the event's value of the charging price's dimensions,
 	// joined with "/" ("" without dimensions); see meter.DimensionReader.
 	// Only destinations that use it get it (ClickHouse).
-	Dimension string
+	Dimension   string
+	Description string // the event's description, "" when none
 }

@@ -78,6 +78,7 @@ const (
 	tableCreditFlows     = "credit_flows_daily"
 	tableDimensionHourly = "usage_dimension_hourly"
 	tableDimensionDaily  = "usage_dimension_daily"
+	tableRevenueDaily    = "revenue_daily"
 	dedupWindowBlocks    = 1000 // non_replicated_deduplication_window where supported
 	clickHouseNameLenMax = 64
 	dateTime64Major      = 20 // DateTime64 appeared in 20.1
@@ -276,12 +277,28 @@ var (
 // value of the charging price's dimensions (UsageRow.Dimension).
 var usageDimension = []string{"dimension String"}
 
+// ledgerDetail and usageDetail are what migration 10 adds: each ledger
+// entry's bucket source, description, and for a purchase the price paid
+// (in billionths of its currency: the price column, Decimal(38, 9), is
+// its DEFAULT), the currency and the offer bought; each usage event's
+// description.
+var (
+	ledgerDetail = []string{"source String", "description String", "price_nano Int64", "currency String", "offer_id String"}
+	ledgerPrice  = []string{"price Decimal(38, 9)"}
+	usageDetail  = []string{"description String"}
+)
+
+// priceNanoScale is the scale of price_nano: a price is sent as an integer
+// count of 10^-9 of its currency.
+const priceNanoScale = 9
+
 // ledgerInsert and usageInsert are the columns the writer sends, in the
 // order of its buffers (the INSERT names them): migration 1's, less the
-// Decimal amounts, plus migration 5's units, plus migration 8's dimension.
+// Decimal amounts, plus migration 5's units, plus migration 8's dimension,
+// plus migration 10's details.
 var (
-	ledgerInsert = columnsInsert(ledgerColumnsV1, ledgerUnits, "amount", "balance_after")
-	usageInsert  = append(columnsInsert(usageColumnsV1, usageUnits, "charge"), usageDimension...)
+	ledgerInsert = append(columnsInsert(ledgerColumnsV1, ledgerUnits, "amount", "balance_after"), ledgerDetail...)
+	usageInsert  = append(append(columnsInsert(usageColumnsV1, usageUnits, "charge"), usageDimension...), usageDetail...)
 )
 
 // columnsInsert is base without the columns named in derived, with units
@@ -417,14 +434,7 @@ var migrations = []migration{
 		}},
 	{version: 4, name: "deduplication window",
 		requires: func(c serverCaps, s schema) bool { return c.dedupWindow && s.cluster == "" },
-		statements: func(s schema) []string {
-			var out []string
-			for _, t := range []string{tableLedger, tableUsage} {
-				out = append(out, fmt.Sprintf("ALTER TABLE %s%s MODIFY SETTING non_replicated_deduplication_window = %d",
-					s.table(t), s.onCluster(), dedupWindowBlocks))
-			}
-			return out
-		}},
+		statements: func(s schema) []string { return s.dedupWindowOf(tableLedger, tableUsage) }},
 	{version: 5, name: "amounts as scaled integers",
 		addColumns: []tableColumns{{tableLedger, ledgerUnits}, {tableUsage, usageUnits}},
 		statements: func(s schema) []string {
@@ -456,12 +466,7 @@ var migrations = []migration{
 			// An INSERT the server drops as a duplicate must be dropped
 			// from the views too (dedupSettings); their tables need the
 			// window for that.
-			var out []string
-			for _, t := range []string{tableUsageHourly, tableUsageDaily, tableBucketConsumed, tableCreditFlows} {
-				out = append(out, fmt.Sprintf("ALTER TABLE %s%s MODIFY SETTING non_replicated_deduplication_window = %d",
-					s.table(t), s.onCluster(), dedupWindowBlocks))
-			}
-			return out
+			return s.dedupWindowOf(tableUsageHourly, tableUsageDaily, tableBucketConsumed, tableCreditFlows)
 		}},
 	{version: 8, name: "usage by dimension",
 		addColumns: []tableColumns{{tableUsage, usageDimension}},
@@ -485,13 +490,39 @@ var migrations = []migration{
 	{version: 9, name: "deduplication window of the dimension views",
 		requires: func(c serverCaps, s schema) bool { return c.dedupWindow && s.cluster == "" },
 		statements: func(s schema) []string {
-			var out []string
-			for _, t := range []string{tableDimensionHourly, tableDimensionDaily} {
-				out = append(out, fmt.Sprintf("ALTER TABLE %s%s MODIFY SETTING non_replicated_deduplication_window = %d",
-					s.table(t), s.onCluster(), dedupWindowBlocks))
-			}
-			return out
+			return s.dedupWindowOf(tableDimensionHourly, tableDimensionDaily)
 		}},
+	{version: 10, name: "sources, descriptions, purchases and revenue",
+		addColumns: []tableColumns{{tableLedger, ledgerDetail}, {tableLedger, ledgerPrice}, {tableUsage, usageDetail}},
+		statements: func(s schema) []string {
+			// Revenue per day, customer, account, currency, offer and
+			// kind of purchase (topup, auto_reload): what was paid and
+			// the credits it bought. Rows written before this migration
+			// have no price and are not purchases.
+			r := rollupOf(tableRevenueDaily)
+			return []string{
+				s.modifyDefault(tableLedger, "price Decimal(38, 9)",
+					fmt.Sprintf("toDecimal128(price_nano, 9) / toDecimal128(%d, 0)", int64(1e9))),
+				s.createTable(tableRevenueDaily, r.columns(), s.engine(tableRevenueDaily, "SummingMergeTree", "("+columnList(r.sums)+")"),
+					"toYYYYMM(day)", "(customer_id, account, currency, offer_id, type, day)"),
+				s.createView(tableRevenueDaily+"_mv", tableRevenueDaily, s.viewSelect(r)),
+			}
+		}},
+	{version: 11, name: "deduplication window of the revenue view",
+		requires: func(c serverCaps, s schema) bool { return c.dedupWindow && s.cluster == "" },
+		statements: func(s schema) []string {
+			return s.dedupWindowOf(tableRevenueDaily)
+		}},
+}
+
+// dedupWindowOf is the ALTERs that give tables the deduplication window.
+func (s schema) dedupWindowOf(tables ...string) []string {
+	var out []string
+	for _, t := range tables {
+		out = append(out, fmt.Sprintf("ALTER TABLE %s%s MODIFY SETTING non_replicated_deduplication_window = %d",
+			s.table(t), s.onCluster(), dedupWindowBlocks))
+	}
+	return out
 }
 
 // plan is the SQL Migrate would run on a fresh database, in order: the

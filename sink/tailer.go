@@ -328,7 +328,8 @@ func appendRecord(b *Batch, r *balance.OutboxRecord, dims *dimensioner) int {
 			CustomerID: en.Customer, Account: en.Account, Asset: asset, Type: en.Type.String(), Scale: en.Scale,
 			Amount: en.Amount, BalanceAfter: en.BalanceAfter, BucketID: en.BucketID, BucketKind: kind,
 			EventID: en.EventID, Reference: en.Reference, OccurredAt: en.OccurredAt, RecordedAt: en.RecordedAt,
-			PricingVersion: en.PricingVersion, Metadata: string(en.Metadata),
+			PricingVersion: en.PricingVersion, Metadata: string(en.Metadata), Source: en.Source,
+			Description: en.Description, Price: en.Price, Currency: en.Currency, Offer: en.Offer,
 		})
 		n++
 	}
@@ -336,7 +337,7 @@ func appendRecord(b *Batch, r *balance.OutboxRecord, dims *dimensioner) int {
 		u := &r.Usage[i]
 		row := UsageRow{OutboxSeq: r.Seq, EventID: u.EventID, CustomerID: u.Customer, EventType: u.EventType,
 			Subject: u.Subject, OccurredAt: u.OccurredAt, RecordedAt: u.RecordedAt, PricingVersion: u.PricingVersion,
-			Data: string(u.Data)}
+			Data: string(u.Data), Description: u.Description}
 		if row.Data == "" {
 			row.Data = "{}"
 		}
