@@ -433,7 +433,7 @@ var migrations = []migration{
 			return out
 		}},
 	{version: 4, name: "deduplication window",
-		requires: func(c serverCaps, s schema) bool { return c.dedupWindow && s.cluster == "" },
+		requires:   func(c serverCaps, s schema) bool { return c.dedupWindow && s.cluster == "" },
 		statements: func(s schema) []string { return s.dedupWindowOf(tableLedger, tableUsage) }},
 	{version: 5, name: "amounts as scaled integers",
 		addColumns: []tableColumns{{tableLedger, ledgerUnits}, {tableUsage, usageUnits}},
