@@ -64,14 +64,16 @@ func arrayOf(elem *shape) *shape              { return &shape{elem: elem} }
 var (
 	priceShape = object(map[string]*shape{"amount": nil, "currency": nil})
 	topUpShape = object(map[string]*shape{"id": nil, "account": nil, "asset": nil, "amount": nil, "price": priceShape,
-		"source": nil, "expires_at": nil, "metadata": nil})
+		"source": nil, "expires_at": nil, "metadata": nil, "customer_id": nil, "offer_id": nil, "currency": nil,
+		"destination": object(map[string]*shape{"account_name": nil, "asset": nil, "exchange_rate": nil}),
+		"description": nil, "credit_expires_at": nil})
 	adjustShape = object(map[string]*shape{"transaction_id": nil, "account_name": nil, "asset": nil, "amount": nil,
 		"description": nil, "reason": nil, "kind": nil, "priority": nil, "expires_at": nil, "metadata": nil})
 	customerShape = object(map[string]*shape{"status": nil, "insufficient_funds": nil, "credit_limit": nil,
 		"plan": object(map[string]*shape{"id": nil, "allocations": arrayOf(object(map[string]*shape{
 			"account": nil, "asset": nil, "amount": nil, "period": nil, "anchor": nil, "strategy": nil, "cap": nil, "kind": nil}))}),
 		"auto_reload": object(map[string]*shape{"enabled": nil, "account": nil, "asset": nil, "threshold": nil, "amount": nil,
-			"price": priceShape, "surcharge_pct": nil, "max_per_period": nil, "mode": nil, "expires_at": nil}),
+			"price": priceShape, "surcharge_pct": nil, "max_per_period": nil, "mode": nil, "expires_at": nil, "offer_id": nil}),
 		"balance_alerts": nil, "metadata": nil})
 	holdShape = object(map[string]*shape{"id": nil, "customer_id": nil, "account": nil, "amount": nil, "expires_at": nil})
 )

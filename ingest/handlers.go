@@ -405,6 +405,30 @@ func accountAsset(p *meter.Pricing, account, field string) (meter.Asset, error) 
 	return a, nil
 }
 
+// splitAccount reads an account a body names in either of its forms: the
+// one meterd uses everywhere, "name:ASSET" in the account field, or the
+// split one, a name (default "default") and an asset in a field of its
+// own. It returns the name and the asset code; the asset is not checked
+// against the pricing.
+func splitAccount(account *string, asset, accountField, assetField string) (name, code string, err error) {
+	name = defaultAccountName
+	if account != nil {
+		name = *account
+	}
+	if n, c, ok := strings.Cut(name, ":"); ok {
+		if asset != "" && asset != c {
+			return "", "", badRequest("invalid_request", assetField, "%s names the asset %s and %s names %s: name it once",
+				accountField, c, assetField, asset)
+		}
+		name, asset = n, c
+	}
+	if !validAccountName(name) {
+		return "", "", badRequest("invalid_request", accountField,
+			"%s must be NAME:ASSET or a NAME of 1-64 characters of [A-Za-z0-9._-] beside %s", accountField, assetField)
+	}
+	return name, asset, nil
+}
+
 func validAccountName(s string) bool {
 	if len(s) == 0 || len(s) > accountNameLenMax {
 		return false
@@ -812,17 +836,14 @@ func (s *Server) adjustCmd(body *adjustBody) (*wallet.AdjustCmd, error) {
 	if !validID(body.TransactionID) {
 		return nil, badRequest("invalid_id", "transaction_id", "transaction_id must be 1-128 characters of [A-Za-z0-9._:-]")
 	}
-	name := defaultAccountName
-	if body.AccountName != nil {
-		name = *body.AccountName
-	}
-	if !validAccountName(name) {
-		return nil, badRequest("invalid_request", "account_name", "account_name must be 1-64 characters of [A-Za-z0-9._-]")
+	name, code, err := splitAccount(body.AccountName, body.Asset, "account_name", "asset")
+	if err != nil {
+		return nil, err
 	}
 	p := s.e.Pricing()
-	asset, ok := p.Asset(body.Asset)
+	asset, ok := p.Asset(code)
 	if !ok {
-		return nil, badRequest("unknown_asset", "asset", "asset %q is not defined by the pricing in force (version %d)", body.Asset, p.Version)
+		return nil, badRequest("unknown_asset", "asset", "asset %q is not defined by the pricing in force (version %d)", code, p.Version)
 	}
 	amount, err := parseAmount(body.Amount, asset.Scale, "amount")
 	if err != nil {

@@ -84,14 +84,11 @@ func (s *Server) plan(raw json.RawMessage) (*wallet.Plan, error) {
 	for i := range body.Allocations {
 		ab := &body.Allocations[i]
 		f := "plan.allocations[" + strconv.Itoa(i) + "]"
-		al := wallet.Allocation{Account: defaultAccountName, Asset: ab.Asset, Strategy: wallet.StrategyExpireAndReplace, Kind: wallet.KindPlan}
-		if ab.Account != nil {
-			al.Account = *ab.Account
+		al := wallet.Allocation{Strategy: wallet.StrategyExpireAndReplace, Kind: wallet.KindPlan}
+		if al.Account, al.Asset, err = splitAccount(ab.Account, ab.Asset, f+".account", f+".asset"); err != nil {
+			return nil, err
 		}
-		if !validAccountName(al.Account) {
-			return nil, badRequest("invalid_request", f+".account", "account must be 1-64 characters of [A-Za-z0-9._-]")
-		}
-		asset, err := accountAsset(pr, al.Account+":"+ab.Asset, f+".asset")
+		asset, err := accountAsset(pr, al.Account+":"+al.Asset, f+".asset")
 		if err != nil {
 			return nil, err
 		}
@@ -183,17 +180,16 @@ func (s *Server) autoReload(raw json.RawMessage, plan *wallet.Plan) (*wallet.Aut
 		name, code, _ := strings.Cut(o.Account, ":")
 		body.Account, body.Asset, offer = &name, code, o
 	}
-	r := &wallet.AutoReload{Enabled: true, Account: defaultAccountName, Asset: body.Asset, Mode: wallet.ReloadGrantImmediately}
+	r := &wallet.AutoReload{Enabled: true, Mode: wallet.ReloadGrantImmediately}
 	if body.Enabled != nil {
 		r.Enabled = *body.Enabled
 	}
-	if body.Account != nil {
-		r.Account = *body.Account
+	var err error
+	if r.Account, r.Asset, err = splitAccount(body.Account, body.Asset, f+".account", f+".asset"); err != nil {
+		return nil, err
 	}
-	if !validAccountName(r.Account) {
-		return nil, badRequest("invalid_request", f+".account", "account must be 1-64 characters of [A-Za-z0-9._-]")
-	}
-	asset, err := accountAsset(s.e.Pricing(), r.Account+":"+body.Asset, f+".asset")
+	body.Asset = r.Asset
+	asset, err := accountAsset(s.e.Pricing(), r.Account+":"+r.Asset, f+".asset")
 	if err != nil {
 		return nil, err
 	}

@@ -250,3 +250,32 @@ func ledgerDetails(t *testing.T, e *apiEnv, customer string) []ledgerEntry {
 	apiDecode(t, e.must(200, "GET", "/v1/customers/"+customer+"/ledger?limit=1000", "").Body, &page)
 	return page.Entries
 }
+
+// TestOneAccountNaming: "name:ASSET" names an account everywhere; the
+// split form (account or account_name, and asset) is still accepted.
+func TestOneAccountNaming(t *testing.T) {
+	e := newAPIEnv(t, apiEnvOpts{})
+	e.putPricing(`{"assets":[{"code":"CREDITS","scale":0},{"code":"TOK","scale":0}]}`)
+	e.newCustomer("n1", `{"plan":{"id":"p","allocations":[{"account":"default:CREDITS","amount":"100","period":"month",
+		"anchor":"2026-01-01T00:00:00Z"}]},
+		"auto_reload":{"account":"team:TOK","threshold":"10","amount":"50","price":{"amount":"1","currency":"USD"}}}`)
+	e.topUp("n1", `{"id":"t1","account":"team:TOK","amount":"70"}`)
+	e.topUp("n1", `{"id":"t2","account":"team","asset":"TOK","amount":"30"}`)
+	e.must(201, "POST", "/v1/customers/n1/adjustments", `{"transaction_id":"a1","account_name":"default:CREDITS","amount":"5"}`)
+	w, _ := e.wallet("n1")
+	if w.available("default:CREDITS") != "105" || w.available("team:TOK") != "100" {
+		t.Fatalf("wallet: %s", apiJSON(w))
+	}
+	r := e.must(200, "GET", "/v1/customers/n1", "")
+	var c struct {
+		AutoReload struct{ Account, Asset string } `json:"auto_reload"`
+	}
+	apiDecode(t, r.Body, &c)
+	if c.AutoReload.Account != "team" || c.AutoReload.Asset != "TOK" {
+		t.Errorf("auto_reload: %s", r.Body)
+	}
+	apiWantErr(t, "two assets", e.call("POST", "/v1/customers/n1/topups", `{"id":"t3","account":"team:TOK","asset":"CREDITS","amount":"1"}`),
+		400, "invalid_request", "asset")
+	apiWantErr(t, "a bad name", e.call("POST", "/v1/customers/n1/adjustments", `{"transaction_id":"a2","account_name":"a b:TOK","amount":"1"}`),
+		400, "invalid_request", "account_name")
+}

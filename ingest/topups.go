@@ -324,12 +324,9 @@ func (s *Server) tieredOfferID(currency, account string) (string, error) {
 // topUpAccount reads the account name (default "default") and the asset of
 // a top-up.
 func (s *Server) topUpAccount(nameIn *string, nameField, code, codeField string) (string, meter.Asset, error) {
-	name := defaultAccountName
-	if nameIn != nil {
-		name = *nameIn
-	}
-	if !validAccountName(name) {
-		return "", meter.Asset{}, badRequest("invalid_request", nameField, "%s must be 1-64 characters of [A-Za-z0-9._-]", nameField)
+	name, code, err := splitAccount(nameIn, code, nameField, codeField)
+	if err != nil {
+		return "", meter.Asset{}, err
 	}
 	p := s.e.Pricing()
 	asset, ok := p.Asset(code)
@@ -341,9 +338,13 @@ func (s *Server) topUpAccount(nameIn *string, nameField, code, codeField string)
 
 // matchOffer checks that an account and asset a body names, when it names
 // them, are those the offer credits.
-func (s *Server) matchOffer(o *meter.TopupOffer, name *string, nameField, code, codeField string) error {
+func (s *Server) matchOffer(o *meter.TopupOffer, nameIn *string, nameField, code, codeField string) error {
 	oname, ocode, _ := strings.Cut(o.Account, ":")
-	if name != nil && *name != oname {
+	name, code, err := splitAccount(nameIn, code, nameField, codeField)
+	if err != nil {
+		return err
+	}
+	if nameIn != nil && name != oname {
 		return badRequest("invalid_request", nameField, "offer %s credits %s", o.ID, o.Account)
 	}
 	if code != "" && code != ocode {
