@@ -531,7 +531,7 @@ func (e *Engine) PutCustomerChange(customer string, s wallet.Settings, mode wall
 		w := sh.wallets[customer]
 		if w == nil {
 			if mode == wallet.PlanChangeAtPeriodEnd {
-				werr = wallet.Errorf(wallet.CodeNoPlanPeriod, "customer %s has no plan period yet: a new customer's plan starts now", customer)
+				werr = wallet.FieldErrorf("plan_change.at", wallet.CodeNoPlanPeriod, "customer %s has no plan period yet: a new customer's plan starts now", customer)
 				return
 			}
 			w = wallet.NewWallet(customer, s, g.now)
@@ -661,7 +661,7 @@ func (e *Engine) refundRule(kind string) wallet.RefundRule {
 // checkFuture refuses an expiry at or before now; replays are answered before it is checked.
 func checkFuture(expiresAt, now int64) *wallet.Error {
 	if expiresAt > 0 && expiresAt <= now {
-		return &wallet.Error{Code: wallet.CodeInvalidTimestamp, Message: "expires_at must be in the future"}
+		return &wallet.Error{Code: wallet.CodeInvalidTimestamp, Message: "expires_at must be in the future", Field: "expires_at"}
 	}
 	return nil
 }
@@ -729,8 +729,11 @@ func buyOffer(p *meter.Pricing, c *wallet.TopUpCmd, w *wallet.Wallet) *wallet.Er
 	}
 	q, err := p.Buy(b)
 	if err != nil {
+		// Field is the purchase's (meter.Buy): "offer.amount" (money),
+		// "offer.credits" or "offer.offer_id"; the caller names it by its
+		// request.
 		me := err.(*meter.Error)
-		return &wallet.Error{Code: me.Code, Message: me.Message, Field: me.Field}
+		return &wallet.Error{Code: me.Code, Message: me.Message, Field: "offer." + me.Field}
 	}
 	name, code, _ := strings.Cut(q.Account, ":")
 	a, _ := p.Asset(code)
@@ -839,7 +842,7 @@ type LedgerPage struct {
 // Seq < before (0 = from the newest), optionally of one account only.
 func (e *Engine) Ledger(customer, account string, before uint64, limit int) (LedgerPage, error) {
 	if limit < 1 {
-		return LedgerPage{}, &wallet.Error{Code: wallet.CodeInvalidRequest, Message: "limit must be at least 1"}
+		return LedgerPage{}, &wallet.Error{Code: wallet.CodeInvalidRequest, Message: "limit must be at least 1", Field: "limit"}
 	}
 	var page LedgerPage
 	// An unknown customer is refused by the shard.

@@ -851,7 +851,7 @@ func (s *Server) testClock(ctx *fasthttp.RequestCtx, method string) {
 			}
 			to = t
 		default:
-			writeError(ctx, "invalid_request", "give exactly one of advance and now", "")
+			writeError(ctx, "invalid_request", "give exactly one of advance and now", "advance")
 			return
 		}
 		if err := s.e.SetClock(to); err != nil {

@@ -3,6 +3,7 @@ package ingest
 import (
 	"encoding/json"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -278,4 +279,44 @@ func TestOneAccountNaming(t *testing.T) {
 		400, "invalid_request", "asset")
 	apiWantErr(t, "a bad name", e.call("POST", "/v1/customers/n1/adjustments", `{"transaction_id":"a2","account_name":"a b:TOK","amount":"1"}`),
 		400, "invalid_request", "account_name")
+}
+
+// TestValidationErrorsNameTheirField: a refused value is named by the
+// error's field, on every endpoint that takes one.
+func TestValidationErrorsNameTheirField(t *testing.T) {
+	e := newAPIEnv(t, apiEnvOpts{})
+	e.putPricing(`{"assets":[{"code":"CREDITS","scale":0}],"prices":[{"event_type":"task","account":"default:CREDITS","unit_price":"1"}],
+		"topup_offers":[{"id":"pack","currency":"USD","account":"default:CREDITS","package":{"price":"5","credits":"500"}}]}`)
+	e.newCustomer("v1", `{}`)
+	e.topUp("v1", `{"id":"t0","asset":"CREDITS","amount":"10"}`)
+	for _, c := range []struct{ method, path, body, field string }{
+		{"POST", "/v1/customers/v1/topups", `{"id":"t1","asset":"CREDITS","amount":"0"}`, "amount"},
+		{"POST", "/v1/customers/v1/topups", `{"id":"t1","asset":"NOPE","amount":"1"}`, "asset"},
+		{"POST", "/v1/customers/v1/topups", `{"id":"t1","asset":"CREDITS","amount":"1","expires_at":"2001-01-01T00:00:00Z"}`, "expires_at"},
+		{"POST", "/v1/customers/v1/topups", `{"id":"t1","asset":"CREDITS","amount":"1","expires_at":"period_end"}`, "expires_at"},
+		{"POST", "/v1/customers/v1/topups", `{"id":"t1","asset":"CREDITS","amount":"1","price":{"amount":"1.0000000001","currency":"USD"}}`, "price.amount"},
+		{"POST", "/v1/customers/v1/topups", `{"id":"t1","offer_id":"pack","amount":"501"}`, "amount"},
+		{"POST", "/v1/customers/v1/topups", `{"id":"t1","offer_id":"pack","price":{"amount":"6"}}`, "price.amount"},
+		{"POST", "/v1/customers/v1/topups", `{"id":"t1","description":"` + strings.Repeat("x", 5000) + `"}`, "description"},
+		{"POST", "/v1/customers/v1/adjustments", `{"transaction_id":"a1","asset":"CREDITS","amount":"1","priority":101}`, "priority"},
+		{"POST", "/v1/customers/v1/adjustments", `{"transaction_id":"a1","asset":"CREDITS","amount":"-1000000000000000000000"}`, "amount"},
+		{"POST", "/v1/holds", `{"id":"h1","customer_id":"v1","account":"default:CREDITS","amount":"0"}`, "amount"},
+		{"POST", "/v1/holds", `{"id":"h1","customer_id":"v1","account":"default:CREDITS","amount":"1","expires_at":"2001-01-01T00:00:00Z"}`, "expires_at"},
+		{"PUT", "/v1/customers/v1", `{"plan_change":{"at":"period_end"},"plan":null}`, "plan_change.at"},
+		{"PUT", "/v1/customers/v1", `{"auto_reload":{"offer_id":"nope","threshold":"1"}}`, "auto_reload.offer_id"},
+		{"PUT", "/v1/customers/v1", `{"auto_reload":{"offer_id":"pack","threshold":"1","price":{"amount":"1","currency":"USD"}}}`, "auto_reload.price"},
+		{"GET", "/v1/offers/pack/quote?amount=6", "", "amount"},
+		{"GET", "/v1/offers/nope/quote?amount=6", "", "offer_id"},
+		{"GET", "/v1/customers/v1/ledger?limit=0", "", "limit"},
+	} {
+		r := e.call(c.method, c.path, c.body)
+		var body apiErrorResp
+		if r.Status < 400 || json.Unmarshal(r.Body, &body) != nil || body.Error == nil {
+			t.Errorf("%s %s %s: %s, want an error", c.method, c.path, apiTrunc(c.body, 80), apiTrunc(string(r.Body), 200))
+			continue
+		}
+		if body.Error.Field != c.field {
+			t.Errorf("%s %s %s: field %q, want %q (%s)", c.method, c.path, apiTrunc(c.body, 80), body.Error.Field, c.field, r.Body)
+		}
+	}
 }

@@ -86,19 +86,24 @@ func (s *Server) topUp(ctx *fasthttp.RequestCtx, customer string) {
 	ctx.SetBody(appendTopUpRecord(nil, customer, rec, res.ReversedAt))
 }
 
-// offerField names an offer's refusal by the body's field: the meter's
-// "amount" (money) is price.amount, or amount in the Credyt form; its
-// "credits" is amount.
+// offerField names an offer's refusal (Field "offer.<field of the
+// purchase>", balance.buyOffer) by the body's field: the money is
+// price.amount, or amount in the Credyt form; the credits are amount.
 func offerField(err error, body *topUpBody) error {
 	we, ok := err.(*wallet.Error)
-	if !ok || body.OfferID == nil {
+	if !ok {
 		return err
 	}
-	switch {
-	case we.Field == "credits":
+	switch we.Field {
+	case "offer.credits":
 		we.Field = "amount"
-	case we.Field == "amount" && body.Currency == nil:
+	case "offer.amount":
 		we.Field = "price.amount"
+		if body.Currency != nil {
+			we.Field = "amount"
+		}
+	case "offer.offer_id":
+		we.Field = "offer_id"
 	}
 	return we
 }

@@ -24,6 +24,11 @@ func Errorf(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
+// FieldErrorf is Errorf about a field of the request.
+func FieldErrorf(field, code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...), Field: field}
+}
+
 // Every error code of the wallet and of the engine, defined here once.
 // The HTTP layer maps each to a status (API.md).
 const (

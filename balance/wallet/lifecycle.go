@@ -206,7 +206,7 @@ func (w *Wallet) PlanPeriod(now int64) (start, end int64, ok bool) {
 func (w *Wallet) PeriodEnd(now int64) (int64, *Error) {
 	_, end, ok := w.PlanPeriod(now)
 	if !ok {
-		return 0, Errorf(CodeNoPlanPeriod, "expires_at \"period_end\" needs a plan period, and customer %s has none now", w.Customer)
+		return 0, FieldErrorf("expires_at", CodeNoPlanPeriod, "expires_at \"period_end\" needs a plan period, and customer %s has none now", w.Customer)
 	}
 	return end, nil
 }
@@ -461,7 +461,7 @@ func (w *Wallet) Reconfigure(s Settings, mode PlanChangeMode, now int64, out []E
 	if mode == PlanChangeAtPeriodEnd {
 		_, end, ok := w.PlanPeriod(now)
 		if !ok {
-			return out, Errorf(CodeNoPlanPeriod, "a plan change at period_end needs a plan period, and customer %s has none now", w.Customer)
+			return out, FieldErrorf("plan_change.at", CodeNoPlanPeriod, "a plan change at period_end needs a plan period, and customer %s has none now", w.Customer)
 		}
 		if cur := w.Settings.Plan; !samePlan(cur, s.Plan) {
 			s.PlanChange = &PlanChange{At: end, Plan: s.Plan}
@@ -694,10 +694,10 @@ func (w *Wallet) PlaceHold(c *HoldCmd, now int64, out []Entry) ([]Entry, *Error)
 	defer w.alertsSince(&snap, now)
 	out = w.advance(now, out)
 	if c.Amount <= 0 || c.Amount > CommandUnitsMax {
-		return out, Errorf(CodeInvalidAmount, "hold amount %d is not in [1, %d]", c.Amount, CommandUnitsMax)
+		return out, FieldErrorf("amount", CodeInvalidAmount, "hold amount %d is not in [1, %d]", c.Amount, CommandUnitsMax)
 	}
 	if c.ExpiresAt <= now {
-		return out, Errorf(CodeInvalidTimestamp, "a hold's expires_at must be in the future")
+		return out, FieldErrorf("expires_at", CodeInvalidTimestamp, "a hold's expires_at must be in the future")
 	}
 	if w.findHold(c.ID) >= 0 {
 		return out, Errorf(CodeIdempotencyConflict, "hold %s is already active", c.ID)

@@ -488,7 +488,7 @@ type grant struct {
 // checkGrant validates a grant against the wallet without changing it.
 func (w *Wallet) checkGrant(g *grant) *Error {
 	if g.amount <= 0 || g.amount > CommandUnitsMax {
-		return Errorf(CodeInvalidAmount, "amount %d is not in [1, %d]", g.amount, CommandUnitsMax)
+		return FieldErrorf("amount", CodeInvalidAmount, "amount %d is not in [1, %d]", g.amount, CommandUnitsMax)
 	}
 	if g.name == "" || g.asset == "" {
 		return Errorf(CodeInvalidRequest, "account name and asset must not be empty")
@@ -507,7 +507,7 @@ func (w *Wallet) checkGrant(g *grant) *Error {
 		return Errorf(CodeLimitExceeded, "account %s holds %d buckets, the most allowed", a.ID(), len(a.Buckets))
 	}
 	if a.Available()+a.Held+a.Debt > AccountUnitsMax-g.amount {
-		return Errorf(CodeInvalidAmount, "account %s would hold more than %d", a.ID(), AccountUnitsMax)
+		return FieldErrorf("amount", CodeInvalidAmount, "account %s would hold more than %d", a.ID(), AccountUnitsMax)
 	}
 	return nil
 }
@@ -728,7 +728,7 @@ func (w *Wallet) Adjust(c *AdjustCmd, now int64, out []Entry) ([]Entry, *Error) 
 		prio := DefaultPriority(kind)
 		if c.Priority >= 0 {
 			if c.Priority > PriorityMax {
-				return out, Errorf(CodeInvalidRequest, "priority %d is not in [0, %d]", c.Priority, PriorityMax)
+				return out, FieldErrorf("priority", CodeInvalidRequest, "priority %d is not in [0, %d]", c.Priority, PriorityMax)
 			}
 			prio = uint8(c.Priority)
 		}
@@ -753,7 +753,7 @@ func (w *Wallet) Adjust(c *AdjustCmd, now int64, out []Entry) ([]Entry, *Error) 
 		return out, nil
 	}
 	if c.Amount == 0 || c.Amount < -CommandUnitsMax {
-		return out, Errorf(CodeInvalidAmount, "adjustment amount %d is 0 or below -%d", c.Amount, CommandUnitsMax)
+		return out, FieldErrorf("amount", CodeInvalidAmount, "adjustment amount %d is 0 or below -%d", c.Amount, CommandUnitsMax)
 	}
 	if c.Account == "" || c.Asset == "" {
 		return out, Errorf(CodeInvalidRequest, "account name and asset must not be empty")
