@@ -29,7 +29,7 @@ func TestTailerDimensions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
+	t.Cleanup(func() { e.Close() }) // after shipAll's tailer stops
 	if _, err := e.PutCustomer("c1", wallet.Settings{}); err != nil {
 		t.Fatal(err)
 	}
@@ -64,18 +64,7 @@ func TestTailerDimensions(t *testing.T) {
 
 	srv := chtest.Start(t)
 	db := srv.Database(t)
-	tailer := NewTailer(e, openCH(t, srv, db), TailerConfig{BatchAge: time.Millisecond, Dimensions: true, Log: testLog})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); tailer.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	deadline := time.Now().Add(30 * time.Second)
-	for tailer.Status().Shipped < e.OutboxWatermark() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not shipped: %+v", tailer.Status())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	shipAll(t, e, openCH(t, srv, db), TailerConfig{BatchAge: time.Millisecond, Dimensions: true, Log: testLog})
 	got := srv.Query(t, "SELECT event_id, account, pricing_version, dimension, toString(charge) FROM "+db+".usage_events FINAL ORDER BY event_id, account")
 	want := strings.Join([]string{
 		"e1\tdefault:CREDITS\t1\t1024x1024\t4",
@@ -93,5 +82,23 @@ func TestTailerDimensions(t *testing.T) {
 	got = srv.Query(t, "SELECT dimension, sum(events), toString(sum(charge)) FROM "+db+".usage_dimension_daily WHERE account = 'default:CREDITS' GROUP BY dimension ORDER BY dimension")
 	if want := "\t1\t1\n1024x1024\t1\t4\n1024x1024/hd\t1\t8\n512\t1\t1"; trimZeros(got) != want {
 		t.Errorf("usage_dimension_daily:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// shipAll runs a tailer of e into c until it has shipped all of e's
+// outbox; it stops when the test ends.
+func shipAll(t *testing.T, e *balance.Engine, c *ClickHouse, cfg TailerConfig) {
+	t.Helper()
+	tailer := NewTailer(e, c, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); tailer.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(30 * time.Second)
+	for tailer.Status().Shipped < e.OutboxWatermark() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not shipped: %+v", tailer.Status())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -1,7 +1,6 @@
 package sink
 
 import (
-	"context"
 	"os"
 	"testing"
 	"time"
@@ -25,7 +24,7 @@ func TestTailerRevenue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
+	t.Cleanup(func() { e.Close() }) // after shipAll's tailer stops
 	plan := &wallet.Plan{ID: "make_core", Allocations: []wallet.Allocation{{Account: "default", Asset: "CREDITS", Amount: 10000,
 		Period: wallet.PeriodMonth, Anchor: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()}}}
 	if _, err := e.PutCustomer("c1", wallet.Settings{Plan: plan}); err != nil {
@@ -58,18 +57,7 @@ func TestTailerRevenue(t *testing.T) {
 
 	srv := chtest.Start(t)
 	db := srv.Database(t)
-	tailer := NewTailer(e, openCH(t, srv, db), TailerConfig{BatchAge: time.Millisecond, Log: testLog})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); tailer.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	deadline := time.Now().Add(30 * time.Second)
-	for tailer.Status().Shipped < e.OutboxWatermark() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not shipped: %+v", tailer.Status())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	shipAll(t, e, openCH(t, srv, db), TailerConfig{BatchAge: time.Millisecond, Log: testLog})
 	got := srv.Query(t, "SELECT currency, offer_id, type, sum(entries), toString(sum(credits)), toString(sum(revenue)) FROM "+db+
 		".revenue_daily GROUP BY currency, offer_id, type ORDER BY currency, offer_id, type")
 	want := "EUR\t\ttopup\t1\t1000\t9.99\n" +
