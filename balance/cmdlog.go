@@ -54,6 +54,9 @@ const (
 const (
 	logApplied = 1 << 0 // Wallet.Charge ran for it: replay runs it again
 	logID      = 1 << 1 // the event was accepted: status, hash and charges follow
+	// logDescription: the event's description follows, last (it is on
+	// the usage entries replay makes again).
+	logDescription = 1 << 2
 )
 
 var logFloorKey = []byte("mlog_floor")
@@ -92,8 +95,11 @@ func appendLogCmd(b []byte, customer string, c *wallet.UsageCmd, applied bool, r
 	if applied {
 		flags |= logApplied
 	}
+	if c.Description != "" {
+		flags |= logDescription
+	}
 	if r == nil {
-		return append(b, flags)
+		return appendLogDescription(append(b, flags), c)
 	}
 	b = append(b, flags|logID, r.Status)
 	b = append(b, r.Hash[:]...)
@@ -108,7 +114,15 @@ func appendLogCmd(b []byte, customer string, c *wallet.UsageCmd, applied bool, r
 		}
 		b = appendChargeResult(b, account, res)
 	}
-	return b
+	return appendLogDescription(b, c)
+}
+
+// appendLogDescription appends the description of a command that has one.
+func appendLogDescription(b []byte, c *wallet.UsageCmd) []byte {
+	if c.Description == "" {
+		return b
+	}
+	return enc.AppendStr(b, c.Description)
 }
 
 // logHeader is a log record's header: format, the group's time and the
@@ -199,6 +213,10 @@ func (r *logReader) next() (customer string, ok bool, err error) {
 		if r.flags&logID != 0 {
 			r.decodeID(len(c.Charges))
 		}
+	}
+	c.Description = ""
+	if r.flags&logDescription != 0 {
+		c.Description = d.View()
 	}
 	if d.Err != nil {
 		return "", false, fmt.Errorf("balance: log record: %w", d.Err)

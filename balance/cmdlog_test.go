@@ -25,9 +25,9 @@ func TestLogRecordRoundTrip(t *testing.T) {
 		customer string
 		cmd      wallet.UsageCmd
 	}{
-		{"c1", wallet.UsageCmd{EventID: "e1", OccurredAt: 1_700_000_000_000_000_000, PricingVersion: 3,
+		{"c1", wallet.UsageCmd{EventID: "e1", OccurredAt: 1_700_000_000_000_000_000, PricingVersion: 3, Description: "chat",
 			Charges: []meter.Charge{{Account: "default:CREDITS", Name: "default", Asset: "CREDITS", Amount: meter.Fine{Units: 40, Sub: 7}}}}},
-		{"c-2", wallet.UsageCmd{EventID: "e2", HoldID: "h1", PricingVersion: 1 << 31}},
+		{"c-2", wallet.UsageCmd{EventID: "e2", HoldID: "h1", PricingVersion: 1 << 31, Description: "refused, described"}},
 		{"c3", wallet.UsageCmd{EventID: "e3", OccurredAt: -5, Charges: []meter.Charge{
 			{Account: "a:USD", Name: "a", Asset: "USD", Scale: 2, Amount: meter.Fine{Units: 1}},
 			{Account: "b:USD", Name: "b", Asset: "USD", Scale: 2, Amount: meter.Fine{Sub: meter.SubUnitsPerUnit - 1}},
@@ -169,7 +169,7 @@ func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
 		if i == 0 {
 			amount = 120
 		}
-		if _, err := e.TopUp(c, &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: amount}, [16]byte{1}); err != nil {
+		if _, err := e.TopUp(c, &wallet.TopUpCmd{ID: "t", Account: "default", Asset: "CREDITS", Amount: amount, Source: "topup"}, [16]byte{1}); err != nil {
 			t.Fatal(err)
 		}
 		if i%4 == 1 {
@@ -194,6 +194,9 @@ func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
 			}
 			if i%4 == 1 && rng.IntN(50) == 0 {
 				ev.HoldID = "hold-" + c
+			}
+			if k%3 == 0 { // on its usage entries, which replay makes again
+				ev.Description = "image " + ev.ID
 			}
 			evs = append(evs, &EventIn{Event: ev, Hash: [16]byte{byte(n), byte(k)}})
 		}
@@ -239,6 +242,20 @@ func TestReplayRestoresWhatCheckpointsMissed(t *testing.T) {
 		if sum, avail := ledgerSum(t, e, c), w.Accounts[0].Available(); sum != avail {
 			t.Errorf("customer %s: ledger sums to %d, available is %d", c, sum, avail)
 		}
+		// The usage entries replay made again carry their event's
+		// description, and their bucket's source.
+		for _, en := range ledgerOf(t, e, c) {
+			if en.Type != wallet.EntryUsage {
+				continue
+			}
+			if k, _ := strconv.Atoi(en.EventID[strings.IndexByte(en.EventID, '-')+1:]); (en.Description != "") != (k%3 == 0) ||
+				en.Description != "" && en.Description != "image "+en.EventID {
+				t.Errorf("customer %s: entry %d of %s has the description %q", c, en.Seq, en.EventID, en.Description)
+			}
+			if en.BucketID != "" && en.Source != "topup" {
+				t.Errorf("customer %s: entry %d of bucket %s has the source %q", c, en.Seq, en.BucketID, en.Source)
+			}
+		}
 	}
 	if countKeys(t, e, prefixLog) == 0 {
 		t.Error("recovery deleted the log records that hold the events' ids")
@@ -274,6 +291,24 @@ func mustDecodeWallet(t *testing.T, b []byte) *wallet.Wallet {
 		t.Fatal(err)
 	}
 	return w
+}
+
+// ledgerOf reads every ledger entry of a customer, newest first.
+func ledgerOf(t *testing.T, e *Engine, customer string) []wallet.Entry {
+	t.Helper()
+	var out []wallet.Entry
+	var before uint64
+	for {
+		page, err := e.Ledger(customer, "", before, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, page.Entries...)
+		if page.Next == 0 {
+			return out
+		}
+		before = page.Next
+	}
 }
 
 // ledgerSum sums every ledger entry of a customer.

@@ -529,7 +529,8 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		Data:           ev.DataJSON,
 		Description:    ev.Description,
 	}
-	cmd := wallet.UsageCmd{EventID: ev.ID, OccurredAt: ev.OccurredAt, PricingVersion: g.pricing.Version, HoldID: ev.HoldID}
+	cmd := wallet.UsageCmd{EventID: ev.ID, OccurredAt: ev.OccurredAt, PricingVersion: g.pricing.Version, HoldID: ev.HoldID,
+		Description: ev.Description}
 	applied := matched || ev.HoldID != ""
 	if !applied {
 		r.Status = EventRecorded
@@ -539,13 +540,6 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		s.results, s.entries, berr = w.Charge(&cmd, g.now, s.results[:0], s.entries[:0])
 		s.ck.changed(g, w)
 		if len(s.entries) > 0 {
-			if ev.Description != "" {
-				for i := range s.entries {
-					if s.entries[i].EventID == ev.ID {
-						s.entries[i].Description = ev.Description
-					}
-				}
-			}
 			s.writeEntries(g, w, s.entries)
 		}
 		s.effects(g, w)

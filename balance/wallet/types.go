@@ -310,6 +310,7 @@ type UsageCmd struct {
 	PricingVersion uint32
 	Charges        []meter.Charge
 	HoldID         string // the active hold this event settles, or "" (an unknown or ended hold is ignored)
+	Description    string // the event's, kept on its usage entries
 }
 
 // Part is the share of one charge drawn from one bucket. BucketID "" is the

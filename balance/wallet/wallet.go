@@ -927,7 +927,8 @@ func (w *Wallet) Charge(c *UsageCmd, now int64, res []ChargeResult, out []Entry)
 		out = w.endHold(hold, HoldSettled, now, c.EventID, settled, out)
 		w.UpdatedAt = now
 	}
-	t := Entry{Type: EntryUsage, EventID: c.EventID, OccurredAt: c.OccurredAt, PricingVersion: c.PricingVersion}
+	t := Entry{Type: EntryUsage, EventID: c.EventID, OccurredAt: c.OccurredAt, PricingVersion: c.PricingVersion,
+		Description: c.Description}
 	reload := false
 	for i := range cs {
 		ch := &cs[i]
