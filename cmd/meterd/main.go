@@ -294,13 +294,16 @@ func run(cfg Config, fds fdPlan) error {
 		stop()
 		return err
 	}
+	// SIGTERM is caught before the ready line: a supervisor that stops
+	// meterd as soon as it reads that line gets a clean stop, not the
+	// default action of the signal.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("meterd ready", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "shards", eng.Shards(),
 		"pricing_version", eng.Pricing().Version, "recovery", recovered.Round(time.Millisecond).String(), "auth", auth)
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	select {
 	case s := <-sig:
 		log.Info("stopping", "signal", s.String())
