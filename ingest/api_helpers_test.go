@@ -36,6 +36,9 @@ type apiEnvOpts struct {
 	Clock *balance.ManualClock
 	// RejectUnpriced is balance.Options.RejectUnpriced (--unpriced-events reject).
 	RejectUnpriced bool
+	// Doors and LagoIdempotent are Config's.
+	Doors          Door
+	LagoIdempotent bool
 }
 
 // apiEnv is one engine and one server serving on loopback.
@@ -66,7 +69,7 @@ func newAPIEnv(t *testing.T, o apiEnvOpts) *apiEnv {
 		t.Fatalf("balance.Open: %v", err)
 	}
 	srv := NewServer(Config{Engine: eng, Keys: o.Keys, Limits: o.Limits, RequestTimeout: 10 * time.Second, TestClock: o.Clock != nil,
-		BodyMemoryMax: o.BodyMemoryMax})
+		BodyMemoryMax: o.BodyMemoryMax, Doors: o.Doors, LagoIdempotent: o.LagoIdempotent})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		eng.Close()

@@ -73,7 +73,7 @@ var heldBodies = sync.Pool{New: func() any { return new(heldBody) }}
 // the 413 that refuses a larger body.
 func (s *Server) bodyLimit(path []byte, method []byte) (int, string) {
 	switch string(path) {
-	case "/v1/events", "/v1/pricing/simulate":
+	case "/v1/events", "/v1/pricing/simulate", "/v1/check", "/api/v1/events", "/api/v1/events/batch", "/v2/billing/meter_event_stream":
 		return s.lim.BodyBytesMax, CodeBodyTooLarge
 	case "/v1/pricing":
 		if string(method) == "PUT" {

@@ -47,6 +47,12 @@ type Config struct {
 	// BodyMemoryMax bounds the bytes held by request bodies being read,
 	// server-wide (see body.go); 0: 256 MiB.
 	BodyMemoryMax int64
+	// Doors are the foreign ingest APIs served (doors.go); 0: none.
+	Doors Door
+	// LagoIdempotent answers a Lago transaction_id sent again with the
+	// same content as the first time (200), where Lago answers 422
+	// value_already_exist.
+	LagoIdempotent bool
 }
 
 // Server serves the HTTP API.
@@ -65,6 +71,10 @@ type Server struct {
 	admit   func() error
 
 	testClockOn bool
+
+	doors          Door
+	stripe         *stripeSessions
+	lagoIdempotent bool
 }
 
 // NewServer returns a server for the engine.
@@ -86,6 +96,7 @@ func NewServer(c Config) *Server {
 	}
 	s := &Server{e: c.Engine, keys: c.Keys, lim: c.Limits, log: c.Log, metrics: newHTTPMetrics(c.Registerer), sinks: c.Readiness, admit: c.Admit, testClockOn: c.TestClock}
 	s.budget.max = c.BodyMemoryMax
+	s.doors, s.lagoIdempotent, s.stripe = c.Doors, c.LagoIdempotent, newStripeSessions()
 	s.prom = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.Gatherer, promhttp.HandlerOpts{}))
 	s.srv = &fasthttp.Server{
 		Handler:            s.Handle,
@@ -245,6 +256,53 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 	case "/v1/test-clock":
 		s.testClock(ctx, method)
 		return "test_clock"
+	case "/api/v1/events":
+		if s.doors&(DoorOpenMeter|DoorLago) == 0 {
+			break
+		}
+		if s.allow(ctx, method, "POST", ScopeIngest) {
+			if s.doors&DoorLago != 0 && (s.doors&DoorOpenMeter == 0 || isLagoBody(ctx)) {
+				s.lagoEvents(ctx, false)
+			} else {
+				s.openMeterEvents(ctx)
+			}
+		}
+		return "door_events"
+	case "/api/v1/events/batch":
+		if s.doors&DoorLago == 0 {
+			break
+		}
+		if s.allow(ctx, method, "POST", ScopeIngest) {
+			s.lagoEvents(ctx, true)
+		}
+		return "door_lago_batch"
+	case "/v1/billing/meter_events":
+		if s.doors&DoorStripe == 0 {
+			break
+		}
+		if s.allow(ctx, method, "POST", ScopeIngest) {
+			s.stripeMeterEvent(ctx)
+		}
+		return "door_stripe_v1"
+	case "/v2/billing/meter_event_session":
+		if s.doors&DoorStripe == 0 {
+			break
+		}
+		if s.allow(ctx, method, "POST", ScopeIngest) {
+			s.stripeSession(ctx)
+		}
+		return "door_stripe_session"
+	case "/v2/billing/meter_event_stream":
+		if s.doors&DoorStripe == 0 {
+			break
+		}
+		// Authorized by the session's token, not by an API key.
+		if method != "POST" {
+			methodNotAllowed(ctx, "POST")
+		} else if s.readBody(ctx) {
+			s.stripeStream(ctx)
+		}
+		return "door_stripe_stream"
 	case "/v1/offers":
 		if s.allow(ctx, method, "GET", ScopeRead) {
 			ctx.SetContentType("application/json")

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meterd/meterd/ingest"
+
 	"github.com/meterd/meterd/sink"
 	"gopkg.in/yaml.v3"
 )
@@ -60,6 +62,8 @@ type Config struct {
 	DedupWindow               time.Duration // --dedup-window DURATION, at least 24h
 	ReversalWindow            time.Duration // --reversal-window DURATION
 	UnpricedEvents            string        // --unpriced-events record|reject
+	Doors                     string        // --doors openmeter,stripe,lago
+	LagoIdempotent            bool          // --lago-idempotent
 	BodyBytesMax              int           // --body-bytes-max N
 	EventsPerRequestMax       int           // --events-per-request-max N
 	BodyMemoryMax             int           // --http-body-memory-max N: bytes of request bodies being read, server-wide
@@ -169,6 +173,11 @@ func settings(c *Config) []setting {
 			usage: "how long after a top-up it may still be reversed (unless the pricing's refund_rules say)"},
 		{name: "unpriced-events", arg: "POLICY", def: "record", ptr: &c.UnpricedEvents,
 			usage: "a usage event whose type has no price: record (applied, no charge, counted in meterd_unpriced_events_total) or reject (unpriced_event)"},
+		{name: "doors", arg: "LIST", def: "openmeter,stripe,lago", ptr: &c.Doors,
+			usage: "the other systems' ingest APIs served beside meterd's own, comma-separated: openmeter (POST /api/v1/events, CloudEvents), " +
+				"stripe (/v1/billing/meter_events, /v2/billing/meter_event_stream), lago (/api/v1/events, /api/v1/events/batch); \"\" = none"},
+		{name: "lago-idempotent", def: "false", ptr: &c.LagoIdempotent,
+			usage: "answer a Lago transaction_id sent again with the same content as the first time (200), where Lago answers 422 value_already_exist"},
 		{name: "body-bytes-max", arg: "N", def: "8388608", ptr: &c.BodyBytesMax,
 			usage: "largest request body in bytes (larger: 413)"},
 		{name: "events-per-request-max", arg: "N", def: "10000", ptr: &c.EventsPerRequestMax,
@@ -638,6 +647,9 @@ func (c *Config) validate() error {
 	case "record", "reject":
 	default:
 		return invalid("unpriced-events", "%q: want record or reject", c.UnpricedEvents)
+	}
+	if _, ok := ingest.ParseDoors(c.Doors); !ok {
+		return invalid("doors", "%q: want a comma-separated list of openmeter, stripe and lago", c.Doors)
 	}
 	if c.ClickHouseCluster != "" && !isName(c.ClickHouseCluster, clickHouseDatabaseBytesMax, false) {
 		return invalid("clickhouse-cluster", "%q: want 1-%d characters of [A-Za-z0-9_]", c.ClickHouseCluster, clickHouseDatabaseBytesMax)

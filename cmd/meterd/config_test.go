@@ -71,6 +71,7 @@ func TestDefaults(t *testing.T) {
 		DedupWindow:         35 * 24 * time.Hour,
 		ReversalWindow:      24 * time.Hour,
 		UnpricedEvents:      "record",
+		Doors:               "openmeter,stripe,lago",
 		BodyBytesMax:        8 << 20,
 		EventsPerRequestMax: 10000,
 		BodyMemoryMax:       256 << 20,

@@ -266,8 +266,9 @@ func run(cfg Config, fds fdPlan) error {
 		}()
 	}
 
+	doors, _ := ingest.ParseDoors(cfg.Doors) // checked by validate
 	scfg := ingest.Config{Engine: eng, Keys: keys, Limits: lim, Log: log, Registerer: reg, Gatherer: reg, TestClock: cfg.TestClock,
-		BodyMemoryMax: int64(cfg.BodyMemoryMax)}
+		BodyMemoryMax: int64(cfg.BodyMemoryMax), Doors: doors, LagoIdempotent: cfg.LagoIdempotent}
 	if gate != nil {
 		scfg.Readiness, scfg.Admit = gate.Readiness, gate.Admit
 	}

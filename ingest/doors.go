@@ -1,0 +1,214 @@
+package ingest
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"time"
+
+	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/meter"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
+)
+
+// Doors: the ingest APIs of the systems products move over from
+// (OpenMeter, Stripe meters, Lago), served beside meterd's own. Each door
+// is thin: it reads its system's request, makes each of its events a
+// meterd event (the same JSON object as an element of POST /v1/events),
+// and hands them to the events path: the same decoder and limits, the same
+// engine, an answer only once the events are durable. Only the answer is
+// the door's own: its system's status codes and error shape.
+
+// Door is one foreign ingest API.
+type Door uint8
+
+// The doors.
+const (
+	DoorOpenMeter Door = 1 << iota
+	DoorStripe
+	DoorLago
+
+	AllDoors = DoorOpenMeter | DoorStripe | DoorLago
+)
+
+// doorNames are the names of the doors, as --doors lists them.
+var doorNames = []struct {
+	d    Door
+	name string
+}{{DoorOpenMeter, "openmeter"}, {DoorStripe, "stripe"}, {DoorLago, "lago"}}
+
+// ParseDoors reads a comma-separated list of door names ("" for none).
+func ParseDoors(s string) (Door, bool) {
+	var out Door
+	for _, name := range strings.Split(s, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		found := false
+		for _, dn := range doorNames {
+			if dn.name == name {
+				out |= dn.d
+				found = true
+			}
+		}
+		if !found {
+			return 0, false
+		}
+	}
+	return out, true
+}
+
+// doorBatch collects the meterd events a door makes of one request, then
+// applies them.
+type doorBatch struct {
+	s   *Server
+	sc  *eventsScratch
+	now time.Time
+	b   []byte // the native event being built
+	// fields names the members of a meterd event by the door's own
+	// (customer_id: subject): what a refusal's field says.
+	fields map[string]string
+}
+
+func (s *Server) newDoorBatch() *doorBatch {
+	sc := s.scratch()
+	sc.decoded = sc.decoded[:0]
+	return &doorBatch{s: s, sc: sc, now: time.Unix(0, s.e.Now())}
+}
+
+// release returns the batch's scratch to the pool; its events and results
+// must not be used after.
+func (d *doorBatch) release() { d.s.pool.Put(d.sc) }
+
+// add decodes one native event object, as POST /v1/events decodes an
+// element of events.
+func (d *doorBatch) add(native []byte) {
+	d.sc.decoded = append(d.sc.decoded, Decoded{})
+	d.sc.dec.DecodeOne(native, d.now, &d.s.lim, "", &d.sc.decoded[len(d.sc.decoded)-1])
+}
+
+// reject adds an event the door could not make a meterd event of.
+func (d *doorBatch) reject(id, reason, field, msg string) {
+	d.sc.decoded = append(d.sc.decoded, Decoded{Event: meter.Event{ID: id}, Err: evErr(reason, field, msg)})
+}
+
+// apply applies the decoded events; false when the engine refused the
+// request whole (overloaded, storage full), answered already.
+func (d *doorBatch) apply(ctx *fasthttp.RequestCtx, overloaded func(ctx *fasthttp.RequestCtx, err error)) bool {
+	s := d.s
+	if s.admit != nil {
+		if err := s.admit(); err != nil {
+			ctx.Response.Header.Set("Retry-After", "5")
+			overloaded(ctx, err)
+			return false
+		}
+	}
+	if err := s.e.Events(d.sc.inputs()); err != nil {
+		ctx.Response.Header.Set("Retry-After", "1")
+		overloaded(ctx, err)
+		return false
+	}
+	for i := range d.sc.decoded {
+		status := balance.EventRejected
+		if j := d.sc.slot[i]; j >= 0 {
+			status = d.sc.ins[j].Result.Status
+		}
+		if c := s.metrics.httpEvents[status]; c != nil {
+			c.Inc()
+		}
+	}
+	return true
+}
+
+// doorResult is one event's outcome, as a door answers it.
+type doorResult struct {
+	ID                   string
+	Status               uint8 // balance.EventCharged, ...
+	Code, Message, Field string
+}
+
+// result is the outcome of the i-th event added.
+func (d *doorBatch) result(i int) doorResult {
+	dec := &d.sc.decoded[i]
+	j := d.sc.slot[i]
+	if j < 0 {
+		return doorResult{ID: dec.Event.ID, Status: balance.EventRejected, Code: dec.Err.Code, Message: dec.Err.Message,
+			Field: d.foreignField(dec.Err.Field)}
+	}
+	r := &d.sc.ins[j].Result
+	out := doorResult{ID: dec.Event.ID, Status: r.Status}
+	if r.Status == balance.EventRejected {
+		out.Code, out.Message, out.Field = r.Code, r.Message, d.foreignField(r.Field)
+	}
+	return out
+}
+
+// foreignField names a meterd event's field (data.value) by the door's
+// (payload[value]).
+func (d *doorBatch) foreignField(f string) string {
+	if f == "" || d.fields == nil {
+		return f
+	}
+	root, rest := f, ""
+	if i := strings.IndexAny(f, ".["); i >= 0 {
+		root, rest = f[:i], f[i:]
+	}
+	name, ok := d.fields[root]
+	if !ok {
+		return f
+	}
+	if strings.HasSuffix(name, "[]") && strings.HasPrefix(rest, ".") { // payload[] + .value: payload[value]
+		return strings.TrimSuffix(name, "[]") + "[" + rest[1:] + "]"
+	}
+	return name + rest
+}
+
+// n is the number of events added.
+func (d *doorBatch) n() int { return len(d.sc.decoded) }
+
+// refusedForFunds reports whether a rejection is about the customer's
+// money or state (the event itself was fine): what a door reports as
+// payment required, not as a bad request.
+func refusedForFunds(code string) bool {
+	switch code {
+	case "insufficient_funds", "account_paused", "unknown_customer", "hold_limit_reached":
+		return true
+	}
+	return false
+}
+
+// foreignID makes a meterd event id of a foreign system's id, scoped by
+// what makes it unique there (a CloudEvents source): scope:id when that is
+// an identifier, else a hash of both (ce- and 40 hex digits), so that the
+// same foreign event is always the same meterd event.
+func foreignID(prefix, scope, id string) string {
+	if id == "" {
+		return ""
+	}
+	full := id
+	if scope != "" {
+		full = scope + ":" + id
+	}
+	if !strings.Contains(scope, ":") && len(full) <= 128 && validID(full) {
+		return full
+	}
+	h := sha256.New()
+	h.Write([]byte(scope))
+	h.Write([]byte{0})
+	h.Write([]byte(id))
+	return prefix + hex.EncodeToString(h.Sum(nil)[:20])
+}
+
+// isLagoBody reports whether a body for POST /api/v1/events is Lago's
+// ({"event": {...}}) rather than a CloudEvent or a batch of them: both
+// systems use that path.
+func isLagoBody(ctx *fasthttp.RequestCtx) bool {
+	switch mediaType(ctx) {
+	case "application/cloudevents+json", "application/cloudevents-batch+json":
+		return false
+	}
+	v, err := fastjson.ParseBytes(ctx.PostBody())
+	return err == nil && v.Type() == fastjson.TypeObject && v.Get("event") != nil && v.Get("specversion") == nil
+}
