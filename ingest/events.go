@@ -7,11 +7,13 @@ import (
 	"github.com/meterd/meterd/balance"
 	"github.com/meterd/meterd/meter"
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fastjson"
 )
 
 // eventsScratch holds what one events request needs, reused through a pool.
 type eventsScratch struct {
 	dec     Decoder
+	parser  fastjson.Parser // a door's request
 	decoded []Decoded
 	ins     []balance.EventIn
 	ptrs    []*balance.EventIn

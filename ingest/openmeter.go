@@ -51,13 +51,11 @@ func (s *Server) openMeterEvents(ctx *fasthttp.RequestCtx) {
 			"application/cloudevents-batch+json or application/json", nil)
 		return
 	}
-	body := ctx.PostBody()
-	if err := strictjson.Valid(body); err != nil {
-		writeProblem(ctx, fasthttp.StatusBadRequest, "the body is not valid JSON: "+err.Error(), nil)
-		return
-	}
-	var p fastjson.Parser
-	v, err := p.ParseBytes(body)
+	// The envelope is read leniently, as OpenMeter reads it; each event's
+	// data is checked strictly when it is decoded as a meterd event.
+	d := s.newDoorBatch()
+	defer d.release()
+	v, err := d.sc.parser.ParseBytes(ctx.PostBody())
 	if err != nil {
 		writeProblem(ctx, fasthttp.StatusBadRequest, "the body is not valid JSON: "+err.Error(), nil)
 		return
@@ -73,8 +71,6 @@ func (s *Server) openMeterEvents(ctx *fasthttp.RequestCtx) {
 		writeProblem(ctx, fasthttp.StatusRequestEntityTooLarge, "a request carries at most "+strconv.Itoa(s.lim.EventsMax)+" events", nil)
 		return
 	}
-	d := s.newDoorBatch()
-	defer d.release()
 	d.fields = cloudEventFields
 	ids := make([][2]string, len(events)) // CloudEvents id and source, for the answer
 	for i, ev := range events {
@@ -164,50 +160,70 @@ func (s *Server) openMeterBinary(ctx *fasthttp.RequestCtx) {
 
 // addCloudEvent adds one CloudEvent and returns its id and source.
 func (d *doorBatch) addCloudEvent(v *fastjson.Value) [2]string {
-	str := func(key string) (string, bool) {
-		x := v.Get(key)
-		if x == nil || x.Type() == fastjson.TypeNull {
-			return "", true
-		}
-		b, err := x.StringBytes()
-		return string(b), err == nil
-	}
-	id, idOK := str("id")
-	source, sourceOK := str("source")
-	ref := [2]string{id, source}
-	if v.Type() != fastjson.TypeObject {
+	o, err := v.Object()
+	if err != nil {
 		d.reject("", ReasonWrongType, "", "a CloudEvent is a JSON object")
-		return ref
+		return [2]string{}
 	}
-	spec, specOK := str("specversion")
-	typ, typOK := str("type")
-	subject, subjectOK := str("subject")
-	tm, tmOK := str("time")
+	// One pass over the members: the attributes as strings (ok false when
+	// one is not a string), data as it is.
+	var attr [6][]byte
+	var ok [6]bool
+	for i := range ok {
+		ok[i] = true
+	}
+	var data *fastjson.Value
+	o.Visit(func(k []byte, x *fastjson.Value) {
+		i := -1
+		switch string(k) {
+		case "specversion":
+			i = 0
+		case "id":
+			i = 1
+		case "source":
+			i = 2
+		case "type":
+			i = 3
+		case "subject":
+			i = 4
+		case "time":
+			i = 5
+		case "data":
+			data = x
+		}
+		if i < 0 || x.Type() == fastjson.TypeNull {
+			return
+		}
+		attr[i], err = x.StringBytes()
+		ok[i] = err == nil
+	})
+	spec, id, source, typ, subject, tm := attr[0], string(attr[1]), string(attr[2]), attr[3], attr[4], attr[5]
+	ref := [2]string{id, source}
 	switch {
-	case !specOK || spec != "1.0":
+	case !ok[0] || string(spec) != "1.0":
 		d.reject(id, ReasonWrongType, "specversion", "specversion must be \"1.0\"")
-	case !idOK || id == "":
+	case !ok[1] || id == "":
 		d.reject(id, ReasonMissingID, "id", "id is required: a non-empty string")
-	case !sourceOK || source == "":
+	case !ok[2] || source == "":
 		d.reject(id, ReasonMissingID, "source", "source is required: a non-empty string")
-	case !typOK || typ == "":
+	case !ok[3] || len(typ) == 0:
 		d.reject(id, ReasonMissingEventType, "type", "type is required: it is the event type")
-	case !subjectOK || subject == "":
+	case !ok[4] || len(subject) == 0:
 		d.reject(id, ReasonMissingCustomerID, "subject", "subject is required: it is the customer")
-	case !tmOK:
+	case !ok[5]:
 		d.reject(id, ReasonInvalidOccurredAt, "time", "time must be an RFC 3339 string")
 	default:
 		b := append(d.b[:0], `{"id":`...)
 		b = appendString(b, foreignID("ce-", source, id))
 		b = append(b, `,"customer_id":`...)
-		b = appendString(b, subject)
+		b = appendString(b, string(subject))
 		b = append(b, `,"event_type":`...)
-		b = appendString(b, typ)
-		if tm != "" {
+		b = appendString(b, string(typ))
+		if len(tm) > 0 {
 			b = append(b, `,"occurred_at":`...)
-			b = appendString(b, tm)
+			b = appendString(b, string(tm))
 		}
-		if data := v.Get("data"); data != nil && data.Type() != fastjson.TypeNull {
+		if data != nil && data.Type() != fastjson.TypeNull {
 			b = append(b, `,"data":`...)
 			b = data.MarshalTo(b)
 		}
