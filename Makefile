@@ -36,7 +36,9 @@ build:
 ## (golang/go#75804, fixed in Go 1.27); a count has no deadline to race.
 test: test-deps
 	$(GO) vet ./...
-	METERD_CHDB_REQUIRED=1 METERD_CHDB_MODULES=$(CURDIR)/$(CHDB_DIR)/node_modules $(GO) test -count=1 -timeout 20m ./...
+	METERD_CHDB_REQUIRED=1 METERD_CHDB_MODULES=$(CURDIR)/$(CHDB_DIR)/node_modules \
+	  METERD_LAGO_REQUIRED=1 METERD_LAGO_MODULES=$(CURDIR)/$(LAGO_DIR)/node_modules \
+	  $(GO) test -count=1 -timeout 20m ./...
 	@if [ "$(FUZZTIME_TEST)" != 0 ]; then $(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST); fi
 
 ## sim: the crash simulation of balance/ (TestSimulatedCrashes) for SIM_RUNS
@@ -63,15 +65,24 @@ sim:
 ## keeps PostgreSQL's server binaries under /usr/lib/postgresql/VERSION/bin.)
 ## And chDB (npm's chdb, a current ClickHouse as a library, driven by node)
 ## for the current-engine test of sink/, installed into CHDB_DIR with npm
-## (node and npm from apt-get when missing). CHDB_DIR= skips it.
+## (node and npm from apt-get when missing). CHDB_DIR= skips it. And Lago's
+## JavaScript client (npm's lago-javascript-client: its Go client is not on
+## the module proxy) for the Lago door's test, into LAGO_DIR.
 TEST_PACKAGES ?= clickhouse-server clickhouse-client redis-server postgresql
 CHDB_DIR      ?= .cache/chdb
 CHDB_VERSION  ?= 3.4.0
+LAGO_DIR      ?= .cache/lago
+LAGO_VERSION  ?= 1.53.0
 test-deps: test-packages
 	@if [ -n "$(CHDB_DIR)" ] && [ ! -e "$(CHDB_DIR)/node_modules/chdb/package.json" ]; then \
 	  echo "make test-deps: installing chdb@$(CHDB_VERSION) into $(CHDB_DIR) (npm)"; \
 	  mkdir -p "$(CHDB_DIR)"; \
 	  npm install --prefix "$(CHDB_DIR)" --no-save --no-audit --no-fund --loglevel=error chdb@$(CHDB_VERSION) </dev/null; \
+	fi
+	@if [ -n "$(LAGO_DIR)" ] && [ ! -e "$(LAGO_DIR)/node_modules/lago-javascript-client/package.json" ]; then \
+	  echo "make test-deps: installing lago-javascript-client@$(LAGO_VERSION) into $(LAGO_DIR) (npm)"; \
+	  mkdir -p "$(LAGO_DIR)"; \
+	  npm install --prefix "$(LAGO_DIR)" --no-save --no-audit --no-fund --loglevel=error lago-javascript-client@$(LAGO_VERSION) </dev/null; \
 	fi
 
 test-packages:
@@ -84,7 +95,7 @@ test-packages:
 	  *) PATH="$$PATH:/usr/sbin:/usr/bin" command -v "$$1" >/dev/null ;; esac; }; \
 	missing=; \
 	pkgs="$(TEST_PACKAGES)"; \
-	if [ -n "$(CHDB_DIR)" ]; then pkgs="$$pkgs nodejs npm"; fi; \
+	if [ -n "$(CHDB_DIR)$(LAGO_DIR)" ]; then pkgs="$$pkgs nodejs npm"; fi; \
 	for pkg in $$pkgs; do \
 	  if [ "$$pkg" = clickhouse-server ] && [ -n "$${METERD_TEST_CLICKHOUSE:-}" ]; then continue; fi; \
 	  has "$$pkg" || missing="$$missing $$pkg"; \
@@ -115,14 +126,14 @@ race: test-deps
 ## postgresql with apt-get when missing. MB_FLAGS adds meterbench flags.
 MB_FLAGS ?=
 bench: build
-	@$(MAKE) --no-print-directory test-packages TEST_PACKAGES="redis-server postgresql" CHDB_DIR=
+	@$(MAKE) --no-print-directory test-packages TEST_PACKAGES="redis-server postgresql" CHDB_DIR= LAGO_DIR=
 	bin/meterbench --publish $(MB_FLAGS)
 
 ## bench-quick: the same suite in about two minutes (3 s per run, 1,000
 ## customers), into bench/results/<date>-quick/; BENCHMARKS.md is left as it
 ## is (MB_FLAGS=--publish to update it anyway)
 bench-quick: build
-	@$(MAKE) --no-print-directory test-packages TEST_PACKAGES="redis-server postgresql" CHDB_DIR=
+	@$(MAKE) --no-print-directory test-packages TEST_PACKAGES="redis-server postgresql" CHDB_DIR= LAGO_DIR=
 	bin/meterbench --suite quick $(MB_FLAGS)
 
 ## bench-go: every Go benchmark (go test -bench), with allocations
