@@ -13,6 +13,7 @@ import (
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/meterd/meterd/balance/wallet"
 	"github.com/meterd/meterd/meter"
+	"github.com/meterd/meterd/meter/jsonw"
 	"github.com/valyala/fasthttp"
 )
 
@@ -912,12 +913,7 @@ func (s *Server) ledger(ctx *fasthttp.RequestCtx, customer string) {
 	ctx.SetBody(appendNext(b, page.Next))
 }
 
-func appendOptString(b []byte, s string) []byte {
-	if s == "" {
-		return append(b, "null"...)
-	}
-	return appendString(b, s)
-}
+func appendOptString(b []byte, s string) []byte { return jsonw.AppendOptString(b, s) }
 
 func appendEntry(b []byte, customer string, e *wallet.Entry) []byte {
 	b = append(b, `{"id":"`...)

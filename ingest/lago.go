@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/balance"
+	"github.com/meterd/meterd/meter/jsonw"
 	"github.com/meterd/meterd/meter/strictjson"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fastjson"
@@ -198,9 +199,9 @@ func appendLagoEvent(b []byte, e *fastjson.Value, id string, now time.Time) []by
 	b = appendString(b, str("code"))
 	b = append(b, `,"timestamp":`...)
 	if t, ok := lagoTime(e.Get("timestamp")); e.Get("timestamp") != nil && ok {
-		b = appendString(b, t.Format("2006-01-02T15:04:05.000Z"))
+		b = appendString(b, t.Format(jsonw.TimeLayout))
 	} else {
-		b = appendString(b, now.UTC().Format("2006-01-02T15:04:05.000Z"))
+		b = appendString(b, now.UTC().Format(jsonw.TimeLayout))
 	}
 	b = append(b, `,"properties":`...)
 	if props := e.Get("properties"); props != nil && props.Type() == fastjson.TypeObject {
@@ -209,7 +210,7 @@ func appendLagoEvent(b []byte, e *fastjson.Value, id string, now time.Time) []by
 		b = append(b, "{}"...)
 	}
 	b = append(b, `,"created_at":`...)
-	b = appendString(b, now.UTC().Format("2006-01-02T15:04:05.000Z"))
+	b = appendString(b, now.UTC().Format(jsonw.TimeLayout))
 	return append(b, '}')
 }
 

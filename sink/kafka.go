@@ -9,9 +9,9 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/meterd/meterd/meter"
+	"github.com/meterd/meterd/meter/jsonw"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -595,9 +595,6 @@ func kafkaMessageBytesMax(s *kafkaSpan) int64 {
 	return framing + headers + int64(s.end-s.key) + int64(s.id-s.key) // key twice: value and header
 }
 
-// kafkaTimeLayout is the contract's output format: UTC, millisecond precision.
-const kafkaTimeLayout = "2006-01-02T15:04:05.000Z"
-
 // appendLedgerJSON appends r as the HTTP API renders a ledger entry (the
 // same fields, formats and nulls; ingest.appendEntry), plus "customer_id",
 // "bucket_kind" (null when none) and "pricing_version" (null when the entry
@@ -662,68 +659,10 @@ func appendLedgerJSON(b []byte, r *LedgerRow) []byte {
 	return append(b, '}')
 }
 
-func appendJSONOptString(b []byte, s string) []byte {
-	if s == "" {
-		return append(b, "null"...)
-	}
-	return appendJSONString(b, s)
-}
+func appendJSONOptString(b []byte, s string) []byte { return jsonw.AppendOptString(b, s) }
 
 // appendJSONTime appends a unix-ns time as a JSON string, or null for 0.
-func appendJSONTime(b []byte, ns int64) []byte {
-	if ns == 0 {
-		return append(b, "null"...)
-	}
-	b = append(b, '"')
-	b = time.Unix(0, ns).UTC().AppendFormat(b, kafkaTimeLayout)
-	return append(b, '"')
-}
+func appendJSONTime(b []byte, ns int64) []byte { return jsonw.AppendTime(b, ns) }
 
-// appendJSONString appends s as a JSON string the way the HTTP API does
-// (ingest.appendString): '"', '\\' and control characters escaped, invalid
-// UTF-8 replaced by U+FFFD, everything else as is.
-func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			i++
-			continue
-		}
-		if c < utf8.RuneSelf {
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
-}
+// appendJSONString appends s as a JSON string the way the HTTP API does.
+func appendJSONString(b []byte, s string) []byte { return jsonw.AppendString(b, s) }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/meterd/meterd/balance"
 	"github.com/meterd/meterd/balance/wallet"
+	"github.com/meterd/meterd/meter/jsonw"
 )
 
 // Backlog policies: what happens when the outbox not yet shipped by the
@@ -127,7 +128,7 @@ func (g *Gate) Readiness() (bool, []byte) {
 		r := sinkReport{Name: s.Name, Shipped: s.Shipped, Watermark: s.Watermark, LagSeconds: s.LagSeconds,
 			LastError: s.LastError, ConsecutiveErr: s.ConsecutiveErr, BacklogBytes: bytes, BacklogOver: over}
 		if !s.LastErrorAt.IsZero() && s.LastError != "" {
-			r.LastErrorAt = s.LastErrorAt.UTC().Format("2006-01-02T15:04:05.000Z")
+			r.LastErrorAt = s.LastErrorAt.UTC().Format(jsonw.TimeLayout)
 		}
 		reports = append(reports, r)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/meterd/meterd/balance/internal/enc"
 	"github.com/meterd/meterd/meter"
+	"github.com/meterd/meterd/meter/jsonw"
 )
 
 // Notification is one customer notification: a balance alert, an
@@ -53,9 +54,10 @@ type noteField struct {
 	raw string
 }
 
-// appendTime appends t (unix ns) as the contract's UTC millisecond timestamp.
+// appendTime appends t (unix ns) as the contract's UTC millisecond
+// timestamp, without quotes.
 func appendTime(b []byte, ns int64) []byte {
-	return time.Unix(0, ns).UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
+	return time.Unix(0, ns).UTC().AppendFormat(b, jsonw.TimeLayout)
 }
 
 // newNote builds a notification with its JSON body:
@@ -86,9 +88,7 @@ func newNote(customer string, seq uint64, typ, account string, at int64, data []
 		if f.raw != "" {
 			b = append(b, f.raw...)
 		} else {
-			b = append(b, '"')
-			b = append(b, f.str...)
-			b = append(b, '"')
+			b = jsonw.AppendString(b, f.str) // a reason may be any text
 		}
 	}
 	b = append(b, "}}"...)
