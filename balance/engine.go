@@ -420,6 +420,11 @@ type EventIn struct {
 	Event  *meter.Event
 	Hash   [16]byte // content hash: same id with another hash is an idempotency conflict
 	Result EventResult
+	// Notify makes a refusal of the valid event for the customer's funds
+	// or state (insufficient_funds, account_paused) a usage.rejected
+	// notification of the customer: for callers whose own answer may not
+	// reach whoever acts on it (the ingest doors of other systems).
+	Notify bool
 }
 
 // Statuses of an event's result beside EventCharged and EventRecorded.

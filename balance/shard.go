@@ -542,6 +542,10 @@ func (s *shard) applyEvent(g *group, in *EventIn) {
 		if len(s.entries) > 0 {
 			s.writeEntries(g, w, s.entries)
 		}
+		if berr != nil && in.Notify {
+			w.NoteRejected(g.now, ev.ID, ev.EventType, cmd.Charges, berr)
+			g.dirty[w] = struct{}{} // replay does not make the note again: the group snapshots the wallet
+		}
 		s.effects(g, w)
 		if berr != nil {
 			// Logged even when refused: the refusal may have changed the

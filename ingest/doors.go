@@ -105,7 +105,11 @@ func (d *doorBatch) apply(ctx *fasthttp.RequestCtx, overloaded func(ctx *fasthtt
 			return false
 		}
 	}
-	if err := s.e.Events(d.sc.inputs()); err != nil {
+	ins := d.sc.inputs()
+	for _, in := range ins {
+		in.Notify = true // a refusal also reaches the customer's notifications (webhooks, Kafka)
+	}
+	if err := s.e.Events(ins); err != nil {
 		ctx.Response.Header.Set("Retry-After", "1")
 		overloaded(ctx, err)
 		return false

@@ -92,6 +92,21 @@ func TestOpenMeterDoorWithCloudEventsSDK(t *testing.T) {
 	if w, _ := e.wallet("om1"); w.available("default:CREDITS") != "5" {
 		t.Fatalf("after a refused event: %s left", w.available("default:CREDITS"))
 	}
+	// The refusal is also the customer's usage.rejected notification.
+	var notes struct {
+		Notifications []struct {
+			Type string
+			Data struct {
+				EventID string `json:"event_id"`
+				Code    string
+			}
+		}
+	}
+	apiDecode(t, e.must(200, "GET", "/v1/customers/om1/notifications", "").Body, &notes)
+	if n := notes.Notifications; len(n) == 0 || n[0].Type != "usage.rejected" || n[0].Data.EventID != "my-app:e4" ||
+		n[0].Data.Code != "insufficient_funds" {
+		t.Fatalf("notifications after a refused event: %+v", notes)
+	}
 	// The problem itself, and a batch of which one event is refused.
 	r := e.send("POST", "/api/v1/events", "application/cloudevents-batch+json", "", []byte(`[
 		{"specversion":"1.0","id":"b1","source":"my-app","type":"task","subject":"om1"},

@@ -35,6 +35,9 @@ const (
 	NoteAutoReloadFailed    = "auto_reload.failed"
 	NoteBucketExpired       = "bucket.expired"
 	NoteHoldExpired         = "hold.expired"
+	// NoteUsageRejected: a valid usage event was refused for the
+	// customer's funds or state (UsageCmd from a caller that asked).
+	NoteUsageRejected = "usage.rejected"
 )
 
 // NotificationID returns the stable id of a customer's notification seq.
@@ -121,4 +124,15 @@ func DecodeNote(customer string, v []byte) (Notification, error) {
 	}
 	n.Body = append([]byte(nil), n.Body...)
 	return n, nil
+}
+
+// NoteRejected notes that usage event eventID of eventType, charging
+// charges (its first account names the note's), was refused with err.
+func (w *Wallet) NoteRejected(at int64, eventID, eventType string, charges []meter.Charge, err *Error) {
+	account := ""
+	if len(charges) > 0 {
+		account = charges[0].Account
+	}
+	w.note(NoteUsageRejected, account, at, noteField{key: "event_id", str: eventID}, noteField{key: "event_type", str: eventType},
+		noteField{key: "code", str: err.Code}, noteField{key: "message", str: err.Message})
 }
