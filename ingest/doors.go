@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"encoding/hex"
 	"strings"
 	"time"
@@ -215,4 +216,73 @@ func isLagoBody(ctx *fasthttp.RequestCtx) bool {
 	}
 	v, err := fastjson.ParseBytes(ctx.PostBody())
 	return err == nil && v.Type() == fastjson.TypeObject && v.Get("event") != nil && v.Get("specversion") == nil
+}
+
+// DoorMapping says which of a foreign event's fields are the meterd
+// event's customer and event type, where a door's system lets its users
+// choose (Stripe meters name their customer key; CloudEvents put a
+// customer where the producer likes). The zero value is the defaults.
+type DoorMapping struct {
+	// OpenMeterCustomer and OpenMeterEventType are "subject" and "type"
+	// (the defaults), "data.<member>" (a string member of data), or the
+	// name of a CloudEvents extension attribute.
+	OpenMeterCustomer, OpenMeterEventType string
+	// StripeCustomerKey is the payload key of the customer
+	// (stripe_customer_id by default, a meter's customer_mapping).
+	StripeCustomerKey string
+	// LagoCustomer is the fields tried in order for the customer
+	// (external_customer_id, then external_subscription_id by default).
+	LagoCustomer []string
+}
+
+// Check validates a mapping; the error names the setting.
+func (m *DoorMapping) Check() error {
+	for _, f := range []struct{ name, v string }{{"door-openmeter-customer", m.OpenMeterCustomer}, {"door-openmeter-event-type", m.OpenMeterEventType}} {
+		if f.v != "" && !cloudEventField(f.v) {
+			return fmt.Errorf("--%s %q: want subject, type, data.<member> or an extension attribute (1-20 of a-z and 0-9)", f.name, f.v)
+		}
+	}
+	if m.StripeCustomerKey != "" && (strings.ContainsAny(m.StripeCustomerKey, "[]") || len(m.StripeCustomerKey) > 100) {
+		return fmt.Errorf("--door-stripe-customer-key %q: want a payload key without brackets, at most 100 bytes", m.StripeCustomerKey)
+	}
+	for _, f := range m.LagoCustomer {
+		if f != "external_customer_id" && f != "external_subscription_id" {
+			return fmt.Errorf("--door-lago-customer %q: want external_customer_id and/or external_subscription_id", f)
+		}
+	}
+	return nil
+}
+
+// cloudEventField reports whether f names where to find a value in a
+// CloudEvent: subject, type, data.<member>, or an extension attribute.
+func cloudEventField(f string) bool {
+	if member, ok := strings.CutPrefix(f, "data."); ok {
+		return member != "" && len(member) <= 128
+	}
+	if f == "" || len(f) > 20 {
+		return false
+	}
+	for i := 0; i < len(f); i++ {
+		if !(f[i] >= 'a' && f[i] <= 'z' || f[i] >= '0' && f[i] <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// withDefaults is m with every unset field at its default.
+func (m DoorMapping) withDefaults() DoorMapping {
+	if m.OpenMeterCustomer == "" {
+		m.OpenMeterCustomer = "subject"
+	}
+	if m.OpenMeterEventType == "" {
+		m.OpenMeterEventType = "type"
+	}
+	if m.StripeCustomerKey == "" {
+		m.StripeCustomerKey = "stripe_customer_id"
+	}
+	if len(m.LagoCustomer) == 0 {
+		m.LagoCustomer = []string{"external_customer_id", "external_subscription_id"}
+	}
+	return m
 }

@@ -253,3 +253,44 @@ func TestLagoDoor(t *testing.T) {
 }
 
 func jsonInt(n int64) string { b, _ := json.Marshal(n); return string(b) }
+
+// TestDoorMappings: the fields that name the customer and the event type
+// are chosen by configuration.
+func TestDoorMappings(t *testing.T) {
+	m := DoorMapping{OpenMeterCustomer: "data.account", OpenMeterEventType: "kind", StripeCustomerKey: "customer",
+		LagoCustomer: []string{"external_subscription_id"}}
+	if err := m.Check(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []DoorMapping{{OpenMeterCustomer: "Sub ject"}, {StripeCustomerKey: "a[b]"}, {LagoCustomer: []string{"email"}}} {
+		if bad.Check() == nil {
+			t.Errorf("%+v: accepted", bad)
+		}
+	}
+	e := newDoorEnv(t, apiEnvOpts{})
+	e.srv.doorMap = m.withDefaults()
+	e.fund("acct_9", "100")
+	r := e.send("POST", "/api/v1/events", "application/cloudevents+json", "", []byte(
+		`{"specversion":"1.0","id":"m1","source":"s","type":"ignored","kind":"task","subject":"nobody","data":{"account":"acct_9"}}`))
+	if r.Status != 204 {
+		t.Fatalf("OpenMeter with a mapping: %s", r)
+	}
+	r = e.send("POST", "/api/v1/events", "application/cloudevents+json", "", []byte(
+		`{"specversion":"1.0","id":"m2","source":"s","kind":"task","data":{}}`))
+	if r.Status != 400 || !strings.Contains(string(r.Body), `"field":"data.account"`) {
+		t.Fatalf("OpenMeter without the mapped customer: %s", r)
+	}
+	r = e.send("POST", "/v1/billing/meter_events", "application/x-www-form-urlencoded", "",
+		[]byte("event_name=task&identifier=s1&payload[customer]=acct_9"))
+	if r.Status != 200 {
+		t.Fatalf("Stripe with a customer key: %s", r)
+	}
+	r = e.send("POST", "/api/v1/events", "application/json", "", []byte(
+		`{"event":{"transaction_id":"l1","external_customer_id":"other","external_subscription_id":"acct_9","code":"task"}}`))
+	if r.Status != 200 {
+		t.Fatalf("Lago by subscription: %s", r)
+	}
+	if w, _ := e.wallet("acct_9"); w.available("default:CREDITS") != "70" {
+		t.Fatalf("after three tasks: %s", w.available("default:CREDITS"))
+	}
+}

@@ -61,7 +61,8 @@ func (s *Server) lagoEvents(ctx *fasthttp.RequestCtx, batch bool) {
 	}
 	d := s.newDoorBatch()
 	defer d.release()
-	d.fields = lagoFields
+	d.fields = map[string]string{"id": "transaction_id", "customer_id": s.doorMap.LagoCustomer[0], "event_type": "code",
+		"occurred_at": "timestamp", "data": "properties"}
 	for _, e := range events {
 		d.addLago(e)
 	}
@@ -129,17 +130,15 @@ func (s *Server) lagoEvents(ctx *fasthttp.RequestCtx, batch bool) {
 	ctx.SetBody(b)
 }
 
-// lagoFields name a meterd event's members by a Lago event's.
-var lagoFields = map[string]string{"id": "transaction_id", "customer_id": "external_customer_id", "event_type": "code",
-	"occurred_at": "timestamp", "data": "properties"}
-
 // addLago adds one Lago event.
 func (d *doorBatch) addLago(e *fastjson.Value) {
 	str := func(key string) string { return string(e.GetStringBytes(key)) }
 	txn := str("transaction_id")
-	customer := str("external_customer_id")
-	if customer == "" {
-		customer = str("external_subscription_id")
+	customer := ""
+	for _, f := range d.s.doorMap.LagoCustomer {
+		if customer = str(f); customer != "" {
+			break
+		}
 	}
 	b := append(d.b[:0], `{"id":`...)
 	b = appendString(b, foreignID("lago-", "", txn))
@@ -198,11 +197,13 @@ func appendLagoEvent(b []byte, e *fastjson.Value, id string, now time.Time) []by
 	b = append(b, `,"code":`...)
 	b = appendString(b, str("code"))
 	b = append(b, `,"timestamp":`...)
-	if t, ok := lagoTime(e.Get("timestamp")); e.Get("timestamp") != nil && ok {
-		b = appendString(b, t.Format(jsonw.TimeLayout))
-	} else {
-		b = appendString(b, now.UTC().Format(jsonw.TimeLayout))
+	at := now // no timestamp: the time it arrived (a bad one was refused)
+	if ts := e.Get("timestamp"); ts != nil && ts.Type() != fastjson.TypeNull {
+		if t, ok := lagoTime(ts); ok {
+			at = t
+		}
 	}
+	b = appendString(b, at.UTC().Format(jsonw.TimeLayout))
 	b = append(b, `,"properties":`...)
 	if props := e.Get("properties"); props != nil && props.Type() == fastjson.TypeObject {
 		b = props.MarshalTo(b)

@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"strconv"
+	"strings"
 
 	"github.com/meterd/meterd/balance"
 	"github.com/meterd/meterd/meter/strictjson"
@@ -71,7 +72,7 @@ func (s *Server) openMeterEvents(ctx *fasthttp.RequestCtx) {
 		writeProblem(ctx, fasthttp.StatusRequestEntityTooLarge, "a request carries at most "+strconv.Itoa(s.lim.EventsMax)+" events", nil)
 		return
 	}
-	d.fields = cloudEventFields
+	d.fields = map[string]string{"customer_id": s.doorMap.OpenMeterCustomer, "event_type": s.doorMap.OpenMeterEventType, "occurred_at": "time"}
 	ids := make([][2]string, len(events)) // CloudEvents id and source, for the answer
 	for i, ev := range events {
 		ids[i] = d.addCloudEvent(ev)
@@ -197,8 +198,20 @@ func (d *doorBatch) addCloudEvent(v *fastjson.Value) [2]string {
 		attr[i], err = x.StringBytes()
 		ok[i] = err == nil
 	})
-	spec, id, source, typ, subject, tm := attr[0], string(attr[1]), string(attr[2]), attr[3], attr[4], attr[5]
+	spec, id, source, tm := attr[0], string(attr[1]), string(attr[2]), attr[5]
 	ref := [2]string{id, source}
+	m := &d.s.doorMap
+	named := func(field string) ([]byte, bool) {
+		switch field {
+		case "type":
+			return attr[3], ok[3]
+		case "subject":
+			return attr[4], ok[4]
+		}
+		return cloudEventValue(v, data, field)
+	}
+	typ, typOK := named(m.OpenMeterEventType)
+	subject, subjectOK := named(m.OpenMeterCustomer)
 	switch {
 	case !ok[0] || string(spec) != "1.0":
 		d.reject(id, ReasonWrongType, "specversion", "specversion must be \"1.0\"")
@@ -206,10 +219,10 @@ func (d *doorBatch) addCloudEvent(v *fastjson.Value) [2]string {
 		d.reject(id, ReasonMissingID, "id", "id is required: a non-empty string")
 	case !ok[2] || source == "":
 		d.reject(id, ReasonMissingID, "source", "source is required: a non-empty string")
-	case !ok[3] || len(typ) == 0:
-		d.reject(id, ReasonMissingEventType, "type", "type is required: it is the event type")
-	case !ok[4] || len(subject) == 0:
-		d.reject(id, ReasonMissingCustomerID, "subject", "subject is required: it is the customer")
+	case !typOK || len(typ) == 0:
+		d.reject(id, ReasonMissingEventType, m.OpenMeterEventType, m.OpenMeterEventType+" is required: it is the event type")
+	case !subjectOK || len(subject) == 0:
+		d.reject(id, ReasonMissingCustomerID, m.OpenMeterCustomer, m.OpenMeterCustomer+" is required: it is the customer")
 	case !ok[5]:
 		d.reject(id, ReasonInvalidOccurredAt, "time", "time must be an RFC 3339 string")
 	default:
@@ -233,8 +246,23 @@ func (d *doorBatch) addCloudEvent(v *fastjson.Value) [2]string {
 	return ref
 }
 
-// cloudEventFields name a meterd event's members by a CloudEvent's.
-var cloudEventFields = map[string]string{"customer_id": "subject", "event_type": "type", "occurred_at": "time"}
+// cloudEventValue is the string a mapping names in a CloudEvent: a data
+// member (data.<member>) or an extension attribute. ok is false when it
+// is there but not a string.
+func cloudEventValue(v, data *fastjson.Value, field string) ([]byte, bool) {
+	if member, ok := strings.CutPrefix(field, "data."); ok {
+		if data == nil {
+			return nil, true
+		}
+		v, field = data, member
+	}
+	x := v.Get(field)
+	if x == nil || x.Type() == fastjson.TypeNull {
+		return nil, true
+	}
+	b, err := x.StringBytes()
+	return b, err == nil
+}
 
 // writeProblem answers an RFC 7807 problem: the error shape of OpenMeter.
 // events, when set, is a JSON array of the refused events.

@@ -53,6 +53,9 @@ type Config struct {
 	// same content as the first time (200), where Lago answers 422
 	// value_already_exist.
 	LagoIdempotent bool
+	// DoorMapping chooses the fields of the doors' events that are the
+	// customer and the event type (checked by DoorMapping.Check).
+	DoorMapping DoorMapping
 }
 
 // Server serves the HTTP API.
@@ -75,6 +78,7 @@ type Server struct {
 	doors          Door
 	stripe         *stripeSessions
 	lagoIdempotent bool
+	doorMap        DoorMapping
 }
 
 // NewServer returns a server for the engine.
@@ -96,7 +100,7 @@ func NewServer(c Config) *Server {
 	}
 	s := &Server{e: c.Engine, keys: c.Keys, lim: c.Limits, log: c.Log, metrics: newHTTPMetrics(c.Registerer), sinks: c.Readiness, admit: c.Admit, testClockOn: c.TestClock}
 	s.budget.max = c.BodyMemoryMax
-	s.doors, s.lagoIdempotent, s.stripe = c.Doors, c.LagoIdempotent, newStripeSessions()
+	s.doors, s.lagoIdempotent, s.stripe, s.doorMap = c.Doors, c.LagoIdempotent, newStripeSessions(), c.DoorMapping.withDefaults()
 	s.prom = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.Gatherer, promhttp.HandlerOpts{}))
 	s.srv = &fasthttp.Server{
 		Handler:            s.Handle,

@@ -95,7 +95,7 @@ func (s *Server) stripeMeterEvent(ctx *fasthttp.RequestCtx) {
 	}
 	d := s.newDoorBatch()
 	defer d.release()
-	d.fields = stripeFields
+	d.fields = s.stripeFields()
 	d.addStripe(&ev)
 	if !d.apply(ctx, stripeOverloaded) {
 		return
@@ -137,8 +137,10 @@ type stripeEvent struct {
 }
 
 // stripeFields name a meterd event's members by a meter event's.
-var stripeFields = map[string]string{"id": "identifier", "customer_id": "payload[stripe_customer_id]",
-	"event_type": "event_name", "occurred_at": "timestamp", "data": "payload[]"}
+func (s *Server) stripeFields() map[string]string {
+	return map[string]string{"id": "identifier", "customer_id": "payload[" + s.doorMap.StripeCustomerKey + "]",
+		"event_type": "event_name", "occurred_at": "timestamp", "data": "payload[]"}
+}
 
 // addStripe adds one meter event; an identifier is made when it has none.
 func (d *doorBatch) addStripe(ev *stripeEvent) {
@@ -149,7 +151,8 @@ func (d *doorBatch) addStripe(ev *stripeEvent) {
 	}
 	b := append(d.b[:0], `{"id":`...)
 	b = appendString(b, foreignID("stripe-", "", ev.identifier))
-	if c, ok := ev.payload["stripe_customer_id"]; ok {
+	key := d.s.doorMap.StripeCustomerKey
+	if c, ok := ev.payload[key]; ok {
 		b = append(b, `,"customer_id":`...)
 		b = appendString(b, c)
 	}
@@ -163,7 +166,7 @@ func (d *doorBatch) addStripe(ev *stripeEvent) {
 	first := true
 	for _, k := range slices.Sorted(maps.Keys(ev.payload)) { // in one order: the content hash reads them in order
 		v := ev.payload[k]
-		if k == "stripe_customer_id" {
+		if k == key {
 			continue
 		}
 		if !first {
@@ -303,7 +306,7 @@ func (s *Server) stripeStream(ctx *fasthttp.RequestCtx) {
 	}
 	d := s.newDoorBatch()
 	defer d.release()
-	d.fields = stripeFields
+	d.fields = s.stripeFields()
 	for _, e := range events {
 		ev := stripeEvent{name: string(e.GetStringBytes("event_name")), identifier: string(e.GetStringBytes("identifier")),
 			timestamp: string(e.GetStringBytes("timestamp")), payload: map[string]string{}}

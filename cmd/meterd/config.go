@@ -64,6 +64,10 @@ type Config struct {
 	UnpricedEvents            string        // --unpriced-events record|reject
 	Doors                     string        // --doors openmeter,stripe,lago
 	LagoIdempotent            bool          // --lago-idempotent
+	DoorOpenMeterCustomer     string        // --door-openmeter-customer
+	DoorOpenMeterEventType    string        // --door-openmeter-event-type
+	DoorStripeCustomerKey     string        // --door-stripe-customer-key
+	DoorLagoCustomer          string        // --door-lago-customer
 	BodyBytesMax              int           // --body-bytes-max N
 	EventsPerRequestMax       int           // --events-per-request-max N
 	BodyMemoryMax             int           // --http-body-memory-max N: bytes of request bodies being read, server-wide
@@ -178,6 +182,14 @@ func settings(c *Config) []setting {
 				"stripe (/v1/billing/meter_events, /v2/billing/meter_event_stream), lago (/api/v1/events, /api/v1/events/batch); \"\" = none"},
 		{name: "lago-idempotent", def: "false", ptr: &c.LagoIdempotent,
 			usage: "answer a Lago transaction_id sent again with the same content as the first time (200), where Lago answers 422 value_already_exist"},
+		{name: "door-openmeter-customer", arg: "FIELD", def: "subject", ptr: &c.DoorOpenMeterCustomer,
+			usage: "where a CloudEvent names the customer: subject, data.<member>, or an extension attribute"},
+		{name: "door-openmeter-event-type", arg: "FIELD", def: "type", ptr: &c.DoorOpenMeterEventType,
+			usage: "where a CloudEvent names the event type: type, data.<member>, or an extension attribute"},
+		{name: "door-stripe-customer-key", arg: "KEY", def: "stripe_customer_id", ptr: &c.DoorStripeCustomerKey,
+			usage: "the Stripe meter event payload key of the customer (a meter's customer_mapping.event_payload_key)"},
+		{name: "door-lago-customer", arg: "LIST", def: "external_customer_id,external_subscription_id", ptr: &c.DoorLagoCustomer,
+			usage: "the Lago event fields tried in order for the customer"},
 		{name: "body-bytes-max", arg: "N", def: "8388608", ptr: &c.BodyBytesMax,
 			usage: "largest request body in bytes (larger: 413)"},
 		{name: "events-per-request-max", arg: "N", def: "10000", ptr: &c.EventsPerRequestMax,
@@ -651,6 +663,9 @@ func (c *Config) validate() error {
 	if _, ok := ingest.ParseDoors(c.Doors); !ok {
 		return invalid("doors", "%q: want a comma-separated list of openmeter, stripe and lago", c.Doors)
 	}
+	if m := c.doorMapping(); m.Check() != nil {
+		return m.Check() // it names the setting
+	}
 	if c.ClickHouseCluster != "" && !isName(c.ClickHouseCluster, clickHouseDatabaseBytesMax, false) {
 		return invalid("clickhouse-cluster", "%q: want 1-%d characters of [A-Za-z0-9_]", c.ClickHouseCluster, clickHouseDatabaseBytesMax)
 	}
@@ -852,4 +867,16 @@ Flags:
 	b.WriteString("  --version\n      print meterd's version (module version, commit, build time, Go) and exit\n")
 	b.WriteString("  -h, --help\n      print this text and exit\n")
 	io.WriteString(w, b.String())
+}
+
+// doorMapping is the doors' field mapping the configuration sets.
+func (c *Config) doorMapping() ingest.DoorMapping {
+	m := ingest.DoorMapping{OpenMeterCustomer: c.DoorOpenMeterCustomer, OpenMeterEventType: c.DoorOpenMeterEventType,
+		StripeCustomerKey: c.DoorStripeCustomerKey}
+	for _, f := range strings.Split(c.DoorLagoCustomer, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			m.LagoCustomer = append(m.LagoCustomer, f)
+		}
+	}
+	return m
 }

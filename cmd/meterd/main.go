@@ -268,7 +268,7 @@ func run(cfg Config, fds fdPlan) error {
 
 	doors, _ := ingest.ParseDoors(cfg.Doors) // checked by validate
 	scfg := ingest.Config{Engine: eng, Keys: keys, Limits: lim, Log: log, Registerer: reg, Gatherer: reg, TestClock: cfg.TestClock,
-		BodyMemoryMax: int64(cfg.BodyMemoryMax), Doors: doors, LagoIdempotent: cfg.LagoIdempotent}
+		BodyMemoryMax: int64(cfg.BodyMemoryMax), Doors: doors, LagoIdempotent: cfg.LagoIdempotent, DoorMapping: cfg.doorMapping()}
 	if gate != nil {
 		scfg.Readiness, scfg.Admit = gate.Readiness, gate.Admit
 	}
