@@ -645,36 +645,24 @@ func writeHold(ctx *fasthttp.RequestCtx, h *wallet.HoldRecord) {
 	ctx.SetBody(b)
 }
 
-func (s *Server) holdRoute(ctx *fasthttp.RequestCtx, method, rest string) string {
-	id, action, _ := strings.Cut(rest, "/")
-	if !validID(id) {
-		writeError(ctx, "invalid_id", "hold id must be 1-128 characters of [A-Za-z0-9._:-]", "id")
-		return "hold"
+// getHold answers GET /v1/holds/{hold_id}.
+func (s *Server) getHold(ctx *fasthttp.RequestCtx, id string) {
+	h, err := s.e.Hold(id)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
 	}
-	switch action {
-	case "":
-		if s.allow(ctx, method, "GET", ScopeRead) {
-			h, err := s.e.Hold(id)
-			if err != nil {
-				s.writeErr(ctx, err)
-				return "hold"
-			}
-			writeHold(ctx, &h)
-		}
-		return "hold"
-	case "release":
-		if s.allow(ctx, method, "POST", ScopeIngest) {
-			h, err := s.e.ReleaseHold(id)
-			if err != nil {
-				s.writeErr(ctx, err)
-				return "hold_release"
-			}
-			writeHold(ctx, &h)
-		}
-		return "hold_release"
+	writeHold(ctx, &h)
+}
+
+// releaseHold answers POST /v1/holds/{hold_id}/release.
+func (s *Server) releaseHold(ctx *fasthttp.RequestCtx, id string) {
+	h, err := s.e.ReleaseHold(id)
+	if err != nil {
+		s.writeErr(ctx, err)
+		return
 	}
-	writeError(ctx, "not_found", "no such endpoint: "+method+" /v1/holds/"+rest, "")
-	return "unknown"
+	writeHold(ctx, &h)
 }
 
 // ---- Auto-reload requests ----

@@ -186,138 +186,13 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 	s.metrics.observe(route, ctx.Response.StatusCode(), time.Since(start))
 }
 
-// route dispatches the request and returns the route label for metrics.
+// route dispatches the request by the route table (routes.go) and
+// returns the route label for metrics.
 func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 	path := string(ctx.Path())
 	method := string(ctx.Method())
-	switch path {
-	case "/healthz":
-		ctx.SetContentType("application/json")
-		ctx.SetBodyString(`{"status":"ok"}`)
-		return "healthz"
-	case "/readyz":
-		ctx.SetContentType("application/json")
-		if !s.ready.Load() {
-			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
-			ctx.SetBodyString(`{"status":"stopping"}`)
-			return "readyz"
-		}
-		ok, sinks := true, []byte("[]")
-		if s.sinks != nil {
-			ok, sinks = s.sinks()
-		}
-		// storage is "open", or "disk_full" while writes are refused (reads
-		// are served; writes resume by themselves when space is freed).
-		storage, writable := s.e.Storage()
-		b := []byte(`{"status":"ready","storage":`)
-		if !ok || !writable {
-			b = []byte(`{"status":"not_ready","storage":`)
-			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
-		}
-		b = appendString(b, storage)
-		b = append(append(append(b, `,"recovered":true,"sinks":`...), sinks...), '}')
-		ctx.SetBody(b)
-		return "readyz"
-	case "/metrics":
-		if s.readBody(ctx) {
-			s.prom(ctx)
-		}
-		return "metrics"
-	case "/v1/events":
-		if s.allow(ctx, method, "POST", ScopeIngest) {
-			s.events(ctx)
-		}
-		return "events"
-	case "/v1/pricing":
-		switch method {
-		case "GET":
-			if s.allow(ctx, method, "GET", ScopeRead) {
-				s.getPricing(ctx)
-			}
-		case "PUT":
-			if s.allow(ctx, method, "PUT", ScopeAdmin) {
-				s.putPricing(ctx)
-			}
-		default:
-			methodNotAllowed(ctx, "GET, PUT")
-		}
-		return "pricing"
-	case "/v1/pricing/simulate":
-		if s.allow(ctx, method, "POST", ScopeRead) {
-			s.simulate(ctx)
-		}
-		return "pricing_simulate"
-	case "/v1/check":
-		if s.allow(ctx, method, "POST", ScopeRead) {
-			s.check(ctx)
-		}
-		return "check"
-	case "/v1/holds":
-		if s.allow(ctx, method, "POST", ScopeIngest) {
-			s.placeHold(ctx)
-		}
-		return "holds"
-	case "/v1/test-clock":
-		s.testClock(ctx, method)
-		return "test_clock"
-	case "/api/v1/events":
-		if s.doors&(DoorOpenMeter|DoorLago) == 0 {
-			break
-		}
-		if s.allow(ctx, method, "POST", ScopeIngest) {
-			if s.doors&DoorLago != 0 && (s.doors&DoorOpenMeter == 0 || isLagoBody(ctx)) {
-				s.lagoEvents(ctx, false)
-			} else {
-				s.openMeterEvents(ctx)
-			}
-		}
-		return "door_events"
-	case "/api/v1/events/batch":
-		if s.doors&DoorLago == 0 {
-			break
-		}
-		if s.allow(ctx, method, "POST", ScopeIngest) {
-			s.lagoEvents(ctx, true)
-		}
-		return "door_lago_batch"
-	case "/v1/billing/meter_events":
-		if s.doors&DoorStripe == 0 {
-			break
-		}
-		if s.allow(ctx, method, "POST", ScopeIngest) {
-			s.stripeMeterEvent(ctx)
-		}
-		return "door_stripe_v1"
-	case "/v2/billing/meter_event_session":
-		if s.doors&DoorStripe == 0 {
-			break
-		}
-		if s.allow(ctx, method, "POST", ScopeIngest) {
-			s.stripeSession(ctx)
-		}
-		return "door_stripe_session"
-	case "/v2/billing/meter_event_stream":
-		if s.doors&DoorStripe == 0 {
-			break
-		}
-		// Authorized by the session's token, not by an API key.
-		if method != "POST" {
-			methodNotAllowed(ctx, "POST")
-		} else if s.readBody(ctx) {
-			s.stripeStream(ctx)
-		}
-		return "door_stripe_stream"
-	case "/v1/offers":
-		if s.allow(ctx, method, "GET", ScopeRead) {
-			ctx.SetContentType("application/json")
-			ctx.SetBody(append(append([]byte(`{"offers":`), s.e.Pricing().OffersJSON()...), '}'))
-		}
-		return "offers"
-	case "/v1/topup-quote":
-		if s.allow(ctx, method, "GET", ScopeRead) {
-			s.topUpQuote(ctx)
-		}
-		return "topup_quote"
+	if name := s.dispatch(ctx, path, method); name != "" {
+		return name
 	}
 	if strings.HasPrefix(path, "/debug/pprof/") {
 		if s.allow(ctx, method, "GET", ScopeAdmin) {
@@ -325,124 +200,59 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) string {
 		}
 		return "pprof"
 	}
-	if rest, ok := strings.CutPrefix(path, "/v1/offers/"); ok {
-		id, tail, _ := strings.Cut(rest, "/")
-		if tail != "quote" {
-			writeError(ctx, "not_found", "no such endpoint: "+method+" "+path+"; an offer has GET /v1/offers/{offer_id}/quote", "")
-			return "unknown"
-		}
-		if s.allow(ctx, method, "GET", ScopeRead) {
-			s.offerQuote(ctx, id)
-		}
-		return "offer_quote"
-	}
-	if rest, ok := strings.CutPrefix(path, "/v1/holds/"); ok {
-		return s.holdRoute(ctx, method, rest)
-	}
-	if rest, ok := strings.CutPrefix(path, "/v1/customers/"); ok {
-		return s.customerRoute(ctx, method, rest)
-	}
 	writeError(ctx, "not_found", "no such endpoint: "+method+" "+path, "")
 	return "unknown"
 }
 
-func (s *Server) customerRoute(ctx *fasthttp.RequestCtx, method, rest string) string {
-	parts := strings.Split(rest, "/")
-	id := parts[0]
-	if !validID(id) {
-		writeError(ctx, "invalid_id", "customer id must be 1-128 characters of [A-Za-z0-9._:-]", "customer_id")
-		return "customer"
+// healthz answers that the process is up.
+func (s *Server) healthz(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("application/json")
+	ctx.SetBodyString(`{"status":"ok"}`)
+}
+
+// readyz answers whether the server should get traffic: storage open and
+// writable, sinks not stalled, not stopping.
+func (s *Server) readyz(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("application/json")
+	if !s.ready.Load() {
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		ctx.SetBodyString(`{"status":"stopping"}`)
+		return
 	}
-	switch {
-	case len(parts) == 1:
-		switch method {
-		case "GET":
-			if s.allow(ctx, method, "GET", ScopeRead) {
-				s.getCustomer(ctx, id)
-			}
-		case "PUT":
-			if s.allow(ctx, method, "PUT", ScopeAdmin) {
-				s.putCustomer(ctx, id)
-			}
-		case "PATCH":
-			if s.allow(ctx, method, "PATCH", ScopeAdmin) {
-				s.patchCustomer(ctx, id)
-			}
-		default:
-			methodNotAllowed(ctx, "GET, PUT, PATCH")
-		}
-		return "customer"
-	case len(parts) == 2 && parts[1] == "wallet":
-		if s.allow(ctx, method, "GET", ScopeRead) {
-			s.getWallet(ctx, id)
-		}
-		return "wallet"
-	case len(parts) == 2 && parts[1] == "resume":
-		if s.allow(ctx, method, "POST", ScopeAdmin) {
-			s.resume(ctx, id)
-		}
-		return "resume"
-	case len(parts) == 2 && parts[1] == "topups":
-		switch method {
-		case "GET":
-			if s.allow(ctx, method, "GET", ScopeRead) {
-				s.listTopUps(ctx, id)
-			}
-			return "topups_list"
-		default:
-			if s.allow(ctx, method, "POST", ScopeAdmin) {
-				s.topUp(ctx, id)
-			}
-		}
-		return "topups"
-	case len(parts) == 3 && parts[1] == "topups":
-		if s.allow(ctx, method, "GET", ScopeRead) {
-			s.getTopUp(ctx, id, parts[2])
-		}
-		return "topup"
-	case len(parts) == 4 && parts[1] == "topups" && parts[3] == "reverse":
-		if s.allow(ctx, method, "POST", ScopeAdmin) {
-			s.reverse(ctx, id, parts[2])
-		}
-		return "topup_reverse"
-	case len(parts) == 4 && parts[1] == "grants" && parts[3] == "reverse":
-		if s.allow(ctx, method, "POST", ScopeAdmin) {
-			s.reverseGrant(ctx, id, parts[2])
-		}
-		return "grant_reverse"
-	case len(parts) == 2 && parts[1] == "adjustments":
-		if s.allow(ctx, method, "POST", ScopeAdmin) {
-			s.adjust(ctx, id)
-		}
-		return "adjustments"
-	case len(parts) == 2 && parts[1] == "notifications":
-		if s.allow(ctx, method, "GET", ScopeRead) {
-			s.notifications(ctx, id)
-		}
-		return "notifications"
-	case len(parts) == 3 && parts[1] == "auto-reload" && parts[2] == "requests":
-		if s.allow(ctx, method, "GET", ScopeRead) {
-			s.reloadRequests(ctx, id)
-		}
-		return "reload_requests"
-	case len(parts) == 5 && parts[1] == "auto-reload" && parts[2] == "requests" && (parts[4] == "confirm" || parts[4] == "fail"):
-		if s.allow(ctx, method, "POST", ScopeAdmin) {
-			s.resolveReload(ctx, id, parts[3], parts[4] == "confirm")
-		}
-		return "reload_" + parts[4]
-	case len(parts) == 2 && parts[1] == "ledger":
-		if s.allow(ctx, method, "GET", ScopeRead) {
-			s.ledger(ctx, id)
-		}
-		return "ledger"
-	case len(parts) == 2 && parts[1] == "usage":
-		if s.allow(ctx, method, "GET", ScopeRead) {
-			s.usage(ctx, id)
-		}
-		return "usage"
+	ok, sinks := true, []byte("[]")
+	if s.sinks != nil {
+		ok, sinks = s.sinks()
 	}
-	writeError(ctx, "not_found", "no such endpoint: "+method+" /v1/customers/"+rest, "")
-	return "unknown"
+	// storage is "open", or "disk_full" while writes are refused (reads
+	// are served; writes resume by themselves when space is freed).
+	storage, writable := s.e.Storage()
+	b := []byte(`{"status":"ready","storage":`)
+	if !ok || !writable {
+		b = []byte(`{"status":"not_ready","storage":`)
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+	}
+	b = appendString(b, storage)
+	b = append(append(append(b, `,"recovered":true,"sinks":`...), sinks...), '}')
+	ctx.SetBody(b)
+}
+
+// listOffers answers GET /v1/offers: the pricing's top-up offers.
+func (s *Server) listOffers(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("application/json")
+	ctx.SetBody(append(append([]byte(`{"offers":`), s.e.Pricing().OffersJSON()...), '}'))
+}
+
+// eventsRoute serves POST /v1/events.
+func (s *Server) eventsRoute(ctx *fasthttp.RequestCtx, _ []string) { s.events(ctx) }
+
+// doorEventsRoute serves POST /api/v1/events, which OpenMeter and Lago
+// both use: a Lago body goes to the Lago door, anything else to OpenMeter's.
+func (s *Server) doorEventsRoute(ctx *fasthttp.RequestCtx, _ []string) {
+	if s.doors&DoorLago != 0 && (s.doors&DoorOpenMeter == 0 || isLagoBody(ctx)) {
+		s.lagoEvents(ctx, false)
+		return
+	}
+	s.openMeterEvents(ctx)
 }
 
 // allow checks the method and the caller's scope, then reads the request's

@@ -1,0 +1,39 @@
+package ingest
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestRoutesServed: every route of the table is served with its method (a
+// request reaches its handler: the answer is not the router's 404 or 405),
+// another method on its path is 405 naming the ones it has, and a path no
+// route has is 404.
+func TestRoutesServed(t *testing.T) {
+	e := newAPIEnv(t, apiEnvOpts{Doors: AllDoors})
+	for _, r := range apiRoutes {
+		path := r.pattern
+		for _, p := range []string{"{customer_id}", "{hold_id}", "{topup_id}", "{bucket_id}", "{request_id}", "{offer_id}"} {
+			path = strings.ReplaceAll(path, p, "x1")
+		}
+		method := r.method
+		if method == "*" {
+			method = "GET"
+		}
+		res := e.call(method, path, "")
+		if res.Status == 405 || strings.Contains(string(res.Body), "no such endpoint") {
+			t.Errorf("%s %s (route %s): %s", method, path, r.name, apiTrunc(string(res.Body), 200))
+		}
+	}
+	if res := e.call("DELETE", "/v1/customers/x1", ""); res.Status != 405 || res.Header.Get("Allow") != "GET, PUT, PATCH" {
+		t.Errorf("DELETE of a customer: %d, Allow %q", res.Status, res.Header.Get("Allow"))
+	}
+	if res := e.call("GET", "/v1/customers/x1/nothing", ""); res.Status != 404 {
+		t.Errorf("a path no route has: %s", res)
+	}
+	// A door that is off is no route at all.
+	off := newAPIEnv(t, apiEnvOpts{})
+	if res := off.call("POST", "/v1/billing/meter_events", ""); res.Status != 404 {
+		t.Errorf("a door that is off: %s", res)
+	}
+}
