@@ -8,9 +8,9 @@ import (
 )
 
 // The routes: every endpoint the server serves, as data. The router
-// (route) matches a request against this table, the OpenAPI document and
-// docs/API.md describe exactly these (TestRoutesAreDocumented), and the
-// metrics label each request with its route's name.
+// (route) matches a request against this table, docs/API.md's endpoint
+// summary lists exactly these (TestRoutesAreDocumented), and the metrics
+// label each request with its route's name.
 
 // Scopes beside auth.go's: a route served without a key, and one whose
 // handler checks its caller itself.

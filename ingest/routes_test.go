@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -37,3 +39,50 @@ func TestRoutesServed(t *testing.T) {
 		t.Errorf("a door that is off: %s", res)
 	}
 }
+
+// TestRoutesAreDocumented: the endpoint summary of docs/API.md lists
+// exactly the routes of the table (the debug profiles aside, which are not
+// part of the API).
+func TestRoutesAreDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../docs/API.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(doc)
+	start := strings.Index(text, "## 2. Endpoint summary")
+	if start < 0 {
+		t.Fatal("docs/API.md has no endpoint summary")
+	}
+	text = text[start:]
+	if end := strings.Index(text[3:], "\n## "); end >= 0 {
+		text = text[:end+3]
+	}
+	documented := map[string]bool{}
+	for _, m := range summaryRow.FindAllStringSubmatch(text, -1) {
+		if strings.HasPrefix(m[2], "/debug/pprof") {
+			continue
+		}
+		documented[m[1]+" "+m[2]] = true
+	}
+	served := map[string]bool{}
+	for _, r := range apiRoutes {
+		method := r.method
+		if method == "*" {
+			method = "GET"
+		}
+		served[method+" "+r.pattern] = true
+	}
+	for k := range served {
+		if !documented[k] {
+			t.Errorf("%s is served but not in docs/API.md's endpoint summary", k)
+		}
+	}
+	for k := range documented {
+		if !served[k] {
+			t.Errorf("%s is in docs/API.md's endpoint summary but not served", k)
+		}
+	}
+}
+
+// summaryRow is a row of the endpoint summary: | `METHOD /path` | ...
+var summaryRow = regexp.MustCompile("(?m)^\\| `([A-Z]+) (/[^` ]*)` \\|")
