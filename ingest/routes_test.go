@@ -3,6 +3,7 @@ package ingest
 import (
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -86,3 +87,34 @@ func TestRoutesAreDocumented(t *testing.T) {
 
 // summaryRow is a row of the endpoint summary: | `METHOD /path` | ...
 var summaryRow = regexp.MustCompile("(?m)^\\| `([A-Z]+) (/[^` ]*)` \\|")
+
+// TestErrorCodesAreDocumented: docs/API.md's table of error codes lists
+// every code of the one table (codes.go) with its status, and no other.
+func TestErrorCodesAreDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../docs/API.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(doc)
+	start := strings.Index(text, "## 15. Error codes")
+	if start < 0 {
+		t.Fatal("docs/API.md has no table of error codes")
+	}
+	documented := map[string]int{}
+	for _, m := range codeRow.FindAllStringSubmatch(text[start:], -1) {
+		documented[m[1]], _ = strconv.Atoi(m[2])
+	}
+	for code, status := range codeStatus {
+		if got, ok := documented[code]; !ok || got != status {
+			t.Errorf("code %s (status %d) is documented with status %d (listed: %v)", code, status, got, ok)
+		}
+	}
+	for code := range documented {
+		if _, ok := codeStatus[code]; !ok {
+			t.Errorf("docs/API.md documents %s, which is in no table", code)
+		}
+	}
+}
+
+// codeRow is a row of the table of error codes: | `code` | status |
+var codeRow = regexp.MustCompile("(?m)^\\| `([a-z_]+)` \\| ([0-9]{3}) \\|")
