@@ -39,6 +39,8 @@ type apiEnvOpts struct {
 	// Doors and LagoIdempotent are Config's.
 	Doors          Door
 	LagoIdempotent bool
+	// DefaultPricing is balance.Options.DefaultPricing.
+	DefaultPricing []byte
 }
 
 // apiEnv is one engine and one server serving on loopback.
@@ -59,7 +61,8 @@ func newAPIEnv(t *testing.T, o apiEnvOpts) *apiEnv {
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
 	}
-	opts := balance.Options{Dir: o.Dir, Shards: 2, QueueMax: 1024, IdemCacheMax: 1 << 17, CommitEventsMax: 1024, RejectUnpriced: o.RejectUnpriced}
+	opts := balance.Options{Dir: o.Dir, Shards: 2, QueueMax: 1024, IdemCacheMax: 1 << 17, CommitEventsMax: 1024, RejectUnpriced: o.RejectUnpriced,
+		DefaultPricing: o.DefaultPricing}
 	if o.Clock != nil {
 		opts.Clock = o.Clock
 		opts.TimerInterval = time.Hour

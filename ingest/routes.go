@@ -41,6 +41,7 @@ var apiRoutes = compileRoutes([]apiRoute{
 	{method: "*", pattern: "/healthz", name: "healthz", scope: scopeSelf, handle: func(s *Server, ctx *fasthttp.RequestCtx, _ []string) { s.healthz(ctx) }},
 	{method: "*", pattern: "/readyz", name: "readyz", scope: scopeSelf, handle: func(s *Server, ctx *fasthttp.RequestCtx, _ []string) { s.readyz(ctx) }},
 	{method: "GET", pattern: "/metrics", name: "metrics", handle: func(s *Server, ctx *fasthttp.RequestCtx, _ []string) { s.prom(ctx) }},
+	{method: "GET", pattern: "/openapi.json", name: "openapi", handle: func(s *Server, ctx *fasthttp.RequestCtx, _ []string) { serveOpenAPI(ctx) }},
 
 	{method: "POST", pattern: "/v1/events", name: "events", scope: ScopeIngest, handle: (*Server).eventsRoute},
 	{method: "POST", pattern: "/v1/check", name: "check", scope: ScopeRead, handle: func(s *Server, ctx *fasthttp.RequestCtx, _ []string) { s.check(ctx) }},
