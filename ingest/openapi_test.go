@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -262,4 +263,145 @@ func exampleText(v any) string {
 	}
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// TestAPIDocExamplesFitTheSchemas: every example request of docs/API.md
+// (a curl command) and its answer (the HTTP status and body after it) fit
+// the OpenAPI document's schemas for that operation and status. (The
+// OpenAPI document's own examples are replayed live by
+// TestOpenAPIExamplesLive; docs/API.md's were run against a live meterd
+// when written.)
+func TestAPIDocExamplesFitTheSchemas(t *testing.T) {
+	oas := loadOpenAPI(t)
+	raw, err := os.ReadFile("../docs/API.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := codeBlock.FindAllStringSubmatch(string(raw), -1)
+	checked := 0
+	for i := 0; i+1 < len(blocks); i++ {
+		cmd, ans := blocks[i][1], blocks[i+1][1]
+		if !strings.HasPrefix(cmd, "curl") || !strings.HasPrefix(ans, "HTTP/1.1 ") {
+			continue
+		}
+		method, path, ctype, body := parseCurl(cmd)
+		if path == "" {
+			continue
+		}
+		op := findOperation(oas, method, path)
+		what := method + " " + path
+		if op == nil {
+			t.Errorf("docs/API.md example %s: no such operation in the OpenAPI document", what)
+			continue
+		}
+		checked++
+		if body != "" && (ctype == "" || ctype == "application/json") {
+			var v any
+			if json.Unmarshal([]byte(body), &v) == nil && op.RequestBody != nil {
+				if mt := op.RequestBody.Value.Content.Get("application/json"); mt != nil && mt.Schema != nil {
+					// An example of a refused request (or of events some of
+					// which are refused) need not fit.
+					if status := ansStatus(ans); status < 400 && !strings.Contains(ans, `"rejected"`) {
+						if err := mt.Schema.Value.VisitJSON(v, openapi3.EnableJSONSchema2020()); err != nil {
+							t.Errorf("docs/API.md %s: the request does not fit its schema: %v", what, err)
+						}
+					}
+				}
+			}
+		}
+		status := ansStatus(ans)
+		_, answer, _ := strings.Cut(ans, "\n")
+		var v any
+		if json.Unmarshal([]byte(answer), &v) != nil {
+			continue // shortened, or not JSON
+		}
+		r := op.Responses.Status(status)
+		if r == nil || r.Value == nil {
+			t.Errorf("docs/API.md %s: status %d is not documented in the OpenAPI document", what, status)
+			continue
+		}
+		for _, mt := range r.Value.Content {
+			if mt.Schema == nil {
+				continue
+			}
+			if err := mt.Schema.Value.VisitJSON(v, openapi3.EnableJSONSchema2020()); err != nil {
+				t.Errorf("docs/API.md %s: the %d answer does not fit its schema: %v", what, status, err)
+			}
+			break
+		}
+	}
+	t.Logf("%d examples of docs/API.md checked", checked)
+	if checked < 40 {
+		t.Errorf("only %d examples of docs/API.md were checked", checked)
+	}
+}
+
+var codeBlock = regexp.MustCompile("(?s)```[a-z]*\n(.*?)```")
+
+// parseCurl reads a documented curl command: its method, path (with the
+// query), Content-Type and -d body.
+func parseCurl(cmd string) (method, path, ctype, body string) {
+	cmd = strings.ReplaceAll(cmd, "\\\n", " ")
+	if i := strings.Index(cmd, "-d '"); i >= 0 {
+		rest := cmd[i+4:]
+		if j := strings.Index(rest, "'"); j >= 0 {
+			body = strings.TrimSpace(rest[:j])
+			cmd = cmd[:i] + rest[j+1:]
+		}
+	}
+	method = "GET"
+	if body != "" || strings.Contains(cmd, " -d ") || strings.Contains(cmd, "--data") {
+		method = "POST"
+	}
+	if m := curlMethod.FindStringSubmatch(cmd); m != nil {
+		method = m[1]
+	}
+	if m := curlURL.FindStringSubmatch(cmd); m != nil {
+		path = m[1]
+	}
+	if m := curlCType.FindStringSubmatch(cmd); m != nil {
+		ctype = strings.ToLower(strings.TrimSpace(m[1]))
+	}
+	return method, path, ctype, body
+}
+
+var (
+	curlMethod = regexp.MustCompile(`-X ([A-Z]+)`)
+	curlURL    = regexp.MustCompile(`['"]?localhost:8080(/[^'"\s|]*)`)
+	curlCType  = regexp.MustCompile(`(?i)Content-Type: ([^'";]+)`)
+)
+
+func ansStatus(ans string) int {
+	f := strings.Fields(ans)
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
+}
+
+// findOperation is the operation of the document that serves method and
+// path (with a query or not).
+func findOperation(doc *openapi3.T, method, path string) *openapi3.Operation {
+	path, _, _ = strings.Cut(path, "?")
+	segs := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	for tmpl, item := range doc.Paths.Map() {
+		ts := strings.Split(strings.TrimPrefix(tmpl, "/"), "/")
+		if len(ts) != len(segs) {
+			continue
+		}
+		ok := true
+		for i := range ts {
+			if !strings.HasPrefix(ts[i], "{") && ts[i] != segs[i] {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			if op := item.GetOperation(method); op != nil {
+				return op
+			}
+		}
+	}
+	return nil
 }
