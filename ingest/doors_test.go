@@ -11,6 +11,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/stripe/stripe-go/v84"
 )
 
@@ -292,5 +293,42 @@ func TestDoorMappings(t *testing.T) {
 	}
 	if w, _ := e.wallet("acct_9"); w.available("default:CREDITS") != "70" {
 		t.Fatalf("after three tasks: %s", w.available("default:CREDITS"))
+	}
+}
+
+// TestDoorAuthErrors: a door refuses a missing or unscoped key in its
+// system's error shape.
+func TestDoorAuthErrors(t *testing.T) {
+	e := newAPIEnv(t, apiEnvOpts{Keys: testKeys(t), Doors: AllDoors})
+	oas := loadOpenAPI(t)
+	for _, c := range []struct {
+		path, ctype, body, auth string
+		status                  int
+		want                    string
+	}{
+		{"/api/v1/events", "application/cloudevents+json", `{}`, "-", 401, `"type":"about:blank"`},
+		{"/api/v1/events", "application/cloudevents+json", `{}`, readKey, 403, `"status":403`},
+		{"/api/v1/events/batch", "application/json", `{}`, "-", 401, `"code":"unauthorized"`},
+		{"/v1/billing/meter_events", "application/x-www-form-urlencoded", `event_name=x`, "-", 401, `"type":"invalid_request_error"`},
+	} {
+		r := e.send("POST", c.path, c.ctype, c.auth, []byte(c.body))
+		if r.Status != c.status || !strings.Contains(string(r.Body), c.want) {
+			t.Errorf("%s with %q: %s; want %d with %s", c.path, c.auth, r, c.status, c.want)
+		}
+		// As the OpenAPI document says.
+		op := findOperation(oas, "POST", c.path)
+		var got any
+		json.Unmarshal(r.Body, &got)
+		resp := op.Responses.Status(r.Status)
+		if resp == nil {
+			t.Errorf("%s: %d is not documented", c.path, r.Status)
+			continue
+		}
+		mt := resp.Value.Content.Get(r.Header.Get("Content-Type"))
+		if mt == nil {
+			t.Errorf("%s: %d as %s is not documented", c.path, r.Status, r.Header.Get("Content-Type"))
+		} else if err := mt.Schema.Value.VisitJSON(got, openapi3.EnableJSONSchema2020()); err != nil {
+			t.Errorf("%s: the %d answer does not fit its schema: %v", c.path, r.Status, err)
+		}
 	}
 }

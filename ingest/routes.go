@@ -141,7 +141,11 @@ func (s *Server) dispatch(ctx *fasthttp.RequestCtx, path, method string) string 
 				return r.name
 			}
 		default:
-			if !s.allow(ctx, method, method, r.scope) {
+			if r.door != 0 {
+				if !s.allowDoor(ctx, r) {
+					return r.name
+				}
+			} else if !s.allow(ctx, method, method, r.scope) {
 				return r.name
 			}
 		}
