@@ -79,11 +79,7 @@ func benchCloudEvents(seq *atomic.Int64, n, customers int, now time.Time) []byte
 		b = strconv.AppendInt(b, id%int64(customers), 10)
 		b = append(b, `","type":"message_completed","time":"`...)
 		b = append(b, at...)
-		b = append(b, `","data":{"model":"gpt-4-1","input_tokens":`...)
-		b = strconv.AppendInt(b, 1000+id%5000, 10)
-		b = append(b, `,"output_tokens":`...)
-		b = strconv.AppendInt(b, 200+id%3000, 10)
-		b = append(b, "}}"...)
+		b = appendBenchData(append(b, `",`...), id)
 	}
 	return append(b, ']')
 }

@@ -944,24 +944,7 @@ func appendEntry(b []byte, customer string, e *wallet.Entry) []byte {
 		b = append(b, `,"pricing_version":`...)
 		b = appendUint(b, uint64(e.PricingVersion))
 	}
-	b = append(b, `,"source":`...)
-	b = appendOptString(b, e.Source)
-	b = append(b, `,"description":`...)
-	b = appendOptString(b, e.Description)
-	if e.Currency != "" || e.Offer != "" {
-		b = append(b, `,"price":`...)
-		if e.Currency == "" {
-			b = append(b, "null"...)
-		} else {
-			b = append(b, `{"amount":`...)
-			b = appendString(b, e.Price)
-			b = append(b, `,"currency":`...)
-			b = appendString(b, e.Currency)
-			b = append(b, '}')
-		}
-		b = append(b, `,"offer_id":`...)
-		b = appendOptString(b, e.Offer)
-	}
+	b = jsonw.AppendEntryDetails(b, e.Source, e.Description, e.Price, e.Currency, e.Offer)
 	b = append(b, `,"metadata":`...)
 	b = appendRaw(b, e.Metadata, "{}")
 	return append(b, '}')

@@ -79,13 +79,19 @@ func benchBatch(seq *atomic.Int64, n, customers int, now time.Time) []byte {
 		b = strconv.AppendInt(b, id%int64(customers), 10)
 		b = append(b, `","event_type":"message_completed","occurred_at":"`...)
 		b = append(b, at...)
-		b = append(b, `","data":{"model":"gpt-4-1","input_tokens":`...)
-		b = strconv.AppendInt(b, 1000+id%5000, 10)
-		b = append(b, `,"output_tokens":`...)
-		b = strconv.AppendInt(b, 200+id%3000, 10)
-		b = append(b, "}}"...)
+		b = appendBenchData(append(b, `",`...), id)
 	}
 	return append(b, "]}"...)
+}
+
+// appendBenchData appends the data member of bench event id and closes the
+// event.
+func appendBenchData(b []byte, id int64) []byte {
+	b = append(b, `"data":{"model":"gpt-4-1","input_tokens":`...)
+	b = strconv.AppendInt(b, 1000+id%5000, 10)
+	b = append(b, `,"output_tokens":`...)
+	b = strconv.AppendInt(b, 200+id%3000, 10)
+	return append(b, "}}"...)
 }
 
 // BenchmarkPath measures the whole write path of an events request: decode,

@@ -342,12 +342,5 @@ func (s *Server) stripeStream(ctx *fasthttp.RequestCtx) {
 
 // writeStripeV2Error answers the error shape of Stripe's v2 API.
 func writeStripeV2Error(ctx *fasthttp.RequestCtx, status int, code, msg string) {
-	b := append([]byte(nil), `{"error":{"type":"invalid_request_error","code":`...)
-	b = appendString(b, code)
-	b = append(b, `,"message":`...)
-	b = appendString(b, msg)
-	b = append(b, "}}"...)
-	ctx.SetStatusCode(status)
-	ctx.SetContentType("application/json")
-	ctx.SetBody(b)
+	writeStripeError(ctx, status, "invalid_request_error", code, "", msg)
 }

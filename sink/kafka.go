@@ -632,24 +632,7 @@ func appendLedgerJSON(b []byte, r *LedgerRow) []byte {
 	} else {
 		b = strconv.AppendUint(b, uint64(r.PricingVersion), 10)
 	}
-	b = append(b, `,"source":`...)
-	b = appendJSONOptString(b, r.Source)
-	b = append(b, `,"description":`...)
-	b = appendJSONOptString(b, r.Description)
-	if r.Currency != "" || r.Offer != "" {
-		b = append(b, `,"price":`...)
-		if r.Currency == "" {
-			b = append(b, "null"...)
-		} else {
-			b = append(b, `{"amount":`...)
-			b = appendJSONString(b, r.Price)
-			b = append(b, `,"currency":`...)
-			b = appendJSONString(b, r.Currency)
-			b = append(b, '}')
-		}
-		b = append(b, `,"offer_id":`...)
-		b = appendJSONOptString(b, r.Offer)
-	}
+	b = jsonw.AppendEntryDetails(b, r.Source, r.Description, r.Price, r.Currency, r.Offer)
 	b = append(b, `,"metadata":`...)
 	if r.Metadata == "" {
 		b = append(b, "{}"...)

@@ -79,3 +79,30 @@ func AppendTime(b []byte, ns int64) []byte {
 	b = time.Unix(0, ns).UTC().AppendFormat(b, TimeLayout)
 	return append(b, '"')
 }
+
+// AppendEntryDetails appends the members of a ledger entry that say where
+// its credit came from, as the HTTP API and the Kafka ledger topic both
+// write them: ,"source", ,"description" (null when empty), and for a
+// purchase (a currency or an offer) ,"price":{"amount","currency"} (null
+// without a currency) and ,"offer_id".
+func AppendEntryDetails(b []byte, source, description, price, currency, offer string) []byte {
+	b = append(b, `,"source":`...)
+	b = AppendOptString(b, source)
+	b = append(b, `,"description":`...)
+	b = AppendOptString(b, description)
+	if currency == "" && offer == "" {
+		return b
+	}
+	b = append(b, `,"price":`...)
+	if currency == "" {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, `{"amount":`...)
+		b = AppendString(b, price)
+		b = append(b, `,"currency":`...)
+		b = AppendString(b, currency)
+		b = append(b, '}')
+	}
+	b = append(b, `,"offer_id":`...)
+	return AppendOptString(b, offer)
+}
