@@ -68,6 +68,9 @@ type Config struct {
 	DoorOpenMeterEventType    string        // --door-openmeter-event-type
 	DoorStripeCustomerKey     string        // --door-stripe-customer-key
 	DoorLagoCustomer          string        // --door-lago-customer
+	TLSCert                   string        // --tls-cert
+	TLSKey                    string        // --tls-key
+	TLSClientCA               string        // --tls-client-ca
 	BodyBytesMax              int           // --body-bytes-max N
 	EventsPerRequestMax       int           // --events-per-request-max N
 	BodyMemoryMax             int           // --http-body-memory-max N: bytes of request bodies being read, server-wide
@@ -129,6 +132,12 @@ func settings(c *Config) []setting {
 			usage: "YAML file of API keys and their scopes; empty = no auth (loopback only)"},
 		{name: "test-clock", def: "false", ptr: &c.TestClock,
 			usage: "run on a test clock that moves only through POST /v1/test-clock"},
+		{name: "tls-cert", arg: "FILE", def: "", ptr: &c.TLSCert,
+			usage: "serve HTTPS with this PEM certificate (chain) and --tls-key; both are reloaded when they change or on SIGHUP"},
+		{name: "tls-key", arg: "FILE", def: "", ptr: &c.TLSKey,
+			usage: "the PEM private key of --tls-cert"},
+		{name: "tls-client-ca", arg: "FILE", def: "", ptr: &c.TLSClientCA,
+			usage: "require a client certificate signed by a CA of this PEM bundle (with --tls-cert)"},
 		{name: "test-clock-start", arg: "RFC3339", def: "", ptr: &c.TestClockStart,
 			usage: "start time of the test clock (default: the real time at start)"},
 		{name: "clickhouse-addr", arg: "HOST:PORT", def: "", ptr: &c.ClickHouseAddr,
@@ -659,6 +668,12 @@ func (c *Config) validate() error {
 	case "record", "reject":
 	default:
 		return invalid("unpriced-events", "%q: want record or reject", c.UnpricedEvents)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return invalid("tls-cert", "--tls-cert and --tls-key go together")
+	}
+	if c.TLSClientCA != "" && c.TLSCert == "" {
+		return invalid("tls-client-ca", "needs --tls-cert and --tls-key")
 	}
 	if _, ok := ingest.ParseDoors(c.Doors); !ok {
 		return invalid("doors", "%q: want a comma-separated list of openmeter, stripe and lago", c.Doors)

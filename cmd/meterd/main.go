@@ -8,6 +8,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	_ "embed"
 	"errors"
 	"flag"
@@ -295,14 +296,40 @@ func run(cfg Config, fds fdPlan) error {
 		stop()
 		return err
 	}
+	var served net.Listener = ln
+	scheme := "http"
+	if cfg.TLSCert != "" {
+		certs, err := ingest.NewCertReloader(ingest.TLSFiles{Cert: cfg.TLSCert, Key: cfg.TLSKey, ClientCA: cfg.TLSClientCA}, log)
+		if err != nil {
+			ln.Close()
+			stop()
+			return err
+		}
+		served, scheme = tls.NewListener(ln, certs.Config()), "https"
+		tlsCtx, stopTLS := context.WithCancel(context.Background())
+		defer stopTLS()
+		go certs.Watch(tlsCtx, time.Second)
+		// SIGHUP loads the certificate files again at once.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		go func() {
+			for range hup {
+				if err := certs.Reload(); err != nil {
+					log.Warn("SIGHUP: the certificate files do not load; the previous ones stay in use", "err", err)
+				} else {
+					log.Info("SIGHUP: certificate reloaded")
+				}
+			}
+		}()
+	}
 	// SIGTERM is caught before the ready line: a supervisor that stops
 	// meterd as soon as it reads that line gets a clean stop, not the
 	// default action of the signal.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("meterd ready", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "shards", eng.Shards(),
+	go func() { serveErr <- srv.Serve(served) }()
+	log.Info("meterd ready", "listen", ln.Addr().String(), "scheme", scheme, "data_dir", cfg.DataDir, "shards", eng.Shards(),
 		"pricing_version", eng.Pricing().Version, "recovery", recovered.Round(time.Millisecond).String(), "auth", auth)
 
 	select {
