@@ -38,24 +38,23 @@ func BenchmarkTLSHTTP(b *testing.B) {
 		name string
 		tls  bool
 	}{{"http", false}, {"https", true}} {
+		// One server and client per protocol for all of b.Run's rounds.
+		srv := NewServer(Config{Engine: eng, RequestTimeout: 30 * time.Second})
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		base := "http://" + ln.Addr().String()
+		tr := &http.Transport{MaxIdleConnsPerHost: 64}
+		if c.tls {
+			ln = tls.NewListener(ln, certs.Config())
+			base = "https://" + ln.Addr().String()
+			tr.TLSClientConfig = &tls.Config{RootCAs: pool}
+		}
+		go srv.Serve(ln)
+		client := &http.Client{Transport: tr}
 		b.Run(c.name, func(b *testing.B) {
-			srv := NewServer(Config{Engine: eng, RequestTimeout: 30 * time.Second})
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			base := "http://" + ln.Addr().String()
-			tr := &http.Transport{MaxIdleConnsPerHost: 64}
-			if c.tls {
-				ln = tls.NewListener(ln, certs.Config())
-				base = "https://" + ln.Addr().String()
-				tr.TLSClientConfig = &tls.Config{RootCAs: pool}
-			}
-			go srv.Serve(ln)
-			defer srv.Shutdown()
-			client := &http.Client{Transport: tr}
 			b.SetParallelism(8) // 16 clients on 2 cores
-			b.ResetTimer()
 			start := time.Now()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -74,5 +73,7 @@ func BenchmarkTLSHTTP(b *testing.B) {
 			})
 			b.ReportMetric(float64(b.N*batch)/time.Since(start).Seconds(), "events/s")
 		})
+		tr.CloseIdleConnections()
+		srv.Shutdown()
 	}
 }
