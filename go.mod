@@ -30,6 +30,7 @@ require (
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/stripe/stripe-go/v84 v84.4.1
 	github.com/twmb/franz-go/pkg/kmsg v1.15.0
+	golang.org/x/time v0.12.0
 	gonum.org/v1/plot v0.17.0
 )
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -41,6 +42,8 @@ type apiEnvOpts struct {
 	LagoIdempotent bool
 	// DefaultPricing is balance.Options.DefaultPricing.
 	DefaultPricing []byte
+	// Log is Config.Log (nil: slog's default).
+	Log *slog.Logger
 }
 
 // apiEnv is one engine and one server serving on loopback.
@@ -72,7 +75,7 @@ func newAPIEnv(t *testing.T, o apiEnvOpts) *apiEnv {
 		t.Fatalf("balance.Open: %v", err)
 	}
 	srv := NewServer(Config{Engine: eng, Keys: o.Keys, Limits: o.Limits, RequestTimeout: 10 * time.Second, TestClock: o.Clock != nil,
-		BodyMemoryMax: o.BodyMemoryMax, Doors: o.Doors, LagoIdempotent: o.LagoIdempotent})
+		BodyMemoryMax: o.BodyMemoryMax, Doors: o.Doors, LagoIdempotent: o.LagoIdempotent, Log: o.Log})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		eng.Close()

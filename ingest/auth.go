@@ -1,6 +1,10 @@
 package ingest
 
 import (
+	"net"
+	"slices"
+	"time"
+
 	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -11,6 +15,8 @@ import (
 	"net/http"
 	"os"
 	"strings"
+
+	"golang.org/x/time/rate"
 
 	"gopkg.in/yaml.v3"
 )
@@ -95,6 +101,10 @@ type keyEntry struct {
 	hash   [sha256.Size]byte
 	scopes Scope
 	name   string // for logs only
+	// nets, when set, are the only client addresses the key is accepted
+	// from; limiter, when set, bounds its requests.
+	nets    []*net.IPNet
+	limiter *rate.Limiter
 }
 
 // keyFile is the YAML format of an API-key file (--api-keys FILE):
@@ -109,6 +119,8 @@ type keyEntry struct {
 //	  - name: ops
 //	    sha256: "..."
 //	    scopes: [admin]              # admin implies read and ingest
+//	    allow_from: [10.0.0.0/8]     # optional: only from these addresses
+//	    rate_limit: {per_second: 50, burst: 100}  # optional: beyond it, 429
 //
 // Each entry has exactly one of key and sha256. A key is 16-1024 printable
 // ASCII characters without spaces (it travels as "Authorization: Bearer
@@ -121,10 +133,19 @@ type keyFile struct {
 }
 
 type keyFileEntry struct {
-	Name   string   `yaml:"name"`
-	Key    string   `yaml:"key"`
-	SHA256 string   `yaml:"sha256"`
-	Scopes []string `yaml:"scopes"`
+	Name      string         `yaml:"name"`
+	Key       string         `yaml:"key"`
+	SHA256    string         `yaml:"sha256"`
+	Scopes    []string       `yaml:"scopes"`
+	AllowFrom []string       `yaml:"allow_from"` // CIDR ranges; absent: any address
+	RateLimit *keyRateLimits `yaml:"rate_limit"` // absent: no limit
+}
+
+// keyRateLimits bound one key's requests: per_second on average, burst at
+// once (default: per_second, at least 1).
+type keyRateLimits struct {
+	PerSecond float64 `yaml:"per_second"`
+	Burst     int     `yaml:"burst"`
 }
 
 // LoadKeys reads an API-key file (format: see keyFile above). Errors name
@@ -219,6 +240,23 @@ func (fe keyFileEntry) entry() (keyEntry, error) {
 		}
 		copy(e.hash[:], h)
 	}
+	for _, cidr := range fe.AllowFrom {
+		_, n, err := net.ParseCIDR(cidr)
+		if err != nil {
+			return e, fmt.Errorf("allow_from: %q is not a CIDR range such as 10.0.0.0/8", cidr)
+		}
+		e.nets = append(e.nets, n)
+	}
+	if rl := fe.RateLimit; rl != nil {
+		if rl.PerSecond <= 0 || rl.PerSecond > 1e6 || rl.Burst < 0 || rl.Burst > 1e6 {
+			return e, errors.New("rate_limit: per_second must be above 0 and at most 1000000, burst from 0 to 1000000")
+		}
+		burst := rl.Burst
+		if burst == 0 {
+			burst = max(1, int(rl.PerSecond))
+		}
+		e.limiter = rate.NewLimiter(rate.Limit(rl.PerSecond), burst)
+	}
 	if len(fe.Scopes) == 0 {
 		return e, errors.New("scopes: empty (want a list of ingest, read, admin)")
 	}
@@ -251,17 +289,38 @@ func (k *Keys) Len() int {
 // key, if any, matched. Authorize does not allocate. A nil or empty *Keys
 // allows everything (auth off).
 func (k *Keys) Authorize(authorization []byte, need Scope) (status int, code string) {
+	status, code, _, _ = k.AuthorizeFrom(authorization, need, nil)
+	return status, code
+}
+
+// AuthorizeFrom is Authorize for a request from client address ip (nil:
+// not checked), which also applies the key's allow_from ranges (403
+// forbidden from elsewhere, with retry -1 to tell it from a missing
+// scope) and its rate limit (429 rate_limited, with how long to wait).
+// name is the key's name, for audit lines.
+func (k *Keys) AuthorizeFrom(authorization []byte, need Scope, ip net.IP) (status int, code string, retry time.Duration, name string) {
 	if k.Len() == 0 {
-		return 0, ""
+		return 0, "", 0, ""
 	}
 	i, ok := k.lookup(authorization)
 	if !ok {
-		return http.StatusUnauthorized, "unauthorized"
+		return http.StatusUnauthorized, "unauthorized", 0, ""
 	}
-	if k.entries[i].scopes&need != need {
-		return http.StatusForbidden, "forbidden"
+	e := &k.entries[i]
+	if e.scopes&need != need {
+		return http.StatusForbidden, "forbidden", 0, e.name
 	}
-	return 0, ""
+	if len(e.nets) > 0 && ip != nil && !slices.ContainsFunc(e.nets, func(n *net.IPNet) bool { return n.Contains(ip) }) {
+		return http.StatusForbidden, "forbidden", -1, e.name // retry -1: refused for the address
+	}
+	if e.limiter != nil {
+		r := e.limiter.Reserve()
+		if d := r.Delay(); d > 0 {
+			r.Cancel()
+			return http.StatusTooManyRequests, "rate_limited", d, e.name
+		}
+	}
+	return 0, "", 0, e.name
 }
 
 // Known reports whether an Authorization header presents one of the keys,

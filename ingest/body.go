@@ -249,7 +249,7 @@ func (s *Server) expect(ctx *fasthttp.RequestCtx) int {
 			"the request body is "+strconv.Itoa(h.ContentLength())+" bytes; this endpoint takes at most "+strconv.Itoa(limit), "")
 		return fasthttp.StatusRequestEntityTooLarge
 	}
-	if s.keys.Len() > 0 && !s.keys.Known(h.Peek("Authorization")) {
+	if keys := s.keys.Load(); keys.Len() > 0 && !keys.Known(h.Peek("Authorization")) {
 		writeError(ctx, "unauthorized", "a valid API key is required: Authorization: Bearer <key>", "")
 		return fasthttp.StatusUnauthorized
 	}

@@ -82,6 +82,8 @@ var codeStatus = map[string]int{
 	"usage_range_too_large": fasthttp.StatusUnprocessableEntity,
 	// An event type without a price under --unpriced-events reject.
 	"unpriced_event": fasthttp.StatusUnprocessableEntity,
+	// 429: the key's rate limit (rate_limit in the key file); Retry-After says when.
+	"rate_limited": fasthttp.StatusTooManyRequests,
 	// 503: retry later with the same ids.
 	"overloaded":   fasthttp.StatusServiceUnavailable,
 	"unavailable":  fasthttp.StatusServiceUnavailable,

@@ -292,23 +292,16 @@ func (m DoorMapping) withDefaults() DoorMapping {
 // OpenMeter and Lago share, answers in OpenMeter's unless Lago's is the
 // only door on (its body is not read before the key is checked).
 func (s *Server) allowDoor(ctx *fasthttp.RequestCtx, r *apiRoute) bool {
-	if s.keys != nil && s.keys.Len() > 0 {
-		status, code := s.keys.Authorize(ctx.Request.Header.Peek("Authorization"), r.scope)
-		if status != 0 {
-			msg := "a valid API key is required: Authorization: Bearer <key>"
-			if status == fasthttp.StatusForbidden {
-				msg = "this API key does not have the ingest scope"
-			}
-			switch {
-			case r.door == DoorStripe:
-				writeStripeError(ctx, status, "invalid_request_error", code, "", msg)
-			case r.door == DoorLago || s.doors&DoorOpenMeter == 0:
-				writeLagoError(ctx, status, code, msg, nil)
-			default:
-				writeProblem(ctx, status, msg, nil)
-			}
-			return false
+	if status, code, msg := s.authorize(ctx, r.scope); status != 0 {
+		switch {
+		case r.door == DoorStripe:
+			writeStripeError(ctx, status, "invalid_request_error", code, "", msg)
+		case r.door == DoorLago || s.doors&DoorOpenMeter == 0:
+			writeLagoError(ctx, status, code, msg, nil)
+		default:
+			writeProblem(ctx, status, msg, nil)
 		}
+		return false
 	}
 	return s.readBody(ctx)
 }

@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,7 +63,7 @@ type Config struct {
 // Server serves the HTTP API.
 type Server struct {
 	e       *balance.Engine
-	keys    *Keys
+	keys    atomic.Pointer[Keys] // SetKeys replaces them (a reloaded key file)
 	lim     Limits
 	log     *slog.Logger
 	metrics *httpMetrics
@@ -98,7 +100,8 @@ func NewServer(c Config) *Server {
 	if c.BodyMemoryMax <= 0 {
 		c.BodyMemoryMax = bodyMemoryMaxDefault
 	}
-	s := &Server{e: c.Engine, keys: c.Keys, lim: c.Limits, log: c.Log, metrics: newHTTPMetrics(c.Registerer), sinks: c.Readiness, admit: c.Admit, testClockOn: c.TestClock}
+	s := &Server{e: c.Engine, lim: c.Limits, log: c.Log, metrics: newHTTPMetrics(c.Registerer), sinks: c.Readiness, admit: c.Admit, testClockOn: c.TestClock}
+	s.keys.Store(c.Keys)
 	s.budget.max = c.BodyMemoryMax
 	s.doors, s.lagoIdempotent, s.stripe, s.doorMap = c.Doors, c.LagoIdempotent, newStripeSessions(), c.DoorMapping.withDefaults()
 	s.prom = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.Gatherer, promhttp.HandlerOpts{}))
@@ -183,6 +186,12 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 		route = s.route(ctx)
 	}
 	s.releaseBody(ctx)
+	if name, ok := ctx.UserValue(auditKey{}).(string); ok {
+		// Every admin write: who (the key's name, never the key), what,
+		// and how it ended.
+		s.log.Info("audit", "key", name, "method", string(ctx.Method()), "path", string(ctx.Path()),
+			"status", ctx.Response.StatusCode(), "remote", ctx.RemoteIP().String())
+	}
 	s.metrics.observe(route, ctx.Response.StatusCode(), time.Since(start))
 }
 
@@ -263,20 +272,49 @@ func (s *Server) allow(ctx *fasthttp.RequestCtx, method, want string, scope Scop
 		methodNotAllowed(ctx, want)
 		return false
 	}
-	if s.keys == nil || s.keys.Len() == 0 {
-		return s.readBody(ctx)
-	}
-	status, code := s.keys.Authorize(ctx.Request.Header.Peek("Authorization"), scope)
+	status, code, msg := s.authorize(ctx, scope)
 	if status != 0 {
-		msg := "a valid API key is required: Authorization: Bearer <key>"
-		if status == fasthttp.StatusForbidden {
-			msg = "this API key does not have the scope this endpoint needs"
-		}
 		writeError(ctx, code, msg, "")
 		return false
 	}
 	return s.readBody(ctx)
 }
+
+// authorize checks the request's key for scope, from the client's address
+// and within the key's rate limit; it returns a refusal's status, code and
+// message (status 0: allowed), setting Retry-After on a 429. An allowed
+// admin write is marked for its audit line (Handle).
+func (s *Server) authorize(ctx *fasthttp.RequestCtx, scope Scope) (int, string, string) {
+	keys := s.keys.Load()
+	if keys.Len() == 0 {
+		return 0, "", ""
+	}
+	status, code, retry, name := keys.AuthorizeFrom(ctx.Request.Header.Peek("Authorization"), scope, ctx.RemoteIP())
+	switch status {
+	case 0:
+		if scope&ScopeAdmin != 0 && !ctx.IsGet() && !ctx.IsHead() {
+			ctx.SetUserValue(auditKey{}, name)
+		}
+		return 0, "", ""
+	case fasthttp.StatusForbidden:
+		if retry < 0 {
+			return status, code, "this API key is not accepted from this address (allow_from)"
+		}
+		return status, code, "this API key does not have the scope this endpoint needs"
+	case fasthttp.StatusTooManyRequests:
+		ctx.Response.Header.Set("Retry-After", strconv.Itoa(int(math.Ceil(retry.Seconds()))))
+		return status, code, "this API key's rate limit is reached: retry after Retry-After seconds"
+	}
+	return status, code, "a valid API key is required: Authorization: Bearer <key>"
+}
+
+// auditKey marks an allowed admin write with the name of its key.
+type auditKey struct{}
+
+// SetKeys replaces the API keys (a reloaded key file): a key removed is
+// refused from the next request on. Auth cannot be turned off or on this
+// way: keys must be non-empty when the server started with keys.
+func (s *Server) SetKeys(k *Keys) { s.keys.Store(k) }
 
 // methodNotAllowed answers 405 with every method the endpoint serves.
 func methodNotAllowed(ctx *fasthttp.RequestCtx, allowed string) {

@@ -298,8 +298,9 @@ func run(cfg Config, fds fdPlan) error {
 	}
 	var served net.Listener = ln
 	scheme := "http"
+	var certs *ingest.CertReloader
 	if cfg.TLSCert != "" {
-		certs, err := ingest.NewCertReloader(ingest.TLSFiles{Cert: cfg.TLSCert, Key: cfg.TLSKey, ClientCA: cfg.TLSClientCA}, log)
+		certs, err = ingest.NewCertReloader(ingest.TLSFiles{Cert: cfg.TLSCert, Key: cfg.TLSKey, ClientCA: cfg.TLSClientCA}, log)
 		if err != nil {
 			ln.Close()
 			stop()
@@ -309,19 +310,31 @@ func run(cfg Config, fds fdPlan) error {
 		tlsCtx, stopTLS := context.WithCancel(context.Background())
 		defer stopTLS()
 		go certs.Watch(tlsCtx, time.Second)
-		// SIGHUP loads the certificate files again at once.
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		go func() {
-			for range hup {
+	}
+	// SIGHUP loads the certificate files and the API-key file again: a
+	// key removed from the file is refused from the next request on. Files
+	// that do not load leave what is in use, and say why.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			if certs != nil {
 				if err := certs.Reload(); err != nil {
 					log.Warn("SIGHUP: the certificate files do not load; the previous ones stay in use", "err", err)
 				} else {
 					log.Info("SIGHUP: certificate reloaded")
 				}
 			}
-		}()
-	}
+			if cfg.APIKeys != "" {
+				if k, err := ingest.LoadKeys(cfg.APIKeys); err != nil {
+					log.Warn("SIGHUP: the API-key file does not load; the keys in use stay", "err", err)
+				} else {
+					srv.SetKeys(k)
+					log.Info("SIGHUP: API keys reloaded", "keys", k.Len())
+				}
+			}
+		}
+	}()
 	// SIGTERM is caught before the ready line: a supervisor that stops
 	// meterd as soon as it reads that line gets a clean stop, not the
 	// default action of the signal.
