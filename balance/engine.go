@@ -24,6 +24,29 @@ import (
 // Clock gives the engine's time in unix nanoseconds.
 type Clock interface{ Now() int64 }
 
+// monotonic is a clock that never goes back: when the clock it reads is
+// stepped back (NTP, an operator, a VM restored), it keeps answering the
+// latest time it gave until the clock catches up. Group times, and so
+// every wallet's time and every ledger entry's, never move backwards, and
+// nothing that came due (an expiry, a refill) comes due twice.
+type monotonic struct {
+	c    Clock
+	last atomic.Int64
+}
+
+func (m *monotonic) Now() int64 {
+	n := m.c.Now()
+	for {
+		l := m.last.Load()
+		if n <= l {
+			return l
+		}
+		if m.last.CompareAndSwap(l, n) {
+			return n
+		}
+	}
+}
+
 // WallClock is the real time.
 type WallClock struct{}
 
@@ -172,7 +195,11 @@ func Open(opts Options) (*Engine, error) {
 		return nil, err
 	}
 	disk.begin()
-	e := &Engine{opts: opts, log: opts.Log, clock: opts.Clock, st: st, metrics: newMetrics(opts.Registerer), disk: disk,
+	clock := opts.Clock
+	if _, manual := clock.(*ManualClock); !manual {
+		clock = &monotonic{c: clock} // the test clock only moves forward already
+	}
+	e := &Engine{opts: opts, log: opts.Log, clock: clock, st: st, metrics: newMetrics(opts.Registerer), disk: disk,
 		stop: make(chan struct{}), holdClaims: make(map[string]bool)}
 	p, err := st.loadPricing()
 	if err != nil {
