@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,13 +20,8 @@ func BenchmarkTLSHTTP(b *testing.B) {
 	const batch, customers = 100, 10_000
 	eng := openBenchEngine(b, b.TempDir(), customers)
 	defer eng.Close()
-	dir := b.TempDir()
 	ca := newTestCA(b)
-	files := TLSFiles{Cert: filepath.Join(dir, "tls.crt"), Key: filepath.Join(dir, "tls.key")}
-	c, k := ca.issue(b, 1, false)
-	writeFile(b, files.Cert, c)
-	writeFile(b, files.Key, k)
-	certs, err := NewCertReloader(files, nil)
+	certs, err := NewCertReloader(serverCertFiles(b, ca, b.TempDir(), 1), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

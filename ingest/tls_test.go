@@ -84,6 +84,17 @@ func writeFile(t testing.TB, path string, b []byte) {
 	}
 }
 
+// serverCertFiles writes a server certificate of serial from ca, and its
+// key, into dir.
+func serverCertFiles(t testing.TB, ca *testCA, dir string, serial int64) TLSFiles {
+	t.Helper()
+	files := TLSFiles{Cert: filepath.Join(dir, "tls.crt"), Key: filepath.Join(dir, "tls.key")}
+	c, k := ca.issue(t, serial, false)
+	writeFile(t, files.Cert, c)
+	writeFile(t, files.Key, k)
+	return files
+}
+
 // tlsEnv is an apiEnv served over TLS by a CertReloader.
 func tlsEnv(t *testing.T, files TLSFiles) (*apiEnv, *CertReloader) {
 	t.Helper()
@@ -106,10 +117,7 @@ func tlsEnv(t *testing.T, files TLSFiles) (*apiEnv, *CertReloader) {
 func TestTLSCertificateSwap(t *testing.T) {
 	dir := t.TempDir()
 	ca := newTestCA(t)
-	files := TLSFiles{Cert: filepath.Join(dir, "tls.crt"), Key: filepath.Join(dir, "tls.key")}
-	c1, k1 := ca.issue(t, 101, false)
-	writeFile(t, files.Cert, c1)
-	writeFile(t, files.Key, k1)
+	files := serverCertFiles(t, ca, dir, 101)
 	e, r := tlsEnv(t, files)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
