@@ -38,6 +38,7 @@ package ingest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,6 +53,7 @@ import (
 	"github.com/meterd/meterd/meter"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 )
 
 // KafkaConfig configures a Consumer. Zero values take the documented defaults.
@@ -71,6 +73,10 @@ type KafkaConfig struct {
 	// Clock is the time the decoder checks occurred_at against (the
 	// out_of_window bounds); default the engine's clock.
 	Clock func() time.Time
+	// TLS and SASL, when set, secure every connection to the brokers (the
+	// consumer, its DLQ and notice writer, the topic check).
+	TLS  *tls.Config
+	SASL sasl.Mechanism
 }
 
 // Defaults and bounds of KafkaConfig and of the consumer's own timings.
@@ -224,10 +230,12 @@ func (c *Consumer) readerConfig() kafka.ReaderConfig {
 	return kafka.ReaderConfig{
 		Brokers: c.cfg.Brokers,
 		Dialer: &kafka.Dialer{
-			ClientID:  "meterd",
-			Timeout:   10 * time.Second, // connect (and SASL/TLS handshake) timeout
-			DualStack: true,
-			KeepAlive: 30 * time.Second,
+			ClientID:      "meterd",
+			Timeout:       10 * time.Second, // connect (and SASL/TLS handshake) timeout
+			DualStack:     true,
+			KeepAlive:     30 * time.Second,
+			TLS:           c.cfg.TLS,
+			SASLMechanism: c.cfg.SASL,
 		},
 		// A consumer group over the one input topic: partitions are
 		// assigned by the group; offsets live in the group.
@@ -310,6 +318,8 @@ func (c *Consumer) newWriter() *kafka.Writer {
 		DialTimeout: 10 * time.Second,
 		IdleTimeout: 5 * time.Minute, // DLQ writes are rare: keep the connection rather than redial each time
 		MetadataTTL: 10 * time.Second,
+		TLS:         c.cfg.TLS,
+		SASL:        c.cfg.SASL,
 	}
 	return &kafka.Writer{
 		Addr: kafka.TCP(c.cfg.Brokers...),
@@ -419,11 +429,42 @@ func (c *Consumer) release() {
 	c.log.Info("kafka consumer stopped")
 }
 
+// checkLogin dials each broker with the configured TLS, then with SASL
+// too, and returns an error naming the first that takes the connection but
+// not the login (a broker may close the connection instead of answering a
+// bad password, which the client sees as EOF). nil when there is no SASL,
+// or when every broker that answers accepts it.
+func (c *Consumer) checkLogin(ctx context.Context) error {
+	if c.cfg.SASL == nil {
+		return nil
+	}
+	for _, b := range c.cfg.Brokers {
+		// The connection first (TCP and TLS): a broker that cannot be
+		// reached is no refused login, and is retried.
+		plain := &kafka.Dialer{ClientID: "meterd", Timeout: 10 * time.Second, TLS: c.cfg.TLS}
+		conn, err := plain.DialContext(ctx, "tcp", b)
+		if err != nil {
+			continue
+		}
+		conn.Close()
+		d := &kafka.Dialer{ClientID: "meterd", Timeout: 10 * time.Second, TLS: c.cfg.TLS, SASLMechanism: c.cfg.SASL}
+		conn, err = d.DialContext(ctx, "tcp", b)
+		if err == nil {
+			conn.Close()
+			continue
+		}
+		if ctx.Err() == nil {
+			return fmt.Errorf("ingest: kafka broker %s refused the %s login: %w", b, c.cfg.SASL.Name(), err)
+		}
+	}
+	return nil
+}
+
 // checkTopics makes sure the input and DLQ topics exist. A broker that
 // cannot be reached is retried until ctx is done; a topic the broker does
-// not know is a configuration error.
+// not know, or a SASL login it refuses, is a configuration error.
 func (c *Consumer) checkTopics(ctx context.Context) error {
-	tr := &kafka.Transport{ClientID: "meterd", DialTimeout: 10 * time.Second}
+	tr := &kafka.Transport{ClientID: "meterd", DialTimeout: 10 * time.Second, TLS: c.cfg.TLS, SASL: c.cfg.SASL}
 	defer tr.CloseIdleConnections()
 	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: kafkaOpTimeout, Transport: tr}
 	for attempt := 0; ; attempt++ {
@@ -453,6 +494,11 @@ func (c *Consumer) checkTopics(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		// A refused login does not get better by retrying: say which
+		// broker refused it, and stop.
+		if lerr := c.checkLogin(ctx); lerr != nil {
+			return lerr
 		}
 		c.log.Warn("kafka metadata failed; retrying", "err", err, "attempt", attempt+1)
 		if !sleepCtx(ctx, backoff(attempt, kafkaBackoffMin, kafkaBackoffMax)) {

@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/scram"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
@@ -720,5 +724,63 @@ func TestKafkaRejectionsPublished(t *testing.T) {
 	}
 	if n := len(readDLQ(t, addrs, 1)); n != 1 {
 		t.Fatalf("%d dead letters, want 1", n)
+	}
+}
+
+// TestKafkaTLSAndSASL: against a broker that takes only TLS and
+// SASL/SCRAM-SHA-256 logins, the consumer charges events; a wrong password
+// is refused at once, naming the brokers, instead of retried forever.
+func TestKafkaTLSAndSASL(t *testing.T) {
+	dir := t.TempDir()
+	ca := newTestCA(t)
+	files := serverCertFiles(t, ca, dir, 1)
+	cert, err := tls.LoadX509KeyPair(files.Cert, files.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := newKafkaCluster(t, kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "meterd", "s3cret-pw"),
+		kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}}))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.pem)
+	clientTLS := &tls.Config{RootCAs: pool}
+	login := func(pass string) sasl.Mechanism {
+		m, err := scram.Mechanism(scram.SHA256, "meterd", pass)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	addrs := cluster.ListenAddrs()
+	w := &kafka.Writer{Addr: kafka.TCP(addrs...), Topic: kTopic, Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
+		BatchTimeout: 5 * time.Millisecond, Transport: &kafka.Transport{TLS: clientTLS, SASL: login("s3cret-pw")}}
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := w.WriteMessages(ctx, event("s1", imageEvt("sec-1", "s1")), event("s1", imageEvt("sec-2", "s1"))); err != nil {
+		t.Fatalf("produce over TLS and SASL: %v", err)
+	}
+	e := openKafkaEngine(t, balance.Options{}, map[string]int64{"s1": 1000})
+	runConsumer(t, e, addrs, KafkaConfig{TLS: clientTLS, SASL: login("s3cret-pw")}, nil)
+	deadline := time.Now().Add(20 * time.Second)
+	for len(usageEvents(t, e, "s1")) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("events charged over TLS and SASL: %v", usageEvents(t, e, "s1"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// A wrong password: refused, naming the brokers, well before the
+	// deadline.
+	c, err := NewConsumer(e, KafkaConfig{Brokers: addrs, Log: quietLog, TLS: clientTLS, SASL: login("wrong")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rctx, rcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer rcancel()
+	start := time.Now()
+	err = c.Run(rctx)
+	if err == nil || errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), addrs[0]) || time.Since(start) > 10*time.Second {
+		t.Fatalf("a wrong password: %v after %v; want a refusal naming %s", err, time.Since(start), addrs[0])
 	}
 }

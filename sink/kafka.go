@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"github.com/meterd/meterd/meter"
 	"github.com/meterd/meterd/meter/jsonw"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 )
 
 // The Kafka publisher: every ledger entry of the outbox as one message on the
@@ -98,6 +100,9 @@ type KafkaPublisherConfig struct {
 	// request, a produce request with its acknowledgements. Default 10s.
 	RequestTimeout time.Duration
 	Log            *slog.Logger // default slog.Default()
+	// TLS and SASL, when set, secure every connection to the brokers.
+	TLS  *tls.Config
+	SASL sasl.Mechanism
 
 	// Limits of one produce request; tests lower them to get many rounds.
 	batchMessagesMax int
@@ -260,6 +265,8 @@ func NewKafkaPublisher(cfg KafkaPublisherConfig) (*KafkaPublisher, error) {
 		MetadataTTL:    kafkaMetadataTTL,
 		MetadataTopics: []string{cfg.LedgerTopic, cfg.NotificationsTopic}, // not the whole cluster's topics
 		ClientID:       kafkaClientID,
+		TLS:            cfg.TLS,
+		SASL:           cfg.SASL,
 	}
 	addr := kafka.TCP(cfg.Brokers...)
 	p := &KafkaPublisher{

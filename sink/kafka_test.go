@@ -3,8 +3,14 @@ package sink
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"math/big"
 	"net"
 	"strconv"
 	"strings"
@@ -14,6 +20,8 @@ import (
 
 	"github.com/meterd/meterd/meter"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/scram"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -729,4 +737,57 @@ func TestKafkaBrokerSilent(t *testing.T) {
 	if took > 4*timeout {
 		t.Fatalf("Write took %v with RequestTimeout %v", took, timeout)
 	}
+}
+
+// TestKafkaPublishTLSAndSASL: to a broker that takes only TLS and
+// SASL/SCRAM-SHA-512 logins, the ledger is published (Write returns once
+// every replica has it); a wrong password is an error of Connect, not a
+// hang.
+func TestKafkaPublishTLSAndSASL(t *testing.T) {
+	cert, pool := selfSignedLoopback(t)
+	c := newKafka(t, kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-512", "meterd", "pw-0123456789"),
+		kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}}))
+	login := func(pass string) sasl.Mechanism {
+		m, err := scram.Mechanism(scram.SHA512, "meterd", pass)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	clientTLS := &tls.Config{RootCAs: pool}
+	p := newPublisher(t, KafkaPublisherConfig{Brokers: c.ListenAddrs(), LedgerTopic: testLedgerTopic, NotificationsTopic: testNotesTopic,
+		TLS: clientTLS, SASL: login("pw-0123456789")})
+	if err := p.Connect(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Write(testCtx(t), testBatch([]string{"acme", "globex"}, 1, 20)); err != nil {
+		t.Fatalf("publish over TLS and SASL: %v", err)
+	}
+	bad := newPublisher(t, KafkaPublisherConfig{Brokers: c.ListenAddrs(), LedgerTopic: testLedgerTopic, NotificationsTopic: testNotesTopic,
+		TLS: clientTLS, SASL: login("wrong"), RequestTimeout: 3 * time.Second})
+	start := time.Now()
+	if err := bad.Connect(testCtx(t)); err == nil || time.Since(start) > 10*time.Second {
+		t.Fatalf("a wrong password: %v after %v", err, time.Since(start))
+	}
+}
+
+// selfSignedLoopback is a certificate for 127.0.0.1 and the pool that
+// trusts it.
+func selfSignedLoopback(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }

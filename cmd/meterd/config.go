@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +17,9 @@ import (
 	"time"
 
 	"github.com/meterd/meterd/ingest"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/meterd/meterd/sink"
 	"gopkg.in/yaml.v3"
@@ -56,6 +61,11 @@ type Config struct {
 	KafkaTopic                string        // --kafka-topic NAME
 	KafkaGroup                string        // --kafka-group NAME
 	KafkaPublish              bool          // --kafka-publish: publish every ledger entry to --kafka-ledger-topic
+	KafkaTLS                  bool          // --kafka-tls
+	KafkaTLSCA                string        // --kafka-tls-ca FILE
+	KafkaSASLMechanism        string        // --kafka-sasl-mechanism plain|scram-sha-256|scram-sha-512
+	KafkaSASLUsername         string        // --kafka-sasl-username
+	KafkaSASLPasswordFile     string        // --kafka-sasl-password-file FILE (else $METERD_KAFKA_SASL_PASSWORD)
 	KafkaLedgerTopic          string        // --kafka-ledger-topic NAME
 	KafkaNoticesTopic         string        // --kafka-notifications-topic NAME
 	Shards                    int           // --shards N, 0 = number of CPUs
@@ -172,6 +182,17 @@ func settings(c *Config) []setting {
 			usage: "Kafka input topic of usage events (invalid messages go to NAME.dlq)"},
 		{name: "kafka-group", arg: "NAME", def: "meterd", ptr: &c.KafkaGroup,
 			usage: "Kafka consumer group"},
+		{name: "kafka-tls", def: "false", ptr: &c.KafkaTLS,
+			usage: "connect to the Kafka brokers over TLS (the system's CAs, or --kafka-tls-ca)"},
+		{name: "kafka-tls-ca", arg: "FILE", def: "", ptr: &c.KafkaTLSCA,
+			usage: "PEM bundle of the CAs of the Kafka brokers' certificates (implies --kafka-tls)"},
+		{name: "kafka-sasl-mechanism", arg: "NAME", def: "", ptr: &c.KafkaSASLMechanism,
+			usage: "SASL login to the Kafka brokers: plain, scram-sha-256 or scram-sha-512 (\"\" = none)"},
+		{name: "kafka-sasl-username", arg: "NAME", def: "", ptr: &c.KafkaSASLUsername,
+			usage: "the SASL user name"},
+		{name: "kafka-sasl-password-file", arg: "FILE", def: "", ptr: &c.KafkaSASLPasswordFile,
+			usage: "a file holding the SASL password (one line); without it the password is read from the environment variable " +
+				"METERD_KAFKA_SASL_PASSWORD. Never a flag, never logged"},
 		{name: "kafka-publish", def: "false", ptr: &c.KafkaPublish,
 			usage: "publish every ledger entry to --kafka-ledger-topic (needs --kafka-brokers)"},
 		{name: "kafka-ledger-topic", arg: "NAME", def: "meterd.ledger", ptr: &c.KafkaLedgerTopic,
@@ -894,4 +915,57 @@ func (c *Config) doorMapping() ingest.DoorMapping {
 		}
 	}
 	return m
+}
+
+// kafkaSecurity is the TLS configuration and the SASL mechanism of the
+// connections to Kafka (nil, nil: plain TCP, no login). The password comes
+// from --kafka-sasl-password-file or METERD_KAFKA_SASL_PASSWORD; errors
+// never contain it.
+func (c *Config) kafkaSecurity() (*tls.Config, sasl.Mechanism, error) {
+	var tc *tls.Config
+	if c.KafkaTLS || c.KafkaTLSCA != "" {
+		tc = &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.KafkaTLSCA != "" {
+			pem, err := os.ReadFile(c.KafkaTLSCA)
+			if err != nil {
+				return nil, nil, fmt.Errorf("--kafka-tls-ca: %w", err)
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, nil, fmt.Errorf("--kafka-tls-ca %s: no PEM certificate in it", c.KafkaTLSCA)
+			}
+		}
+	}
+	if c.KafkaSASLMechanism == "" {
+		return tc, nil, nil
+	}
+	if c.KafkaSASLUsername == "" {
+		return nil, nil, errors.New("--kafka-sasl-mechanism needs --kafka-sasl-username")
+	}
+	pass := os.Getenv("METERD_KAFKA_SASL_PASSWORD")
+	if c.KafkaSASLPasswordFile != "" {
+		b, err := os.ReadFile(c.KafkaSASLPasswordFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--kafka-sasl-password-file: %w", err)
+		}
+		pass = strings.TrimRight(string(b), "\r\n")
+	}
+	if pass == "" {
+		return nil, nil, errors.New("--kafka-sasl-mechanism needs a password: --kafka-sasl-password-file or METERD_KAFKA_SASL_PASSWORD")
+	}
+	switch c.KafkaSASLMechanism {
+	case "plain":
+		return tc, plain.Mechanism{Username: c.KafkaSASLUsername, Password: pass}, nil
+	case "scram-sha-256", "scram-sha-512":
+		alg := scram.SHA256
+		if c.KafkaSASLMechanism == "scram-sha-512" {
+			alg = scram.SHA512
+		}
+		m, err := scram.Mechanism(alg, c.KafkaSASLUsername, pass)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--kafka-sasl-mechanism %s: %w", c.KafkaSASLMechanism, err)
+		}
+		return tc, m, nil
+	}
+	return nil, nil, fmt.Errorf("--kafka-sasl-mechanism %q: want plain, scram-sha-256 or scram-sha-512", c.KafkaSASLMechanism)
 }

@@ -365,3 +365,33 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestKafkaSecurity: TLS from --kafka-tls, the SASL password from its file
+// or the environment, and errors that never show it.
+func TestKafkaSecurity(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("file-secret-123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := Config{KafkaTLS: true, KafkaSASLMechanism: "scram-sha-512", KafkaSASLUsername: "meterd", KafkaSASLPasswordFile: pw}
+	tc, m, err := c.kafkaSecurity()
+	if err != nil || tc == nil || m == nil || m.Name() != "SCRAM-SHA-512" {
+		t.Fatalf("from a file: %v %v %v", tc, m, err)
+	}
+	t.Setenv("METERD_KAFKA_SASL_PASSWORD", "env-secret-456")
+	c = Config{KafkaSASLMechanism: "plain", KafkaSASLUsername: "meterd"}
+	tc, m, err = c.kafkaSecurity()
+	if err != nil || tc != nil || m == nil || m.Name() != "PLAIN" {
+		t.Fatalf("from the environment: %v %v %v", tc, m, err)
+	}
+	c.KafkaSASLMechanism = "gssapi"
+	if _, _, err := c.kafkaSecurity(); err == nil || strings.Contains(err.Error(), "env-secret-456") {
+		t.Fatalf("an unknown mechanism: %v", err)
+	}
+	t.Setenv("METERD_KAFKA_SASL_PASSWORD", "")
+	c.KafkaSASLMechanism = "plain"
+	if _, _, err := c.kafkaSecurity(); err == nil {
+		t.Fatal("no password: accepted")
+	}
+}

@@ -184,9 +184,14 @@ func run(cfg Config, fds fdPlan) error {
 			t.Run(sinkCtx)
 		}()
 	}
+	kafkaTLS, kafkaSASL, err := cfg.kafkaSecurity()
+	if err != nil {
+		eng.Close()
+		return err
+	}
 	if cfg.KafkaPublish {
 		pub, err := sink.NewKafkaPublisher(sink.KafkaPublisherConfig{Brokers: cfg.KafkaBrokerList(), LedgerTopic: cfg.KafkaLedgerTopic,
-			NotificationsTopic: cfg.KafkaNoticesTopic, Log: log})
+			NotificationsTopic: cfg.KafkaNoticesTopic, Log: log, TLS: kafkaTLS, SASL: kafkaSASL})
 		if err != nil {
 			eng.Close()
 			return fmt.Errorf("--kafka-publish: %w", err)
@@ -247,7 +252,7 @@ func run(cfg Config, fds fdPlan) error {
 	kafkaFatal := make(chan error, 1)
 	if cfg.KafkaBrokers != "" {
 		kcfg := ingest.KafkaConfig{Brokers: cfg.KafkaBrokerList(), Topic: cfg.KafkaTopic,
-			GroupID: cfg.KafkaGroup, Limits: lim, Log: log, Registerer: reg}
+			GroupID: cfg.KafkaGroup, Limits: lim, Log: log, Registerer: reg, TLS: kafkaTLS, SASL: kafkaSASL}
 		if cfg.KafkaPublish {
 			kcfg.NotificationsTopic = cfg.KafkaNoticesTopic
 		}
