@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -206,16 +207,27 @@ func foreignID(prefix, scope, id string) string {
 	return prefix + hex.EncodeToString(h.Sum(nil)[:20])
 }
 
-// isLagoBody reports whether a body for POST /api/v1/events is Lago's
+// lagoBody reports whether a body for POST /api/v1/events is Lago's
 // ({"event": {...}}) rather than a CloudEvent or a batch of them: both
 // systems use that path.
-func isLagoBody(ctx *fasthttp.RequestCtx) bool {
+//
+// It returns the body parsed with p when it parsed it (nil otherwise: a
+// CloudEvents content type, a binary-mode CloudEvent, a batch, or no
+// JSON), for the door to use rather than parse it again.
+func lagoBody(ctx *fasthttp.RequestCtx, p *fastjson.Parser) (*fastjson.Value, bool) {
 	switch mediaType(ctx) {
 	case "application/cloudevents+json", "application/cloudevents-batch+json":
-		return false
+		return nil, false
 	}
-	v, err := fastjson.ParseBytes(ctx.PostBody())
-	return err == nil && v.Type() == fastjson.TypeObject && v.Get("event") != nil && v.Get("specversion") == nil
+	body := bytes.TrimLeft(ctx.PostBody(), " \t\r\n")
+	if len(ctx.Request.Header.Peek("ce-specversion")) > 0 || len(body) == 0 || body[0] != '{' {
+		return nil, false
+	}
+	v, err := p.ParseBytes(body)
+	if err != nil {
+		return nil, false
+	}
+	return v, v.Get("event") != nil && v.Get("specversion") == nil
 }
 
 // DoorMapping says which of a foreign event's fields are the meterd

@@ -34,14 +34,19 @@ import (
 const lagoBatchMax = 100
 
 // lagoEvents serves both Lago endpoints; batch is the batch one.
-func (s *Server) lagoEvents(ctx *fasthttp.RequestCtx, batch bool) {
+// parsed, when set, is the body already parsed (doorEventsRoute): it is
+// checked strictly, not parsed again.
+func (s *Server) lagoEvents(ctx *fasthttp.RequestCtx, batch bool, parsed *fastjson.Value) {
 	body := ctx.PostBody()
 	if err := strictjson.Valid(body); err != nil {
 		writeLagoError(ctx, fasthttp.StatusBadRequest, "bad_request", "the body is not valid JSON: "+err.Error(), nil)
 		return
 	}
-	var p fastjson.Parser
-	v, err := p.ParseBytes(body)
+	v, err := parsed, error(nil)
+	if v == nil {
+		var p fastjson.Parser
+		v, err = p.ParseBytes(body)
+	}
 	if err != nil || v.Type() != fastjson.TypeObject {
 		writeLagoError(ctx, fasthttp.StatusBadRequest, "bad_request", "the body must be a JSON object", nil)
 		return

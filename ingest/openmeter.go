@@ -34,7 +34,9 @@ import (
 // request finds them already seen.
 
 // openMeterEvents serves the OpenMeter door.
-func (s *Server) openMeterEvents(ctx *fasthttp.RequestCtx) {
+// parsed, when set, is the body already parsed (doorEventsRoute): it is
+// not parsed again.
+func (s *Server) openMeterEvents(ctx *fasthttp.RequestCtx, parsed *fastjson.Value) {
 	if len(ctx.Request.Header.Peek("ce-specversion")) > 0 {
 		s.openMeterBinary(ctx)
 		return
@@ -56,10 +58,12 @@ func (s *Server) openMeterEvents(ctx *fasthttp.RequestCtx) {
 	// data is checked strictly when it is decoded as a meterd event.
 	d := s.newDoorBatch()
 	defer d.release()
-	v, err := d.sc.parser.ParseBytes(ctx.PostBody())
-	if err != nil {
-		writeProblem(ctx, fasthttp.StatusBadRequest, "the body is not valid JSON: "+err.Error(), nil)
-		return
+	v, err := parsed, error(nil)
+	if v == nil {
+		if v, err = d.sc.parser.ParseBytes(ctx.PostBody()); err != nil {
+			writeProblem(ctx, fasthttp.StatusBadRequest, "the body is not valid JSON: "+err.Error(), nil)
+			return
+		}
 	}
 	events := []*fastjson.Value{v}
 	if batch {
@@ -156,7 +160,7 @@ func (s *Server) openMeterBinary(ctx *fasthttp.RequestCtx) {
 	ctx.Request.Header.SetContentType("application/cloudevents+json")
 	ctx.Request.SetBody(b)
 	ctx.Request.Header.Del("ce-specversion")
-	s.openMeterEvents(ctx)
+	s.openMeterEvents(ctx, nil)
 }
 
 // addCloudEvent adds one CloudEvent and returns its id and source.

@@ -78,7 +78,7 @@ var apiRoutes = compileRoutes([]apiRoute{
 
 	// The doors (doors.go). OpenMeter and Lago share POST /api/v1/events.
 	{method: "POST", pattern: "/api/v1/events", name: "door_events", scope: ScopeIngest, door: DoorOpenMeter | DoorLago, handle: (*Server).doorEventsRoute},
-	{method: "POST", pattern: "/api/v1/events/batch", name: "door_lago_batch", scope: ScopeIngest, door: DoorLago, handle: func(s *Server, ctx *fasthttp.RequestCtx, _ []string) { s.lagoEvents(ctx, true) }},
+	{method: "POST", pattern: "/api/v1/events/batch", name: "door_lago_batch", scope: ScopeIngest, door: DoorLago, handle: func(s *Server, ctx *fasthttp.RequestCtx, _ []string) { s.lagoEvents(ctx, true, nil) }},
 	{method: "POST", pattern: "/v1/billing/meter_events", name: "door_stripe_v1", scope: ScopeIngest, door: DoorStripe, handle: func(s *Server, ctx *fasthttp.RequestCtx, _ []string) { s.stripeMeterEvent(ctx) }},
 	{method: "POST", pattern: "/v2/billing/meter_event_session", name: "door_stripe_session", scope: ScopeIngest, door: DoorStripe, handle: func(s *Server, ctx *fasthttp.RequestCtx, _ []string) { s.stripeSession(ctx) }},
 	// Authorized by the session's token, not by an API key (stripeStream).

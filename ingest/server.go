@@ -26,6 +26,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 	"github.com/valyala/fasthttp/pprofhandler"
+	"github.com/valyala/fastjson"
 )
 
 // Config configures a Server.
@@ -256,12 +257,22 @@ func (s *Server) eventsRoute(ctx *fasthttp.RequestCtx, _ []string) { s.events(ct
 
 // doorEventsRoute serves POST /api/v1/events, which OpenMeter and Lago
 // both use: a Lago body goes to the Lago door, anything else to OpenMeter's.
+// The body is parsed once, here, when its shape decides.
 func (s *Server) doorEventsRoute(ctx *fasthttp.RequestCtx, _ []string) {
-	if s.doors&DoorLago != 0 && (s.doors&DoorOpenMeter == 0 || isLagoBody(ctx)) {
-		s.lagoEvents(ctx, false)
-		return
+	switch {
+	case s.doors&DoorLago == 0:
+		s.openMeterEvents(ctx, nil)
+	case s.doors&DoorOpenMeter == 0:
+		s.lagoEvents(ctx, false, nil)
+	default:
+		var p fastjson.Parser
+		v, lago := lagoBody(ctx, &p)
+		if lago {
+			s.lagoEvents(ctx, false, v)
+		} else {
+			s.openMeterEvents(ctx, v)
+		}
 	}
-	s.openMeterEvents(ctx)
 }
 
 // allow checks the method and the caller's scope, then reads the request's

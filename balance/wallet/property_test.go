@@ -1609,16 +1609,7 @@ func checkUsageView(t *testing.T, seed uint64, step int, w *Wallet, m *model, le
 			if e.RecordedAt < pu.Start || e.RecordedAt >= pu.End {
 				continue
 			}
-			switch f := get(k); {
-			case e.Amount > 0 && (e.Type == EntryGrant || e.Type == EntryTopUp || e.Type == EntryAutoReload || e.Type == EntryAdjustment):
-				f.Granted += e.Amount
-			case e.Type == EntryUsage:
-				f.Used -= e.Amount
-			case e.Type == EntryExpiry:
-				f.Expired -= e.Amount
-			default:
-				f.Other += e.Amount
-			}
+			get(k).add(&e)
 		}
 		got := map[key]KindUsage{}
 		for _, a := range pu.Accounts {

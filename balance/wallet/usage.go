@@ -94,17 +94,7 @@ func (w *Wallet) Usage(periods [][2]int64, entries []Entry) []PeriodUsage {
 		}
 		for i := next; i < len(entries) && entries[i].RecordedAt >= p[0]; i++ {
 			e := &entries[i]
-			f := get(key{e.Account, e.BucketKind})
-			switch {
-			case e.Amount > 0 && (e.Type == EntryGrant || e.Type == EntryTopUp || e.Type == EntryAutoReload || e.Type == EntryAdjustment):
-				f.Granted += e.Amount
-			case e.Type == EntryUsage:
-				f.Used -= e.Amount
-			case e.Type == EntryExpiry:
-				f.Expired -= e.Amount
-			default:
-				f.Other += e.Amount
-			}
+			get(key{e.Account, e.BucketKind}).add(e)
 		}
 		pu := PeriodUsage{Start: p[0], End: p[1]}
 		byAccount := map[string]int{}
@@ -130,5 +120,21 @@ func sortUsage(as []AccountUsage) {
 	slices.SortFunc(as, func(a, b AccountUsage) int { return cmp.Compare(a.Account, b.Account) })
 	for i := range as {
 		slices.SortFunc(as[i].Kinds, func(a, b KindUsage) int { return cmp.Compare(a.Kind, b.Kind) })
+	}
+}
+
+// add counts entry e in the flow it belongs to: credit granted (a grant,
+// top-up, auto-reload or positive adjustment), used, expired, or other
+// (holds, reversals, negative adjustments, debt).
+func (f *KindUsage) add(e *Entry) {
+	switch {
+	case e.Amount > 0 && (e.Type == EntryGrant || e.Type == EntryTopUp || e.Type == EntryAutoReload || e.Type == EntryAdjustment):
+		f.Granted += e.Amount
+	case e.Type == EntryUsage:
+		f.Used -= e.Amount
+	case e.Type == EntryExpiry:
+		f.Expired -= e.Amount
+	default:
+		f.Other += e.Amount
 	}
 }
