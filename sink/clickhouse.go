@@ -3,6 +3,8 @@ package sink
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/proto"
 	"github.com/meterd/meterd/meter"
 )
 
@@ -64,6 +67,9 @@ type ClickHouseConfig struct {
 	Cluster  string
 	Username string // default "default"
 	Password string
+	// TLS: nil for plain TCP; else the native protocol over TLS with this
+	// configuration (RootCAs nil: the system's CAs).
+	TLS *tls.Config
 	// OutboxID names the outbox this process ships, stored in every row's
 	// outbox_id: two meterd processes sharing a database must differ here,
 	// since their outbox sequence numbers overlap. Default "".
@@ -199,26 +205,9 @@ func OpenClickHouse(ctx context.Context, cfg ClickHouseConfig) (*ClickHouse, err
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	conn, err := clickhouse.Open(&clickhouse.Options{
-		Protocol: clickhouse.Native,
-		Addr:     []string{cfg.Addr},
-		// Connect to "default": the database may not exist yet. Every
-		// statement names its database.
-		Auth:             clickhouse.Auth{Database: "default", Username: cfg.Username, Password: cfg.Password},
-		DialTimeout:      cfg.DialTimeout,
-		ReadTimeout:      cfg.ReadTimeout,
-		MaxOpenConns:     clickHouseConnsOpenMax,
-		MaxIdleConns:     clickHouseConnsIdleMax,
-		ConnMaxLifetime:  time.Hour,
-		ConnOpenStrategy: clickhouse.ConnOpenInOrder,
-		Compression:      &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
-	})
+	conn, err := dial(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("clickhouse open %s: %w", cfg.Addr, err)
-	}
-	if err := conn.Ping(ctx); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("clickhouse ping %s: %w", cfg.Addr, err)
+		return nil, err
 	}
 	caps, err := detectCaps(ctx, conn)
 	if err != nil {
@@ -242,6 +231,78 @@ func OpenClickHouse(ctx context.Context, cfg ClickHouseConfig) (*ClickHouse, err
 	c.log.Info("clickhouse sink open", "server_version", c.ServerVersion(),
 		"datetime64", caps.dateTime64, "dedup_token", caps.dedupToken, "cluster", cfg.Cluster)
 	return c, nil
+}
+
+// ErrClickHouseRefused marks a connection the server, or its certificate,
+// refused for a reason that retrying does not cure: an unknown user, a wrong
+// password, an address the user may not connect from, a certificate the
+// client does not trust. The error that wraps it names the server.
+var ErrClickHouseRefused = errors.New("refused")
+
+// CheckClickHouse connects and logs in once, then hangs up: nil when the
+// server took the login; an error wrapping ErrClickHouseRefused when it
+// refused it; another error (the server cannot be reached, ctx ended) when
+// it did not say.
+func CheckClickHouse(ctx context.Context, cfg ClickHouseConfig) error {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	conn, err := dial(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+// dial opens a connection pool and logs in (Ping).
+func dial(ctx context.Context, cfg ClickHouseConfig) (driver.Conn, error) {
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Protocol: clickhouse.Native,
+		Addr:     []string{cfg.Addr},
+		// Connect to "default": the database may not exist yet. Every
+		// statement names its database.
+		Auth:             clickhouse.Auth{Database: "default", Username: cfg.Username, Password: cfg.Password},
+		TLS:              cfg.TLS,
+		DialTimeout:      cfg.DialTimeout,
+		ReadTimeout:      cfg.ReadTimeout,
+		MaxOpenConns:     clickHouseConnsOpenMax,
+		MaxIdleConns:     clickHouseConnsIdleMax,
+		ConnMaxLifetime:  time.Hour,
+		ConnOpenStrategy: clickhouse.ConnOpenInOrder,
+		Compression:      &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse open %s: %w", cfg.Addr, err)
+	}
+	if err := conn.Ping(ctx); err != nil {
+		conn.Close()
+		return nil, pingError(cfg, err)
+	}
+	return conn, nil
+}
+
+// clickHouseLoginCodes are the server's exception codes for a refused
+// login: UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD,
+// IP_ADDRESS_NOT_ALLOWED (18.x to 20.x) and AUTHENTICATION_FAILED (20.x+).
+var clickHouseLoginCodes = map[int32]bool{192: true, 193: true, 194: true, 195: true, 516: true}
+
+// pingError is the error of a failed login: one that names the server, and
+// wraps ErrClickHouseRefused when retrying would not help.
+func pingError(cfg ClickHouseConfig, err error) error {
+	var (
+		ex       *proto.Exception
+		verify   *tls.CertificateVerificationError
+		hostname x509.HostnameError
+		unknown  x509.UnknownAuthorityError
+	)
+	switch {
+	case errors.As(err, &ex) && clickHouseLoginCodes[ex.Code]:
+		return fmt.Errorf("clickhouse %s %w the login of user %q: %w", cfg.Addr, ErrClickHouseRefused, cfg.Username, err)
+	case errors.As(err, &verify), errors.As(err, &hostname), errors.As(err, &unknown):
+		return fmt.Errorf("clickhouse %s: its certificate was %w: %w", cfg.Addr, ErrClickHouseRefused, err)
+	}
+	return fmt.Errorf("clickhouse ping %s: %w", cfg.Addr, err)
 }
 
 func newTableWriter(s schema, name, identity string, defs []string) tableWriter {

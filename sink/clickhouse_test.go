@@ -4,6 +4,7 @@ package sink
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"maps"
 	"math"
 	"math/rand/v2"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -659,6 +661,71 @@ func TestClickHouseExactlyOnce(t *testing.T) {
 		t.Errorf("a batch with fewer rows than landed: err %v, want a permanent error", err)
 	}
 	assertOnce(t, srv, db, ledger, usage)
+}
+
+// TestClickHouseTLSAndPassword: a server that takes the native protocol
+// over TLS and a user with a password. With the CA and the password,
+// batches land exactly once; a wrong password, an unknown user and a client
+// that does not trust the certificate are each refused at once (no retry
+// cures them: ErrClickHouseRefused), naming the server.
+func TestClickHouseTLSAndPassword(t *testing.T) {
+	if os.Getenv(chtest.EnvAddr) != "" {
+		t.Skip("needs a private server; " + chtest.EnvAddr + " is set")
+	}
+	const password = "Corr3ct-horse"
+	srv := chtest.StartWith(t, t.TempDir(), chtest.Options{TLS: true, User: "meterd_sink", Password: password})
+	tc, err := srv.ClientTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	cfg := ClickHouseConfig{Addr: srv.SecureAddr, Database: "tls_sink", Username: "meterd_sink", Password: password, TLS: tc, Log: testLog}
+	if err := CheckClickHouse(ctx, cfg); err != nil {
+		t.Fatalf("CheckClickHouse with the CA and the password: %v", err)
+	}
+	c, err := OpenClickHouse(ctx, cfg)
+	if err != nil {
+		t.Fatalf("OpenClickHouse over TLS: %v", err)
+	}
+	defer c.Close()
+	bs := genBatches(7, 1, 300, 100, testDay)
+	for _, b := range bs {
+		if err := c.Write(ctx, b); err != nil {
+			t.Fatalf("Write over TLS: %v", err)
+		}
+	}
+	ledger, usage := rowsOf(bs)
+	assertOnce(t, srv, "tls_sink", ledger, usage)
+
+	for _, bad := range []struct {
+		name string
+		edit func(*ClickHouseConfig)
+		want string
+	}{
+		{"a wrong password", func(c *ClickHouseConfig) { c.Password = "wrong" }, "Wrong password"},
+		{"an unknown user", func(c *ClickHouseConfig) { c.Username = "mallory" }, "mallory"},
+		{"no password", func(c *ClickHouseConfig) { c.Password = "" }, "meterd_sink"},
+		{"a client without the CA", func(c *ClickHouseConfig) { c.TLS = &tls.Config{MinVersion: tls.VersionTLS12} }, "unknown authority"},
+	} {
+		cfg := cfg
+		bad.edit(&cfg)
+		start := time.Now()
+		err := CheckClickHouse(ctx, cfg)
+		took := time.Since(start)
+		t.Logf("%s: %v (%v)", bad.name, err, took.Round(time.Millisecond))
+		if !errors.Is(err, ErrClickHouseRefused) || !strings.Contains(err.Error(), srv.SecureAddr) ||
+			!strings.Contains(err.Error(), bad.want) || took > 5*time.Second {
+			t.Errorf("%s: %v after %v; want ErrClickHouseRefused naming %s and %q within 5s", bad.name, err, took, srv.SecureAddr, bad.want)
+		}
+		if _, err := OpenClickHouse(ctx, cfg); !errors.Is(err, ErrClickHouseRefused) {
+			t.Errorf("%s: OpenClickHouse: %v, want ErrClickHouseRefused", bad.name, err)
+		}
+	}
+	// Nobody listening is no refusal: it may come up.
+	cfg.Addr = srv.HTTPAddr[:strings.LastIndexByte(srv.HTTPAddr, ':')] + ":1"
+	if err := CheckClickHouse(ctx, cfg); err == nil || errors.Is(err, ErrClickHouseRefused) {
+		t.Errorf("nobody listening: %v, want an error that is not ErrClickHouseRefused", err)
+	}
 }
 
 func TestClickHouseRetryAfterTableFailure(t *testing.T) {

@@ -1226,3 +1226,65 @@ func TestClickHouseSinkExactlyOnceUnderFaults(t *testing.T) {
 	}
 	m.stop()
 }
+
+// TestClickHouseTLSAndPassword runs meterd against a ClickHouse server that
+// takes TLS and a user with a password, the password in a file: the rows of
+// what the API took land. Then with a wrong password: meterd stops at
+// start, within seconds, with a message that names the server, and the
+// password shows nowhere in its output.
+func TestClickHouseTLSAndPassword(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds meterd and starts a ClickHouse server: skipped with -short")
+	}
+	const password = "s3cret-Pa55phrase"
+	srv := chtest.StartWith(t, t.TempDir(), chtest.Options{TLS: true, User: "meterd", Password: password})
+	db := chDatabaseName("tls")
+	dir := t.TempDir()
+	pwFile, wrongFile := writeFile(t, password+"\n"), writeFile(t, "not-"+password+"\n")
+	args := func(pw string) []string {
+		return []string{"--clickhouse-addr", srv.SecureAddr, "--clickhouse-tls-ca", srv.CAFile, "--clickhouse-user", "meterd",
+			"--clickhouse-password-file", pw, "--clickhouse-database", db}
+	}
+	bin := buildMeterd(t)
+	m := &chMeterd{crashHarness: &crashHarness{t: t, bin: bin, dir: filepath.Join(dir, "data"), args: args(pwFile)}}
+	t.Cleanup(m.cleanup)
+	m.start()
+	m.mustDo("PUT", "/v1/pricing", []byte(chPricing), 200)
+	m.mustDo("PUT", "/v1/customers/alice", []byte(`{}`), 201)
+	m.mustDo("POST", "/v1/customers/alice/topups", []byte(`{"id":"t-1","asset":"CREDITS","amount":"1000"}`), 201)
+	var events []string
+	for i := range 20 {
+		events = append(events, fmt.Sprintf(`{"id":"img-%d","customer_id":"alice","event_type":"image_generated"}`, i))
+	}
+	m.mustDo("POST", "/v1/events", []byte(`{"events":[`+strings.Join(events, ",")+`]}`), 200)
+	m.waitCaughtUp(chCatchUpTimeout)
+	if got := srv.Query(t, "SELECT count() FROM "+db+".usage_events"); got != "20" {
+		t.Errorf("usage_events over TLS: %s rows, want 20", got)
+	}
+	if got := srv.Query(t, "SELECT count(), toInt64(sum(amount)) FROM "+db+".ledger_entries"); got != "21\t200" {
+		t.Errorf("ledger_entries over TLS: count, toInt64(sum(amount)) = %q, want 21 entries summing to 200", got)
+	}
+	m.stop()
+	if out := m.proc.log.tail(); strings.Contains(out, password) {
+		t.Errorf("the password is in meterd's output:\n%s", out)
+	}
+
+	m.args = args(wrongFile)
+	p := m.launch()
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+		t.Fatalf("a wrong password: meterd still running after 15s; output:\n%s", p.log.tail())
+	}
+	out := p.log.tail()
+	t.Logf("a wrong password: %v: %s", p.err, out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:])
+	if p.err == nil || !strings.Contains(out, srv.SecureAddr) || !strings.Contains(out, "refused the login") ||
+		strings.Contains(out, "meterd ready") {
+		t.Errorf("a wrong password: exit %v; want a failed start naming %s; output:\n%s", p.err, srv.SecureAddr, out)
+	}
+	if strings.Contains(out, password) {
+		t.Errorf("a password is in meterd's output:\n%s", out)
+	}
+}

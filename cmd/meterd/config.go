@@ -48,7 +48,10 @@ type Config struct {
 	ClickHouseDatabase        string        // --clickhouse-database NAME
 	ClickHouseCluster         string        // --clickhouse-cluster NAME: ReplicatedMergeTree ... ON CLUSTER NAME
 	ClickHouseUser            string        // --clickhouse-user
-	ClickHousePassword        string        // --clickhouse-password (prefer METERD_CLICKHOUSE_PASSWORD)
+	ClickHousePassword        string        // --clickhouse-password (prefer METERD_CLICKHOUSE_PASSWORD or the file)
+	ClickHousePasswordFile    string        // --clickhouse-password-file FILE
+	ClickHouseTLS             bool          // --clickhouse-tls
+	ClickHouseTLSCA           string        // --clickhouse-tls-ca FILE
 	ClickHouseRetention       int           // --clickhouse-retention-days N: TTL of the base tables, 0 = none
 	ClickHouseRollupRetention int           // --clickhouse-rollup-retention-days N: TTL of the views' tables, 0 = none
 	SinkBatchRows             int           // --sink-batch-rows N
@@ -159,7 +162,14 @@ func settings(c *Config) []setting {
 		{name: "clickhouse-user", arg: "NAME", def: "default", ptr: &c.ClickHouseUser,
 			usage: "ClickHouse user"},
 		{name: "clickhouse-password", arg: "SECRET", def: "", ptr: &c.ClickHousePassword,
-			usage: "ClickHouse password (prefer the environment variable to the command line)"},
+			usage: "ClickHouse password; prefer --clickhouse-password-file or the environment variable, " +
+				"since a flag shows in the process list. Never logged"},
+		{name: "clickhouse-password-file", arg: "FILE", def: "", ptr: &c.ClickHousePasswordFile,
+			usage: "a file holding the ClickHouse password (one line); instead of --clickhouse-password"},
+		{name: "clickhouse-tls", def: "false", ptr: &c.ClickHouseTLS,
+			usage: "connect to ClickHouse over TLS (its secure native port, 9440; the system's CAs, or --clickhouse-tls-ca)"},
+		{name: "clickhouse-tls-ca", arg: "FILE", def: "", ptr: &c.ClickHouseTLSCA,
+			usage: "PEM bundle of the CAs of ClickHouse's certificate (implies --clickhouse-tls)"},
 		{name: "clickhouse-retention-days", arg: "N", def: "0", ptr: &c.ClickHouseRetention,
 			usage: "delete ledger_entries and usage_events rows N days after recorded_at (a ClickHouse TTL, 19.6+); 0 = keep"},
 		{name: "clickhouse-rollup-retention-days", arg: "N", def: "0", ptr: &c.ClickHouseRollupRetention,
@@ -584,6 +594,9 @@ func (c *Config) validate() error {
 			return invalid("clickhouse-addr", "%q: %v", c.ClickHouseAddr, err)
 		}
 	}
+	if c.ClickHousePassword != "" && c.ClickHousePasswordFile != "" {
+		return invalid("clickhouse-password-file", "is set and so is --clickhouse-password: give one")
+	}
 	if !isName(c.ClickHouseDatabase, clickHouseDatabaseBytesMax, false) {
 		return invalid("clickhouse-database", "%q: want 1-%d characters of [A-Za-z0-9_]",
 			c.ClickHouseDatabase, clickHouseDatabaseBytesMax)
@@ -917,24 +930,64 @@ func (c *Config) doorMapping() ingest.DoorMapping {
 	return m
 }
 
+// clickHouseSecurity is the TLS configuration (nil: plain TCP) and the
+// password of the connections to ClickHouse. Errors never contain the
+// password.
+func (c *Config) clickHouseSecurity() (*tls.Config, string, error) {
+	tc, err := clientTLS(c.ClickHouseTLS, "clickhouse-tls-ca", c.ClickHouseTLSCA)
+	if err != nil {
+		return nil, "", err
+	}
+	if c.ClickHousePasswordFile == "" {
+		return tc, c.ClickHousePassword, nil
+	}
+	pass, err := readSecret("clickhouse-password-file", c.ClickHousePasswordFile)
+	return tc, pass, err
+}
+
+// clientTLS is the client configuration of --NAME-tls and --NAME-tls-ca
+// (the CAs of the servers' certificates; the system's without it): nil
+// when neither is set.
+func clientTLS(on bool, caFlag, caFile string) (*tls.Config, error) {
+	if !on && caFile == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--%s: %w", caFlag, err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--%s %s: no PEM certificate in it", caFlag, caFile)
+		}
+	}
+	return tc, nil
+}
+
+// readSecret reads a password from the file of --flag: its first line,
+// without the line ending. An empty one is an error.
+func readSecret(flag, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--%s: %w", flag, err)
+	}
+	pass, _, _ := strings.Cut(string(b), "\n")
+	if pass = strings.TrimSuffix(pass, "\r"); pass == "" {
+		return "", fmt.Errorf("--%s %s: empty", flag, path)
+	}
+	return pass, nil
+}
+
 // kafkaSecurity is the TLS configuration and the SASL mechanism of the
 // connections to Kafka (nil, nil: plain TCP, no login). The password comes
 // from --kafka-sasl-password-file or METERD_KAFKA_SASL_PASSWORD; errors
 // never contain it.
 func (c *Config) kafkaSecurity() (*tls.Config, sasl.Mechanism, error) {
-	var tc *tls.Config
-	if c.KafkaTLS || c.KafkaTLSCA != "" {
-		tc = &tls.Config{MinVersion: tls.VersionTLS12}
-		if c.KafkaTLSCA != "" {
-			pem, err := os.ReadFile(c.KafkaTLSCA)
-			if err != nil {
-				return nil, nil, fmt.Errorf("--kafka-tls-ca: %w", err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, nil, fmt.Errorf("--kafka-tls-ca %s: no PEM certificate in it", c.KafkaTLSCA)
-			}
-		}
+	tc, err := clientTLS(c.KafkaTLS, "kafka-tls-ca", c.KafkaTLSCA)
+	if err != nil {
+		return nil, nil, err
 	}
 	if c.KafkaSASLMechanism == "" {
 		return tc, nil, nil
@@ -944,11 +997,9 @@ func (c *Config) kafkaSecurity() (*tls.Config, sasl.Mechanism, error) {
 	}
 	pass := os.Getenv("METERD_KAFKA_SASL_PASSWORD")
 	if c.KafkaSASLPasswordFile != "" {
-		b, err := os.ReadFile(c.KafkaSASLPasswordFile)
-		if err != nil {
-			return nil, nil, fmt.Errorf("--kafka-sasl-password-file: %w", err)
+		if pass, err = readSecret("kafka-sasl-password-file", c.KafkaSASLPasswordFile); err != nil {
+			return nil, nil, err
 		}
-		pass = strings.TrimRight(string(b), "\r\n")
 	}
 	if pass == "" {
 		return nil, nil, errors.New("--kafka-sasl-mechanism needs a password: --kafka-sasl-password-file or METERD_KAFKA_SASL_PASSWORD")

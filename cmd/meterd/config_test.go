@@ -395,3 +395,32 @@ func TestKafkaSecurity(t *testing.T) {
 		t.Fatal("no password: accepted")
 	}
 }
+
+// TestClickHouseSecurity: TLS from --clickhouse-tls or its CA file, the
+// password from its flag or its file (not both), and errors that never show
+// it.
+func TestClickHouseSecurity(t *testing.T) {
+	c := Config{ClickHousePasswordFile: writeFile(t, "file-secret-789\r\n")}
+	tc, pass, err := c.clickHouseSecurity()
+	if err != nil || tc != nil || pass != "file-secret-789" {
+		t.Fatalf("from a file: %v %q %v", tc, pass, err)
+	}
+	c = Config{ClickHouseTLS: true, ClickHousePassword: "flag-secret"}
+	if tc, pass, err = c.clickHouseSecurity(); err != nil || tc == nil || tc.RootCAs != nil || pass != "flag-secret" {
+		t.Fatalf("--clickhouse-tls and the flag: %v %q %v", tc, pass, err)
+	}
+	c = Config{ClickHouseTLSCA: writeFile(t, "not a certificate"), ClickHousePassword: "flag-secret"}
+	if _, _, err := c.clickHouseSecurity(); err == nil || !strings.Contains(err.Error(), "clickhouse-tls-ca") ||
+		strings.Contains(err.Error(), "flag-secret") {
+		t.Fatalf("a CA file without a certificate: %v", err)
+	}
+	c = Config{ClickHousePasswordFile: writeFile(t, "\n")}
+	if _, _, err := c.clickHouseSecurity(); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Fatalf("an empty password file: %v", err)
+	}
+	var stderr bytes.Buffer
+	_, err = LoadConfig([]string{"--clickhouse-password", "a", "--clickhouse-password-file", "/dev/null"}, env(nil), &stderr)
+	if err == nil || !strings.Contains(err.Error(), "clickhouse-password-file") {
+		t.Fatalf("both the password and its file: %v", err)
+	}
+}

@@ -66,6 +66,23 @@ func main() {
 	}
 }
 
+// checkClickHouse logs in to ClickHouse once before anything starts: a
+// login or certificate the server refuses is a configuration error that
+// stops the start, naming the server. A server that does not answer within
+// clickHouseCheckMax is no error: the sink connects when it comes up.
+func checkClickHouse(cfg sink.ClickHouseConfig, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), clickHouseCheckMax)
+	defer cancel()
+	err := sink.CheckClickHouse(ctx, cfg)
+	if errors.Is(err, sink.ErrClickHouseRefused) {
+		return err
+	}
+	if err != nil {
+		log.Warn("clickhouse does not answer yet; the sink connects when it does", "addr", cfg.Addr, "err", err)
+	}
+	return nil
+}
+
 // nofileLimit returns the soft RLIMIT_NOFILE, which the Go runtime has
 // already raised to the hard limit at start.
 func nofileLimit() (uint64, error) {
@@ -123,8 +140,19 @@ func run(cfg Config, fds fdPlan) error {
 	}
 
 	var sinkNames []string
+	var chCfg sink.ClickHouseConfig
 	if cfg.ClickHouseAddr != "" {
 		sinkNames = append(sinkNames, "clickhouse")
+		chTLS, chPassword, err := cfg.clickHouseSecurity()
+		if err != nil {
+			return err
+		}
+		chCfg = sink.ClickHouseConfig{Addr: cfg.ClickHouseAddr, Database: cfg.ClickHouseDatabase, Cluster: cfg.ClickHouseCluster,
+			Username: cfg.ClickHouseUser, Password: chPassword, TLS: chTLS, BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
+			RetentionDays: cfg.ClickHouseRetention, RollupRetentionDays: cfg.ClickHouseRollupRetention, Log: log}
+		if err := checkClickHouse(chCfg, log); err != nil {
+			return err
+		}
 	}
 	if cfg.KafkaPublish {
 		sinkNames = append(sinkNames, "kafka")
@@ -201,10 +229,7 @@ func run(cfg Config, fds fdPlan) error {
 			Log: log, Metrics: sinkMetrics}))
 	}
 	if cfg.ClickHouseAddr != "" {
-		chCfg := sink.ClickHouseConfig{Addr: cfg.ClickHouseAddr, Database: cfg.ClickHouseDatabase, Cluster: cfg.ClickHouseCluster,
-			Username: cfg.ClickHouseUser, Password: cfg.ClickHousePassword, BatchRowsMax: cfg.SinkBatchRows, BatchAge: cfg.SinkBatchAge,
-			RetentionDays: cfg.ClickHouseRetention, RollupRetentionDays: cfg.ClickHouseRollupRetention,
-			OutboxID: eng.InstanceID(), Log: log}
+		chCfg.OutboxID = eng.InstanceID()
 		dest := sink.Lazy("clickhouse", func(ctx context.Context) (sink.Destination, error) {
 			ch, err := sink.OpenClickHouse(ctx, chCfg)
 			if err != nil {
@@ -412,6 +437,10 @@ func applyPricingFile(eng *balance.Engine, doc []byte, log *slog.Logger) error {
 // the engine is closed the consumer cannot apply anything, and what it did
 // not commit is redelivered and answered duplicate.
 const consumerStopMax = 10 * time.Second
+
+// clickHouseCheckMax bounds checkClickHouse at start: past it the start goes
+// on without an answer (a dropped connection costs this once).
+const clickHouseCheckMax = 10 * time.Second
 
 // waitBounded waits for wg, at most d.
 func waitBounded(wg *sync.WaitGroup, d time.Duration, log *slog.Logger, what string) {

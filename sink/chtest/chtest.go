@@ -21,17 +21,30 @@
 //   - Nothing is installed here: a missing clickhouse-server fails the test
 //     with the command that installs it (make test-deps).
 //
+// StartWith starts a private server with more than the defaults: the native
+// protocol over TLS too (SecureAddr, with a certificate for 127.0.0.1 that
+// CAFile trusts), and a user of its own with a password. The user default
+// stays passwordless on loopback: Query, Conn and the readiness probes use it.
+//
 // The configuration is written for ClickHouse 18.16 (Debian's package; root
 // element <yandex>, which current releases still accept).
 package chtest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -73,6 +86,7 @@ const (
 	serverBinary      = "clickhouse-server"   // looked up in PATH, then /usr/sbin, /usr/bin
 	clientBinary      = "clickhouse-client"   // idem
 	missingServerHelp = "run `make test-deps` (installs Debian's clickhouse-server)"
+	certValidFor      = 24 * time.Hour // of the certificate of a TLS server
 )
 
 // Server is a ClickHouse server for tests.
@@ -82,6 +96,13 @@ type Server struct {
 	Version  string // as SELECT version() reports it, e.g. "18.16.1"
 	Dir      string // data, logs and configuration; "" for a server given by EnvAddr
 
+	// With Options.TLS: host:port of the native protocol over TLS, and a
+	// PEM file of the CA that signed the server's certificate (for
+	// 127.0.0.1). "" otherwise.
+	SecureAddr string
+	CAFile     string
+
+	opts   Options
 	shared bool // used by many tests: never stopped by one
 
 	mu   sync.Mutex
@@ -124,12 +145,32 @@ func Start(t testing.TB) *Server {
 	return StartInDir(t, t.TempDir())
 }
 
+// Options asks StartWith for more than a plain server.
+type Options struct {
+	// TLS: the server also serves the native protocol over TLS on
+	// SecureAddr, with a certificate for 127.0.0.1 signed by the CA of
+	// CAFile. The plain port stays open for the harness.
+	TLS bool
+	// User and Password: a user besides default who must give Password
+	// (stored as its SHA-256), from loopback only. Both or neither.
+	User, Password string
+}
+
 // StartInDir starts a private server on dir, on free loopback ports, and
 // stops it at cleanup. dir keeps the data across servers: after Stop or Kill,
 // StartInDir on the same dir serves what the earlier server had written.
 func StartInDir(t testing.TB, dir string) *Server {
 	t.Helper()
-	s, err := startPrivate(dir)
+	return StartWith(t, dir, Options{})
+}
+
+// StartWith is StartInDir with opts: TLS, a user with a password, or both.
+func StartWith(t testing.TB, dir string, opts Options) *Server {
+	t.Helper()
+	if (opts.User == "") != (opts.Password == "") {
+		t.Fatal("chtest: Options.User and Options.Password go together")
+	}
+	s, err := startPrivate(dir, opts)
 	if err != nil {
 		t.Fatalf("chtest: %v", err)
 	}
@@ -275,7 +316,7 @@ func mainServer() (s *Server, ok bool, err error) {
 			shared.err = err
 			return nil, true, err
 		}
-		s, err := startPrivate(dir)
+		s, err := startPrivate(dir, Options{})
 		if err != nil {
 			_ = os.RemoveAll(dir)
 			shared.err = err
@@ -299,14 +340,14 @@ func external(t testing.TB, addr string) *Server {
 
 // startPrivate starts a server on dir, trying fresh ports again when one was
 // taken between choosing it and the server binding it.
-func startPrivate(dir string) (*Server, error) {
+func startPrivate(dir string, opts Options) (*Server, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
 	}
 	var lastErr error
 	for attempt := 0; attempt < startAttemptsMax; attempt++ {
-		ports, err := freePorts(2)
+		ports, err := freePorts(3)
 		if err != nil {
 			return nil, err
 		}
@@ -314,6 +355,11 @@ func startPrivate(dir string) (*Server, error) {
 			Addr:     net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
 			HTTPAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
 			Dir:      dir,
+			opts:     opts,
+		}
+		if opts.TLS {
+			s.SecureAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))
+			s.CAFile = filepath.Join(dir, "tls", "ca.pem")
 		}
 		s.mu.Lock()
 		err = s.launch()
@@ -339,7 +385,7 @@ func (s *Server) launch() error {
 		return fmt.Errorf("%s not found: %s", serverBinary, missingServerHelp)
 	}
 	token := randomHex(16)
-	configPath, err := writeConfig(s.Dir, s.Addr, s.HTTPAddr, token)
+	configPath, err := s.writeConfig(token)
 	if err != nil {
 		return err
 	}
@@ -364,7 +410,7 @@ func (s *Server) launch() error {
 	if err != nil {
 		return fmt.Errorf("starting %s: %w", bin, err)
 	}
-	version, err := waitReady(p, s.Addr, s.HTTPAddr, token)
+	version, err := s.waitReady(p, token)
 	if err != nil {
 		_ = p.kill()
 		logs := logTail("stderr", stderrPath) + logTail("error log", errLogPath)
@@ -403,10 +449,11 @@ func spawn(cmd *exec.Cmd) (*process, error) {
 	return p, nil
 }
 
-// waitReady waits until the server answers on both ports with this run's
+// waitReady waits until the server answers on every port with this run's
 // token (a server of someone else on one of the ports does not count), and
 // returns its version.
-func waitReady(p *process, addr, httpAddr, token string) (string, error) {
+func (s *Server) waitReady(p *process, token string) (string, error) {
+	addr, httpAddr := s.Addr, s.HTTPAddr
 	client := &http.Client{
 		Timeout:   probeTimeout,
 		Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil},
@@ -453,7 +500,55 @@ func waitReady(p *process, addr, httpAddr, token string) (string, error) {
 	if err := conn.QueryRow(ctx, "SELECT version()").Scan(&version); err != nil {
 		return "", fmt.Errorf("native %s: %w", addr, err)
 	}
+	if s.SecureAddr != "" {
+		if err := s.probeSecure(ctx, probe, token); err != nil {
+			return "", fmt.Errorf("native TLS %s: %w", s.SecureAddr, err)
+		}
+	}
 	return version, nil
+}
+
+// probeSecure checks that the TLS port is this run's, through the CA of
+// CAFile and as the user of Options when there is one.
+func (s *Server) probeSecure(ctx context.Context, probe, token string) error {
+	tc, err := s.ClientTLS()
+	if err != nil {
+		return err
+	}
+	user, password := "default", ""
+	if s.opts.User != "" {
+		user, password = s.opts.User, s.opts.Password
+	}
+	conn, err := openAs(s.SecureAddr, tc, user, password)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	var got string
+	if err := conn.QueryRow(ctx, probe).Scan(&got); err != nil {
+		return err
+	}
+	if got != token {
+		return errors.New("another server")
+	}
+	return nil
+}
+
+// ClientTLS returns a client configuration that trusts the server's
+// certificate (CAFile), for a server started with Options.TLS.
+func (s *Server) ClientTLS() (*tls.Config, error) {
+	if s.CAFile == "" {
+		return nil, errors.New("chtest: not a TLS server (Options.TLS)")
+	}
+	b, err := os.ReadFile(s.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("chtest: no certificate in %s", s.CAFile)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
 // httpQuery runs q on the HTTP interface and returns the answer without the
@@ -527,12 +622,19 @@ func (s *Server) running() bool {
 	return s.proc != nil
 }
 
-// open opens and pings a native-protocol pool, every option stated.
+// open opens and pings a native-protocol pool as default, in plain TCP.
 func open(addr string) (driver.Conn, error) {
+	return openAs(addr, nil, "default", "")
+}
+
+// openAs opens and pings a native-protocol pool, every option stated; tc
+// nil is plain TCP.
+func openAs(addr string, tc *tls.Config, user, password string) (driver.Conn, error) {
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Protocol:         clickhouse.Native,
 		Addr:             []string{addr},
-		Auth:             clickhouse.Auth{Database: "default", Username: "default"},
+		TLS:              tc,
+		Auth:             clickhouse.Auth{Database: "default", Username: user, Password: password},
 		Compression:      &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
 		DialTimeout:      connDialTimeout,
 		ReadTimeout:      connReadTimeout,
@@ -592,10 +694,13 @@ func lookBinary(name string) (string, error) {
 	return "", exec.ErrNotFound
 }
 
-// writeConfig writes config.xml and users.xml into dir and returns the path
-// of config.xml. Data goes to dir/db, logs to dir/log. users.xml is ours, not
-// /etc/clickhouse-server's: user default, no password, loopback only.
-func writeConfig(dir, addr, httpAddr, token string) (string, error) {
+// writeConfig writes config.xml and users.xml into s.Dir and returns the
+// path of config.xml. Data goes to dir/db, logs to dir/log, the TLS
+// certificate, its key and its CA to dir/tls. users.xml is ours, not
+// /etc/clickhouse-server's: user default, no password, loopback only, and
+// the user of Options.
+func (s *Server) writeConfig(token string) (string, error) {
+	dir, addr, httpAddr := s.Dir, s.Addr, s.HTTPAddr
 	_, tcpPort, err := net.SplitHostPort(addr)
 	if err != nil {
 		return "", err
@@ -615,6 +720,27 @@ func writeConfig(dir, addr, httpAddr, token string) (string, error) {
 		}
 	}
 	db, logDir := filepath.Join(dir, "db"), filepath.Join(dir, "log")
+	secure, err := s.secureConfig()
+	if err != nil {
+		return "", err
+	}
+	var user string
+	if o := s.opts; o.User != "" {
+		if identifier(o.User, len(o.User)) != o.User {
+			return "", fmt.Errorf("user %q: want [a-z0-9_]", o.User)
+		}
+		sum := sha256.Sum256([]byte(o.Password))
+		user = `
+        <` + o.User + `>
+            <password_sha256_hex>` + hex.EncodeToString(sum[:]) + `</password_sha256_hex>
+            <networks>
+                <ip>127.0.0.1</ip>
+                <ip>::1</ip>
+            </networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </` + o.User + `>`
+	}
 	config := `<?xml version="1.0"?>
 <!-- Written by meterd's chtest for one test server; rewritten at each start. -->
 <yandex>
@@ -626,7 +752,7 @@ func writeConfig(dir, addr, httpAddr, token string) (string, error) {
         <count>2</count>
     </logger>
     <http_port>` + httpPort + `</http_port>
-    <tcp_port>` + tcpPort + `</tcp_port>
+    <tcp_port>` + tcpPort + `</tcp_port>` + secure + `
     <listen_host>127.0.0.1</listen_host>
     <max_connections>256</max_connections>
     <keep_alive_timeout>3</keep_alive_timeout>
@@ -661,7 +787,7 @@ func writeConfig(dir, addr, httpAddr, token string) (string, error) {
             </networks>
             <profile>default</profile>
             <quota>default</quota>
-        </default>
+        </default>` + user + `
     </users>
     <quotas>
         <default>
@@ -685,6 +811,86 @@ func writeConfig(dir, addr, httpAddr, token string) (string, error) {
 		return "", err
 	}
 	return configPath, nil
+}
+
+// secureConfig writes the TLS certificate, its key and its CA into
+// s.Dir/tls (once: a restart keeps them) and returns the configuration that
+// serves the native protocol over TLS on SecureAddr; "" without Options.TLS.
+func (s *Server) secureConfig() (string, error) {
+	if !s.opts.TLS {
+		return "", nil
+	}
+	_, port, err := net.SplitHostPort(s.SecureAddr)
+	if err != nil {
+		return "", err
+	}
+	tlsDir := filepath.Join(s.Dir, "tls")
+	certPath, keyPath := filepath.Join(tlsDir, "server.pem"), filepath.Join(tlsDir, "server.key")
+	if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
+		if err := writeCertificate(tlsDir, certPath, keyPath, s.CAFile); err != nil {
+			return "", fmt.Errorf("TLS certificate: %w", err)
+		}
+	}
+	return `
+    <tcp_port_secure>` + port + `</tcp_port_secure>
+    <openSSL>
+        <server>
+            <certificateFile>` + certPath + `</certificateFile>
+            <privateKeyFile>` + keyPath + `</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>`, nil
+}
+
+// writeCertificate writes a CA, and a server certificate for 127.0.0.1 that
+// it signed, with the server's key (ECDSA P-256).
+func writeCertificate(dir, certPath, keyPath, caPath string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	now := time.Now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: now.Add(-time.Hour), NotAfter: now.Add(certValidFor),
+		Subject: pkix.Name{CommonName: "chtest CA"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), NotBefore: now.Add(-time.Hour), NotAfter: now.Add(certValidFor),
+		Subject: pkix.Name{CommonName: "127.0.0.1"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		path, kind string
+		der        []byte
+	}{{caPath, "CERTIFICATE", caDER}, {certPath, "CERTIFICATE", der}, {keyPath, "PRIVATE KEY", keyDER}} {
+		if err := os.WriteFile(f.path, pem.EncodeToMemory(&pem.Block{Type: f.kind, Bytes: f.der}), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // freePorts returns n distinct loopback ports that were free a moment ago.

@@ -4,11 +4,16 @@ package chtest_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"net"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/proto"
 	"github.com/meterd/meterd/sink/chtest"
 	"github.com/shopspring/decimal"
 )
@@ -139,4 +144,55 @@ func TestRestartKill(t *testing.T) {
 	if err := s2.Stop(); err != nil {
 		t.Fatalf("second Stop: %v", err)
 	}
+}
+
+// TestTLSAndPassword: a server with TLS and a user with a password serves
+// that user over TLS with the CA of CAFile, and refuses a wrong password, a
+// client that does not trust the certificate, and plain TCP on the TLS port;
+// all of it again after a restart.
+func TestTLSAndPassword(t *testing.T) {
+	if os.Getenv(chtest.EnvAddr) != "" {
+		t.Skip("needs a private server; " + chtest.EnvAddr + " is set")
+	}
+	s := chtest.StartWith(t, t.TempDir(), chtest.Options{TLS: true, User: "meterd", Password: "pa55-word"})
+	if s.SecureAddr == "" || s.CAFile == "" {
+		t.Fatalf("SecureAddr %q, CAFile %q: want both", s.SecureAddr, s.CAFile)
+	}
+	tc, err := s.ClientTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	login := func(tc *tls.Config, password string) (string, error) {
+		conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{s.SecureAddr}, TLS: tc, DialTimeout: 5 * time.Second,
+			ReadTimeout: 10 * time.Second, Auth: clickhouse.Auth{Database: "default", Username: "meterd", Password: password}})
+		if err != nil {
+			return "", err
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		var version string // 18.16 has no currentUser(); the login is the point
+		err = conn.QueryRow(ctx, "SELECT version()").Scan(&version)
+		return version, err
+	}
+	check := func(when string) {
+		t.Helper()
+		if version, err := login(tc, "pa55-word"); err != nil || version != s.Version {
+			t.Errorf("%s: TLS with the password: version %q, %v", when, version, err)
+		}
+		var ex *proto.Exception
+		if _, err := login(tc, "wrong"); !errors.As(err, &ex) || ex.Code != 193 {
+			t.Errorf("%s: a wrong password: %v, want exception 193 (WRONG_PASSWORD)", when, err)
+		}
+		var unknown x509.UnknownAuthorityError
+		if _, err := login(&tls.Config{MinVersion: tls.VersionTLS12}, "pa55-word"); !errors.As(err, &unknown) {
+			t.Errorf("%s: a client without the CA: %v, want an unknown authority", when, err)
+		}
+		if _, err := login(nil, "pa55-word"); err == nil {
+			t.Errorf("%s: plain TCP on the TLS port: no error", when)
+		}
+	}
+	check("at start")
+	s.Restart(t)
+	check("after a restart")
 }
