@@ -117,12 +117,10 @@ func (d *doorBatch) apply(ctx *fasthttp.RequestCtx, overloaded func(ctx *fasthtt
 		return false
 	}
 	for i := range d.sc.decoded {
-		status := balance.EventRejected
 		if j := d.sc.slot[i]; j >= 0 {
-			status = d.sc.ins[j].Result.Status
-		}
-		if c := s.metrics.httpEvents[status]; c != nil {
-			c.Inc()
+			s.metrics.event(d.sc.ins[j].Result.Status, d.sc.ins[j].Result.Code)
+		} else {
+			s.metrics.event(balance.EventRejected, d.sc.decoded[i].Err.Code)
 		}
 	}
 	return true

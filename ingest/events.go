@@ -122,14 +122,14 @@ func (s *Server) writeResults(ctx *fasthttp.RequestCtx, sc *eventsScratch, count
 		d := &sc.decoded[i]
 		if sc.slot[i] < 0 {
 			if count {
-				s.metrics.httpEvents[balance.EventRejected].Inc()
+				s.metrics.event(balance.EventRejected, d.Err.Code)
 			}
 			b = appendRejected(b, d.Event.ID, d.Err.Code, d.Err.Reason, d.Err.Message, d.Err.Field)
 			continue
 		}
 		r := &sc.ins[sc.slot[i]].Result
-		if c := s.metrics.httpEvents[r.Status]; count && c != nil {
-			c.Inc()
+		if count {
+			s.metrics.event(r.Status, r.Code)
 		}
 		b = appendEventResult(b, d.Event.ID, r)
 	}

@@ -96,6 +96,9 @@ func NewTailer(e *balance.Engine, d Destination, cfg TailerConfig) *Tailer {
 	if cfg.Dimensions {
 		t.dims = &dimensioner{e: e}
 	}
+	if m := cfg.Metrics; m != nil {
+		m.errors.WithLabelValues(t.name) // reported from the start, at 0: a rate over it is 0, not absent
+	}
 	// Load the cursor now, so that status and backlog are right from the
 	// start; Run retries if the store could not answer.
 	if c, err := e.Cursor(t.name); err == nil {
