@@ -47,14 +47,14 @@ image:
 	  echo "make image: neither buildah nor podman is installed (apt-get install buildah)" >&2; exit 1; \
 	fi
 
-## test: install test dependencies, then go vet, all tests, then every Fuzz
+## test: install test dependencies, then lint (gofmt, vet, staticcheck), all tests, then every Fuzz
 ## target for FUZZTIME_TEST beyond its seed corpus (default 5000 inputs each;
 ## FUZZTIME_TEST=0 skips). A count, not a duration: Go 1.26's fuzzing
 ## coordinator can fail a target that found nothing with "context deadline
 ## exceeded" when a wall-clock -fuzztime ends on a loaded machine
 ## (golang/go#75804, fixed in Go 1.27); a count has no deadline to race.
 test: test-deps
-	$(GO) vet ./...
+	$(MAKE) --no-print-directory lint
 	METERD_CHDB_REQUIRED=1 METERD_CHDB_MODULES=$(CURDIR)/$(CHDB_DIR)/node_modules \
 	  METERD_LAGO_REQUIRED=1 METERD_LAGO_MODULES=$(CURDIR)/$(LAGO_DIR)/node_modules \
 	  $(GO) test -count=1 -timeout 20m ./...
