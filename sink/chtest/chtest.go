@@ -724,22 +724,13 @@ func (s *Server) writeConfig(token string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var user string
+	users := userXML("default", "<password></password>")
 	if o := s.opts; o.User != "" {
 		if identifier(o.User, len(o.User)) != o.User {
 			return "", fmt.Errorf("user %q: want [a-z0-9_]", o.User)
 		}
 		sum := sha256.Sum256([]byte(o.Password))
-		user = `
-        <` + o.User + `>
-            <password_sha256_hex>` + hex.EncodeToString(sum[:]) + `</password_sha256_hex>
-            <networks>
-                <ip>127.0.0.1</ip>
-                <ip>::1</ip>
-            </networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </` + o.User + `>`
+		users += userXML(o.User, "<password_sha256_hex>"+hex.EncodeToString(sum[:])+"</password_sha256_hex>")
 	}
 	config := `<?xml version="1.0"?>
 <!-- Written by meterd's chtest for one test server; rewritten at each start. -->
@@ -770,7 +761,7 @@ func (s *Server) writeConfig(token string) (string, error) {
     <macros><chtest_token>` + token + `</chtest_token></macros>
 </yandex>
 `
-	users := `<?xml version="1.0"?>
+	users = `<?xml version="1.0"?>
 <!-- Written by meterd's chtest. -->
 <yandex>
     <profiles>
@@ -778,16 +769,7 @@ func (s *Server) writeConfig(token string) (string, error) {
             <max_memory_usage>4000000000</max_memory_usage>
         </default>
     </profiles>
-    <users>
-        <default>
-            <password></password>
-            <networks>
-                <ip>127.0.0.1</ip>
-                <ip>::1</ip>
-            </networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>` + user + `
+    <users>` + users + `
     </users>
     <quotas>
         <default>
@@ -811,6 +793,21 @@ func (s *Server) writeConfig(token string) (string, error) {
 		return "", err
 	}
 	return configPath, nil
+}
+
+// userXML is users.xml's entry of a user who may connect from loopback
+// only, with its password element.
+func userXML(name, password string) string {
+	return `
+        <` + name + `>
+            ` + password + `
+            <networks>
+                <ip>127.0.0.1</ip>
+                <ip>::1</ip>
+            </networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </` + name + `>`
 }
 
 // secureConfig writes the TLS certificate, its key and its CA into
