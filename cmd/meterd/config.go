@@ -59,7 +59,8 @@ type Config struct {
 	SinkBacklogMaxBytes       int           // --sink-backlog-max-bytes N, 0 = no bound
 	SinkBacklogPolicy         string        // --sink-backlog-policy alert|refuse
 	WebhookURL                string        // --webhook-url: deliver notifications there; empty = no webhook
-	WebhookSecret             string        // --webhook-secret: HMAC-SHA256 key of the signature header (prefer METERD_WEBHOOK_SECRET)
+	WebhookSecret             string        // --webhook-secret: HMAC-SHA256 key of the signature header (prefer METERD_WEBHOOK_SECRET or the file)
+	WebhookSecretFile         string        // --webhook-secret-file FILE: read into WebhookSecret by validate
 	KafkaBrokers              string        // --kafka-brokers LIST (comma-separated HOST:PORT), empty = no Kafka
 	KafkaTopic                string        // --kafka-topic NAME
 	KafkaGroup                string        // --kafka-group NAME
@@ -185,7 +186,10 @@ func settings(c *Config) []setting {
 		{name: "webhook-url", arg: "URL", def: "", ptr: &c.WebhookURL,
 			usage: "http(s) URL that receives every notification as a signed POST; empty = no webhook"},
 		{name: "webhook-secret", arg: "SECRET", def: "", ptr: &c.WebhookSecret,
-			usage: "key of the webhooks' HMAC-SHA256 signature, at least 16 bytes (prefer the environment variable)"},
+			usage: "key of the webhooks' HMAC-SHA256 signature, at least 16 bytes; prefer --webhook-secret-file or the environment " +
+				"variable, since a flag shows in the process list. Never logged"},
+		{name: "webhook-secret-file", arg: "FILE", def: "", ptr: &c.WebhookSecretFile,
+			usage: "a file holding the webhook secret (one line); instead of --webhook-secret"},
 		{name: "kafka-brokers", arg: "LIST", def: "", ptr: &c.KafkaBrokers, list: true,
 			usage: "comma-separated Kafka bootstrap brokers (HOST:PORT,...); empty = no Kafka"},
 		{name: "kafka-topic", arg: "NAME", def: "usage-events", ptr: &c.KafkaTopic,
@@ -620,6 +624,16 @@ func (c *Config) validate() error {
 	}
 	if !isName(c.KafkaNoticesTopic, kafkaNameBytesMax, true) {
 		return invalid("kafka-notifications-topic", "%q: want 1-%d characters of [A-Za-z0-9._-]", c.KafkaNoticesTopic, kafkaNameBytesMax)
+	}
+	if c.WebhookSecretFile != "" {
+		if c.WebhookSecret != "" {
+			return invalid("webhook-secret-file", "is set and so is --webhook-secret: give one")
+		}
+		secret, err := readSecret("webhook-secret-file", c.WebhookSecretFile)
+		if err != nil {
+			return err
+		}
+		c.WebhookSecret = secret
 	}
 	if c.WebhookURL != "" && len(c.WebhookSecret) < 16 {
 		return invalid("webhook-secret", "a webhook needs a secret of at least 16 bytes")

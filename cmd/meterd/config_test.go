@@ -424,3 +424,23 @@ func TestClickHouseSecurity(t *testing.T) {
 		t.Fatalf("both the password and its file: %v", err)
 	}
 }
+
+// TestWebhookSecretFile: the webhook's secret from a file, not with the
+// flag too, and still at least 16 bytes.
+func TestWebhookSecretFile(t *testing.T) {
+	c := load(t, []string{"--webhook-url", "https://example.com/hook", "--webhook-secret-file", writeFile(t, "0123456789abcdef-file\n")}, nil)
+	if c.WebhookSecret != "0123456789abcdef-file" {
+		t.Fatalf("WebhookSecret = %q", c.WebhookSecret)
+	}
+	var stderr bytes.Buffer
+	for _, args := range [][]string{
+		{"--webhook-url", "https://example.com/hook", "--webhook-secret-file", writeFile(t, "short\n")},
+		{"--webhook-url", "https://example.com/hook", "--webhook-secret", "0123456789abcdef-flag", "--webhook-secret-file", writeFile(t, "0123456789abcdef-file\n")},
+		{"--webhook-url", "https://example.com/hook", "--webhook-secret-file", "/nonexistent/secret"},
+	} {
+		if _, err := LoadConfig(args, env(nil), &stderr); err == nil || !strings.Contains(err.Error(), "webhook-secret") ||
+			strings.Contains(err.Error(), "0123456789abcdef") {
+			t.Errorf("%q: %v", args, err)
+		}
+	}
+}
