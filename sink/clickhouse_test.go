@@ -999,10 +999,36 @@ func TestClickHouseRefusesBadBatches(t *testing.T) {
 
 // BenchmarkClickHouseWrite writes batches of 50,000 ledger rows (with their
 // views) into the local server.
+// BenchmarkClickHouseWrite writes 50,000-row ledger batches: on the
+// package's shared server, then plain and over TLS to one private server
+// that has both ports (tls/plain compares the two within one run).
 func BenchmarkClickHouseWrite(b *testing.B) {
-	srv := chtest.Start(b)
-	db := srv.Database(b)
-	c := openCH(b, srv, db)
+	b.Run("shared", func(b *testing.B) {
+		srv := chtest.Start(b)
+		benchClickHouseWrite(b, ClickHouseConfig{Addr: srv.Addr, Database: srv.Database(b), Log: testLog})
+	})
+	if os.Getenv(chtest.EnvAddr) != "" {
+		return // the TLS server must be private
+	}
+	srv := chtest.StartWith(b, b.TempDir(), chtest.Options{TLS: true})
+	tc, err := srv.ClientTLS()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("plain", func(b *testing.B) {
+		benchClickHouseWrite(b, ClickHouseConfig{Addr: srv.Addr, Database: srv.Database(b), Log: testLog})
+	})
+	b.Run("tls", func(b *testing.B) {
+		benchClickHouseWrite(b, ClickHouseConfig{Addr: srv.SecureAddr, TLS: tc, Database: srv.Database(b), Log: testLog})
+	})
+}
+
+func benchClickHouseWrite(b *testing.B, cfg ClickHouseConfig) {
+	c, err := OpenClickHouse(testCtx(b), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
 	ctx := context.Background()
 	const rowsPerBatch = 50_000
 	batch := &Batch{Ledger: make([]LedgerRow, rowsPerBatch)}
