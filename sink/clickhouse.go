@@ -236,7 +236,8 @@ func OpenClickHouse(ctx context.Context, cfg ClickHouseConfig) (*ClickHouse, err
 // ErrClickHouseRefused marks a connection the server, or its certificate,
 // refused for a reason that retrying does not cure: an unknown user, a wrong
 // password, an address the user may not connect from, a certificate the
-// client does not trust. The error that wraps it names the server.
+// client does not trust, a port that does not speak TLS to a TLS client.
+// The error that wraps it names the server.
 var ErrClickHouseRefused = errors.New("refused")
 
 // CheckClickHouse connects and logs in once, then hangs up: nil when the
@@ -295,12 +296,16 @@ func pingError(cfg ClickHouseConfig, err error) error {
 		verify   *tls.CertificateVerificationError
 		hostname x509.HostnameError
 		unknown  x509.UnknownAuthorityError
+		record   tls.RecordHeaderError
 	)
 	switch {
 	case errors.As(err, &ex) && clickHouseLoginCodes[ex.Code]:
 		return fmt.Errorf("clickhouse %s %w the login of user %q: %w", cfg.Addr, ErrClickHouseRefused, cfg.Username, err)
 	case errors.As(err, &verify), errors.As(err, &hostname), errors.As(err, &unknown):
 		return fmt.Errorf("clickhouse %s: its certificate was %w: %w", cfg.Addr, ErrClickHouseRefused, err)
+	case errors.As(err, &record):
+		return fmt.Errorf("clickhouse %s: TLS %w: the port answers without TLS (the secure native port is 9440 by default): %w",
+			cfg.Addr, ErrClickHouseRefused, err)
 	}
 	return fmt.Errorf("clickhouse ping %s: %w", cfg.Addr, err)
 }

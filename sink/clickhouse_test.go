@@ -665,9 +665,10 @@ func TestClickHouseExactlyOnce(t *testing.T) {
 
 // TestClickHouseTLSAndPassword: a server that takes the native protocol
 // over TLS and a user with a password. With the CA and the password,
-// batches land exactly once; a wrong password, an unknown user and a client
-// that does not trust the certificate are each refused at once (no retry
-// cures them: ErrClickHouseRefused), naming the server.
+// batches land exactly once; a wrong password, an unknown user, no
+// password, a client that does not trust the certificate and TLS to the
+// plain port are each refused at once (no retry cures them:
+// ErrClickHouseRefused), naming the server.
 func TestClickHouseTLSAndPassword(t *testing.T) {
 	if os.Getenv(chtest.EnvAddr) != "" {
 		t.Skip("needs a private server; " + chtest.EnvAddr + " is set")
@@ -706,6 +707,7 @@ func TestClickHouseTLSAndPassword(t *testing.T) {
 		{"an unknown user", func(c *ClickHouseConfig) { c.Username = "mallory" }, "mallory"},
 		{"no password", func(c *ClickHouseConfig) { c.Password = "" }, "meterd_sink"},
 		{"a client without the CA", func(c *ClickHouseConfig) { c.TLS = &tls.Config{MinVersion: tls.VersionTLS12} }, "unknown authority"},
+		{"TLS to the plain port", func(c *ClickHouseConfig) { c.Addr = srv.Addr }, "TLS"},
 	} {
 		cfg := cfg
 		bad.edit(&cfg)
@@ -713,9 +715,9 @@ func TestClickHouseTLSAndPassword(t *testing.T) {
 		err := CheckClickHouse(ctx, cfg)
 		took := time.Since(start)
 		t.Logf("%s: %v (%v)", bad.name, err, took.Round(time.Millisecond))
-		if !errors.Is(err, ErrClickHouseRefused) || !strings.Contains(err.Error(), srv.SecureAddr) ||
+		if !errors.Is(err, ErrClickHouseRefused) || !strings.Contains(err.Error(), cfg.Addr) ||
 			!strings.Contains(err.Error(), bad.want) || took > 5*time.Second {
-			t.Errorf("%s: %v after %v; want ErrClickHouseRefused naming %s and %q within 5s", bad.name, err, took, srv.SecureAddr, bad.want)
+			t.Errorf("%s: %v after %v; want ErrClickHouseRefused naming %s and %q within 5s", bad.name, err, took, cfg.Addr, bad.want)
 		}
 		if _, err := OpenClickHouse(ctx, cfg); !errors.Is(err, ErrClickHouseRefused) {
 			t.Errorf("%s: OpenClickHouse: %v, want ErrClickHouseRefused", bad.name, err)
