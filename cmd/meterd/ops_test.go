@@ -3,12 +3,13 @@ package main
 // TestDashboardAndAlertMetricsExist: every metric that the Grafana dashboard
 // (k8s/grafana-dashboard.json) and the alert rules (k8s/monitoring.yaml)
 // name exists in the /metrics of a real meterd, with every label they match
-// on. meterd runs with every part that has metrics on (the Kafka consumer
-// and publisher against an in-process broker, the ClickHouse sink against a
-// private server) and is driven until each part has reported: events
-// charged and rejected over HTTP and Kafka, a dead letter, rows shipped. A
-// metric renamed in the code, or misspelt in a panel or a rule, fails here
-// instead of showing an empty panel or an alert that never fires.
+// on or group by. meterd runs with every part that has metrics on (the
+// Kafka consumer and publisher against an in-process broker, the ClickHouse
+// sink against a private server) and is driven until each part has
+// reported: events charged and rejected over HTTP and Kafka, a dead letter,
+// rows shipped. A metric renamed in the code, or misspelt in a panel or a
+// rule, fails here instead of showing an empty panel or an alert that never
+// fires.
 
 import (
 	"context"
@@ -67,24 +68,38 @@ var opsTargetLabels = map[string]bool{"pod": true, "namespace": true, "instance"
 	"container": true, "endpoint": true}
 
 // opsSelector is one metric named in an expression, with the labels it
-// matches on.
+// matches on, and the labels its expression groups by (by (...)), which
+// one of the expression's metrics must have.
 type opsSelector struct {
-	name   string
-	labels []string
-	where  string // the file
+	name     string
+	labels   []string
+	grouping []string
+	siblings []string // the metrics of the expression, this one included
+	where    string   // the file
 }
 
 var (
 	opsMetricRE = regexp.MustCompile(`\b(meterd_[a-z0-9_]+)(\{([^}]*)\})?`)
 	opsLabelRE  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)`)
+	opsByRE     = regexp.MustCompile(`\bby\s*\(([^)]*)\)`)
 )
 
 // opsSelectors returns the metrics that exprs name.
 func opsSelectors(where string, exprs []string) []opsSelector {
 	var out []opsSelector
 	for _, e := range exprs {
-		for _, m := range opsMetricRE.FindAllStringSubmatch(e, -1) {
-			s := opsSelector{name: m[1], where: where}
+		var grouping, siblings []string
+		for _, m := range opsByRE.FindAllStringSubmatch(e, -1) {
+			for _, l := range strings.Split(m[1], ",") {
+				grouping = append(grouping, strings.TrimSpace(l))
+			}
+		}
+		matches := opsMetricRE.FindAllStringSubmatch(e, -1)
+		for _, m := range matches {
+			siblings = append(siblings, m[1])
+		}
+		for _, m := range matches {
+			s := opsSelector{name: m[1], grouping: grouping, siblings: siblings, where: where}
 			for _, l := range opsLabelRE.FindAllStringSubmatch(m[3], -1) {
 				s.labels = append(s.labels, l[1])
 			}
@@ -185,8 +200,8 @@ func opsExposition(text string) map[string]map[string]bool {
 	return out
 }
 
-// opsMissing lists the selectors /metrics lacks: the metric, or a label it
-// matches on.
+// opsMissing lists the selectors /metrics lacks: the metric, a label it
+// matches on, or a label its expression groups by.
 func opsMissing(sels []opsSelector, have map[string]map[string]bool) []string {
 	var missing []string
 	for _, s := range sels {
@@ -198,6 +213,11 @@ func opsMissing(sels []opsSelector, have map[string]map[string]bool) []string {
 		for _, l := range s.labels {
 			if !labels[l] && !opsTargetLabels[l] {
 				missing = append(missing, fmt.Sprintf("%s{%s} (%s)", s.name, l, filepath.Base(s.where)))
+			}
+		}
+		for _, l := range s.grouping {
+			if !opsTargetLabels[l] && !slices.ContainsFunc(s.siblings, func(n string) bool { return have[n][l] }) {
+				missing = append(missing, fmt.Sprintf("by (%s) over %s (%s)", l, strings.Join(s.siblings, ", "), filepath.Base(s.where)))
 			}
 		}
 	}
