@@ -104,7 +104,10 @@ func TestRunClosedDuration(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Fatalf("a 100 ms run took %v", took)
 	}
-	if res.Requests < 20 || res.Requests > 110 {
+	// It stopped at its duration, well short of the 1000 requests; how many
+	// it did depends on how loaded the machine is (make test runs packages
+	// side by side).
+	if res.Requests < 1 || res.Requests > 110 {
 		t.Fatalf("%d requests of 1 ms in 100 ms", res.Requests)
 	}
 }
@@ -119,7 +122,7 @@ func TestRunCycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Requests < 20 {
+	if res.Requests <= 5 { // more than there are: it cycled (about 150 on an idle machine)
 		t.Fatalf("%d measured requests of 1 ms in 100 ms from 5 requests cycled", res.Requests)
 	}
 	if ans, un := countAcks(acks); ans != 0 || un != 0 {
@@ -134,12 +137,15 @@ func TestRunWarmupExcluded(t *testing.T) {
 	reqs := Scenario{Customers: 10, Dist: DistUniform, Batch: 2, Seed: 1}.Requests("warm", 1000)
 	sys := &sleepSystem{per: time.Millisecond}
 	acks := NewAcks(0)
-	res, err := Run(context.Background(), sys, reqs, Loop{Clients: 1, Warmup: 50 * time.Millisecond, Duration: 50 * time.Millisecond}, acks)
+	res, err := Run(context.Background(), sys, reqs, Loop{Clients: 1, Warmup: 100 * time.Millisecond, Duration: 100 * time.Millisecond}, acks)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.WarmupRequests < 10 || res.Requests < 10 {
-		t.Fatalf("%d warmup and %d measured requests, want both about 50", res.WarmupRequests, res.Requests)
+	// About 100 each on an idle machine; a loaded one (make test runs
+	// packages side by side on 2 cores) has done as few as 5 in 50 ms. What
+	// matters is that both phases ran and that the counts below add up.
+	if res.WarmupRequests < 1 || res.Requests < 1 {
+		t.Fatalf("%d warmup and %d measured requests, want both phases to have run", res.WarmupRequests, res.Requests)
 	}
 	if res.Latency.TotalCount() != res.Requests || sys.applies.Load() != res.Requests+res.WarmupRequests {
 		t.Fatalf("measured %d of %d requests, applied %d", res.Latency.TotalCount(), res.Requests, sys.applies.Load())
@@ -172,7 +178,9 @@ func TestRunOpenNoCoordinatedOmission(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p50 := res.Quantile(0.5); p50 > 5*time.Millisecond {
+	// About 1 ms idle; a loaded machine stretches the sleep, but not to the
+	// backlog's 40 ms and more above.
+	if p50 := res.Quantile(0.5); p50 > 30*time.Millisecond {
 		t.Fatalf("p50 %v at a rate the system keeps", p50)
 	}
 	if res.Elapsed < 90*time.Millisecond {
