@@ -67,8 +67,7 @@ func TestFsyncFailureStops(t *testing.T) {
 				default:
 				}
 				n := seq.Add(1)
-				in := &EventIn{Event: &meter.Event{ID: fmt.Sprintf("e%d", n), CustomerID: fmt.Sprintf("f%d", (int(n)+w)%customers),
-					EventType: "image_generated", OccurredAt: clock.Now()}, Hash: [16]byte{byte(n), byte(n >> 8), byte(n >> 16)}}
+				in := loadEvent(fmt.Sprintf("e%d", n), fmt.Sprintf("f%d", (int(n)+w)%customers), n, clock.Now())
 				if err := e.Events([]*EventIn{in}); err == nil && in.Result.Status == EventCharged {
 					mu.Lock()
 					acked[in.Event.ID] = in
@@ -162,8 +161,7 @@ func TestClockSteppedBack(t *testing.T) {
 				default:
 				}
 				n := seq.Add(1)
-				in := &EventIn{Event: &meter.Event{ID: fmt.Sprintf("c%d", n), CustomerID: fmt.Sprintf("k%d", (int(n)+w)%customers),
-					EventType: "image_generated", OccurredAt: e.Now()}, Hash: [16]byte{byte(n), byte(n >> 8), byte(n >> 16)}}
+				in := loadEvent(fmt.Sprintf("c%d", n), fmt.Sprintf("k%d", (int(n)+w)%customers), n, e.Now())
 				if err := e.Events([]*EventIn{in}); err != nil {
 					t.Error(err)
 					return
@@ -229,4 +227,11 @@ func TestClockSteppedBack(t *testing.T) {
 			t.Errorf("customer %s: %d periods granted, want 2 (Dec 5 and Dec 6): %v", c, len(grants), grants)
 		}
 	}
+}
+
+// loadEvent is the n-th image_generated event of a test's writers, with a
+// content hash of its own.
+func loadEvent(id, customer string, n, at int64) *EventIn {
+	return &EventIn{Event: &meter.Event{ID: id, CustomerID: customer, EventType: "image_generated", OccurredAt: at},
+		Hash: [16]byte{byte(n), byte(n >> 8), byte(n >> 16)}}
 }
